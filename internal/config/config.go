@@ -1,0 +1,225 @@
+// Package config holds kube-routerd's configuration: the TOML schema, its defaults,
+// strict decoding and validation. A Config that Load returns is valid and complete.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the packaged config file lives.
+const DefaultPath = "/etc/kube-router/config.toml"
+
+// Config is the whole daemon configuration.
+type Config struct {
+	Kubernetes    Kubernetes    `toml:"kubernetes"`
+	ServiceProxy  ServiceProxy  `toml:"service_proxy"`
+	NetworkPolicy NetworkPolicy `toml:"network_policy"`
+	Routing       Routing       `toml:"routing"`
+	Health        Health        `toml:"health"`
+	Metrics       Metrics       `toml:"metrics"`
+	Logging       Logging       `toml:"logging"`
+}
+
+// Kubernetes says how to reach the API server and which Node object is ours.
+type Kubernetes struct {
+	// Kubeconfig is the path of the node's kubeconfig.
+	Kubeconfig string `toml:"kubeconfig"`
+	// NodeName overrides the node name; empty means the host name.
+	NodeName string `toml:"node_name"`
+	// ResyncPeriod is the informers' relist period (0 disables it).
+	ResyncPeriod Duration `toml:"resync_period"`
+	// QPS and Burst limit our requests to the API server.
+	QPS   float64 `toml:"qps"`
+	Burst int     `toml:"burst"`
+}
+
+// Health configures the /healthz and /readyz endpoints.
+type Health struct {
+	// Listen is host:port; empty disables the endpoint.
+	Listen HostPort `toml:"listen"`
+	// StallTimeout is how long a controller's loop may go without a heartbeat before
+	// it counts as stuck (health fails and systemd watchdog pings stop).
+	StallTimeout Duration `toml:"stall_timeout"`
+}
+
+// Metrics configures the Prometheus /metrics endpoint.
+type Metrics struct {
+	// Listen is host:port; empty disables the endpoint.
+	Listen HostPort `toml:"listen"`
+}
+
+// Logging configures log/slog output.
+type Logging struct {
+	// Level is one of debug, info, warn, error.
+	Level string `toml:"level"`
+	// Format is "text" or "json".
+	Format string `toml:"format"`
+}
+
+// Default returns the configuration a node runs with when the file sets nothing.
+func Default() Config {
+	return Config{
+		Kubernetes: Kubernetes{
+			Kubeconfig:   "/etc/kube-router/kubeconfig",
+			ResyncPeriod: Duration{0},
+			QPS:          20,
+			Burst:        40,
+		},
+		ServiceProxy:  defaultServiceProxy(),
+		NetworkPolicy: defaultNetworkPolicy(),
+		Routing:       defaultRouting(),
+		Health:        Health{Listen: "127.0.0.1:20244", StallTimeout: Duration{2 * time.Minute}},
+		Metrics:       Metrics{Listen: "127.0.0.1:20245"},
+		Logging:       Logging{Level: "info", Format: "text"},
+	}
+}
+
+// Problem is one thing wrong with a config file.
+type Problem struct {
+	Key     string // dotted TOML key, e.g. "routing.asn"
+	Line    int    // 1-based line in the file; 0 when the key is not in the file
+	Message string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Key, p.Message)
+	}
+	return fmt.Sprintf("%s: %s", p.Key, p.Message)
+}
+
+// Error lists every problem found in a config file.
+type Error struct {
+	Path     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "config %s: %d problem(s)", e.Path, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// Load reads and validates the config file at path.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes data strictly over the defaults and validates the result. Every
+// problem is reported at once, each with its key and line.
+func Parse(path string, data []byte) (Config, error) {
+	cfg := Default()
+	lines := indexKeyLines(data)
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return Config{}, &Error{Path: path, Problems: []Problem{{
+				Key: pe.LastKey, Line: pe.Position.Line, Message: pe.Message,
+			}}}
+		}
+		return Config{}, &Error{Path: path, Problems: []Problem{{Message: err.Error()}}}
+	}
+	var problems []Problem
+	for _, k := range md.Undecoded() {
+		problems = append(problems, Problem{Key: k.String(), Line: lines.find(k.String()), Message: "unknown key"})
+	}
+	v := &validator{lines: lines}
+	cfg.validate(v)
+	problems = append(problems, v.problems...)
+	if len(problems) > 0 {
+		sort.SliceStable(problems, func(i, j int) bool { return problems[i].Line < problems[j].Line })
+		return Config{}, &Error{Path: path, Problems: problems}
+	}
+	return cfg, nil
+}
+
+// Validate checks a Config built in code (tests, the demo); Parse already does this.
+func (c Config) Validate() error {
+	v := &validator{}
+	c.validate(v)
+	if len(v.problems) > 0 {
+		return &Error{Path: "(in memory)", Problems: v.problems}
+	}
+	return nil
+}
+
+func (c Config) validate(v *validator) {
+	if c.Kubernetes.QPS <= 0 {
+		v.add("kubernetes.qps", "must be greater than 0")
+	}
+	if c.Kubernetes.Burst < 1 {
+		v.add("kubernetes.burst", "must be at least 1")
+	}
+	if err := c.Health.Listen.Validate(); err != nil {
+		v.add("health.listen", err.Error())
+	}
+	if c.Health.StallTimeout.Duration < time.Second {
+		v.add("health.stall_timeout", "must be at least 1s")
+	}
+	if err := c.Metrics.Listen.Validate(); err != nil {
+		v.add("metrics.listen", err.Error())
+	}
+	switch c.Logging.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.add("logging.level", fmt.Sprintf("unknown level %q (want debug, info, warn or error)", c.Logging.Level))
+	}
+	switch c.Logging.Format {
+	case "text", "json":
+	default:
+		v.add("logging.format", fmt.Sprintf("unknown format %q (want text or json)", c.Logging.Format))
+	}
+	c.ServiceProxy.validate(v)
+	c.NetworkPolicy.validate(v)
+	c.Routing.validate(v)
+}
+
+// SlogLevel maps the configured level name to a slog.Level.
+func (l Logging) SlogLevel() slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// Encode writes the effective configuration as TOML (check-config prints it).
+func (c Config) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// validator collects problems with the file line of each key.
+type validator struct {
+	lines    keyLines
+	problems []Problem
+}
+
+func (v *validator) add(key, msg string) {
+	v.problems = append(v.problems, Problem{Key: key, Line: v.lines.find(key), Message: msg})
+}

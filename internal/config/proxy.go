@@ -1,0 +1,61 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// ServiceProxy configures the IPVS service proxy.
+type ServiceProxy struct {
+	Enabled bool `toml:"enabled"`
+	// SyncPeriod is the interval of the full resync that repairs drift.
+	SyncPeriod Duration `toml:"sync_period"`
+	// MinSyncInterval is the shortest time between two syncs; events in between coalesce.
+	MinSyncInterval Duration `toml:"min_sync_interval"`
+	// Scheduler is the default IPVS scheduler (rr, wrr, lc, wlc, dh, sh, mh, ...).
+	Scheduler string `toml:"scheduler"`
+	// MasqueradeAll SNATs all traffic to services, losing the client source IP.
+	MasqueradeAll bool `toml:"masquerade_all"`
+	// ClusterCIDRs are the pod networks of the cluster; traffic from elsewhere to a
+	// service is masqueraded (unless externalTrafficPolicy: Local keeps the source).
+	ClusterCIDRs []Prefix `toml:"cluster_cidrs"`
+	// NodePortAddresses limits NodePorts to node addresses inside these CIDRs; empty
+	// means every address of the node.
+	NodePortAddresses []Prefix `toml:"nodeport_addresses"`
+	// DummyInterface holds the service VIPs so the kernel accepts traffic to them.
+	DummyInterface string `toml:"dummy_interface"`
+	// GracefulTerminationTimeout bounds how long a terminating endpoint is drained.
+	GracefulTerminationTimeout Duration `toml:"graceful_termination_timeout"`
+}
+
+func defaultServiceProxy() ServiceProxy {
+	return ServiceProxy{
+		Enabled:                    true,
+		SyncPeriod:                 Duration{5 * time.Minute},
+		MinSyncInterval:            Duration{100 * time.Millisecond},
+		Scheduler:                  "rr",
+		DummyInterface:             "kube-dummy-if",
+		GracefulTerminationTimeout: Duration{30 * time.Second},
+	}
+}
+
+// IPVSSchedulers are the scheduler names the Linux kernel knows.
+var IPVSSchedulers = map[string]bool{
+	"rr": true, "wrr": true, "lc": true, "wlc": true, "lblc": true, "lblcr": true,
+	"dh": true, "sh": true, "sed": true, "nq": true, "fo": true, "ovf": true, "mh": true,
+}
+
+func (c ServiceProxy) validate(v *validator) {
+	if !IPVSSchedulers[c.Scheduler] {
+		v.add("service_proxy.scheduler", fmt.Sprintf("unknown IPVS scheduler %q", c.Scheduler))
+	}
+	if c.SyncPeriod.Duration < time.Second {
+		v.add("service_proxy.sync_period", "must be at least 1s")
+	}
+	if c.MinSyncInterval.Duration > c.SyncPeriod.Duration {
+		v.add("service_proxy.min_sync_interval", "must not exceed sync_period")
+	}
+	if c.DummyInterface == "" || len(c.DummyInterface) > 15 {
+		v.add("service_proxy.dummy_interface", fmt.Sprintf("invalid interface name %q (1-15 characters)", c.DummyInterface))
+	}
+}

@@ -1,0 +1,109 @@
+package config
+
+import (
+	"fmt"
+	"time"
+)
+
+// Routing configures the BGP routing controller.
+type Routing struct {
+	Enabled bool `toml:"enabled"`
+	// ASN is the cluster's AS number, used for the iBGP mesh between nodes.
+	ASN int64 `toml:"asn"`
+	// RouterID overrides the BGP router id; empty means the node's InternalIP (IPv4).
+	RouterID Addr `toml:"router_id"`
+	// ListenPort is the BGP port the speaker listens on.
+	ListenPort int `toml:"listen_port"`
+	// Overlay chooses when pod traffic to another node is tunnelled (IPIP):
+	// "always", "cross-subnet" (only to nodes outside our subnet) or "never".
+	Overlay string `toml:"overlay"`
+	// HoldTime is the BGP hold time offered to peers.
+	HoldTime Duration `toml:"hold_time"`
+	// GracefulRestart keeps peers' routes to us while the daemon restarts.
+	GracefulRestart bool `toml:"graceful_restart"`
+	// GracefulRestartTime is how long peers keep our routes after we go away.
+	GracefulRestartTime Duration `toml:"graceful_restart_time"`
+	// NodeMesh peers every node with every other node (iBGP full mesh).
+	NodeMesh bool `toml:"node_mesh"`
+	// What we announce to external peers.
+	AdvertisePodCIDR         bool `toml:"advertise_pod_cidr"`
+	AdvertiseClusterIPs      bool `toml:"advertise_cluster_ips"`
+	AdvertiseExternalIPs     bool `toml:"advertise_external_ips"`
+	AdvertiseLoadBalancerIPs bool `toml:"advertise_loadbalancer_ips"`
+	// Peers are external BGP routers every node peers with.
+	Peers []Peer `toml:"peers"`
+}
+
+// Peer is one external BGP neighbour.
+type Peer struct {
+	Address      Addr     `toml:"address"`
+	ASN          int64    `toml:"asn"`
+	Password     string   `toml:"password"`
+	HoldTime     Duration `toml:"hold_time"`
+	Multihop     int      `toml:"multihop"` // eBGP TTL; 0 means directly connected
+	LocalAddress Addr     `toml:"local_address"`
+	Port         int      `toml:"port"`
+}
+
+func defaultRouting() Routing {
+	return Routing{
+		Enabled:             true,
+		ASN:                 64512,
+		ListenPort:          179,
+		Overlay:             "cross-subnet",
+		HoldTime:            Duration{90 * time.Second},
+		GracefulRestart:     true,
+		GracefulRestartTime: Duration{90 * time.Second},
+		NodeMesh:            true,
+		AdvertisePodCIDR:    true,
+	}
+}
+
+func (c Routing) validate(v *validator) {
+	if !ValidASN(c.ASN) {
+		v.add("routing.asn", fmt.Sprintf("invalid AS number %d (want 1-4294967294)", c.ASN))
+	}
+	if c.RouterID.IsValid() && !c.RouterID.Is4() {
+		v.add("routing.router_id", fmt.Sprintf("router id %s must be an IPv4 address", c.RouterID))
+	}
+	if c.ListenPort < 1 || c.ListenPort > 65535 {
+		v.add("routing.listen_port", fmt.Sprintf("invalid port %d: must be 1-65535", c.ListenPort))
+	}
+	switch c.Overlay {
+	case "always", "cross-subnet", "never":
+	default:
+		v.add("routing.overlay", fmt.Sprintf("unknown overlay mode %q (want always, cross-subnet or never)", c.Overlay))
+	}
+	checkHoldTime(v, "routing.hold_time", c.HoldTime)
+	for i, p := range c.Peers {
+		key := fmt.Sprintf("routing.peers[%d]", i)
+		if !p.Address.IsValid() {
+			v.add(key+".address", "is required")
+		}
+		if !ValidASN(p.ASN) {
+			v.add(key+".asn", fmt.Sprintf("invalid AS number %d (want 1-4294967294)", p.ASN))
+		}
+		if p.HoldTime.Duration != 0 {
+			checkHoldTime(v, key+".hold_time", p.HoldTime)
+		}
+		if p.Multihop < 0 || p.Multihop > 255 {
+			v.add(key+".multihop", fmt.Sprintf("invalid TTL %d (want 0-255)", p.Multihop))
+		}
+		if p.Port != 0 && (p.Port < 1 || p.Port > 65535) {
+			v.add(key+".port", fmt.Sprintf("invalid port %d: must be 1-65535", p.Port))
+		}
+		if p.LocalAddress.IsValid() && p.Address.IsValid() && p.LocalAddress.Is4() != p.Address.Is4() {
+			v.add(key+".local_address", "must be of the same IP family as address")
+		}
+	}
+}
+
+// checkHoldTime enforces RFC 4271: zero (no keepalives) or at least 3 seconds.
+func checkHoldTime(v *validator, key string, d Duration) {
+	if d.Duration != 0 && d.Duration < 3*time.Second {
+		v.add(key, fmt.Sprintf("hold time %s must be 0 or at least 3s", d.Duration))
+	}
+	if d.Duration > 65535*time.Second {
+		v.add(key, fmt.Sprintf("hold time %s exceeds 65535s", d.Duration))
+	}
+}

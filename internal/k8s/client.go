@@ -1,0 +1,66 @@
+// Package k8s builds the API client and the shared informers the controllers read.
+package k8s
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+)
+
+// UserAgent identifies kube-routerd's requests in API server logs and audit.
+const UserAgent = "kube-routerd"
+
+// RESTConfig loads the kubeconfig named in the config, or the in-cluster config when
+// the path is empty and we run inside a pod.
+func RESTConfig(c config.Kubernetes) (*rest.Config, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if c.Kubeconfig == "" {
+		rc, err = rest.InClusterConfig()
+	} else {
+		rc, err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading kubeconfig %q: %w", c.Kubeconfig, err)
+	}
+	rc.UserAgent = UserAgent
+	rc.QPS = float32(c.QPS)
+	rc.Burst = c.Burst
+	return rc, nil
+}
+
+// NewClient returns a typed clientset for rc.
+func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	return cs, nil
+}
+
+// NewInformerFactory returns the shared informer factory every controller registers
+// its informers on, so each object kind is watched once per daemon.
+func NewInformerFactory(cs kubernetes.Interface, resync time.Duration) informers.SharedInformerFactory {
+	return informers.NewSharedInformerFactory(cs, resync)
+}
+
+// NodeName returns the configured node name, else the host name.
+func NodeName(c config.Kubernetes) (string, error) {
+	if c.NodeName != "" {
+		return c.NodeName, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("node name not configured and host name unknown: %w", err)
+	}
+	return h, nil
+}
