@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,11 +137,23 @@ func Parse(path string, data []byte) (Config, error) {
 				Key: pe.LastKey, Line: pe.Position.Line, Message: pe.Message,
 			}}}
 		}
-		return Config{}, &Error{Path: path, Problems: []Problem{{Message: err.Error()}}}
+		return Config{}, &Error{Path: path, Problems: []Problem{decodeProblem(err)}}
 	}
+	cfg.normalize()
 	var problems []Problem
+	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
-		problems = append(problems, Problem{Key: k.String(), Line: lines.find(k.String()), Message: "unknown key"})
+		undecoded[k.String()] = true
+	}
+	for _, k := range md.Undecoded() {
+		if len(k) > 1 && undecoded[k[:len(k)-1].String()] {
+			continue // reported with its unknown table
+		}
+		msg := "unknown key"
+		if md.Type(k...) == "Hash" {
+			msg = "unknown section"
+		}
+		problems = append(problems, Problem{Key: k.String(), Line: lines.find(k.String()), Message: msg})
 	}
 	v := &validator{lines: lines}
 	cfg.validate(v)
@@ -149,6 +163,30 @@ func Parse(path string, data []byte) (Config, error) {
 		return Config{}, &Error{Path: path, Problems: problems}
 	}
 	return cfg, nil
+}
+
+// typeErrorRE matches the decoder's type errors, which are plain errors that carry
+// the line and key only in their text.
+var typeErrorRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+func decodeProblem(err error) Problem {
+	if m := typeErrorRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return Problem{Key: m[2], Line: line, Message: m[3]}
+	}
+	return Problem{Key: "(file)", Message: strings.TrimPrefix(err.Error(), "toml: ")}
+}
+
+// normalize makes lists the file wrote as [] equal to lists it left out.
+func (c *Config) normalize() {
+	for _, l := range []*[]Prefix{&c.ServiceProxy.ClusterCIDRs, &c.ServiceProxy.NodePortAddresses} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
+	if len(c.Routing.Peers) == 0 {
+		c.Routing.Peers = nil
+	}
 }
 
 // Validate checks a Config built in code (tests, the demo); Parse already does this.

@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -25,11 +27,21 @@ type Routing struct {
 	GracefulRestartTime Duration `toml:"graceful_restart_time"`
 	// NodeMesh peers every node with every other node (iBGP full mesh).
 	NodeMesh bool `toml:"node_mesh"`
+	// SyncPeriod is the interval of the full resync that repairs drift.
+	SyncPeriod Duration `toml:"sync_period"`
+	// MinSyncInterval is the shortest time between two syncs; events in between coalesce.
+	MinSyncInterval Duration `toml:"min_sync_interval"`
 	// What we announce to external peers.
 	AdvertisePodCIDR         bool `toml:"advertise_pod_cidr"`
 	AdvertiseClusterIPs      bool `toml:"advertise_cluster_ips"`
 	AdvertiseExternalIPs     bool `toml:"advertise_external_ips"`
 	AdvertiseLoadBalancerIPs bool `toml:"advertise_loadbalancer_ips"`
+	// Communities ("65000:100") are attached to every route sent to external peers.
+	Communities []string `toml:"communities"`
+	// ProtectedCIDRs are ranges (service CIDRs, the cluster pod range) that external
+	// peers may not announce routes into; node pod CIDRs and advertised Service IPs are
+	// always protected.
+	ProtectedCIDRs []Prefix `toml:"protected_cidrs"`
 	// Peers are external BGP routers every node peers with.
 	Peers []Peer `toml:"peers"`
 }
@@ -55,7 +67,12 @@ func defaultRouting() Routing {
 		GracefulRestart:     true,
 		GracefulRestartTime: Duration{90 * time.Second},
 		NodeMesh:            true,
+		SyncPeriod:          Duration{5 * time.Minute},
+		MinSyncInterval:     Duration{100 * time.Millisecond},
 		AdvertisePodCIDR:    true,
+		// Empty, not nil: a file that writes "communities = []" then equals the default.
+		Communities:    []string{},
+		ProtectedCIDRs: []Prefix{},
 	}
 }
 
@@ -75,6 +92,20 @@ func (c Routing) validate(v *validator) {
 		v.add("routing.overlay", fmt.Sprintf("unknown overlay mode %q (want always, cross-subnet or never)", c.Overlay))
 	}
 	checkHoldTime(v, "routing.hold_time", c.HoldTime)
+	if c.SyncPeriod.Duration < time.Second {
+		v.add("routing.sync_period", "must be at least 1s")
+	}
+	if c.MinSyncInterval.Duration > c.SyncPeriod.Duration {
+		v.add("routing.min_sync_interval", "must not exceed sync_period")
+	}
+	if c.GracefulRestart && (c.GracefulRestartTime.Duration < time.Second || c.GracefulRestartTime.Duration > 4095*time.Second) {
+		v.add("routing.graceful_restart_time", "must be 1s-4095s")
+	}
+	for i, comm := range c.Communities {
+		if _, err := ParseCommunity(comm); err != nil {
+			v.add(fmt.Sprintf("routing.communities[%d]", i), err.Error())
+		}
+	}
 	for i, p := range c.Peers {
 		key := fmt.Sprintf("routing.peers[%d]", i)
 		if !p.Address.IsValid() {
@@ -106,4 +137,15 @@ func checkHoldTime(v *validator, key string, d Duration) {
 	if d.Duration > 65535*time.Second {
 		v.add(key, fmt.Sprintf("hold time %s exceeds 65535s", d.Duration))
 	}
+}
+
+// ParseCommunity parses a standard BGP community written "ASN:value" (each 0-65535).
+func ParseCommunity(s string) (uint32, error) {
+	hi, lo, ok := strings.Cut(s, ":")
+	a, errA := strconv.ParseUint(hi, 10, 16)
+	b, errB := strconv.ParseUint(lo, 10, 16)
+	if !ok || errA != nil || errB != nil {
+		return 0, fmt.Errorf("invalid community %q (want ASN:value, each 0-65535)", s)
+	}
+	return uint32(a)<<16 | uint32(b), nil
 }

@@ -35,6 +35,7 @@ type Heartbeat struct {
 	syncCount uint64
 	errCount  uint64
 	onFirst   func()
+	observe   func(full bool, d time.Duration, err error)
 }
 
 // NewHeartbeat returns a heartbeat for the named controller. onFirstSync runs once,
@@ -74,6 +75,9 @@ func (h *Heartbeat) SyncDone(full bool, d time.Duration, err error, summary stri
 	}
 	onFirst := h.onFirst
 	h.mu.Unlock()
+	if h.observe != nil {
+		h.observe(full, d, err)
+	}
 	if first && onFirst != nil {
 		onFirst()
 	}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
+)
+
+// run starts the enabled controllers against the API server and supervises them
+// until ctx ends.
+func run(ctx context.Context, cfg config.Config, version string) error {
+	nodeName, err := k8s.NodeName(cfg.Kubernetes)
+	if err != nil {
+		return err
+	}
+	rc, err := k8s.RESTConfig(cfg.Kubernetes)
+	if err != nil {
+		return err
+	}
+	client, err := k8s.NewClient(rc)
+	if err != nil {
+		return err
+	}
+	registry := daemon.NewRegistry()
+	env := daemon.Env{
+		Client:    client,
+		Informers: k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration),
+		NodeName:  nodeName,
+		Registry:  registry,
+	}
+	controllers, err := buildControllers(cfg, env)
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(controllers))
+	for _, c := range controllers {
+		names = append(names, c.Name())
+	}
+	slog.Info("starting kube-routerd", "version", version, "node", nodeName, "controllers", names)
+
+	d := daemon.New(daemon.Options{
+		HealthListen:  string(cfg.Health.Listen),
+		MetricsListen: string(cfg.Metrics.Listen),
+		StallTimeout:  cfg.Health.StallTimeout.Duration,
+		Notifier:      daemon.SystemdNotifier{},
+		Registry:      registry,
+		BeforeControllers: func(ctx context.Context) error {
+			return startInformers(ctx, env)
+		},
+	}, controllers...)
+	return d.Run(ctx)
+}
+
+// startInformers starts every informer the controllers registered and waits until
+// their caches hold a full list, logging while the API server does not answer.
+func startInformers(ctx context.Context, env daemon.Env) error {
+	env.Informers.Start(ctx.Done())
+	done := make(chan map[string]bool, 1)
+	go func() {
+		synced := map[string]bool{}
+		for typ, ok := range env.Informers.WaitForCacheSync(ctx.Done()) {
+			synced[typ.String()] = ok
+		}
+		done <- synced
+	}()
+	start := time.Now()
+	tick := time.NewTicker(15 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case synced := <-done:
+			for typ, ok := range synced {
+				if !ok {
+					return fmt.Errorf("informer cache for %s did not sync: %w", typ, context.Cause(ctx))
+				}
+			}
+			slog.Info("informer caches synced", "took", time.Since(start).Round(time.Millisecond))
+			return nil
+		case <-tick.C:
+			slog.Warn("still waiting for the API server to list objects", "waited", time.Since(start).Round(time.Second))
+		}
+	}
+}

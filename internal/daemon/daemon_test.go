@@ -1,0 +1,260 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeController syncs once, then beats until told to hang, and reports whether its
+// loop is currently wedged.
+type fakeController struct {
+	name   string
+	hang   atomic.Bool
+	synced chan struct{}
+}
+
+func newFake(name string) *fakeController {
+	return &fakeController{name: name, synced: make(chan struct{})}
+}
+
+func (f *fakeController) Name() string { return f.name }
+
+func (f *fakeController) Run(ctx context.Context, hb *Heartbeat) error {
+	close(f.synced)
+	hb.SyncDone(true, time.Millisecond, nil, "3 things")
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if !f.hang.Load() {
+				hb.Beat()
+			}
+		}
+	}
+}
+
+func (f *fakeController) Details() any { return map[string]int{"things": 3} }
+
+// notifySocket is a real unixgram NOTIFY_SOCKET, as systemd provides it.
+type notifySocket struct {
+	conn *net.UnixConn
+	msgs chan string
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	t.Setenv("NOTIFY_SOCKET", path)
+	s := &notifySocket{conn: conn, msgs: make(chan string, 1000)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(s.msgs)
+				return
+			}
+			s.msgs <- string(buf[:n])
+		}
+	}()
+	return s
+}
+
+// next returns the next message, failing after a generous timeout.
+func (s *notifySocket) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case m := <-s.msgs:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no sd_notify message arrived")
+		return ""
+	}
+}
+
+// waitFor reads messages until one starts with prefix and returns what came before.
+func (s *notifySocket) waitFor(t *testing.T, prefix string) []string {
+	t.Helper()
+	var before []string
+	for {
+		m := s.next(t)
+		if strings.HasPrefix(m, prefix) {
+			return before
+		}
+		before = append(before, m)
+	}
+}
+
+func TestSystemdNotifyOrderAndWatchdog(t *testing.T) {
+	sock := listenNotify(t)
+	t.Setenv("WATCHDOG_USEC", "100000") // ping every 50ms
+	t.Setenv("WATCHDOG_PID", "")
+
+	proxy, netpol := newFake("proxy"), newFake("netpol")
+	d := New(Options{
+		HealthListen:   "127.0.0.1:0",
+		StallTimeout:   300 * time.Millisecond,
+		StatusInterval: time.Hour,
+		Notifier:       SystemdNotifier{},
+	}, proxy, netpol)
+	stop := runDaemon(t, d)
+
+	// READY=1 comes only after both controllers' first full sync, and nothing but
+	// STATUS comes before it.
+	before := sock.waitFor(t, "READY=1")
+	for _, m := range before {
+		if !strings.HasPrefix(m, "STATUS=") {
+			t.Fatalf("%q sent before READY=1", m)
+		}
+	}
+	select {
+	case <-proxy.synced:
+	default:
+		t.Fatal("READY=1 before proxy synced")
+	}
+	select {
+	case <-netpol.synced:
+	default:
+		t.Fatal("READY=1 before netpol synced")
+	}
+	if st := sock.next(t); st != "STATUS=netpol ok (3 things); proxy ok (3 things)" && st != "STATUS=proxy ok (3 things); netpol ok (3 things)" {
+		t.Fatalf("status after ready = %q", st)
+	}
+	sock.waitFor(t, "WATCHDOG=1")
+
+	// A hung loop stops the pings once the stall timeout passes.
+	netpol.hang.Store(true)
+	time.Sleep(600 * time.Millisecond)
+	drain(sock)
+	select {
+	case m := <-sock.msgs:
+		t.Fatalf("got %q while netpol's loop was hung", m)
+	case <-time.After(500 * time.Millisecond):
+	}
+	resp := get(t, "http://"+d.HealthAddr()+"/healthz")
+	if !strings.Contains(resp, "stuck: netpol") {
+		t.Errorf("/healthz while hung = %q", resp)
+	}
+
+	// It resumes when the loop comes back.
+	netpol.hang.Store(false)
+	sock.waitFor(t, "WATCHDOG=1")
+
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	sock.waitFor(t, "STOPPING=1")
+}
+
+// runDaemon runs d until the returned stop is called or the test ends.
+func runDaemon(t *testing.T, d *Daemon) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return stop
+}
+
+func drain(s *notifySocket) {
+	for {
+		select {
+		case <-s.msgs:
+		default:
+			return
+		}
+	}
+}
+
+func TestHealthReadyAndStatusEndpoints(t *testing.T) {
+	c := newFake("proxy")
+	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, c)
+	runDaemon(t, d)
+	select {
+	case <-d.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("never ready")
+	}
+	base := "http://" + d.HealthAddr()
+	if got := get(t, base+"/healthz"); got != "ok\n" {
+		t.Errorf("/healthz = %q", got)
+	}
+	if got := get(t, base+"/readyz"); got != "[proxy] ok\n" {
+		t.Errorf("/readyz = %q", got)
+	}
+	if got := get(t, base+"/readyz/proxy"); got != "[proxy] ok\n" {
+		t.Errorf("/readyz/proxy = %q", got)
+	}
+	var rep StatusReport
+	if err := json.Unmarshal([]byte(get(t, base+"/status")), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Ready || len(rep.Controllers) != 1 || rep.Controllers[0].Summary != "3 things" || rep.Details["proxy"] == nil {
+		t.Errorf("status = %+v", rep)
+	}
+	metrics := get(t, "http://"+d.MetricsAddr()+"/metrics")
+	for _, want := range []string{
+		`kube_routerd_controller_ready{controller="proxy"} 1`,
+		`kube_routerd_sync_duration_seconds_count{controller="proxy",kind="full"} 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+func TestNotReadyUntilFirstFullSync(t *testing.T) {
+	d := New(Options{StallTimeout: time.Minute}, newFake("a"), newFake("b"))
+	d.beats[0].SyncDone(false, 0, nil, "")
+	d.beats[1].SyncDone(true, 0, nil, "")
+	select {
+	case <-d.Ready():
+		t.Fatal("ready after only a partial sync of a")
+	default:
+	}
+	d.beats[0].SyncDone(true, 0, context.DeadlineExceeded, "")
+	select {
+	case <-d.Ready():
+		t.Fatal("ready after a failed full sync of a")
+	default:
+	}
+	d.beats[0].SyncDone(true, 0, nil, "")
+	select {
+	case <-d.Ready():
+	default:
+		t.Fatal("not ready after both synced")
+	}
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

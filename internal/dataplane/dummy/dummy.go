@@ -1,0 +1,214 @@
+// Package dummy manages the dummy interface (kube-dummy-if) that holds the service
+// VIPs, so the kernel treats traffic to them as local and IPVS can take it. The
+// interface belongs to kube-routerd entirely: every address on it is ours.
+package dummy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Interface is what the service proxy needs from the VIP interface.
+type Interface interface {
+	// Ensure creates the interface if it is missing and sets it up.
+	Ensure() error
+	// Addrs lists the addresses on the interface (IPv6 link-local ones excluded).
+	Addrs() ([]netip.Addr, error)
+	AddAddr(a netip.Addr) error
+	DelAddr(a netip.Addr) error
+	// Delete removes the interface and with it every VIP (cleanup).
+	Delete() error
+}
+
+// Link is the real dummy interface, managed over rtnetlink.
+type Link struct {
+	Name string
+}
+
+var _ Interface = (*Link)(nil)
+
+func (l *Link) link() (netlink.Link, error) {
+	link, err := netlink.LinkByName(l.Name)
+	if err != nil {
+		return nil, fmt.Errorf("looking up interface %s: %w", l.Name, err)
+	}
+	return link, nil
+}
+
+// Ensure implements Interface.
+func (l *Link) Ensure() error {
+	link, err := netlink.LinkByName(l.Name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if !errors.As(err, &notFound) {
+			return fmt.Errorf("looking up interface %s: %w", l.Name, err)
+		}
+		d := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.Name}}
+		if err := netlink.LinkAdd(d); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("creating dummy interface %s: %w", l.Name, err)
+		}
+		if link, err = l.link(); err != nil {
+			return err
+		}
+	}
+	if link.Type() != "dummy" {
+		return fmt.Errorf("interface %s exists but is a %s, not a dummy", l.Name, link.Type())
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			return fmt.Errorf("setting %s up: %w", l.Name, err)
+		}
+	}
+	return nil
+}
+
+// Addrs implements Interface.
+func (l *Link) Addrs() ([]netip.Addr, error) {
+	link, err := l.link()
+	if err != nil {
+		return nil, err
+	}
+	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing addresses of %s: %w", l.Name, err)
+	}
+	out := make([]netip.Addr, 0, len(list))
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.Unmap().IsLinkLocalUnicast() {
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
+	return out, nil
+}
+
+func hostAddr(a netip.Addr) *netlink.Addr {
+	bits := a.BitLen()
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(a.AsSlice()), Mask: net.CIDRMask(bits, bits)}}
+	if a.Is6() {
+		// A VIP is unique by construction; duplicate address detection would only
+		// delay it being usable.
+		addr.Flags = unix.IFA_F_NODAD
+	}
+	return addr
+}
+
+// AddAddr implements Interface.
+func (l *Link) AddAddr(a netip.Addr) error {
+	link, err := l.link()
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrReplace(link, hostAddr(a)); err != nil {
+		return fmt.Errorf("adding %s to %s: %w", a, l.Name, err)
+	}
+	return nil
+}
+
+// DelAddr implements Interface.
+func (l *Link) DelAddr(a netip.Addr) error {
+	link, err := l.link()
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrDel(link, hostAddr(a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		return fmt.Errorf("removing %s from %s: %w", a, l.Name, err)
+	}
+	return nil
+}
+
+// Delete implements Interface.
+func (l *Link) Delete() error {
+	link, err := netlink.LinkByName(l.Name)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil
+		}
+		return fmt.Errorf("looking up interface %s: %w", l.Name, err)
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("deleting interface %s: %w", l.Name, err)
+	}
+	return nil
+}
+
+// Fake is an in-memory dummy interface for tests.
+type Fake struct {
+	mu     sync.Mutex
+	exists bool
+	addrs  map[netip.Addr]bool
+	// Changes counts AddAddr and DelAddr calls that changed something.
+	Changes int
+}
+
+var _ Interface = (*Fake)(nil)
+
+// NewFake returns a fake interface that does not exist yet.
+func NewFake() *Fake { return &Fake{addrs: map[netip.Addr]bool{}} }
+
+// Ensure implements Interface.
+func (f *Fake) Ensure() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists = true
+	return nil
+}
+
+// Addrs implements Interface.
+func (f *Fake) Addrs() ([]netip.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.exists {
+		return nil, errors.New("fake dummy interface does not exist")
+	}
+	out := make([]netip.Addr, 0, len(f.addrs))
+	for a := range f.addrs {
+		out = append(out, a)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+// AddAddr implements Interface.
+func (f *Fake) AddAddr(a netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.exists {
+		return errors.New("fake dummy interface does not exist")
+	}
+	if !f.addrs[a] {
+		f.addrs[a] = true
+		f.Changes++
+	}
+	return nil
+}
+
+// DelAddr implements Interface.
+func (f *Fake) DelAddr(a netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.addrs[a] {
+		delete(f.addrs, a)
+		f.Changes++
+	}
+	return nil
+}
+
+// Delete implements Interface.
+func (f *Fake) Delete() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.exists = false
+	clear(f.addrs)
+	return nil
+}

@@ -1,0 +1,226 @@
+package ipset
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// maxElements is the capacity of every set we create; a namespaceSelector {} peer
+// holds every pod of the cluster, more than the kernel's default of 65536.
+const maxElements = 1 << 20
+
+// Netlink is the real Interface, speaking the ipset netlink protocol in one network
+// namespace.
+type Netlink struct {
+	h *netlink.Handle
+}
+
+// New returns an Interface for the calling process's network namespace.
+func New() (*Netlink, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("opening ipset netlink socket: %w", err)
+	}
+	return &Netlink{h: h}, nil
+}
+
+// NewAt returns an Interface for the network namespace ns; the caller may close ns
+// afterwards, the socket stays bound to it.
+func NewAt(ns netns.NsHandle) (*Netlink, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("opening ipset netlink socket in netns: %w", err)
+	}
+	return &Netlink{h: h}, nil
+}
+
+// Close releases the netlink socket.
+func (n *Netlink) Close() { n.h.Close() }
+
+// Create implements Interface.
+func (n *Netlink) Create(s Set) error {
+	if err := CheckName(s.Name); err != nil {
+		return err
+	}
+	family := uint8(unix.AF_INET)
+	if s.Family == IPv6 {
+		family = unix.AF_INET6
+	}
+	// Replace leaves out NLM_F_EXCL: an identical existing set is then not an error.
+	err := n.h.IpsetCreate(s.Name, string(s.Type), netlink.IpsetCreateOptions{
+		Replace: true, Family: family, MaxElements: maxElements,
+	})
+	if err != nil {
+		return fmt.Errorf("creating ipset %s (%s %s): %w", s.Name, s.Type, s.Family, err)
+	}
+	return nil
+}
+
+// Destroy implements Interface.
+func (n *Netlink) Destroy(name string) error {
+	if err := n.h.IpsetDestroy(name); err != nil && !isNoSuchSet(err) {
+		return fmt.Errorf("destroying ipset %s: %w", name, err)
+	}
+	return nil
+}
+
+// Flush implements Interface.
+func (n *Netlink) Flush(name string) error {
+	if err := n.h.IpsetFlush(name); err != nil {
+		return fmt.Errorf("flushing ipset %s: %w", name, err)
+	}
+	return nil
+}
+
+// Add implements Interface.
+func (n *Netlink) Add(name, entry string) error {
+	e, err := n.entry(name, entry)
+	if err != nil {
+		return err
+	}
+	if err := n.h.IpsetAdd(name, e); err != nil {
+		return fmt.Errorf("adding %s to ipset %s: %w", entry, name, err)
+	}
+	return nil
+}
+
+// Del implements Interface.
+func (n *Netlink) Del(name, entry string) error {
+	e, err := n.entry(name, entry)
+	if err != nil {
+		return err
+	}
+	if err := n.h.IpsetDel(name, e); err != nil {
+		return fmt.Errorf("deleting %s from ipset %s: %w", entry, name, err)
+	}
+	return nil
+}
+
+// Swap implements Interface.
+func (n *Netlink) Swap(a, b string) error {
+	if err := n.h.IpsetSwap(a, b); err != nil {
+		return fmt.Errorf("swapping ipsets %s and %s: %w", a, b, err)
+	}
+	return nil
+}
+
+// List implements Interface.
+func (n *Netlink) List(name string) (SetEntries, error) {
+	r, err := n.h.IpsetList(name)
+	if err != nil {
+		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, err)
+	}
+	return fromResult([]netlink.IPSetResult{*r})
+}
+
+// ListAll implements Interface.
+func (n *Netlink) ListAll() ([]SetEntries, error) {
+	results, err := n.h.IpsetListAll()
+	if err != nil {
+		return nil, fmt.Errorf("listing ipsets: %w", err)
+	}
+	// A large set arrives in several messages; gather them by name.
+	byName := map[string][]netlink.IPSetResult{}
+	var names []string
+	for _, r := range results {
+		if _, seen := byName[r.SetName]; !seen {
+			names = append(names, r.SetName)
+		}
+		byName[r.SetName] = append(byName[r.SetName], r)
+	}
+	sort.Strings(names)
+	out := make([]SetEntries, 0, len(names))
+	for _, name := range names {
+		s, err := fromResult(byName[name])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// entry converts an entry string into netlink form; its shape ("ip,proto:port",
+// "ip/len" or "ip") says which set types it fits.
+func (n *Netlink) entry(name, entry string) (*netlink.IPSetEntry, error) {
+	// Replace leaves out NLM_F_EXCL: re-adding or deleting an absent entry succeeds.
+	e := &netlink.IPSetEntry{Replace: true}
+	if addr, proto, port, err := parseIPPort(entry); err == nil {
+		p := protocolNumbers[proto]
+		e.IP, e.Protocol, e.Port = net.IP(addr.AsSlice()), &p, &port
+		return e, nil
+	}
+	if pfx, err := netip.ParsePrefix(entry); err == nil {
+		e.IP, e.CIDR = net.IP(pfx.Masked().Addr().AsSlice()), uint8(pfx.Bits())
+		return e, nil
+	}
+	addr, err := netip.ParseAddr(entry)
+	if err != nil {
+		return nil, fmt.Errorf("ipset %s: invalid entry %q", name, entry)
+	}
+	e.IP = net.IP(addr.Unmap().AsSlice())
+	return e, nil
+}
+
+func fromResult(parts []netlink.IPSetResult) (SetEntries, error) {
+	first := parts[0]
+	s := SetEntries{Set: Set{Name: first.SetName, Type: Type(first.TypeName), Family: IPv4}}
+	if first.Family == unix.AF_INET6 {
+		s.Family = IPv6
+	}
+	seen := map[string]struct{}{}
+	for _, p := range parts {
+		for _, e := range p.Entries {
+			text, err := entryText(s.Type, e)
+			if err != nil {
+				return SetEntries{}, fmt.Errorf("ipset %s: %w", s.Name, err)
+			}
+			seen[text] = struct{}{}
+		}
+	}
+	s.Entries = sortedEntries(seen)
+	return s, nil
+}
+
+func entryText(t Type, e netlink.IPSetEntry) (string, error) {
+	addr, ok := netip.AddrFromSlice(e.IP)
+	if !ok {
+		return "", fmt.Errorf("entry without a valid IP: %+v", e)
+	}
+	addr = addr.Unmap()
+	switch t {
+	case HashNet:
+		bits := int(e.CIDR)
+		if bits == 0 {
+			bits = addr.BitLen()
+		}
+		return netip.PrefixFrom(addr, bits).String(), nil
+	case HashIPPort:
+		if e.Port == nil || e.Protocol == nil {
+			return "", fmt.Errorf("hash:ip,port entry without port: %s", addr)
+		}
+		return formatIPPort(addr, protocolName(*e.Protocol), *e.Port), nil
+	case HashIP:
+		return addr.String(), nil
+	}
+	// A set some other program made: report it faithfully enough to recognise it.
+	text := addr.String()
+	if e.CIDR != 0 {
+		text += "/" + strconv.Itoa(int(e.CIDR))
+	}
+	return text, nil
+}
+
+func isNoSuchSet(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) && errno == syscall.ENOENT
+}

@@ -1,0 +1,161 @@
+package iptables
+
+import (
+	"bytes"
+	"fmt"
+	"os/exec"
+	"runtime"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+	"github.com/vishvananda/netns"
+)
+
+// Exec is the real Interface: it runs the iptables binaries, inside a given network
+// namespace when it has one.
+type Exec struct {
+	proto Protocol
+	ns    netns.NsHandle // netns.None() means the caller's namespace
+	ipt   *goipt.IPTables
+}
+
+// New returns an Interface for the caller's network namespace.
+func New(proto Protocol) (*Exec, error) { return NewAt(proto, netns.None()) }
+
+// NewAt returns an Interface whose commands run inside network namespace ns (the
+// handle must stay open while the Interface is used).
+func NewAt(proto Protocol, ns netns.NsHandle) (*Exec, error) {
+	e := &Exec{proto: proto, ns: ns}
+	goProto := goipt.ProtocolIPv4
+	if proto == IPv6 {
+		goProto = goipt.ProtocolIPv6
+	}
+	err := e.inNetns(func() error {
+		var err error
+		e.ipt, err = goipt.New(goipt.IPFamily(goProto), goipt.Timeout(5))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("initialising iptables (IPv%d): %w", proto, err)
+	}
+	return e, nil
+}
+
+// Protocol implements Interface.
+func (e *Exec) Protocol() Protocol { return e.proto }
+
+func (e *Exec) binary(name string) string {
+	if e.proto == IPv6 {
+		return "ip6tables-" + name
+	}
+	return "iptables-" + name
+}
+
+// Restore implements Interface.
+func (e *Exec) Restore(data []byte) error {
+	if err := checkRestoreInput(data); err != nil {
+		return err
+	}
+	return e.inNetns(func() error {
+		cmd := exec.Command(e.binary("restore"), "--noflush", "--wait=5")
+		cmd.Stdin = bytes.NewReader(data)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("%s: %w: %s", e.binary("restore"), err, bytes.TrimSpace(stderr.Bytes()))
+		}
+		return nil
+	})
+}
+
+// SaveChains implements Interface.
+func (e *Exec) SaveChains(table string) (map[string][]string, error) {
+	var out []byte
+	err := e.inNetns(func() error {
+		cmd := exec.Command(e.binary("save"), "-t", table)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		var err error
+		out, err = cmd.Output()
+		if err != nil {
+			return fmt.Errorf("%s -t %s: %w: %s", e.binary("save"), table, err, bytes.TrimSpace(stderr.Bytes()))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return parseSave(out)
+}
+
+// EnsureRule implements Interface.
+func (e *Exec) EnsureRule(table, chain string, appendRule bool, rule ...string) (bool, error) {
+	var existed bool
+	err := e.inNetns(func() error {
+		var err error
+		existed, err = e.ipt.Exists(table, chain, rule...)
+		if err != nil || existed {
+			return err
+		}
+		if appendRule {
+			return e.ipt.Append(table, chain, rule...)
+		}
+		return e.ipt.Insert(table, chain, 1, rule...)
+	})
+	if err != nil {
+		return false, fmt.Errorf("ensuring rule in %s/%s: %w", table, chain, err)
+	}
+	return existed, nil
+}
+
+// DeleteRule implements Interface.
+func (e *Exec) DeleteRule(table, chain string, rule ...string) error {
+	err := e.inNetns(func() error {
+		err := e.ipt.DeleteIfExists(table, chain, rule...)
+		if eerr, ok := err.(*goipt.Error); ok && eerr.IsNotExist() {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("deleting rule from %s/%s: %w", table, chain, err)
+	}
+	return nil
+}
+
+// inNetns runs fn with the calling thread in e.ns; child processes started by fn
+// inherit that namespace.
+func (e *Exec) inNetns(fn func() error) error {
+	if !e.ns.IsOpen() {
+		return fn()
+	}
+	return RunInNetns(e.ns, fn)
+}
+
+// RunInNetns runs fn on an OS thread switched to network namespace ns. Processes fn
+// starts (os/exec forks from the current thread) run in ns too.
+func RunInNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("getting current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering netns: %w", err)
+			return
+		}
+		ferr := fn()
+		// A thread that cannot go back stays locked, so Go discards it when this
+		// goroutine exits instead of reusing it in the wrong namespace.
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}

@@ -1,0 +1,106 @@
+//go:build integration
+
+package iptables
+
+import (
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// newNetns creates an anonymous network namespace for one test and closes it at the end.
+func newNetns(t *testing.T) netns.NsHandle {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root")
+		}
+		t.Skip("needs root")
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netns.Set(orig); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	return ns
+}
+
+func TestExecInNetns(t *testing.T) {
+	ns := newNetns(t)
+	ipt, err := NewAt(IPv4, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := Buffer{Table: TableFilter, Write: []Chain{
+		{Name: "KUBE-ROUTER-TEST", Rules: []string{"-p sctp -m sctp --dport 9 -j DROP", "-j RETURN"}},
+	}}.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+	if existed, err := ipt.EnsureRule(TableFilter, "FORWARD", false, "-j", "KUBE-ROUTER-TEST"); err != nil || existed {
+		t.Fatalf("EnsureRule = %v, %v", existed, err)
+	}
+	if existed, err := ipt.EnsureRule(TableFilter, "FORWARD", false, "-j", "KUBE-ROUTER-TEST"); err != nil || !existed {
+		t.Fatalf("second EnsureRule = %v, %v", existed, err)
+	}
+	chains, err := ipt.SaveChains(TableFilter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(chains["KUBE-ROUTER-TEST"], "\n"); got != "-p sctp -m sctp --dport 9 -j DROP\n-j RETURN" {
+		t.Errorf("KUBE-ROUTER-TEST = %q", got)
+	}
+	if got := chains["FORWARD"]; len(got) != 1 || got[0] != "-j KUBE-ROUTER-TEST" {
+		t.Errorf("FORWARD = %q", got)
+	}
+	// The host namespace must not have seen any of it.
+	host, err := New(IPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostChains, err := host.SaveChains(TableFilter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, leaked := hostChains["KUBE-ROUTER-TEST"]; leaked {
+		t.Fatal("chain appeared in the host namespace")
+	}
+	if err := ipt.DeleteRule(TableFilter, "FORWARD", "-j", "KUBE-ROUTER-TEST"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.DeleteRule(TableFilter, "FORWARD", "-j", "KUBE-ROUTER-TEST"); err != nil {
+		t.Fatalf("deleting an absent rule: %v", err)
+	}
+	data, _ = Buffer{Table: TableFilter, Delete: []string{"KUBE-ROUTER-TEST"}}.Bytes()
+	if err := ipt.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+	chains, _ = ipt.SaveChains(TableFilter)
+	if _, ok := chains["KUBE-ROUTER-TEST"]; ok {
+		t.Error("chain still there after delete")
+	}
+	ip6, err := NewAt(IPv6, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ = Buffer{Table: TableFilter, Write: []Chain{{Name: "KUBE-ROUTER-TEST6", Rules: []string{"-s fd00::/64 -j RETURN"}}}}.Bytes()
+	if err := ip6.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+}

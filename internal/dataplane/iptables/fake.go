@@ -1,0 +1,246 @@
+package iptables
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// builtinChains are the chains each table starts with, in iptables-save order.
+var builtinChains = map[string][]string{
+	TableFilter: {"INPUT", "FORWARD", "OUTPUT"},
+	TableNAT:    {"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"},
+	TableMangle: {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"},
+	TableRaw:    {"PREROUTING", "OUTPUT"},
+}
+
+// Fake is an in-memory Interface for tests. Restore understands the subset of the
+// iptables-restore format that Buffer writes plus -I, -D and -F; Dump prints the
+// state as text.
+type Fake struct {
+	mu     sync.Mutex
+	proto  Protocol
+	tables map[string]map[string][]string
+	// Restores records every buffer passed to Restore, so tests can check what a sync
+	// rewrote.
+	Restores [][]byte
+}
+
+var _ Interface = (*Fake)(nil)
+
+// NewFake returns a Fake with the built-in chains of every table, all empty.
+func NewFake(proto Protocol) *Fake {
+	f := &Fake{proto: proto, tables: map[string]map[string][]string{}}
+	for t, chains := range builtinChains {
+		f.tables[t] = map[string][]string{}
+		for _, c := range chains {
+			f.tables[t][c] = nil
+		}
+	}
+	return f
+}
+
+// Protocol implements Interface.
+func (f *Fake) Protocol() Protocol { return f.proto }
+
+// Restore implements Interface. Like iptables-restore, a table section is applied
+// entirely or not at all.
+func (f *Fake) Restore(data []byte) error {
+	if err := checkRestoreInput(data); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Restores = append(f.Restores, slices.Clone(data))
+	var (
+		table   string
+		working map[string][]string
+	)
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fail := func(format string, args ...any) error {
+			return fmt.Errorf("restore line %d %q: %s", n, line, fmt.Sprintf(format, args...))
+		}
+		switch {
+		case strings.HasPrefix(line, "*"):
+			table = line[1:]
+			if _, ok := f.tables[table]; !ok {
+				return fail("unknown table")
+			}
+			working = cloneChains(f.tables[table])
+		case line == "COMMIT":
+			if working == nil {
+				return fail("COMMIT outside a table")
+			}
+			if err := checkJumps(working); err != nil {
+				return fail("%v", err)
+			}
+			f.tables[table] = working
+			working = nil
+		case working == nil:
+			return fail("outside a table")
+		case strings.HasPrefix(line, ":"):
+			working[strings.Fields(line[1:])[0]] = nil
+		default:
+			op, rest, _ := strings.Cut(line, " ")
+			chain, rule, _ := strings.Cut(rest, " ")
+			rules, exists := working[chain]
+			if !exists {
+				return fail("no chain %s", chain)
+			}
+			switch op {
+			case "-A":
+				working[chain] = append(rules, rule)
+			case "-I":
+				working[chain] = append([]string{rule}, rules...)
+			case "-D":
+				i := slices.Index(rules, rule)
+				if i < 0 {
+					return fail("no such rule")
+				}
+				working[chain] = slices.Delete(rules, i, i+1)
+			case "-F":
+				working[chain] = nil
+			case "-X":
+				if len(rules) > 0 {
+					return fail("chain %s is not empty", chain)
+				}
+				delete(working, chain)
+			default:
+				return fail("unsupported operation %s", op)
+			}
+		}
+	}
+	if working != nil {
+		return fmt.Errorf("restore: table %s without COMMIT", table)
+	}
+	return sc.Err()
+}
+
+// checkJumps fails when a rule jumps to a chain that does not exist, as the kernel would.
+func checkJumps(chains map[string][]string) error {
+	for name, rules := range chains {
+		for _, r := range rules {
+			f := strings.Fields(r)
+			for i := 0; i+1 < len(f); i++ {
+				if f[i] != "-j" && f[i] != "-g" {
+					continue
+				}
+				target := f[i+1]
+				if strings.ToUpper(target) != target || isStandardTarget(target) {
+					continue
+				}
+				if _, ok := chains[target]; !ok {
+					return fmt.Errorf("chain %s jumps to missing chain %s", name, target)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func isStandardTarget(t string) bool {
+	switch t {
+	case "ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "NFLOG", "LOG", "DNAT", "SNAT",
+		"MASQUERADE", "CONNMARK", "NOTRACK", "CT", "TPROXY", "REDIRECT":
+		return true
+	}
+	return false
+}
+
+func cloneChains(in map[string][]string) map[string][]string {
+	out := make(map[string][]string, len(in))
+	for k, v := range in {
+		out[k] = slices.Clone(v)
+	}
+	return out
+}
+
+// SaveChains implements Interface.
+func (f *Fake) SaveChains(table string) (map[string][]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tables[table]
+	if !ok {
+		return nil, fmt.Errorf("unknown table %s", table)
+	}
+	return cloneChains(t), nil
+}
+
+// EnsureRule implements Interface.
+func (f *Fake) EnsureRule(table, chain string, appendRule bool, rule ...string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rules, ok := f.tables[table][chain]
+	if !ok {
+		return false, fmt.Errorf("ensuring rule in %s/%s: no such chain", table, chain)
+	}
+	text := strings.Join(rule, " ")
+	if slices.Contains(rules, text) {
+		return true, nil
+	}
+	if appendRule {
+		f.tables[table][chain] = append(rules, text)
+	} else {
+		f.tables[table][chain] = append([]string{text}, rules...)
+	}
+	return false, nil
+}
+
+// DeleteRule implements Interface.
+func (f *Fake) DeleteRule(table, chain string, rule ...string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	rules := f.tables[table][chain]
+	if i := slices.Index(rules, strings.Join(rule, " ")); i >= 0 {
+		f.tables[table][chain] = slices.Delete(rules, i, i+1)
+	}
+	return nil
+}
+
+// Dump prints every non-empty table in iptables-save style: built-in chains first,
+// then the others sorted by name, each followed by its rules.
+func (f *Fake) Dump() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	tables := make([]string, 0, len(f.tables))
+	for t := range f.tables {
+		tables = append(tables, t)
+	}
+	sort.Strings(tables)
+	var b strings.Builder
+	for _, t := range tables {
+		chains := f.tables[t]
+		var user []string
+		empty := true
+		for name, rules := range chains {
+			if !slices.Contains(builtinChains[t], name) {
+				user = append(user, name)
+			}
+			if len(rules) > 0 {
+				empty = false
+			}
+		}
+		if empty && len(user) == 0 {
+			continue
+		}
+		sort.Strings(user)
+		fmt.Fprintf(&b, "*%s\n", t)
+		for _, name := range append(slices.Clone(builtinChains[t]), user...) {
+			fmt.Fprintf(&b, ":%s\n", name)
+			for _, r := range chains[name] {
+				fmt.Fprintf(&b, "-A %s %s\n", name, r)
+			}
+		}
+	}
+	return b.String()
+}

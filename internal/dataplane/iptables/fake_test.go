@@ -1,0 +1,64 @@
+package iptables
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestBufferRefusesChainsWeDoNotOwn(t *testing.T) {
+	_, err := Buffer{Table: TableFilter, Write: []Chain{{Name: "FORWARD", Rules: []string{"-j DROP"}}}}.Bytes()
+	if err == nil {
+		t.Fatal("rendering a buffer that rewrites FORWARD succeeded")
+	}
+	f := NewFake(IPv4)
+	if err := f.Restore([]byte("*filter\n-A INPUT -j DROP\nCOMMIT\n")); err == nil {
+		t.Fatal("restoring a rule into INPUT succeeded")
+	}
+}
+
+func TestFakeRestoreRewritesOnlyNamedChains(t *testing.T) {
+	f := NewFake(IPv4)
+	if _, err := f.EnsureRule(TableFilter, "FORWARD", true, "-s", "192.0.2.1", "-j", "ACCEPT"); err != nil {
+		t.Fatal(err)
+	}
+	write := func(b Buffer) {
+		t.Helper()
+		data, err := b.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Restore(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(Buffer{Table: TableFilter, Write: []Chain{
+		{Name: "KUBE-ROUTER-A", Rules: []string{"-j KUBE-ROUTER-B"}},
+		{Name: "KUBE-ROUTER-B", Rules: []string{"-j DROP"}},
+	}})
+	if existed, err := f.EnsureRule(TableFilter, "FORWARD", false, "-j", "KUBE-ROUTER-A"); err != nil || existed {
+		t.Fatalf("EnsureRule = %v, %v; want inserted", existed, err)
+	}
+	if existed, _ := f.EnsureRule(TableFilter, "FORWARD", false, "-j", "KUBE-ROUTER-A"); !existed {
+		t.Fatal("second EnsureRule inserted again")
+	}
+	write(Buffer{Table: TableFilter, Write: []Chain{{Name: "KUBE-ROUTER-A", Rules: []string{"-j RETURN"}}}, Delete: []string{"KUBE-ROUTER-B"}})
+	want := `*filter
+:INPUT
+:FORWARD
+-A FORWARD -j KUBE-ROUTER-A
+-A FORWARD -s 192.0.2.1 -j ACCEPT
+:OUTPUT
+:KUBE-ROUTER-A
+-A KUBE-ROUTER-A -j RETURN
+`
+	if got := f.Dump(); got != want {
+		t.Errorf("Dump:\n%s\nwant:\n%s", got, want)
+	}
+	// A transaction that would leave a dangling jump is refused as a whole.
+	if err := f.Restore([]byte("*filter\n:KUBE-ROUTER-A - [0:0]\n-A KUBE-ROUTER-A -j KUBE-ROUTER-GONE\nCOMMIT\n")); err == nil {
+		t.Fatal("restore with a jump to a missing chain succeeded")
+	}
+	if !strings.Contains(f.Dump(), "-A KUBE-ROUTER-A -j RETURN") {
+		t.Error("failed restore changed the table")
+	}
+}

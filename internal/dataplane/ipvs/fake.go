@@ -1,0 +1,222 @@
+package ipvs
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Fake is an in-memory IPVS table for tests. It counts the calls that change state so
+// tests can assert that a sync touched only what differed.
+type Fake struct {
+	mu       sync.Mutex
+	services map[Key]*fakeService
+	// writes describes each state-changing call since the last ResetWrites.
+	writes []string
+}
+
+type fakeService struct {
+	svc   Service
+	dests map[DestKey]Destination
+}
+
+// NewFake returns an empty fake IPVS table.
+func NewFake() *Fake { return &Fake{services: map[Key]*fakeService{}} }
+
+var _ Interface = (*Fake)(nil)
+
+// Writes returns a description of every state-changing call since the last ResetWrites.
+func (f *Fake) Writes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.writes)
+}
+
+// ResetWrites forgets the recorded writes.
+func (f *Fake) ResetWrites() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.writes = nil
+}
+
+// SetConnections sets the connection counters of a destination (as traffic would).
+func (f *Fake) SetConnections(k Key, d DestKey, active, inactive int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s, ok := f.services[k]; ok {
+		if dst, ok := s.dests[d]; ok {
+			dst.ActiveConns, dst.InactiveConns = active, inactive
+			s.dests[d] = dst
+		}
+	}
+}
+
+// Services implements Interface.
+func (f *Fake) Services() ([]Service, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Service, 0, len(f.services))
+	for _, s := range f.services {
+		out = append(out, s.svc)
+	}
+	return out, nil
+}
+
+// Service implements Interface.
+func (f *Fake) Service(k Key) (Service, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[k]
+	if !ok {
+		return Service{}, false, nil
+	}
+	return s.svc, true, nil
+}
+
+// Destinations implements Interface.
+func (f *Fake) Destinations(k Key) ([]Destination, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[k]
+	if !ok {
+		return nil, fmt.Errorf("listing destinations of %s: %w", k, ErrNotFound)
+	}
+	out := make([]Destination, 0, len(s.dests))
+	for _, d := range s.dests {
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// AddService implements Interface.
+func (f *Fake) AddService(s Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.services[s.Key]; ok {
+		return fmt.Errorf("adding %s: %w", s.Key, ErrExists)
+	}
+	f.services[s.Key] = &fakeService{svc: s, dests: map[DestKey]Destination{}}
+	f.writes = append(f.writes, "add service "+s.String())
+	return nil
+}
+
+// UpdateService implements Interface.
+func (f *Fake) UpdateService(s Service) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fs, ok := f.services[s.Key]
+	if !ok {
+		return fmt.Errorf("updating %s: %w", s.Key, ErrNotFound)
+	}
+	fs.svc = s
+	f.writes = append(f.writes, "update service "+s.String())
+	return nil
+}
+
+// DeleteService implements Interface.
+func (f *Fake) DeleteService(k Key) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.services[k]; !ok {
+		return fmt.Errorf("deleting %s: %w", k, ErrNotFound)
+	}
+	delete(f.services, k)
+	f.writes = append(f.writes, "delete service "+k.String())
+	return nil
+}
+
+// AddDestination implements Interface.
+func (f *Fake) AddDestination(k Key, d Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[k]
+	if !ok {
+		return fmt.Errorf("adding destination to %s: %w", k, ErrNotFound)
+	}
+	if _, ok := s.dests[d.DestKey]; ok {
+		return fmt.Errorf("adding destination %s to %s: %w", d.DestKey, k, ErrExists)
+	}
+	s.dests[d.DestKey] = Destination{DestKey: d.DestKey, Weight: d.Weight}
+	f.writes = append(f.writes, fmt.Sprintf("add destination %s -> %s weight %d", k, d.DestKey, d.Weight))
+	return nil
+}
+
+// UpdateDestination implements Interface.
+func (f *Fake) UpdateDestination(k Key, d Destination) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[k]
+	if !ok {
+		return fmt.Errorf("updating destination of %s: %w", k, ErrNotFound)
+	}
+	old, ok := s.dests[d.DestKey]
+	if !ok {
+		return fmt.Errorf("updating destination %s of %s: %w", d.DestKey, k, ErrNotFound)
+	}
+	old.Weight = d.Weight
+	s.dests[d.DestKey] = old
+	f.writes = append(f.writes, fmt.Sprintf("update destination %s -> %s weight %d", k, d.DestKey, d.Weight))
+	return nil
+}
+
+// DeleteDestination implements Interface.
+func (f *Fake) DeleteDestination(k Key, d DestKey) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.services[k]
+	if !ok {
+		return fmt.Errorf("deleting destination of %s: %w", k, ErrNotFound)
+	}
+	if _, ok := s.dests[d]; !ok {
+		return fmt.Errorf("deleting destination %s of %s: %w", d, k, ErrNotFound)
+	}
+	delete(s.dests, d)
+	f.writes = append(f.writes, fmt.Sprintf("delete destination %s -> %s", k, d))
+	return nil
+}
+
+// Dump returns the table as sorted text, one service per line followed by its
+// destinations indented, for golden comparisons.
+func (f *Fake) Dump() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	keys := make([]Key, 0, len(f.services))
+	for k := range f.services {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, CompareKeys)
+	var b strings.Builder
+	for _, k := range keys {
+		s := f.services[k]
+		b.WriteString(s.svc.String() + "\n")
+		dks := make([]DestKey, 0, len(s.dests))
+		for dk := range s.dests {
+			dks = append(dks, dk)
+		}
+		slices.SortFunc(dks, CompareDestKeys)
+		for _, dk := range dks {
+			fmt.Fprintf(&b, "  -> %s weight %d\n", dk, s.dests[dk].Weight)
+		}
+	}
+	return b.String()
+}
+
+// CompareKeys orders keys by address, protocol, port.
+func CompareKeys(a, b Key) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	if a.Proto != b.Proto {
+		return int(a.Proto) - int(b.Proto)
+	}
+	return int(a.Port) - int(b.Port)
+}
+
+// CompareDestKeys orders destinations by address, port.
+func CompareDestKeys(a, b DestKey) int {
+	if c := a.Addr.Compare(b.Addr); c != 0 {
+		return c
+	}
+	return int(a.Port) - int(b.Port)
+}

@@ -1,0 +1,123 @@
+// Package ipvs is kube-routerd's thin adapter over the kernel's IPVS table: virtual
+// services and their destinations as plain comparable values, a netlink implementation
+// (moby/ipvs) and an in-memory fake that can dump its state as text.
+package ipvs
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
+
+// Protocol is an IP protocol number IPVS balances (TCP, UDP or SCTP).
+type Protocol uint16
+
+// The protocols a Kubernetes Service port can have.
+const (
+	TCP  Protocol = 6
+	UDP  Protocol = 17
+	SCTP Protocol = 132
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("proto-%d", uint16(p))
+}
+
+// Service flags the kernel understands (include/uapi/linux/ip_vs.h).
+const (
+	// FlagPersistent makes a client stick to one destination for Timeout seconds.
+	FlagPersistent uint32 = 0x0001
+	// flagHashed is set by the kernel on every listed service; it is not ours to set.
+	flagHashed uint32 = 0x0002
+	// FlagSched1, FlagSched2 and FlagSched3 are scheduler specific (for sh and mh:
+	// fallback to another destination, include the port in the hash).
+	FlagSched1 uint32 = 0x0008
+	FlagSched2 uint32 = 0x0010
+	FlagSched3 uint32 = 0x0020
+)
+
+// Key identifies a virtual service: address, protocol and port.
+type Key struct {
+	Addr  netip.Addr
+	Proto Protocol
+	Port  uint16
+}
+
+func (k Key) String() string {
+	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
+}
+
+// Service is a virtual service with the options we program.
+type Service struct {
+	Key
+	Scheduler string
+	Flags     uint32
+	// Timeout is the persistence timeout in seconds (with FlagPersistent).
+	Timeout uint32
+}
+
+func (s Service) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", s.Key, s.Scheduler)
+	if s.Flags&FlagPersistent != 0 {
+		fmt.Fprintf(&b, " persistent %ds", s.Timeout)
+	}
+	for _, f := range []struct {
+		bit  uint32
+		name string
+	}{{FlagSched1, "flag-1"}, {FlagSched2, "flag-2"}, {FlagSched3, "flag-3"}} {
+		if s.Flags&f.bit != 0 {
+			b.WriteString(" " + f.name)
+		}
+	}
+	return b.String()
+}
+
+// DestKey identifies a destination (real server) within a virtual service.
+type DestKey struct {
+	Addr netip.Addr
+	Port uint16
+}
+
+func (d DestKey) String() string { return netip.AddrPortFrom(d.Addr, d.Port).String() }
+
+// Destination is one real server of a virtual service. Connection counts are read
+// from the kernel and ignored when programming.
+type Destination struct {
+	DestKey
+	Weight int
+	// ActiveConns and InactiveConns count the connections the kernel still tracks.
+	ActiveConns   int
+	InactiveConns int
+}
+
+// Interface is what the service proxy needs from IPVS.
+type Interface interface {
+	// Services lists every virtual service in the kernel, ours or not.
+	Services() ([]Service, error)
+	// Service returns one virtual service; ok is false when it does not exist.
+	Service(k Key) (s Service, ok bool, err error)
+	// Destinations lists the real servers of a virtual service.
+	Destinations(k Key) ([]Destination, error)
+	AddService(s Service) error
+	UpdateService(s Service) error
+	DeleteService(k Key) error
+	AddDestination(k Key, d Destination) error
+	UpdateDestination(k Key, d Destination) error
+	DeleteDestination(k Key, d DestKey) error
+}
+
+// ErrNotFound is returned (wrapped) when a service or destination does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned (wrapped) when adding a service or destination that exists.
+var ErrExists = errors.New("already exists")

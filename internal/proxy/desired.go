@@ -1,0 +1,375 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+)
+
+// Annotations a Service can carry to tune its IPVS virtual services.
+const (
+	// AnnotationScheduler picks the IPVS scheduler (rr, wrr, lc, dh, sh, mh, ...).
+	AnnotationScheduler = "kube-router.io/service.scheduler"
+	// AnnotationSchedFlags sets scheduler flags, comma separated: flag-1, flag-2, flag-3
+	// (for sh and mh: fall back to another destination, hash the source port too).
+	AnnotationSchedFlags = "kube-router.io/service.schedflags"
+	// AnnotationWeights sets destination weights for weighted schedulers:
+	// "pod-name=3,10.1.2.3=2"; a key is a pod name or an endpoint address, others get 1.
+	AnnotationWeights = "kube-router.io/service.weights"
+)
+
+// defaultAffinityTimeout is the Kubernetes default for sessionAffinity ClientIP (3 hours).
+const defaultAffinityTimeout = 10800
+
+// Kind says which Service field a virtual service comes from.
+type Kind uint8
+
+// The kinds of virtual services a Service produces.
+const (
+	ClusterIP Kind = iota
+	ExternalIP
+	LoadBalancerIP
+	NodePort
+)
+
+func (k Kind) String() string {
+	return [...]string{"ClusterIP", "ExternalIP", "LoadBalancer", "NodePort"}[k]
+}
+
+// Node is what the desired state needs to know about this node.
+type Node struct {
+	Name string
+	// NodePortAddrs are the node addresses NodePorts are served on.
+	NodePortAddrs []netip.Addr
+}
+
+// Options are the configured defaults.
+type Options struct {
+	Scheduler string
+}
+
+// Destination is one endpoint of a virtual service.
+type Destination struct {
+	ipvs.DestKey
+	Weight int
+	// Terminating endpoints are drained: weight 0, kept while connections last.
+	Terminating bool
+}
+
+// VirtualServer is one IPVS virtual service kube-routerd wants, with its destinations.
+type VirtualServer struct {
+	ipvs.Service
+	// Owner is the Kubernetes Service this virtual service implements.
+	Owner    types.NamespacedName
+	PortName string
+	Kind     Kind
+	// LocalOnly is set when a traffic policy Local restricts this virtual service to
+	// endpoints on this node (and, for external kinds, keeps the client address).
+	LocalOnly    bool
+	Destinations []Destination // sorted by address, port
+	// Frozen marks a virtual service of a Service whose settings are invalid: the
+	// kernel keeps whatever it has for this key until the Service is fixed.
+	Frozen bool
+}
+
+// OnDummy reports whether the virtual address belongs on the dummy interface (every
+// kind but NodePort, which uses the node's own addresses).
+func (v *VirtualServer) OnDummy() bool { return v.Kind != NodePort }
+
+// serviceSettings are the per-Service IPVS options decoded from spec and annotations.
+type serviceSettings struct {
+	scheduler string
+	flags     uint32
+	timeout   uint32
+	weights   map[string]int
+}
+
+func decodeSettings(svc *corev1.Service, opts Options) (serviceSettings, error) {
+	s := serviceSettings{scheduler: opts.Scheduler}
+	var errs []error
+	if v, ok := svc.Annotations[AnnotationScheduler]; ok {
+		if config.IPVSSchedulers[v] {
+			s.scheduler = v
+		} else {
+			errs = append(errs, fmt.Errorf("annotation %s: unknown IPVS scheduler %q", AnnotationScheduler, v))
+		}
+	}
+	if v, ok := svc.Annotations[AnnotationSchedFlags]; ok {
+		for _, f := range strings.Split(v, ",") {
+			switch strings.TrimSpace(f) {
+			case "flag-1":
+				s.flags |= ipvs.FlagSched1
+			case "flag-2":
+				s.flags |= ipvs.FlagSched2
+			case "flag-3":
+				s.flags |= ipvs.FlagSched3
+			default:
+				errs = append(errs, fmt.Errorf("annotation %s: unknown flag %q (want flag-1, flag-2 or flag-3)", AnnotationSchedFlags, f))
+			}
+		}
+	}
+	if v, ok := svc.Annotations[AnnotationWeights]; ok {
+		s.weights = map[string]int{}
+		for _, item := range strings.Split(v, ",") {
+			name, num, found := strings.Cut(strings.TrimSpace(item), "=")
+			w, err := strconv.Atoi(num)
+			if !found || name == "" || err != nil || w < 0 || w > 65535 {
+				errs = append(errs, fmt.Errorf("annotation %s: malformed item %q (want name=weight, weight 0-65535)", AnnotationWeights, item))
+				continue
+			}
+			s.weights[name] = w
+		}
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		s.flags |= ipvs.FlagPersistent
+		s.timeout = defaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			s.timeout = uint32(*c.ClientIP.TimeoutSeconds)
+		}
+	}
+	return s, errors.Join(errs...)
+}
+
+func protocolOf(p corev1.Protocol) (ipvs.Protocol, bool) {
+	switch p {
+	case corev1.ProtocolTCP, "":
+		return ipvs.TCP, true
+	case corev1.ProtocolUDP:
+		return ipvs.UDP, true
+	case corev1.ProtocolSCTP:
+		return ipvs.SCTP, true
+	}
+	return 0, false
+}
+
+// vipAddr is one virtual address of a Service and the kind it comes from.
+type vipAddr struct {
+	addr netip.Addr
+	kind Kind
+}
+
+// serviceAddrs returns the ClusterIPs, external IPs and load-balancer ingress IPs of
+// svc. Unparsable addresses are reported and skipped.
+func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
+	var out []vipAddr
+	var errs []error
+	add := func(s string, kind Kind) {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s address %q: %w", kind, s, err))
+			return
+		}
+		a = a.Unmap()
+		for _, o := range out {
+			if o.addr == a {
+				return
+			}
+		}
+		out = append(out, vipAddr{a, kind})
+	}
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	for _, ip := range clusterIPs {
+		if ip != corev1.ClusterIPNone && ip != "" {
+			add(ip, ClusterIP)
+		}
+	}
+	for _, ip := range svc.Spec.ExternalIPs {
+		add(ip, ExternalIP)
+	}
+	if svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			// With ipMode Proxy the load balancer does not keep the destination
+			// address, so traffic reaches the node port instead.
+			if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
+				continue
+			}
+			add(ing.IP, LoadBalancerIP)
+		}
+	}
+	return out, errs
+}
+
+// DesiredForService computes the virtual services of one Service from its
+// EndpointSlices. It is pure. The error lists what was skipped (bad addresses,
+// unsupported protocols) or, for invalid annotations, why every virtual service of the
+// Service is returned Frozen.
+func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts Options) ([]VirtualServer, error) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil, nil
+	}
+	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
+	settings, settingsErr := decodeSettings(svc, opts)
+	addrs, errs := serviceAddrs(svc)
+	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
+	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
+
+	var out []VirtualServer
+	for _, sp := range svc.Spec.Ports {
+		proto, ok := protocolOf(sp.Protocol)
+		if !ok {
+			errs = append(errs, fmt.Errorf("port %q: unsupported protocol %q", sp.Name, sp.Protocol))
+			continue
+		}
+		mk := func(addr netip.Addr, port uint16, kind Kind) VirtualServer {
+			local := internalLocal
+			if kind != ClusterIP {
+				local = externalLocal
+			}
+			vs := VirtualServer{
+				Service: ipvs.Service{
+					Key:       ipvs.Key{Addr: addr, Proto: proto, Port: port},
+					Scheduler: settings.scheduler,
+					Flags:     settings.flags,
+					Timeout:   settings.timeout,
+				},
+				Owner:     name,
+				PortName:  sp.Name,
+				Kind:      kind,
+				LocalOnly: local,
+			}
+			vs.Destinations = destinations(sp, addr.Is4(), epSlices, node.Name, local, settings.weights)
+			return vs
+		}
+		for _, a := range addrs {
+			out = append(out, mk(a.addr, uint16(sp.Port), a.kind))
+		}
+		if hasNodePorts && sp.NodePort != 0 {
+			for _, a := range node.NodePortAddrs {
+				out = append(out, mk(a, uint16(sp.NodePort), NodePort))
+			}
+		}
+	}
+	if settingsErr != nil {
+		for i := range out {
+			out[i] = VirtualServer{Service: ipvs.Service{Key: out[i].Key}, Owner: name,
+				PortName: out[i].PortName, Kind: out[i].Kind, Frozen: true}
+		}
+		errs = append(errs, settingsErr)
+	}
+	return out, errors.Join(errs...)
+}
+
+// destinations selects the endpoints of one Service port in one address family.
+// Ready endpoints serve; when none is ready, serving terminating ones do (as
+// kube-proxy does); other terminating endpoints are listed for draining.
+func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, nodeName string, localOnly bool, weights map[string]int) []Destination {
+	family := discoveryv1.AddressTypeIPv6
+	if v4 {
+		family = discoveryv1.AddressTypeIPv4
+	}
+	type candidate struct {
+		dest             Destination
+		ready, servingTm bool
+	}
+	seen := map[ipvs.DestKey]*candidate{}
+	var order []ipvs.DestKey
+	anyReady := false
+	for _, slice := range epSlices {
+		if slice.AddressType != family {
+			continue
+		}
+		port, ok := slicePort(slice, sp)
+		if !ok {
+			continue
+		}
+		for _, ep := range slice.Endpoints {
+			if len(ep.Addresses) == 0 {
+				continue
+			}
+			addr, err := netip.ParseAddr(ep.Addresses[0])
+			if err != nil {
+				continue
+			}
+			local := ep.NodeName != nil && *ep.NodeName == nodeName
+			if localOnly && !local {
+				continue
+			}
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			serving := ready
+			if ep.Conditions.Serving != nil {
+				serving = *ep.Conditions.Serving
+			}
+			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+			if !ready && !terminating {
+				continue
+			}
+			ready = ready && !terminating
+			key := ipvs.DestKey{Addr: addr.Unmap(), Port: port}
+			c := &candidate{
+				dest:      Destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready},
+				ready:     ready,
+				servingTm: terminating && serving,
+			}
+			// The same endpoint can sit in two slices while they are rebalanced.
+			if old, dup := seen[key]; dup {
+				if old.ready || !c.ready {
+					continue
+				}
+			} else {
+				order = append(order, key)
+			}
+			seen[key] = c
+			anyReady = anyReady || ready
+		}
+	}
+	out := make([]Destination, 0, len(order))
+	for _, k := range order {
+		c := seen[k]
+		d := c.dest
+		if d.Terminating {
+			if !anyReady && c.servingTm {
+				d.Terminating = false
+			} else {
+				d.Weight = 0
+			}
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b Destination) int { return ipvs.CompareDestKeys(a.DestKey, b.DestKey) })
+	return out
+}
+
+// slicePort finds the port of a slice that serves sp: same name, same protocol. The
+// EndpointSlice controller has already resolved named target ports to numbers.
+func slicePort(slice *discoveryv1.EndpointSlice, sp corev1.ServicePort) (uint16, bool) {
+	for _, p := range slice.Ports {
+		name := ""
+		if p.Name != nil {
+			name = *p.Name
+		}
+		proto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			proto = *p.Protocol
+		}
+		if name == sp.Name && proto == sp.Protocol && p.Port != nil {
+			return uint16(*p.Port), true
+		}
+	}
+	return 0, false
+}
+
+func weightOf(ep discoveryv1.Endpoint, addr netip.Addr, weights map[string]int) int {
+	if w, ok := weights[addr.String()]; ok {
+		return w
+	}
+	if ep.TargetRef != nil {
+		if w, ok := weights[ep.TargetRef.Name]; ok {
+			return w
+		}
+	}
+	return 1
+}

@@ -1,0 +1,440 @@
+// Package routing is the routing controller: it runs a BGP speaker inside the daemon,
+// peers with the other nodes (iBGP full mesh or route reflectors) and with external
+// routers, announces this node's pod CIDRs and chosen Service IPs, and installs the
+// pod CIDRs learned from other nodes as kernel routes (through IPIP tunnels when the
+// overlay asks for it).
+package routing
+
+import (
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+)
+
+// Node annotations read by the routing controller.
+const (
+	// AnnotationPeerIPs lists external BGP peers of this node: "192.0.2.1,192.0.2.2".
+	AnnotationPeerIPs = "kube-router.io/peer.ips"
+	// AnnotationPeerASNs lists their AS numbers, one per IP, or one for all.
+	AnnotationPeerASNs = "kube-router.io/peer.asns"
+	// AnnotationPeerPasswords lists their base64-encoded TCP MD5 passwords, one per IP.
+	AnnotationPeerPasswords = "kube-router.io/peer.passwords"
+	// AnnotationRRServer makes the node a route reflector of the given cluster id.
+	AnnotationRRServer = "kube-router.io/rr.server"
+	// AnnotationRRClient makes the node a route reflector client of the given cluster id.
+	AnnotationRRClient = "kube-router.io/rr.client"
+)
+
+// Service annotations that override the advertise_* settings for one Service
+// ("true" or "false").
+const (
+	AnnotationAdvertiseClusterIP      = "kube-router.io/service.advertise.clusterip"
+	AnnotationAdvertiseExternalIP     = "kube-router.io/service.advertise.externalip"
+	AnnotationAdvertiseLoadBalancerIP = "kube-router.io/service.advertise.loadbalancerip"
+)
+
+// NodeInfo is what the routing controller needs from one Node object.
+type NodeInfo struct {
+	Name string
+	// Address is the node's IPv4 InternalIP: BGP session endpoint and next hop.
+	Address netip.Addr
+	// PodCIDRs are the node's IPv4 pod networks.
+	PodCIDRs []netip.Prefix
+	// RRServer and RRClient hold a route reflector cluster id when the node has that role.
+	RRServer string
+	RRClient string
+	// Peers are the node's own external peers from its annotations.
+	Peers []Peer
+}
+
+// ParseNode extracts NodeInfo from a Node. Invalid annotations are logged with the
+// node's name and ignored; the rest of the node still counts.
+func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
+	info := NodeInfo{Name: n.Name}
+	log = log.With("node", n.Name)
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
+			info.Address = ip
+			break
+		}
+	}
+	cidrs := n.Spec.PodCIDRs
+	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
+		cidrs = []string{n.Spec.PodCIDR}
+	}
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			log.Warn("ignoring invalid pod CIDR", "podCIDR", c)
+			continue
+		}
+		if p.Addr().Is4() {
+			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
+		}
+	}
+	for ann, dst := range map[string]*string{AnnotationRRServer: &info.RRServer, AnnotationRRClient: &info.RRClient} {
+		v, ok := n.Annotations[ann]
+		if !ok {
+			continue
+		}
+		if id, err := parseClusterID(v); err != nil {
+			log.Warn("ignoring invalid route reflector annotation", "annotation", ann, "err", err)
+		} else {
+			*dst = id
+		}
+	}
+	if info.RRServer != "" && info.RRClient != "" {
+		log.Warn("ignoring route reflector client annotation on a route reflector server")
+		info.RRClient = ""
+	}
+	if _, ok := n.Annotations[AnnotationPeerIPs]; ok {
+		peers, err := parsePeerAnnotations(n.Annotations, cfg)
+		if err != nil {
+			log.Warn("ignoring invalid peer annotations", "err", err)
+		} else {
+			info.Peers = peers
+		}
+	}
+	return info
+}
+
+// parseClusterID accepts a route reflector cluster id as a 32-bit number or an IPv4
+// address and returns it in dotted form, as BGP carries it.
+func parseClusterID(s string) (string, error) {
+	if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
+		return ip.String(), nil
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || n == 0 {
+		return "", fmt.Errorf("cluster id %q is neither a non-zero 32-bit number nor an IPv4 address", s)
+	}
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).String(), nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, error) {
+	ips := splitList(ann[AnnotationPeerIPs])
+	asns := splitList(ann[AnnotationPeerASNs])
+	passwords := splitList(ann[AnnotationPeerPasswords])
+	if len(ips) == 0 {
+		return nil, fmt.Errorf("%s is empty", AnnotationPeerIPs)
+	}
+	if len(asns) != len(ips) && len(asns) != 1 {
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerASNs, len(asns), len(ips))
+	}
+	if len(passwords) != 0 && len(passwords) != len(ips) {
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerPasswords, len(passwords), len(ips))
+	}
+	peers := make([]Peer, 0, len(ips))
+	for i, s := range ips {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || !ip.Is4() {
+			return nil, fmt.Errorf("peer IP %q is not an IPv4 address", s)
+		}
+		asnText := asns[0]
+		if len(asns) > 1 {
+			asnText = asns[i]
+		}
+		asn, err := strconv.ParseInt(asnText, 10, 64)
+		if err != nil || !config.ValidASN(asn) {
+			return nil, fmt.Errorf("peer %s: invalid AS number %q", ip, asnText)
+		}
+		p := Peer{Address: ip, ASN: uint32(asn), HoldTime: cfg.HoldTime.Duration}
+		if len(passwords) > 0 {
+			pw, err := base64.StdEncoding.DecodeString(passwords[i])
+			if err != nil {
+				return nil, fmt.Errorf("peer %s: password is not base64", ip)
+			}
+			p.Password = string(pw)
+		}
+		peers = append(peers, p)
+	}
+	return peers, nil
+}
+
+// Peer is one BGP neighbour of this node's speaker.
+type Peer struct {
+	Address netip.Addr
+	ASN     uint32
+	// Node names the peer when it is another node of the cluster; empty for routers.
+	Node         string
+	Password     string
+	HoldTime     time.Duration
+	Multihop     uint8
+	LocalAddress netip.Addr
+	Port         uint16
+	// RRClient marks the peer as our route reflector client in cluster RRClusterID.
+	RRClient    bool
+	RRClusterID string
+}
+
+// External reports whether the peer is a router outside the cluster.
+func (p Peer) External() bool { return p.Node == "" }
+
+// DesiredPeers returns this node's BGP neighbours, sorted by address: the other nodes
+// (full mesh, or the route reflector topology from annotations) and the external peers
+// of the config and of our node's annotations (which win for the same address).
+func DesiredPeers(cfg config.Routing, self NodeInfo, nodes []NodeInfo) []Peer {
+	byAddr := map[netip.Addr]Peer{}
+	for _, n := range nodes {
+		if n.Name == self.Name || !n.Address.IsValid() || n.Address == self.Address {
+			continue
+		}
+		if !meshes(cfg.NodeMesh, self, n) {
+			continue
+		}
+		p := Peer{Address: n.Address, ASN: uint32(cfg.ASN), Node: n.Name, HoldTime: cfg.HoldTime.Duration, Port: uint16(cfg.ListenPort)}
+		if self.RRServer != "" && n.RRClient != "" {
+			p.RRClient, p.RRClusterID = true, self.RRServer
+		}
+		byAddr[p.Address] = p
+	}
+	external := slices.Clone(self.Peers)
+	for _, c := range cfg.Peers {
+		external = append(external, Peer{
+			Address: c.Address.Addr, ASN: uint32(c.ASN), Password: c.Password,
+			HoldTime: c.HoldTime.Duration, Multihop: uint8(c.Multihop),
+			LocalAddress: c.LocalAddress.Addr, Port: uint16(c.Port),
+		})
+	}
+	for _, p := range external {
+		if _, taken := byAddr[p.Address]; taken || p.Address == self.Address {
+			continue
+		}
+		if p.HoldTime == 0 {
+			p.HoldTime = cfg.HoldTime.Duration
+		}
+		byAddr[p.Address] = p
+	}
+	out := make([]Peer, 0, len(byAddr))
+	for _, p := range byAddr {
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b Peer) int { return a.Address.Compare(b.Address) })
+	return out
+}
+
+// meshes decides whether self and other hold an iBGP session. Route reflector servers
+// peer with everyone; clients only with servers; other nodes with each other when the
+// full mesh is on. The rule is symmetric, so both ends agree.
+func meshes(nodeMesh bool, self, other NodeInfo) bool {
+	switch {
+	case self.RRServer != "" || other.RRServer != "":
+		return true
+	case self.RRClient != "" || other.RRClient != "":
+		return false
+	default:
+		return nodeMesh
+	}
+}
+
+// Advertisements is what this node announces and what its policies let through.
+type Advertisements struct {
+	// Prefixes are all routes we originate: our pod CIDRs and Service IPs (/32).
+	Prefixes []netip.Prefix
+	// ToNodes are the prefixes node peers may receive: every node's pod CIDRs (route
+	// reflectors pass on the other nodes').
+	ToNodes []netip.Prefix
+	// ToExternal are the prefixes external peers may receive.
+	ToExternal []netip.Prefix
+	// Protected are ranges external peers may not announce into.
+	Protected []netip.Prefix
+}
+
+// ServiceEndpoints says, per "namespace/name", whether a Service has a ready endpoint
+// on this node.
+type ServiceEndpoints map[string]bool
+
+// LocalEndpoints indexes EndpointSlices by Service, recording which have a ready
+// endpoint on nodeName.
+func LocalEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) ServiceEndpoints {
+	out := ServiceEndpoints{}
+	for _, s := range slices {
+		svc := s.Labels[discoveryv1.LabelServiceName]
+		if svc == "" {
+			continue
+		}
+		key := s.Namespace + "/" + svc
+		for _, ep := range s.Endpoints {
+			if ep.NodeName != nil && *ep.NodeName == nodeName && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+				out[key] = true
+			}
+		}
+		if _, ok := out[key]; !ok {
+			out[key] = false
+		}
+	}
+	return out
+}
+
+// DesiredAdvertisements computes what we announce: our pod CIDRs always (the mesh needs
+// them; external peers only with advertise_pod_cidr), and the Service IPs the config
+// or the Service's annotations select. A Service with externalTrafficPolicy Local is
+// announced only while it has a ready endpoint on this node, so routers never send
+// its traffic to a node that would drop it.
+func DesiredAdvertisements(cfg config.Routing, self NodeInfo, nodes []NodeInfo, services []*corev1.Service, local ServiceEndpoints, log *slog.Logger) Advertisements {
+	var a Advertisements
+	a.Prefixes = append(a.Prefixes, self.PodCIDRs...)
+	if cfg.AdvertisePodCIDR {
+		a.ToExternal = append(a.ToExternal, self.PodCIDRs...)
+	}
+	for _, n := range nodes {
+		a.ToNodes = append(a.ToNodes, n.PodCIDRs...)
+		a.Protected = append(a.Protected, n.PodCIDRs...)
+	}
+	for _, p := range cfg.ProtectedCIDRs {
+		a.Protected = append(a.Protected, p.Prefix)
+	}
+	for _, svc := range services {
+		for _, ip := range serviceIPs(cfg, svc, local, log) {
+			p := netip.PrefixFrom(ip, 32)
+			a.Prefixes = append(a.Prefixes, p)
+			a.ToExternal = append(a.ToExternal, p)
+			a.Protected = append(a.Protected, p)
+		}
+	}
+	for _, l := range []*[]netip.Prefix{&a.Prefixes, &a.ToNodes, &a.ToExternal, &a.Protected} {
+		*l = sortedUnique(*l)
+	}
+	return a
+}
+
+func serviceIPs(cfg config.Routing, svc *corev1.Service, local ServiceEndpoints, log *slog.Logger) []netip.Addr {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return nil
+	}
+	name := svc.Namespace + "/" + svc.Name
+	want := func(annotation string, def bool) bool {
+		v, ok := svc.Annotations[annotation]
+		if !ok {
+			return def
+		}
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			log.Warn("ignoring invalid advertise annotation", "service", name, "annotation", annotation, "value", v)
+			return def
+		}
+		return b
+	}
+	var raw []string
+	if want(AnnotationAdvertiseClusterIP, cfg.AdvertiseClusterIPs) && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		raw = append(raw, svc.Spec.ClusterIPs...)
+		if len(svc.Spec.ClusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+			raw = append(raw, svc.Spec.ClusterIP)
+		}
+	}
+	if want(AnnotationAdvertiseExternalIP, cfg.AdvertiseExternalIPs) {
+		raw = append(raw, svc.Spec.ExternalIPs...)
+	}
+	if want(AnnotationAdvertiseLoadBalancerIP, cfg.AdvertiseLoadBalancerIPs) && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+		for _, in := range svc.Status.LoadBalancer.Ingress {
+			raw = append(raw, in.IP)
+		}
+	}
+	if len(raw) == 0 {
+		return nil
+	}
+	if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal && !local[name] {
+		return nil
+	}
+	var out []netip.Addr
+	for _, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			if s != "" {
+				log.Warn("ignoring invalid service IP", "service", name, "ip", s)
+			}
+			continue
+		}
+		if ip.Is4() {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+func sortedUnique(ps []netip.Prefix) []netip.Prefix {
+	slices.SortFunc(ps, comparePrefix)
+	return slices.Compact(ps)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// LearnedRoute is a best path our speaker learned from a peer.
+type LearnedRoute struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+}
+
+// DesiredKernel turns learned routes into kernel routes and the tunnels they need.
+// Routes into our own pod CIDRs or via ourselves are skipped. A route whose next hop is
+// another node goes through an IPIP tunnel to it when overlay is "always", or
+// "cross-subnet" and the node is outside localPrefixes; otherwise via the next hop.
+func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
+	isNode := map[netip.Addr]bool{}
+	for _, n := range nodes {
+		if n.Address.IsValid() && n.Name != self.Name {
+			isNode[n.Address] = true
+		}
+	}
+	routes := map[netip.Prefix]route.Route{}
+	tunnels := map[string]route.Tunnel{}
+	for _, l := range learned {
+		if !l.NextHop.IsValid() || !l.NextHop.Is4() || l.NextHop == self.Address || overlapsAny(l.Prefix, self.PodCIDRs) {
+			continue
+		}
+		onLink := slices.ContainsFunc(localPrefixes, func(p netip.Prefix) bool { return p.Contains(l.NextHop) })
+		tunnel := isNode[l.NextHop] && self.Address.IsValid() &&
+			(overlay == "always" || (overlay == "cross-subnet" && !onLink))
+		if tunnel {
+			t := route.Tunnel{Name: route.TunnelName(l.NextHop), Local: self.Address, Remote: l.NextHop}
+			tunnels[t.Name] = t
+			routes[l.Prefix] = route.Route{Dst: l.Prefix, Device: t.Name}
+			continue
+		}
+		routes[l.Prefix] = route.Route{Dst: l.Prefix, Gateway: l.NextHop}
+	}
+	rs := make([]route.Route, 0, len(routes))
+	for _, r := range routes {
+		rs = append(rs, r)
+	}
+	route.SortRoutes(rs)
+	ts := make([]route.Tunnel, 0, len(tunnels))
+	for _, t := range tunnels {
+		ts = append(ts, t)
+	}
+	slices.SortFunc(ts, func(a, b route.Tunnel) int { return strings.Compare(a.Name, b.Name) })
+	return rs, ts
+}
+
+func overlapsAny(p netip.Prefix, set []netip.Prefix) bool {
+	return slices.ContainsFunc(set, p.Overlaps)
+}

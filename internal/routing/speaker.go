@@ -1,0 +1,492 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	bgplog "github.com/osrg/gobgp/v3/pkg/log"
+	"github.com/osrg/gobgp/v3/pkg/server"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// Names of the GoBGP defined sets and policies the speaker manages.
+const (
+	setNodePeers     = "kube-router-node-peers"
+	setExternalPeers = "kube-router-external-peers"
+	setToNodes       = "kube-router-to-nodes"
+	setToExternal    = "kube-router-to-external"
+	setProtected     = "kube-router-protected"
+	policyExport     = "kube-router-export"
+	policyImport     = "kube-router-import"
+)
+
+var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+
+// SpeakerConfig starts a Speaker.
+type SpeakerConfig struct {
+	ASN      uint32
+	RouterID netip.Addr
+	// ListenPort is the BGP port; -1 disables listening (the speaker only dials out).
+	ListenPort      int32
+	ListenAddresses []string
+	// GracefulRestart offers RFC 4724 graceful restart to every peer, with
+	// RestartTime as how long peers keep our routes while we are away.
+	GracefulRestart bool
+	RestartTime     time.Duration
+	// Communities are added to routes sent to external peers.
+	Communities []string
+	Log         *slog.Logger
+}
+
+// PeerState is the last session state the speaker reported for a peer.
+type PeerState struct {
+	State string `json:"state"`
+	// Flaps counts drops out of the established state since we started.
+	Flaps int `json:"flaps"`
+}
+
+// Speaker is the in-process GoBGP server with the peers, paths and policies we set.
+// Its methods take the desired state and apply only the difference.
+type Speaker struct {
+	srv *server.BgpServer
+	cfg SpeakerConfig
+	log *slog.Logger
+
+	peers      map[netip.Addr]Peer
+	paths      map[netip.Prefix]bool
+	sets       map[string][]string // defined set name -> applied entries
+	policySent bool
+
+	mu     sync.Mutex
+	states map[string]PeerState
+}
+
+// StartSpeaker starts a BGP server and installs our policies (everything rejected
+// until SetPolicy fills the sets).
+func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	srv := server.NewBgpServer(server.LoggerOption(&gobgpLogger{log: log.With("component", "gobgp")}))
+	go srv.Serve()
+	global := &api.Global{
+		Asn:             cfg.ASN,
+		RouterId:        cfg.RouterID.String(),
+		ListenPort:      cfg.ListenPort,
+		ListenAddresses: cfg.ListenAddresses,
+	}
+	if err := srv.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
+		srv.Stop()
+		return nil, fmt.Errorf("starting BGP speaker (AS %d, router id %s, port %d): %w", cfg.ASN, cfg.RouterID, cfg.ListenPort, err)
+	}
+	s := &Speaker{
+		srv: srv, cfg: cfg, log: log,
+		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{}, sets: map[string][]string{},
+		states: map[string]PeerState{},
+	}
+	if err := s.installPolicies(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Stop tears the server down, sending every peer a NOTIFICATION (they withdraw our
+// routes). A daemon restart should not call it, so graceful restart keeps routes.
+func (s *Speaker) Stop() {
+	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+	s.srv.Stop()
+}
+
+func (s *Speaker) installPolicies(ctx context.Context) error {
+	for _, ds := range []*api.DefinedSet{
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers},
+		{DefinedType: api.DefinedType_PREFIX, Name: setToNodes},
+		{DefinedType: api.DefinedType_PREFIX, Name: setToExternal},
+		{DefinedType: api.DefinedType_PREFIX, Name: setProtected},
+	} {
+		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
+			return fmt.Errorf("creating defined set %s: %w", ds.Name, err)
+		}
+	}
+	toExternal := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
+	if len(s.cfg.Communities) > 0 {
+		toExternal.Community = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: s.cfg.Communities}
+	}
+	export := &api.Policy{Name: policyExport, Statements: []*api.Statement{
+		{
+			Name:       policyExport + "-nodes",
+			Conditions: &api.Conditions{NeighborSet: matchAny(setNodePeers), PrefixSet: matchAny(setToNodes)},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		},
+		{
+			Name:       policyExport + "-external",
+			Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setToExternal)},
+			Actions:    toExternal,
+		},
+	}}
+	imp := &api.Policy{Name: policyImport, Statements: []*api.Statement{{
+		Name:       policyImport + "-protected",
+		Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setProtected)},
+		Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
+	}}}
+	for _, p := range []struct {
+		policy *api.Policy
+		dir    api.PolicyDirection
+		def    api.RouteAction
+	}{
+		// Nothing leaves unless a statement accepts it.
+		{export, api.PolicyDirection_EXPORT, api.RouteAction_REJECT},
+		// Everything is accepted except what a statement rejects.
+		{imp, api.PolicyDirection_IMPORT, api.RouteAction_ACCEPT},
+	} {
+		if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: p.policy, ReferExistingStatements: false}); err != nil {
+			return fmt.Errorf("adding policy %s: %w", p.policy.Name, err)
+		}
+		err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name: "global", Direction: p.dir, Policies: []*api.Policy{{Name: p.policy.Name}}, DefaultAction: p.def,
+		}})
+		if err != nil {
+			return fmt.Errorf("assigning policy %s: %w", p.policy.Name, err)
+		}
+	}
+	return nil
+}
+
+func matchAny(set string) *api.MatchSet { return &api.MatchSet{Type: api.MatchSet_ANY, Name: set} }
+
+// SetPolicy updates the policies' sets: which prefixes go to node and external peers,
+// which ranges external peers may not announce into, and who is who among peers.
+func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error {
+	var nodes, external []string
+	for _, p := range peers {
+		if p.External() {
+			external = append(external, p.Address.String()+"/32")
+		} else {
+			nodes = append(nodes, p.Address.String()+"/32")
+		}
+	}
+	exact := func(ps []netip.Prefix) []string {
+		out := make([]string, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, fmt.Sprintf("%s %d..%d", p, p.Bits(), p.Bits()))
+		}
+		return out
+	}
+	within := func(ps []netip.Prefix) []string {
+		out := make([]string, 0, len(ps))
+		for _, p := range ps {
+			out = append(out, fmt.Sprintf("%s %d..32", p, p.Bits()))
+		}
+		return out
+	}
+	changed := false
+	for _, u := range []struct {
+		name    string
+		typ     api.DefinedType
+		entries []string
+	}{
+		// Peers are classified before prefixes are opened, so a new entry in a prefix
+		// set never meets an unclassified peer.
+		{setNodePeers, api.DefinedType_NEIGHBOR, nodes},
+		{setExternalPeers, api.DefinedType_NEIGHBOR, external},
+		{setProtected, api.DefinedType_PREFIX, within(adv.Protected)},
+		{setToNodes, api.DefinedType_PREFIX, exact(adv.ToNodes)},
+		{setToExternal, api.DefinedType_PREFIX, exact(adv.ToExternal)},
+	} {
+		c, err := s.updateSet(ctx, u.name, u.typ, u.entries)
+		if err != nil {
+			return err
+		}
+		changed = changed || c
+	}
+	if changed && s.policySent {
+		// Re-evaluate what established peers have received under the new sets.
+		for addr := range s.peers {
+			_ = s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Soft: true, Direction: api.ResetPeerRequest_BOTH})
+		}
+	}
+	s.policySent = true
+	return nil
+}
+
+// updateSet makes a defined set hold exactly entries ("a.b.c.d/n min..max" for prefix
+// sets, "a.b.c.d/32" for neighbor sets) and reports whether it changed.
+func (s *Speaker) updateSet(ctx context.Context, name string, typ api.DefinedType, entries []string) (bool, error) {
+	entries = slices.Compact(slices.Sorted(slices.Values(entries)))
+	old := s.sets[name]
+	var add, del []string
+	for _, e := range entries {
+		if _, found := slices.BinarySearch(old, e); !found {
+			add = append(add, e)
+		}
+	}
+	for _, e := range old {
+		if _, found := slices.BinarySearch(entries, e); !found {
+			del = append(del, e)
+		}
+	}
+	if len(add) > 0 {
+		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: definedSet(name, typ, add)}); err != nil {
+			return false, fmt.Errorf("adding to defined set %s: %w", name, err)
+		}
+	}
+	if len(del) > 0 {
+		if err := s.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: definedSet(name, typ, del)}); err != nil {
+			return false, fmt.Errorf("removing from defined set %s: %w", name, err)
+		}
+	}
+	s.sets[name] = entries
+	return len(add)+len(del) > 0, nil
+}
+
+func definedSet(name string, typ api.DefinedType, entries []string) *api.DefinedSet {
+	ds := &api.DefinedSet{DefinedType: typ, Name: name}
+	if typ == api.DefinedType_NEIGHBOR {
+		ds.List = entries
+		return ds
+	}
+	for _, e := range entries {
+		var p string
+		var lo, hi uint32
+		fmt.Sscanf(e, "%s %d..%d", &p, &lo, &hi)
+		ds.Prefixes = append(ds.Prefixes, &api.Prefix{IpPrefix: p, MaskLengthMin: lo, MaskLengthMax: hi})
+	}
+	return ds
+}
+
+// SetPeers adds, re-adds (when their settings changed) and deletes peers. A peer that
+// GoBGP refuses is logged and skipped; the others are still applied.
+func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
+	want := map[netip.Addr]Peer{}
+	for _, p := range peers {
+		want[p.Address] = p
+	}
+	var errs []error
+	for addr, old := range s.peers {
+		if p, ok := want[addr]; ok && p == old {
+			continue
+		}
+		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+			errs = append(errs, fmt.Errorf("deleting peer %s: %w", addr, err))
+			continue
+		}
+		delete(s.peers, addr)
+		s.mu.Lock()
+		delete(s.states, addr.String())
+		s.mu.Unlock()
+		s.log.Info("removed BGP peer", "peer", addr, "node", old.Node)
+	}
+	for addr, p := range want {
+		if _, ok := s.peers[addr]; ok {
+			continue
+		}
+		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.apiPeer(p)}); err != nil {
+			s.log.Warn("skipping BGP peer the speaker refused", "peer", addr, "asn", p.ASN, "node", p.Node, "err", err)
+			continue
+		}
+		s.peers[addr] = p
+		s.log.Info("added BGP peer", "peer", addr, "asn", p.ASN, "node", p.Node, "rrClient", p.RRClient)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Speaker) apiPeer(p Peer) *api.Peer {
+	hold := uint64(p.HoldTime / time.Second)
+	ap := &api.Peer{
+		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.ASN, AuthPassword: p.Password, Description: p.Node},
+		// A short connect retry brings sessions up soon after a node or router appears.
+		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: hold, KeepaliveInterval: hold / 3, ConnectRetry: 5}},
+		Transport: &api.Transport{RemotePort: uint32(p.Port)},
+		AfiSafis: []*api.AfiSafi{{
+			Config:            &api.AfiSafiConfig{Family: familyIPv4, Enabled: true},
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: s.cfg.GracefulRestart}},
+		}},
+	}
+	if p.LocalAddress.IsValid() {
+		ap.Transport.LocalAddress = p.LocalAddress.String()
+	}
+	if p.Multihop > 0 {
+		ap.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.Multihop)}
+	}
+	if p.RRClient {
+		ap.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: p.RRClusterID}
+	}
+	if s.cfg.GracefulRestart {
+		ap.GracefulRestart = &api.GracefulRestart{Enabled: true, RestartTime: uint32(s.cfg.RestartTime / time.Second)}
+	}
+	return ap
+}
+
+// SetPaths originates exactly prefixes (next hop: our address on each session).
+func (s *Speaker) SetPaths(ctx context.Context, prefixes []netip.Prefix) error {
+	want := map[netip.Prefix]bool{}
+	for _, p := range prefixes {
+		want[p] = true
+	}
+	var errs []error
+	for p := range s.paths {
+		if want[p] {
+			continue
+		}
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: familyIPv4, Path: localPath(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("withdrawing %s: %w", p, err))
+			continue
+		}
+		delete(s.paths, p)
+	}
+	for p := range want {
+		if s.paths[p] {
+			continue
+		}
+		if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: localPath(p)}); err != nil {
+			errs = append(errs, fmt.Errorf("announcing %s: %w", p, err))
+			continue
+		}
+		s.paths[p] = true
+	}
+	return errors.Join(errs...)
+}
+
+func localPath(p netip.Prefix) *api.Path {
+	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
+	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
+	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: "0.0.0.0"})
+	return &api.Path{Family: familyIPv4, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
+}
+
+// Learned lists the best paths that came from peers.
+func (s *Speaker) Learned(ctx context.Context) ([]LearnedRoute, error) {
+	var out []LearnedRoute
+	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
+		for _, p := range d.Paths {
+			if !p.Best || p.IsWithdraw {
+				continue
+			}
+			if _, err := netip.ParseAddr(p.NeighborIp); err != nil {
+				continue // originated by us
+			}
+			if r, ok := learnedRoute(p); ok {
+				out = append(out, r)
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing BGP paths: %w", err)
+	}
+	return out, nil
+}
+
+func learnedRoute(p *api.Path) (LearnedRoute, bool) {
+	var nlri api.IPAddressPrefix
+	if err := p.Nlri.UnmarshalTo(&nlri); err != nil {
+		return LearnedRoute{}, false
+	}
+	addr, err := netip.ParseAddr(nlri.Prefix)
+	if err != nil {
+		return LearnedRoute{}, false
+	}
+	r := LearnedRoute{Prefix: netip.PrefixFrom(addr, int(nlri.PrefixLen)).Masked()}
+	for _, a := range p.Pattrs {
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			continue
+		}
+		switch attr := m.(type) {
+		case *api.NextHopAttribute:
+			r.NextHop, _ = netip.ParseAddr(attr.NextHop)
+		case *api.MpReachNLRIAttribute:
+			if len(attr.NextHops) > 0 {
+				r.NextHop, _ = netip.ParseAddr(attr.NextHops[0])
+			}
+		}
+	}
+	return r, r.NextHop.IsValid()
+}
+
+// Watch reports peer state changes and best path changes until ctx ends. Callbacks run
+// on GoBGP's goroutine and must be quick.
+func (s *Speaker) Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error {
+	req := &api.WatchEventRequest{
+		Peer:  &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
+	}
+	return s.srv.WatchEvent(ctx, req, func(r *api.WatchEventResponse) {
+		if pe := r.GetPeer(); pe != nil && pe.Type == api.WatchEventResponse_PeerEvent_STATE && pe.Peer.GetState() != nil {
+			addr := pe.Peer.State.NeighborAddress
+			state := pe.Peer.State.SessionState.String()
+			s.mu.Lock()
+			old := s.states[addr]
+			next := PeerState{State: state, Flaps: old.Flaps}
+			if old.State == api.PeerState_ESTABLISHED.String() && state != old.State {
+				next.Flaps++
+			}
+			s.states[addr] = next
+			s.mu.Unlock()
+			if onPeer != nil {
+				onPeer(addr, old, next)
+			}
+		}
+		if r.GetTable() != nil && onBestPath != nil {
+			onBestPath()
+		}
+	})
+}
+
+// PeerStates returns the last reported state of every configured peer.
+func (s *Speaker) PeerStates() map[string]PeerState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]PeerState, len(s.peers))
+	for addr := range s.peers {
+		st, ok := s.states[addr.String()]
+		if !ok {
+			st.State = api.PeerState_IDLE.String()
+		}
+		out[addr.String()] = st
+	}
+	return out
+}
+
+// Counts returns per peer how many IPv4 routes it sent us and we sent it.
+func (s *Speaker) Counts(ctx context.Context) (received, advertised uint64, err error) {
+	err = s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+		for _, af := range p.AfiSafis {
+			if st := af.GetState(); st != nil && proto.Equal(st.Family, familyIPv4) {
+				received += st.Accepted
+				advertised += st.Advertised
+			}
+		}
+	})
+	return received, advertised, err
+}
+
+// gobgpLogger sends GoBGP's logs to slog; its info level is chatty, so it logs at debug.
+type gobgpLogger struct{ log *slog.Logger }
+
+func (l *gobgpLogger) attrs(f bgplog.Fields) []any {
+	out := make([]any, 0, 2*len(f))
+	for k, v := range f {
+		out = append(out, k, v)
+	}
+	return out
+}
+
+func (l *gobgpLogger) Panic(msg string, f bgplog.Fields) { l.log.Error(msg, l.attrs(f)...); panic(msg) }
+func (l *gobgpLogger) Fatal(msg string, f bgplog.Fields) { l.log.Error(msg, l.attrs(f)...) }
+func (l *gobgpLogger) Error(msg string, f bgplog.Fields) { l.log.Error(msg, l.attrs(f)...) }
+func (l *gobgpLogger) Warn(msg string, f bgplog.Fields)  { l.log.Warn(msg, l.attrs(f)...) }
+func (l *gobgpLogger) Info(msg string, f bgplog.Fields)  { l.log.Debug(msg, l.attrs(f)...) }
+func (l *gobgpLogger) Debug(msg string, f bgplog.Fields) {}
+func (l *gobgpLogger) SetLevel(bgplog.LogLevel)          {}
+func (l *gobgpLogger) GetLevel() bgplog.LogLevel         { return bgplog.InfoLevel }

@@ -1,0 +1,203 @@
+// Package netns builds throw-away test hosts out of Linux network namespaces: "node"
+// namespaces with a bridge, "pods" wired to it by veth pairs, and a shared link
+// namespace that puts several nodes on one L2 segment. It can register the matching
+// Node and Pod objects in the test API server, run code or commands inside a namespace,
+// and probe TCP, UDP, SCTP and HTTP between namespaces.
+//
+// Nothing is created in the host's own namespace: every interface is made directly
+// inside the namespaces this package owns, so interface names never collide between
+// tests. Namespace names carry the creating PID ("krt-<pid>-..."); the first use in a
+// process deletes namespaces left behind by processes that no longer run. Everything
+// is deleted on t.Cleanup, also after a failure. Needs root.
+package netns
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+)
+
+// namePrefix marks network namespaces created by this package.
+const namePrefix = "krt-"
+
+// runDir is where named network namespaces are bind-mounted (as by `ip netns add`).
+const runDir = "/var/run/netns"
+
+var (
+	nsSeq     atomic.Uint64
+	sweepOnce sync.Once
+)
+
+// NS is one network namespace owned by a test.
+type NS struct {
+	// Name is the namespace's name under /var/run/netns (usable with `ip netns exec`).
+	Name string
+	// Label is the human name of the host it plays (node or pod name); servers started
+	// in it answer probes with it.
+	Label string
+	// Handle is an open handle on the namespace.
+	Handle vnetns.NsHandle
+	// Netlink is a netlink handle that operates inside the namespace.
+	Netlink *netlink.Handle
+}
+
+// NewNS creates an empty network namespace with loopback up, deleted when the test
+// ends. role is a short word that goes into its name ("node", "pod", "link").
+func NewNS(t testing.TB, role, label string) *NS {
+	t.Helper()
+	testenv.RequireRoot(t)
+	sweepOnce.Do(func() { sweepStale(t) })
+	name := fmt.Sprintf("%s%d-%s%d", namePrefix, os.Getpid(), role, nsSeq.Add(1))
+	handle, err := createNamed(name)
+	if err != nil {
+		if os.IsPermission(err) || err == syscall.EPERM {
+			testenv.Unavailable(t, "cannot create network namespace %s: %v", name, err)
+		}
+		t.Fatalf("create network namespace %s: %v", name, err)
+	}
+	ns := &NS{Name: name, Label: label, Handle: handle}
+	t.Cleanup(func() {
+		if err := ns.delete(); err != nil {
+			t.Errorf("delete network namespace %s: %v", name, err)
+		}
+	})
+	ns.Netlink, err = netlink.NewHandleAt(handle)
+	if err != nil {
+		t.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	lo, err := ns.Netlink.LinkByName("lo")
+	if err == nil {
+		err = ns.Netlink.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("set lo up in %s: %v", name, err)
+	}
+	return ns
+}
+
+// createNamed creates and bind-mounts a new network namespace. Creating it moves the
+// calling thread into it, so that happens on a locked thread that is thrown away.
+func createNamed(name string) (vnetns.NsHandle, error) {
+	type result struct {
+		h   vnetns.NsHandle
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// No UnlockOSThread: the thread ends inside the new namespace and must exit
+		// with this goroutine instead of running other goroutines.
+		runtime.LockOSThread()
+		h, err := vnetns.NewNamed(name)
+		done <- result{h, err}
+	}()
+	r := <-done
+	return r.h, r.err
+}
+
+func (ns *NS) delete() error {
+	if ns.Netlink != nil {
+		ns.Netlink.Close()
+	}
+	ns.Handle.Close()
+	return vnetns.DeleteNamed(ns.Name)
+}
+
+// Path is the namespace's bind-mount path, as nsenter --net= and setns take it.
+func (ns *NS) Path() string { return filepath.Join(runDir, ns.Name) }
+
+// Do runs fn on an OS thread that is inside the namespace. Sockets fn creates belong
+// to the namespace for their whole life, so a listener or connection made inside fn
+// can be used from any goroutine afterwards; goroutines fn starts do not run inside.
+func (ns *NS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// No UnlockOSThread: the thread is in a foreign namespace and must exit with
+		// this goroutine rather than go back to the scheduler.
+		runtime.LockOSThread()
+		if err := vnetns.Set(ns.Handle); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", ns.Name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// Command returns a command that runs inside the namespace (through nsenter).
+func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + ns.Path(), "--", name}, args...)...)
+}
+
+// Run runs a command inside the namespace, fails the test if it fails, and returns
+// its standard output.
+func (ns *NS) Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := ns.Command(context.Background(), name, args...).Output()
+	if err != nil {
+		var stderr string
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = strings.TrimSpace(string(ee.Stderr))
+		}
+		t.Fatalf("in %s (%s): %s %s: %v: %s", ns.Label, ns.Name, name, strings.Join(args, " "), err, stderr)
+	}
+	return string(out)
+}
+
+// Sysctl writes a sysctl of the namespace, for example ("net/ipv4/ip_forward", "1").
+func (ns *NS) Sysctl(key, value string) error {
+	return ns.Do(func() error {
+		// /proc/sys/net resolves to the namespace of the thread that opens it.
+		return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
+	})
+}
+
+// sweepStale deletes namespaces left by test processes that died without cleaning
+// up, and any with this process's PID (a PID reused from such a process).
+func sweepStale(t testing.TB) {
+	entries, err := os.ReadDir(runDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, ok := ownerPID(e.Name())
+		if !ok || (pid != os.Getpid() && processAlive(pid)) {
+			continue
+		}
+		if err := vnetns.DeleteNamed(e.Name()); err != nil {
+			t.Logf("delete stale network namespace %s: %v", e.Name(), err)
+		}
+	}
+}
+
+// ownerPID extracts the creating PID from a namespace name made by NewNS.
+func ownerPID(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, namePrefix)
+	if !ok {
+		return 0, false
+	}
+	pidText, _, ok := strings.Cut(rest, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(pidText)
+	return pid, err == nil && pid > 0
+}
+
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || err == syscall.EPERM
+}

@@ -1,0 +1,36 @@
+// Package testenv gives tests the real parts kube-routerd runs against: a real
+// kube-apiserver (through envtest), helpers to create the API objects a node sees, and
+// the skip-or-fail rule for tests whose real part is missing.
+//
+// The rule: a test that cannot get its real part (root, a control plane, a kernel
+// feature) calls Unavailable, which skips it in a developer's `go test ./...` and fails
+// it under CI=true, so CI never passes by skipping.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"testing"
+)
+
+// InCI reports whether the tests run in CI (CI=true), where nothing may skip.
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable ends the test because a real part it needs is missing: it skips, or
+// fails under CI=true.
+func Unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("unavailable under CI=true (must not skip): %s", msg)
+	}
+	t.Skipf("unavailable: %s", msg)
+}
+
+// RequireRoot ends the test through Unavailable unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(t, "needs root (run the integration tier with sudo or as root)")
+	}
+}
