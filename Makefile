@@ -9,6 +9,10 @@ STATICCHECK_VERSION := v0.8.2
 LDFLAGS := -s -w -X main.version=$(VERSION)+$(GIT_SHA)
 
 export GOTOOLCHAIN := local
+# One set of compile flags for builds, tests and the VM's static test binaries, so
+# they share one build cache (any difference recompiles client-go and friends).
+export CGO_ENABLED := 0
+export GOFLAGS := -trimpath
 
 .PHONY: help build test demo bench package lint clean kube-bin
 
@@ -23,7 +27,7 @@ help:
 	@echo "make clean     remove build outputs"
 
 build:
-	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o bin/kube-routerd ./cmd/kube-routerd
+	go build -ldflags "$(LDFLAGS)" -o bin/kube-routerd ./cmd/kube-routerd
 
 test:
 	bash hack/test.sh

@@ -58,10 +58,10 @@ if [[ -f "$out/initrd.gz" && -f "$out/vmlinuz" ]]; then echo "$out"; exit 0; fi
 t0=$SECONDS
 stage=$(mktemp -d "${TMPDIR:-/tmp}/kube-routerd-vm-image.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{bin,sbin,usr/bin,usr/sbin,usr/lib/modules,usr/lib64,etc,proc,sys,dev,run,tmp,root,mnt,var}
-# Merged /usr like Debian 12, so library paths from ldd resolve the same way in the guest.
-ln -s usr/lib "$stage/lib"
-ln -s usr/lib64 "$stage/lib64"
+mkdir -p "$stage"/{usr/bin,usr/sbin,usr/lib/modules,usr/lib64,etc,proc,sys,dev,run,tmp,root,mnt,var}
+# Merged /usr like Debian 12, so the host's paths (binaries, ldd's libraries, symlinks
+# between them) resolve the same way in the guest.
+for d in bin sbin lib lib64; do ln -s "usr/$d" "$stage/$d"; done
 ln -s ../run "$stage/var/run"
 
 # Copies a file with the shared libraries ldd reports, keeping their paths.
@@ -76,14 +76,9 @@ copy_with_libs() {
     sort -u | xargs cp --parents -L -t "$stage"
 }
 
-cp /bin/busybox "$stage/bin/busybox"
-for applet in $(/bin/busybox --list); do
-  [[ -e "$stage/bin/$applet" ]] || ln -s busybox "$stage/bin/$applet"
-done
-# Debian userland; these shadow busybox applets of the same name through PATH order.
-copy_with_libs /usr/bin/kmod /usr/sbin/ip /usr/sbin/ipset /usr/sbin/ipvsadm /usr/sbin/conntrack \
+copy_with_libs /usr/bin/bash /usr/bin/kmod /usr/sbin/ip /usr/sbin/ipset /usr/sbin/ipvsadm /usr/sbin/conntrack \
   /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi
-for t in modprobe insmod rmmod lsmod modinfo depmod; do ln -sf /usr/bin/kmod "$stage/usr/sbin/$t"; done
+for t in modprobe insmod rmmod lsmod modinfo depmod; do ln -s /usr/bin/kmod "$stage/usr/sbin/$t"; done
 # iptables front ends: the default variant follows the host's alternatives (nft here).
 for fam in iptables ip6tables; do
   for suffix in "" -save -restore; do
@@ -96,6 +91,15 @@ done
 copy_with_libs /usr/lib/x86_64-linux-gnu/xtables/*.so
 for f in /etc/protocols /etc/services /etc/ethertypes /etc/iproute2 /usr/share/iproute2; do
   [[ -e "$f" ]] && cp -rP --parents "$f" "$stage"
+done
+# busybox fills in every tool the Debian userland above does not provide. Scripts run
+# under bash: busybox sh would run its own applets (ip, modprobe) instead of the real tools.
+ln -s bash "$stage/usr/bin/sh"
+cp /usr/bin/busybox "$stage/usr/bin/busybox"
+for applet in $(busybox --list); do
+  have=0
+  for d in usr/bin usr/sbin; do [[ -e "$stage/$d/$applet" || -L "$stage/$d/$applet" ]] && have=1; done
+  ((have)) || ln -s busybox "$stage/usr/bin/$applet"
 done
 echo "root:x:0:0:root:/root:/bin/sh" >"$stage/etc/passwd"
 echo "root:x:0:" >"$stage/etc/group"
@@ -117,10 +121,10 @@ modprobe -d "$kroot" -S "$kver" --show-depends -a "${mods[@]}" |
   (cd "$kroot" && xargs cp --parents -t "$stage")
 cp "$kroot/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$stage/lib/modules/$kver/"
 depmod -b "$stage" "$kver"
-# Preloaded at boot so tests see a kernel like a node's; anything else autoloads on demand.
-printf '%s\n' ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_sh ip_vs_dh ip_vs_mh \
-  nf_conntrack nf_nat dummy ipip veth bridge ip_set xt_set sctp nf_tables nft_compat \
-  iptable_filter iptable_nat ip6table_filter ip6table_nat >"$stage/etc/vm-modules"
+# Loaded at boot: the VM's devices, what the netns helpers' sysctls need (br_netfilter) and
+# the families node tests use; everything else autoloads on demand (kernel.modprobe).
+printf '%s\n' virtio_pci virtio_net 9pnet_virtio 9p ip_vs ip_vs_rr nf_conntrack dummy ipip \
+  veth bridge br_netfilter ip_set sctp >"$stage/etc/vm-modules"
 
 install -m 0755 "$here/init" "$stage/init"
 

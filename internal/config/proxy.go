@@ -19,8 +19,8 @@ type ServiceProxy struct {
 	// ClusterCIDRs are the pod networks of the cluster; traffic from elsewhere to a
 	// service is masqueraded (unless externalTrafficPolicy: Local keeps the source).
 	ClusterCIDRs []Prefix `toml:"cluster_cidrs"`
-	// NodePortAddresses limits NodePorts to node addresses inside these CIDRs; empty
-	// means every address of the node.
+	// NodePortAddresses limits NodePorts to the Node object's InternalIP/ExternalIP
+	// addresses inside these CIDRs; empty means all of them.
 	NodePortAddresses []Prefix `toml:"nodeport_addresses"`
 	// DummyInterface holds the service VIPs so the kernel accepts traffic to them.
 	DummyInterface string `toml:"dummy_interface"`
@@ -54,6 +54,9 @@ func (c ServiceProxy) validate(v *validator) {
 	}
 	if c.MinSyncInterval.Duration > c.SyncPeriod.Duration {
 		v.add("service_proxy.min_sync_interval", "must not exceed sync_period")
+	}
+	if c.GracefulTerminationTimeout.Duration < 0 {
+		v.add("service_proxy.graceful_termination_timeout", "must not be negative")
 	}
 	if c.DummyInterface == "" || len(c.DummyInterface) > 15 {
 		v.add("service_proxy.dummy_interface", fmt.Sprintf("invalid interface name %q (1-15 characters)", c.DummyInterface))

@@ -28,6 +28,8 @@ const (
 	policyImport     = "kube-router-import"
 )
 
+const neighborSentinel = "255.255.255.255/32"
+
 var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 
 // SpeakerConfig starts a Speaker.
@@ -90,7 +92,8 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 	}
 	s := &Speaker{
 		srv: srv, cfg: cfg, log: log,
-		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{}, sets: map[string][]string{},
+		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{},
+		sets:   map[string][]string{setNodePeers: {neighborSentinel}, setExternalPeers: {neighborSentinel}},
 		states: map[string]PeerState{},
 	}
 	if err := s.installPolicies(ctx); err != nil {
@@ -109,8 +112,8 @@ func (s *Speaker) Stop() {
 
 func (s *Speaker) installPolicies(ctx context.Context) error {
 	for _, ds := range []*api.DefinedSet{
-		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers},
-		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers, List: []string{neighborSentinel}},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers, List: []string{neighborSentinel}},
 		{DefinedType: api.DefinedType_PREFIX, Name: setToNodes},
 		{DefinedType: api.DefinedType_PREFIX, Name: setToExternal},
 		{DefinedType: api.DefinedType_PREFIX, Name: setProtected},
@@ -168,7 +171,9 @@ func matchAny(set string) *api.MatchSet { return &api.MatchSet{Type: api.MatchSe
 // SetPolicy updates the policies' sets: which prefixes go to node and external peers,
 // which ranges external peers may not announce into, and who is who among peers.
 func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error {
-	var nodes, external []string
+	// GoBGP treats an empty neighbor set as matching every neighbor; a sentinel that is
+	// never a BGP neighbor (the broadcast address) keeps an empty class empty.
+	nodes, external := []string{neighborSentinel}, []string{neighborSentinel}
 	for _, p := range peers {
 		if p.External() {
 			external = append(external, p.Address.String()+"/32")
@@ -443,17 +448,20 @@ func (s *Speaker) Watch(ctx context.Context, onPeer func(addr string, old, new P
 	})
 }
 
-// PeerStates returns the last reported state of every configured peer.
-func (s *Speaker) PeerStates() map[string]PeerState {
+// PeerStates returns every configured peer's session state, and the flaps counted
+// by Watch.
+func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
+	out := map[string]PeerState{}
+	_ = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		if st := p.GetState(); st != nil {
+			out[st.NeighborAddress] = PeerState{State: st.SessionState.String()}
+		}
+	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]PeerState, len(s.peers))
-	for addr := range s.peers {
-		st, ok := s.states[addr.String()]
-		if !ok {
-			st.State = api.PeerState_IDLE.String()
-		}
-		out[addr.String()] = st
+	for addr, st := range out {
+		st.Flaps = s.states[addr].Flaps
+		out[addr] = st
 	}
 	return out
 }

@@ -44,8 +44,9 @@ var (
 
 // NS is one network namespace owned by a test.
 type NS struct {
-	// Name is the namespace's name under /var/run/netns (usable with `ip netns exec`).
-	Name string
+	// NetnsName is the namespace's name under /var/run/netns (usable with
+	// `ip netns exec`).
+	NetnsName string
 	// Label is the human name of the host it plays (node or pod name); servers started
 	// in it answer probes with it.
 	Label string
@@ -69,7 +70,7 @@ func NewNS(t testing.TB, role, label string) *NS {
 		}
 		t.Fatalf("create network namespace %s: %v", name, err)
 	}
-	ns := &NS{Name: name, Label: label, Handle: handle}
+	ns := &NS{NetnsName: name, Label: label, Handle: handle}
 	t.Cleanup(func() {
 		if err := ns.delete(); err != nil {
 			t.Errorf("delete network namespace %s: %v", name, err)
@@ -78,6 +79,13 @@ func NewNS(t testing.TB, role, label string) *NS {
 	ns.Netlink, err = netlink.NewHandleAt(handle)
 	if err != nil {
 		t.Fatalf("netlink handle in %s: %v", name, err)
+	}
+	// Interfaces made later in the namespace start usable at once instead of spending
+	// seconds on IPv6 duplicate address detection.
+	for _, key := range []string{"net/ipv6/conf/all/accept_dad", "net/ipv6/conf/default/accept_dad"} {
+		if err := ns.Sysctl(key, "0"); err != nil {
+			t.Fatalf("sysctl %s in %s: %v", key, name, err)
+		}
 	}
 	lo, err := ns.Netlink.LinkByName("lo")
 	if err == nil {
@@ -113,11 +121,11 @@ func (ns *NS) delete() error {
 		ns.Netlink.Close()
 	}
 	ns.Handle.Close()
-	return vnetns.DeleteNamed(ns.Name)
+	return vnetns.DeleteNamed(ns.NetnsName)
 }
 
 // Path is the namespace's bind-mount path, as nsenter --net= and setns take it.
-func (ns *NS) Path() string { return filepath.Join(runDir, ns.Name) }
+func (ns *NS) Path() string { return filepath.Join(runDir, ns.NetnsName) }
 
 // Do runs fn on an OS thread that is inside the namespace. Sockets fn creates belong
 // to the namespace for their whole life, so a listener or connection made inside fn
@@ -129,7 +137,7 @@ func (ns *NS) Do(fn func() error) error {
 		// this goroutine rather than go back to the scheduler.
 		runtime.LockOSThread()
 		if err := vnetns.Set(ns.Handle); err != nil {
-			errc <- fmt.Errorf("enter network namespace %s: %w", ns.Name, err)
+			errc <- fmt.Errorf("enter network namespace %s: %w", ns.NetnsName, err)
 			return
 		}
 		errc <- fn()
@@ -152,7 +160,7 @@ func (ns *NS) Run(t testing.TB, name string, args ...string) string {
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = strings.TrimSpace(string(ee.Stderr))
 		}
-		t.Fatalf("in %s (%s): %s %s: %v: %s", ns.Label, ns.Name, name, strings.Join(args, " "), err, stderr)
+		t.Fatalf("in %s (%s): %s %s: %v: %s", ns.Label, ns.NetnsName, name, strings.Join(args, " "), err, stderr)
 	}
 	return string(out)
 }

@@ -43,10 +43,10 @@ func NewLink(t testing.TB) *Link {
 	ns := NewNS(t, "link", "link")
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err := ns.Netlink.LinkAdd(br); err != nil {
-		t.Fatalf("create bridge in %s: %v", ns.Name, err)
+		t.Fatalf("create bridge in %s: %v", ns.NetnsName, err)
 	}
 	if err := ns.Netlink.LinkSetUp(br); err != nil {
-		t.Fatalf("set bridge up in %s: %v", ns.Name, err)
+		t.Fatalf("set bridge up in %s: %v", ns.NetnsName, err)
 	}
 	return &Link{NS: ns, V4: defaultLinkV4, V6: defaultLinkV6, bridgeIndex: br.Attrs().Index}
 }
@@ -322,21 +322,29 @@ func (n *Node) AddPod(t testing.TB, opts PodOptions) *Pod {
 	return p
 }
 
+// SameFamily returns the pod's address of the same IP family as a.
+func (p *Pod) SameFamily(a netip.Addr) netip.Addr {
+	if a.Unmap().Is4() {
+		return p.IPv4
+	}
+	return p.IPv6
+}
+
 // configureLink adds addresses (without duplicate address detection, so IPv6 works at
 // once) to an interface of ns and sets it up.
 func configureLink(ns *NS, name string, addrs ...netip.Prefix) error {
 	link, err := ns.Netlink.LinkByName(name)
 	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", name, ns.Name, err)
+		return fmt.Errorf("find %s in %s: %w", name, ns.NetnsName, err)
 	}
 	for _, a := range addrs {
 		addr := &netlink.Addr{IPNet: ipNetOf(a), Flags: unix.IFA_F_NODAD}
 		if err := ns.Netlink.AddrAdd(link, addr); err != nil {
-			return fmt.Errorf("add %s to %s in %s: %w", a, name, ns.Name, err)
+			return fmt.Errorf("add %s to %s in %s: %w", a, name, ns.NetnsName, err)
 		}
 	}
 	if err := ns.Netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up in %s: %w", name, ns.Name, err)
+		return fmt.Errorf("set %s up in %s: %w", name, ns.NetnsName, err)
 	}
 	return nil
 }

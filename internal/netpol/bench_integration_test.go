@@ -1,0 +1,32 @@
+//go:build integration
+
+package netpol
+
+import (
+	"context"
+	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+// BenchmarkScaleKernel runs the scale benchmark against real iptables and ipsets in
+// a network namespace of its own.
+func BenchmarkScaleKernel(b *testing.B) {
+	testenv.RequireRoot(b)
+	runScaleBenchmarks(b, func(b *testing.B) []Dataplane {
+		ns := tnetns.NewNS(b, "node", "bench")
+		dps, err := KernelDataplanes(ns.Handle)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Only IPv4: the benchmark pods have no IPv6 addresses.
+		dps = dps[:1]
+		b.Cleanup(func() {
+			if err := CleanupDataplanes(context.Background(), dps); err != nil {
+				b.Error(err)
+			}
+		})
+		return dps
+	})
+}

@@ -1,0 +1,400 @@
+package netpol
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netns"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	netlisters "k8s.io/client-go/listers/networking/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/runner"
+)
+
+// Controller enforces NetworkPolicies for the pods on this node.
+type Controller struct {
+	opts     Options
+	cfg      config.NetworkPolicy
+	runner   *runner.Runner
+	families []*familyState
+	metrics  *metrics
+
+	pods       corelisters.PodLister
+	namespaces corelisters.NamespaceLister
+	policies   netlisters.NetworkPolicyLister
+
+	mu            sync.Mutex // guards the dirty marks
+	dirtyPods     map[string]bool
+	dirtyPolicies map[string]bool
+	dirtyNS       bool
+
+	// Owned by the sync loop.
+	idx *Index
+
+	detailsMu sync.Mutex
+	details   Details
+}
+
+// familyState is the compiled policies and reconciler of one IP family.
+type familyState struct {
+	opts     Options
+	compiled map[string]*CompiledPolicy
+	rec      *reconciler
+}
+
+// Details is what `kube-routerd status` shows about the policy controller.
+type Details struct {
+	Policies  int                 `json:"policies"`
+	Pods      int                 `json:"isolatedPods"`
+	Rules     int                 `json:"rules"`
+	Sets      int                 `json:"sets"`
+	Entries   int                 `json:"setEntries"`
+	Problems  map[string][]string `json:"problems,omitempty"`
+	LastApply map[int]applyStats  `json:"lastApplyByFamily,omitempty"`
+}
+
+// KernelDataplanes returns the real IPv4 and IPv6 dataplanes of network namespace ns
+// (netns.None() for the daemon's own namespace).
+func KernelDataplanes(ns netns.NsHandle) ([]Dataplane, error) {
+	var out []Dataplane
+	for _, fam := range []struct {
+		family int
+		proto  iptables.Protocol
+	}{{4, iptables.IPv4}, {6, iptables.IPv6}} {
+		ipt, err := iptables.NewAt(fam.proto, ns)
+		if err != nil {
+			return nil, err
+		}
+		var sets *ipset.Netlink
+		if ns.IsOpen() {
+			sets, err = ipset.NewAt(ns)
+		} else {
+			sets, err = ipset.New()
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Dataplane{Family: fam.family, IPTables: ipt, IPSets: sets})
+	}
+	return out, nil
+}
+
+// New builds the controller and registers its informer handlers and metrics.
+func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Controller, error) {
+	c := &Controller{
+		cfg: cfg,
+		opts: Options{
+			NodeName:               env.NodeName,
+			MarkBit:                DefaultMarkBit,
+			BetaNamespaceIsolation: cfg.BetaNamespaceIsolation,
+			LogDrops:               cfg.LogDrops,
+			NFLOGGroup:             cfg.NFLOGGroup,
+			LogRatePerMinute:       cfg.LogRatePerMinute,
+		},
+		dirtyPods:     map[string]bool{},
+		dirtyPolicies: map[string]bool{},
+		idx:           NewIndex(),
+	}
+	for _, dp := range dataplanes {
+		o := c.opts
+		o.Family = dp.Family
+		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*CompiledPolicy{}, rec: newReconciler(dp)})
+	}
+	m, err := newMetrics(env.Registry)
+	if err != nil {
+		return nil, err
+	}
+	c.metrics = m
+	c.runner = runner.New("netpol", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	c.runner.Observe = m.observe
+
+	podInf := env.Informers.Core().V1().Pods()
+	nsInf := env.Informers.Core().V1().Namespaces()
+	polInf := env.Informers.Networking().V1().NetworkPolicies()
+	c.pods, c.namespaces, c.policies = podInf.Lister(), nsInf.Lister(), polInf.Lister()
+	if _, err := podInf.Informer().AddEventHandler(c.handler(func(key string) { c.dirtyPods[key] = true })); err != nil {
+		return nil, err
+	}
+	if _, err := polInf.Informer().AddEventHandler(c.handler(func(key string) { c.dirtyPolicies[key] = true })); err != nil {
+		return nil, err
+	}
+	if _, err := nsInf.Informer().AddEventHandler(c.handler(func(string) { c.dirtyNS = true })); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// handler marks the changed object dirty and asks for a sync; it never touches the kernel.
+func (c *Controller) handler(mark func(key string)) cache.ResourceEventHandler {
+	on := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			return
+		}
+		c.mu.Lock()
+		mark(key)
+		c.mu.Unlock()
+		c.runner.Request()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    on,
+		UpdateFunc: func(_, obj any) { on(obj) },
+		DeleteFunc: on,
+	}
+}
+
+// Name implements daemon.Controller.
+func (c *Controller) Name() string { return "netpol" }
+
+// Run implements daemon.Controller.
+func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	c.runner.Run(ctx, hb)
+	return nil
+}
+
+// Details implements daemon.StatusReporter.
+func (c *Controller) Details() any {
+	c.detailsMu.Lock()
+	defer c.detailsMu.Unlock()
+	return c.details
+}
+
+// sync recompiles what changed and applies it. A full sync (first, periodic, after an
+// error, or after a namespace changed) recompiles every policy and rewrites every chain.
+func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+	c.mu.Lock()
+	dirtyPods, dirtyPolicies, dirtyNS := c.dirtyPods, c.dirtyPolicies, c.dirtyNS
+	c.dirtyPods, c.dirtyPolicies, c.dirtyNS = map[string]bool{}, map[string]bool{}, false
+	c.mu.Unlock()
+
+	recompileAll := full || dirtyNS
+	var changedPods []podChange
+	if recompileAll {
+		if err := c.rebuildIndex(); err != nil {
+			return "", err
+		}
+	} else {
+		for key := range dirtyPods {
+			ns, name, _ := cache.SplitMetaNamespaceKey(key)
+			change := podChange{old: c.idx.Pod(ns, name)}
+			c.idx.DeletePod(ns, name)
+			if obj, err := c.pods.Pods(ns).Get(name); err == nil {
+				change.new = PodFromAPI(obj)
+			}
+			if change.new != nil {
+				c.idx.SetPod(change.new)
+			}
+			changedPods = append(changedPods, change)
+		}
+	}
+
+	policies, err := c.policies.List(labels.Everything())
+	if err != nil {
+		return "", fmt.Errorf("listing network policies: %w", err)
+	}
+	byKey := make(map[string]*networkingv1.NetworkPolicy, len(policies))
+	for _, p := range policies {
+		byKey[p.Namespace+"/"+p.Name] = p
+	}
+
+	summary := ""
+	details := Details{Problems: map[string][]string{}, LastApply: map[int]applyStats{}}
+	for _, fs := range c.families {
+		for key := range fs.compiled {
+			if byKey[key] == nil {
+				delete(fs.compiled, key)
+			}
+		}
+		for key, p := range byKey {
+			old := fs.compiled[key]
+			if !recompileAll && old != nil && !dirtyPolicies[key] && !c.touches(p, changedPods) {
+				continue
+			}
+			cp := CompilePolicy(p, c.idx, fs.opts)
+			if old == nil || !slices.Equal(old.Problems, cp.Problems) {
+				for _, problem := range cp.Problems {
+					slog.Warn("network policy partly not enforceable", "policy", key, "family", fs.opts.Family, "problem", problem)
+				}
+			}
+			fs.compiled[key] = cp
+		}
+		list := make([]*CompiledPolicy, 0, len(fs.compiled))
+		for _, key := range sortedKeys(fs.compiled) {
+			list = append(list, fs.compiled[key])
+			if len(fs.compiled[key].Problems) > 0 {
+				details.Problems[key] = fs.compiled[key].Problems
+			}
+		}
+		desired := Assemble(list, c.idx, fs.opts)
+		st, err := fs.rec.apply(desired, full)
+		details.LastApply[fs.opts.Family] = st
+		if err != nil {
+			// Recompile everything next time, with a kernel re-read.
+			c.mu.Lock()
+			c.dirtyNS = true
+			c.mu.Unlock()
+			return "", err
+		}
+		c.metrics.record(fs.opts.Family, len(list), desired)
+		details.Policies = len(list)
+		details.Pods = max(details.Pods, desired.Pods)
+		details.Rules += desired.Rules
+		details.Sets += len(desired.Sets)
+		details.Entries += desired.SetEntriesCount()
+		if fs.opts.Family == 4 {
+			summary = fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", len(list), desired.Pods, desired.Rules, len(desired.Sets))
+		}
+	}
+	c.detailsMu.Lock()
+	c.details = details
+	c.detailsMu.Unlock()
+	return summary, ctx.Err()
+}
+
+// podChange is one pod before and after a change; old is nil for a new pod, new is
+// nil for a deleted one.
+type podChange struct{ old, new *Pod }
+
+// touches reports whether any changed pod may affect policy p.
+func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange) bool {
+	for _, ch := range changed {
+		pod := ch.new
+		if pod == nil {
+			pod = ch.old
+		}
+		if pod != nil && Affects(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
+			return true
+		}
+	}
+	return false
+}
+
+// rebuildIndex reloads every pod and namespace from the informer caches.
+func (c *Controller) rebuildIndex() error {
+	idx := NewIndex()
+	nss, err := c.namespaces.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("listing namespaces: %w", err)
+	}
+	for _, ns := range nss {
+		n, err := NamespaceFromAPI(ns)
+		if err != nil && c.opts.BetaNamespaceIsolation {
+			slog.Warn("ignoring malformed namespace annotation", "namespace", ns.Name, "annotation", BetaIsolationAnnotation, "err", err)
+		}
+		idx.Namespaces[ns.Name] = n
+	}
+	pods, err := c.pods.List(labels.Everything())
+	if err != nil {
+		return fmt.Errorf("listing pods: %w", err)
+	}
+	for _, p := range pods {
+		if pod := PodFromAPI(p); pod != nil {
+			idx.SetPod(pod)
+		}
+	}
+	c.idx = idx
+	return nil
+}
+
+// Cleanup removes every chain, jump and set the policy controller owns, in the IPv4
+// and IPv6 filter tables of the daemon's network namespace.
+func Cleanup(ctx context.Context) error {
+	dps, err := KernelDataplanes(netns.None())
+	if err != nil {
+		return err
+	}
+	return CleanupDataplanes(ctx, dps)
+}
+
+// CleanupDataplanes is Cleanup for given dataplanes (tests, other namespaces).
+func CleanupDataplanes(ctx context.Context, dps []Dataplane) error {
+	for _, dp := range dps {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := cleanup(dp); err != nil {
+			return fmt.Errorf("cleaning up network policy state (IPv%d): %w", dp.Family, err)
+		}
+	}
+	return nil
+}
+
+// metrics are the controller's Prometheus series.
+type metrics struct {
+	syncDuration *prometheus.HistogramVec
+	syncErrors   prometheus.Counter
+	policies     prometheus.Gauge
+	pods         *prometheus.GaugeVec
+	rules        *prometheus.GaugeVec
+	sets         *prometheus.GaugeVec
+	entries      *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	fam := []string{"family"}
+	m := &metrics{
+		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kube_routerd_netpol_sync_duration_seconds",
+			Help:    "Time to compile and apply network policies, by sync kind.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}, []string{"kind"}),
+		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kube_routerd_netpol_sync_errors_total", Help: "Network policy syncs that failed.",
+		}),
+		policies: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_policies_enforced", Help: "NetworkPolicies compiled and enforced.",
+		}),
+		pods: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_pods_isolated", Help: "Local pods isolated by at least one policy direction.",
+		}, fam),
+		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_iptables_rules", Help: "iptables rules in the policy controller's chains.",
+		}, fam),
+		sets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_ipsets", Help: "ipsets the policy controller maintains.",
+		}, fam),
+		entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_ipset_entries", Help: "Entries over all of the policy controller's ipsets.",
+		}, fam),
+	}
+	if reg != nil {
+		for _, col := range []prometheus.Collector{m.syncDuration, m.syncErrors, m.policies, m.pods, m.rules, m.sets, m.entries} {
+			if err := reg.Register(col); err != nil {
+				return nil, fmt.Errorf("registering network policy metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) observe(full bool, d time.Duration, err error) {
+	kind := "partial"
+	if full {
+		kind = "full"
+	}
+	m.syncDuration.WithLabelValues(kind).Observe(d.Seconds())
+	if err != nil {
+		m.syncErrors.Inc()
+	}
+}
+
+func (m *metrics) record(family int, policies int, d *Desired) {
+	f := fmt.Sprint(family)
+	m.policies.Set(float64(policies))
+	m.pods.WithLabelValues(f).Set(float64(d.Pods))
+	m.rules.WithLabelValues(f).Set(float64(d.Rules))
+	m.sets.WithLabelValues(f).Set(float64(len(d.Sets)))
+	m.entries.WithLabelValues(f).Set(float64(d.SetEntriesCount()))
+}

@@ -1,0 +1,696 @@
+// Package netpol is kube-routerd's network policy controller: it compiles
+// networking.k8s.io/v1 NetworkPolicies, the pods they select and the namespaces they
+// name into iptables chains and ipsets for the pods on this node (desired.go), and
+// applies only what changed (reconcile.go).
+//
+// Layout in the filter table (IPv4 and IPv6 alike):
+//
+//	FORWARD -> KUBE-ROUTER-FORWARD
+//	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
+//	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
+//	  -d <pod IP> -> KUBE-ROUTER-PI-<pod>  (pods isolated for ingress)
+//	KUBE-ROUTER-PI-<pod>: node's own addresses RETURN; jump to each selecting policy's
+//	  ingress chain KUBE-ROUTER-NI-<policy>, whose rules set the allow mark; unmarked
+//	  packets are (logged and) dropped; the mark is cleared and the packet returns.
+//
+// Our chains only DROP or RETURN: allowed traffic continues through FORWARD as if we
+// were not there.
+package netpol
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+)
+
+// Names of what the compiler produces. Every chain and set carries the
+// KUBE-ROUTER- prefix, so Cleanup and the full resync recognise them.
+const (
+	TopChain        = "KUBE-ROUTER-FORWARD"
+	chainPrefix     = "KUBE-ROUTER-"
+	podIngressKind  = "PI"
+	podEgressKind   = "PE"
+	polIngressKind  = "NI"
+	polEgressKind   = "NE"
+	peerSetKind     = "SP" // hash:ip of peer pods
+	exceptSetKind   = "SX" // hash:net of an ipBlock's except list
+	namedPortKind   = "SN" // hash:ip,port of pods exposing a named port
+	TempSetSuffix   = "-T" // a set being rebuilt before a swap
+	hashLen         = 13
+	commentMaxBytes = 200
+)
+
+// Options are the node-wide compiler settings.
+type Options struct {
+	NodeName string
+	// Family is 4 or 6: which pod IPs and ipBlocks this compilation covers.
+	Family int
+	// MarkBit is the packet mark bit policy chains set to say "allowed".
+	MarkBit uint32
+	// BetaNamespaceIsolation honours BetaIsolationAnnotation.
+	BetaNamespaceIsolation bool
+	// LogDrops adds an NFLOG rule before each drop, at most LogRatePerMinute.
+	LogDrops         bool
+	NFLOGGroup       int
+	LogRatePerMinute int
+}
+
+// DefaultMarkBit is the allow mark; kube-proxy uses 0x4000 and 0x8000.
+const DefaultMarkBit uint32 = 0x10000
+
+// CompiledPolicy is one NetworkPolicy turned into chains and sets for this node.
+type CompiledPolicy struct {
+	Key     string // namespace/name
+	Ingress bool   // the policy isolates its targets for ingress
+	Egress  bool   // the policy isolates its targets for egress
+	// Targets are the keys of the local pods the policy selects, sorted.
+	Targets []string
+	// Chains are the policy's ingress and egress chains (when it has those types).
+	Chains []iptables.Chain
+	// Sets are the ipsets the chains reference, entries sorted.
+	Sets []ipset.SetEntries
+	// Problems describe parts of the policy that could not be compiled; those parts
+	// match nothing.
+	Problems []string
+}
+
+// Desired is the whole state the controller wants in the kernel for one family.
+type Desired struct {
+	Chains []iptables.Chain   // sorted by name; TopChain included
+	Sets   []ipset.SetEntries // sorted by name
+	Pods   int                // local pods with at least one isolated direction
+	Rules  int                // total rules in Chains
+}
+
+// SetEntriesCount is the number of entries over all sets.
+func (d *Desired) SetEntriesCount() int {
+	n := 0
+	for _, s := range d.Sets {
+		n += len(s.Entries)
+	}
+	return n
+}
+
+// name builds a chain or set name: prefix, a two-letter kind and a hash of what it is
+// for. Names are memoised: every sync asks again for every local pod's chains.
+func name(kind string, parts ...string) string {
+	key := kind + "\x00" + strings.Join(parts, "\x00")
+	if v, ok := nameCache.Load(key); ok {
+		return v.(string)
+	}
+	sum := sha256.Sum256([]byte(key))
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:])
+	n := chainPrefix + kind + "-" + enc[:hashLen]
+	nameCache.Store(key, n)
+	return n
+}
+
+var nameCache sync.Map
+
+func (o Options) familyTag() string { return strconv.Itoa(o.Family) }
+
+func (o Options) ipsetFamily() ipset.Family {
+	if o.Family == 6 {
+		return ipset.IPv6
+	}
+	return ipset.IPv4
+}
+
+// podIP returns the pod's address of the compiled family.
+func (o Options) podIP(p *Pod) (netip.Addr, bool) {
+	for _, ip := range p.IPs {
+		if ip.Is4() == (o.Family == 4) {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// isLocalTarget reports whether p is a pod this node polices.
+func (o Options) isLocalTarget(p *Pod) bool {
+	if p.NodeName != o.NodeName || p.HostNetwork {
+		return false
+	}
+	_, ok := o.podIP(p)
+	return ok
+}
+
+// PolicyTypes applies the API's defaulting when spec.policyTypes is empty: Ingress
+// always, Egress when the policy has egress rules.
+func PolicyTypes(p *networkingv1.NetworkPolicy) (ingress, egress bool) {
+	if len(p.Spec.PolicyTypes) == 0 {
+		return true, len(p.Spec.Egress) > 0
+	}
+	for _, t := range p.Spec.PolicyTypes {
+		switch t {
+		case networkingv1.PolicyTypeIngress:
+			ingress = true
+		case networkingv1.PolicyTypeEgress:
+			egress = true
+		}
+	}
+	return ingress, egress
+}
+
+// CompilePolicy compiles one policy against the index.
+func CompilePolicy(p *networkingv1.NetworkPolicy, idx *Index, o Options) *CompiledPolicy {
+	key := p.Namespace + "/" + p.Name
+	c := &CompiledPolicy{Key: key}
+	c.Ingress, c.Egress = PolicyTypes(p)
+	targetSel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+	if err != nil {
+		c.Problems = append(c.Problems, fmt.Sprintf("podSelector: %v (policy selects no pods)", err))
+		return c
+	}
+	var targets []*Pod
+	for _, pod := range sortedPods(idx.Pods[p.Namespace]) {
+		if o.isLocalTarget(pod) && targetSel.Matches(labels.Set(pod.Labels)) {
+			targets = append(targets, pod)
+			c.Targets = append(c.Targets, pod.Key())
+		}
+	}
+	b := &policyBuilder{policy: key, idx: idx, o: o, namespace: p.Namespace, out: c, targets: targets}
+	if c.Ingress {
+		chain := iptables.Chain{Name: name(polIngressKind, key, o.familyTag())}
+		for i, rule := range p.Spec.Ingress {
+			chain.Rules = append(chain.Rules, b.rule("ingress", i, rule.From, rule.Ports)...)
+		}
+		c.Chains = append(c.Chains, chain)
+	}
+	if c.Egress {
+		chain := iptables.Chain{Name: name(polEgressKind, key, o.familyTag())}
+		for i, rule := range p.Spec.Egress {
+			chain.Rules = append(chain.Rules, b.rule("egress", i, rule.To, rule.Ports)...)
+		}
+		c.Chains = append(c.Chains, chain)
+	}
+	sort.Slice(c.Sets, func(i, j int) bool { return c.Sets[i].Name < c.Sets[j].Name })
+	return c
+}
+
+type policyBuilder struct {
+	policy    string
+	namespace string
+	idx       *Index
+	o         Options
+	out       *CompiledPolicy
+	targets   []*Pod
+}
+
+func (b *policyBuilder) problem(format string, args ...any) {
+	b.out.Problems = append(b.out.Problems, fmt.Sprintf(format, args...))
+}
+
+func (b *policyBuilder) addSet(kind string, t ipset.Type, entries map[string]struct{}, parts ...string) string {
+	setName := name(kind, append([]string{b.policy, b.o.familyTag()}, parts...)...)
+	list := make([]string, 0, len(entries))
+	for e := range entries {
+		list = append(list, e)
+	}
+	sort.Strings(list)
+	b.out.Sets = append(b.out.Sets, ipset.SetEntries{
+		Set:     ipset.Set{Name: setName, Type: t, Family: b.o.ipsetFamily()},
+		Entries: list,
+	})
+	return setName
+}
+
+// rule compiles one ingress or egress rule into iptables rules that set the allow
+// mark. dir is "ingress" or "egress"; peers are From or To.
+func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) []string {
+	ruleID := dir + "/" + strconv.Itoa(i)
+	peerSide, portSide := "src", "dst"
+	addrFlag := "-s"
+	if dir == "egress" {
+		peerSide, addrFlag = "dst", "-d"
+	}
+	// Peer pods (selector peers), ipBlocks, or "anyone" when the rule lists no peers.
+	var peerPods []*Pod
+	selectorPeers := false
+	var blockMatches []string
+	for j, peer := range peers {
+		peerID := ruleID + "/peer/" + strconv.Itoa(j)
+		if peer.IPBlock != nil {
+			if m, ok := b.ipBlock(peer.IPBlock, peerID, peerSide, addrFlag); ok {
+				blockMatches = append(blockMatches, m)
+			}
+			continue
+		}
+		selectorPeers = true
+		pods, err := b.selectPeers(peer)
+		if err != nil {
+			b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
+			continue
+		}
+		peerPods = append(peerPods, pods...)
+	}
+	peerPods = uniquePods(peerPods)
+	anyPeer := len(peers) == 0
+
+	var peerMatches []string
+	if anyPeer {
+		peerMatches = []string{""}
+	}
+	if selectorPeers {
+		entries := map[string]struct{}{}
+		for _, p := range peerPods {
+			ip, _ := b.o.podIP(p)
+			entries[ip.String()] = struct{}{}
+		}
+		set := b.addSet(peerSetKind, ipset.HashIP, entries, ruleID)
+		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
+	}
+	peerMatches = append(peerMatches, blockMatches...)
+
+	type portMatch struct {
+		match string
+		// named is a named-port set that also matches the peer (egress); the rule then
+		// replaces the selector-peer set match.
+		namedEgress bool
+	}
+	var portMatches []portMatch
+	if len(ports) == 0 {
+		portMatches = []portMatch{{}}
+	}
+	for j, port := range ports {
+		proto := corev1.ProtocolTCP
+		if port.Protocol != nil {
+			proto = *port.Protocol
+		}
+		protoName := strings.ToLower(string(proto))
+		switch proto {
+		case corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP:
+		default:
+			b.problem("%s rule %d port %d: unsupported protocol %q (matches nothing)", dir, i, j, proto)
+			continue
+		}
+		switch {
+		case port.Port == nil:
+			portMatches = append(portMatches, portMatch{match: "-p " + protoName})
+		case port.Port.Type == 0: // numeric
+			dport := strconv.Itoa(int(port.Port.IntVal))
+			if port.EndPort != nil {
+				if *port.EndPort < port.Port.IntVal {
+					b.problem("%s rule %d port %d: endPort %d below port %d (matches nothing)", dir, i, j, *port.EndPort, port.Port.IntVal)
+					continue
+				}
+				dport += ":" + strconv.Itoa(int(*port.EndPort))
+			}
+			portMatches = append(portMatches, portMatch{match: fmt.Sprintf("-p %s -m %s --dport %s", protoName, protoName, dport)})
+		default:
+			// Named port: resolved on the pods the traffic goes to; the ingress targets,
+			// or the egress peer pods.
+			named := port.Port.StrVal
+			holders := b.targets
+			switch {
+			case dir == "egress" && anyPeer:
+				holders = b.allPods()
+			case dir == "egress":
+				holders = peerPods
+			}
+			entries := map[string]struct{}{}
+			for _, p := range holders {
+				ip, _ := b.o.podIP(p)
+				for _, np := range p.Ports {
+					if np.Name == named && np.Protocol == proto {
+						entries[fmt.Sprintf("%s,%s:%d", ip, protoName, np.Port)] = struct{}{}
+					}
+				}
+			}
+			if len(entries) == 0 {
+				b.problem("%s rule %d port %d: no pod exposes named port %s/%s (matches nothing yet)", dir, i, j, proto, named)
+			}
+			set := b.addSet(namedPortKind, ipset.HashIPPort, entries, ruleID, "port", strconv.Itoa(j))
+			portMatches = append(portMatches, portMatch{match: "-m set --match-set " + set + " " + portSide + "," + portSide, namedEgress: dir == "egress"})
+		}
+	}
+
+	comment := fmt.Sprintf(`-m comment --comment "%s"`, truncate(b.policy+" "+ruleID, commentMaxBytes))
+	mark := fmt.Sprintf("-j MARK --set-xmark 0x%x/0x%x", b.o.MarkBit, b.o.MarkBit)
+	var out []string
+	for _, pm := range portMatches {
+		for _, peer := range peerMatches {
+			if pm.namedEgress && !anyPeer && !strings.HasPrefix(peer, "-m set") {
+				// An egress named port cannot be resolved for an ipBlock peer.
+				continue
+			}
+			out = append(out, joinNonEmpty(comment, peer, pm.match, mark))
+		}
+	}
+	return out
+}
+
+// ipBlock returns the match for one ipBlock peer, or false if it does not apply to
+// this family or cannot be compiled.
+func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrFlag string) (string, bool) {
+	cidr, err := netip.ParsePrefix(block.CIDR)
+	if err != nil {
+		b.problem("%s: ipBlock cidr %q: %v (matches nothing)", peerID, block.CIDR, err)
+		return "", false
+	}
+	if cidr.Addr().Is4() != (b.o.Family == 4) {
+		return "", false
+	}
+	match := addrFlag + " " + cidr.Masked().String()
+	if len(block.Except) == 0 {
+		return match, true
+	}
+	entries := map[string]struct{}{}
+	for _, e := range block.Except {
+		p, err := netip.ParsePrefix(e)
+		if err != nil {
+			// Leaving out an except would widen the peer, so drop the whole peer.
+			b.problem("%s: ipBlock except %q: %v (peer matches nothing)", peerID, e, err)
+			return "", false
+		}
+		if p.Addr().Is4() == cidr.Addr().Is4() {
+			entries[p.Masked().String()] = struct{}{}
+		}
+	}
+	set := b.addSet(exceptSetKind, ipset.HashNet, entries, peerID)
+	return match + " -m set ! --match-set " + set + " " + side, true
+}
+
+// selectPeers returns the pods a podSelector/namespaceSelector peer selects, in every
+// node, that have an address of the compiled family and are not host-network pods.
+func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, error) {
+	podSel := labels.Everything()
+	if peer.PodSelector != nil {
+		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+		if err != nil {
+			return nil, fmt.Errorf("podSelector: %w", err)
+		}
+		podSel = s
+	}
+	var namespaces []string
+	if peer.NamespaceSelector == nil {
+		namespaces = []string{b.namespace}
+	} else {
+		nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+		if err != nil {
+			return nil, fmt.Errorf("namespaceSelector: %w", err)
+		}
+		for nsName, ns := range b.idx.Namespaces {
+			if nsSel.Matches(labels.Set(ns.Labels)) {
+				namespaces = append(namespaces, nsName)
+			}
+		}
+	}
+	var out []*Pod
+	for _, nsName := range namespaces {
+		for _, p := range b.idx.Pods[nsName] {
+			if p.HostNetwork {
+				continue
+			}
+			if _, ok := b.o.podIP(p); ok && podSel.Matches(labels.Set(p.Labels)) {
+				out = append(out, p)
+			}
+		}
+	}
+	return out, nil
+}
+
+// allPods returns every non-host-network pod with an address of the compiled family.
+func (b *policyBuilder) allPods() []*Pod {
+	var out []*Pod
+	for _, byName := range b.idx.Pods {
+		for _, p := range byName {
+			if _, ok := b.o.podIP(p); ok && !p.HostNetwork {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+// OwnsChain reports whether chain is one the policy controller creates (other
+// kube-routerd controllers share the KUBE-ROUTER- prefix).
+func OwnsChain(chain string) bool {
+	if chain == TopChain {
+		return true
+	}
+	for _, kind := range []string{podIngressKind, podEgressKind, polIngressKind, polEgressKind} {
+		if strings.HasPrefix(chain, chainPrefix+kind+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+// OwnsSet reports whether set is one the policy controller creates, including sets
+// left half-built before a swap.
+func OwnsSet(set string) bool {
+	for _, kind := range []string{peerSetKind, exceptSetKind, namedPortKind} {
+		if strings.HasPrefix(set, chainPrefix+kind+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+// Affects reports whether a pod's change from old to new (either may be nil for an
+// added or deleted pod) may change what policy p compiles to. ns is the pod's
+// namespace. When only the labels changed, a selector matters only if it matched
+// one version of the pod but not the other.
+func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
+	pod := new
+	if pod == nil {
+		pod = old
+	}
+	if pod == nil {
+		return false
+	}
+	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
+	var nsLabels labels.Set
+	if ns != nil {
+		nsLabels = ns.Labels
+	}
+	changed := func(matches func(*Pod) (bool, error)) bool {
+		mOld, errOld := matchesPod(matches, old)
+		mNew, errNew := matchesPod(matches, new)
+		if errOld != nil || errNew != nil {
+			return true // cannot tell: recompile
+		}
+		if labelsOnly {
+			return mOld != mNew
+		}
+		return mOld || mNew
+	}
+	if pod.Namespace == p.Namespace && changed(func(x *Pod) (bool, error) {
+		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+		return err == nil && sel.Matches(labels.Set(x.Labels)), err
+	}) {
+		return true
+	}
+	peerChanged := func(peer networkingv1.NetworkPolicyPeer) bool {
+		if peer.IPBlock != nil {
+			return false
+		}
+		return changed(func(x *Pod) (bool, error) {
+			if peer.NamespaceSelector == nil {
+				if x.Namespace != p.Namespace {
+					return false, nil
+				}
+			} else {
+				nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+				if err != nil || !nsSel.Matches(nsLabels) {
+					return false, err
+				}
+			}
+			if peer.PodSelector == nil {
+				return true, nil
+			}
+			sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+			return err == nil && sel.Matches(labels.Set(x.Labels)), err
+		})
+	}
+	for _, r := range p.Spec.Ingress {
+		for _, peer := range r.From {
+			if peerChanged(peer) {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		if len(r.To) == 0 && hasNamedPort(r.Ports) && !labelsOnly {
+			return true // named ports resolve on every pod of the cluster
+		}
+		for _, peer := range r.To {
+			if peerChanged(peer) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func matchesPod(matches func(*Pod) (bool, error), p *Pod) (bool, error) {
+	if p == nil {
+		return false, nil
+	}
+	return matches(p)
+}
+
+func hasNamedPort(ports []networkingv1.NetworkPolicyPort) bool {
+	for _, port := range ports {
+		if port.Port != nil && port.Port.Type == intstr.String {
+			return true
+		}
+	}
+	return false
+}
+
+// sameExceptLabels reports whether two versions of a pod differ at most in labels.
+func sameExceptLabels(a, b *Pod) bool {
+	return a.NodeName == b.NodeName && a.HostNetwork == b.HostNetwork &&
+		slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Ports, b.Ports)
+}
+
+// Assemble combines compiled policies with the local pods into the full desired
+// state: per-pod chains, the top chain, and every policy's chains and sets.
+func Assemble(policies []*CompiledPolicy, idx *Index, o Options) *Desired {
+	d := &Desired{}
+	ingressOf := map[string][]string{} // pod key -> policy ingress chains
+	egressOf := map[string][]string{}
+	for _, c := range policies {
+		d.Chains = append(d.Chains, c.Chains...)
+		d.Sets = append(d.Sets, c.Sets...)
+		for _, t := range c.Targets {
+			if c.Ingress {
+				ingressOf[t] = append(ingressOf[t], c.Chains[0].Name)
+			}
+			if c.Egress {
+				egressOf[t] = append(egressOf[t], c.Chains[len(c.Chains)-1].Name)
+			}
+		}
+	}
+	top := iptables.Chain{Name: TopChain, Rules: []string{
+		`-m comment --comment "kube-routerd: replies to allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`,
+	}}
+	var dispatchIngress []string
+	for _, nsName := range sortedKeys(idx.Pods) {
+		ns := idx.Namespaces[nsName]
+		betaIsolated := o.BetaNamespaceIsolation && ns != nil && ns.BetaIngressIsolation
+		for _, pod := range sortedPods(idx.Pods[nsName]) {
+			if !o.isLocalTarget(pod) {
+				continue
+			}
+			key := pod.Key()
+			ip, _ := o.podIP(pod)
+			ingress, egress := ingressOf[key], egressOf[key]
+			if len(ingress) > 0 || betaIsolated {
+				chain := podChain(podIngressKind, key, ingress, o)
+				d.Chains = append(d.Chains, chain)
+				dispatchIngress = append(dispatchIngress, fmt.Sprintf(`-m comment --comment "ingress to %s" -d %s -j %s`, key, hostPrefix(ip), chain.Name))
+			}
+			if len(egress) > 0 {
+				chain := podChain(podEgressKind, key, egress, o)
+				d.Chains = append(d.Chains, chain)
+				top.Rules = append(top.Rules, fmt.Sprintf(`-m comment --comment "egress from %s" -s %s -j %s`, key, hostPrefix(ip), chain.Name))
+			}
+			if len(ingress) > 0 || betaIsolated || len(egress) > 0 {
+				d.Pods++
+			}
+		}
+	}
+	top.Rules = append(top.Rules, dispatchIngress...)
+	d.Chains = append(d.Chains, top)
+	sort.Slice(d.Chains, func(i, j int) bool { return d.Chains[i].Name < d.Chains[j].Name })
+	sort.Slice(d.Sets, func(i, j int) bool { return d.Sets[i].Name < d.Sets[j].Name })
+	for _, c := range d.Chains {
+		d.Rules += len(c.Rules)
+	}
+	return d
+}
+
+// podChain is a pod's ingress or egress chain: the union of its policies' allows.
+func podChain(kind, podKey string, policyChains []string, o Options) iptables.Chain {
+	dir := "ingress"
+	if kind == podEgressKind {
+		dir = "egress"
+	}
+	c := iptables.Chain{Name: name(kind, podKey, o.familyTag())}
+	if kind == podIngressKind {
+		// The node itself (kubelet probes) always reaches its pods.
+		c.Rules = append(c.Rules, `-m comment --comment "node to its own pods" -m addrtype --src-type LOCAL -j RETURN`)
+	}
+	for _, pc := range slices.Sorted(slices.Values(policyChains)) {
+		c.Rules = append(c.Rules, "-j "+pc)
+	}
+	mark := fmt.Sprintf("0x%x/0x%x", o.MarkBit, o.MarkBit)
+	if o.LogDrops {
+		c.Rules = append(c.Rules, fmt.Sprintf(`-m mark ! --mark %s -m limit --limit %d/minute --limit-burst %d -j NFLOG --nflog-group %d --nflog-prefix "%s"`,
+			mark, o.LogRatePerMinute, o.LogRatePerMinute, o.NFLOGGroup, truncate("DROP "+dir+" "+podKey, 63)))
+	}
+	c.Rules = append(c.Rules,
+		fmt.Sprintf(`-m comment --comment "%s not allowed by policy" -m mark ! --mark %s -j DROP`, truncate(dir+" "+podKey, commentMaxBytes), mark),
+		fmt.Sprintf("-j MARK --set-xmark 0x0/0x%x", o.MarkBit),
+	)
+	return c
+}
+
+func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }
+
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+}
+
+func sortedPods(m map[string]*Pod) []*Pod {
+	out := make([]*Pod, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		out = append(out, m[k])
+	}
+	return out
+}
+
+func uniquePods(pods []*Pod) []*Pod {
+	seen := map[*Pod]bool{}
+	out := pods[:0]
+	for _, p := range pods {
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func joinNonEmpty(parts ...string) string {
+	out := parts[:0:0]
+	for _, p := range parts {
+		if p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// truncate keeps s within n bytes and free of quotes, for comments and log prefixes.
+func truncate(s string, n int) string {
+	s = strings.ReplaceAll(s, `"`, "'")
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

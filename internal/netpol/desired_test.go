@@ -1,0 +1,332 @@
+package netpol
+
+import (
+	"flag"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files under testdata")
+
+const node = "n1"
+
+// fixture is a small cluster: namespaces x (team=a), y (team=b), z; pods on this node
+// unless noted.
+func fixture() *Index {
+	idx := NewIndex()
+	for _, ns := range []*Namespace{
+		{Name: "x", Labels: map[string]string{"ns": "x", "team": "a"}},
+		{Name: "y", Labels: map[string]string{"ns": "y", "team": "b"}},
+		{Name: "z", Labels: map[string]string{"ns": "z"}, BetaIngressIsolation: true},
+	} {
+		idx.Namespaces[ns.Name] = ns
+	}
+	pod := func(ns, name, ip, nodeName string, labels map[string]string, ports ...NamedPort) {
+		idx.SetPod(&Pod{Namespace: ns, Name: name, Labels: labels, NodeName: nodeName,
+			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Ports: ports})
+	}
+	pod("x", "a", "10.0.1.1", node, map[string]string{"app": "a"},
+		NamedPort{"http", corev1.ProtocolTCP, 80}, NamedPort{"dns", corev1.ProtocolUDP, 53})
+	pod("x", "b", "10.0.1.2", node, map[string]string{"app": "b", "tier": "web"}, NamedPort{"http", corev1.ProtocolTCP, 8080})
+	pod("y", "a", "10.0.2.1", node, map[string]string{"app": "a"}, NamedPort{"http", corev1.ProtocolTCP, 80})
+	pod("y", "c", "10.0.2.3", "n2", map[string]string{"app": "c"})
+	pod("z", "a", "10.0.3.1", node, map[string]string{"app": "a"})
+	idx.SetPod(&Pod{Namespace: "x", Name: "host", Labels: map[string]string{"app": "a"}, NodeName: node,
+		HostNetwork: true, IPs: []netip.Addr{netip.MustParseAddr("192.168.0.10")}})
+	return idx
+}
+
+func opts() Options {
+	return Options{NodeName: node, Family: 4, MarkBit: DefaultMarkBit}
+}
+
+// --- policy builders ---
+
+func policy(ns, name string, sel map[string]string, mutate ...func(*networkingv1.NetworkPolicySpec)) *networkingv1.NetworkPolicy {
+	p := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec:       networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: sel}},
+	}
+	for _, m := range mutate {
+		m(&p.Spec)
+	}
+	return p
+}
+
+func types(ts ...networkingv1.PolicyType) func(*networkingv1.NetworkPolicySpec) {
+	return func(s *networkingv1.NetworkPolicySpec) { s.PolicyTypes = ts }
+}
+
+func ingress(ports []networkingv1.NetworkPolicyPort, peers ...networkingv1.NetworkPolicyPeer) func(*networkingv1.NetworkPolicySpec) {
+	return func(s *networkingv1.NetworkPolicySpec) {
+		s.Ingress = append(s.Ingress, networkingv1.NetworkPolicyIngressRule{From: peers, Ports: ports})
+	}
+}
+
+func egress(ports []networkingv1.NetworkPolicyPort, peers ...networkingv1.NetworkPolicyPeer) func(*networkingv1.NetworkPolicySpec) {
+	return func(s *networkingv1.NetworkPolicySpec) {
+		s.Egress = append(s.Egress, networkingv1.NetworkPolicyEgressRule{To: peers, Ports: ports})
+	}
+}
+
+func pods(l map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: l}}
+}
+
+func nss(l map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{NamespaceSelector: &metav1.LabelSelector{MatchLabels: l}}
+}
+
+func both(podL, nsL map[string]string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchLabels: podL}, NamespaceSelector: &metav1.LabelSelector{MatchLabels: nsL}}
+}
+
+func expr(key string, op metav1.LabelSelectorOperator, values ...string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}}
+}
+
+func block(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
+	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
+}
+
+func port(proto corev1.Protocol, p intstr.IntOrString, end ...int32) []networkingv1.NetworkPolicyPort {
+	np := networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &p}
+	if len(end) > 0 {
+		np.EndPort = &end[0]
+	}
+	return []networkingv1.NetworkPolicyPort{np}
+}
+
+var (
+	tcp  = corev1.ProtocolTCP
+	udp  = corev1.ProtocolUDP
+	sctp = corev1.ProtocolSCTP
+	l    = func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+)
+
+// apply compiles policies over idx and applies them to fresh fakes.
+func apply(t *testing.T, idx *Index, o Options, policies ...*networkingv1.NetworkPolicy) (*kernel, *iptables.Fake, *ipset.Fake, []*CompiledPolicy) {
+	t.Helper()
+	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	var compiled []*CompiledPolicy
+	for _, p := range policies {
+		compiled = append(compiled, CompilePolicy(p, idx, o))
+	}
+	rec := newReconciler(Dataplane{Family: 4, IPTables: ipt, IPSets: sets})
+	if _, err := rec.apply(Assemble(compiled, idx, o), true); err != nil {
+		t.Fatal(err)
+	}
+	return readKernel(t, ipt, sets), ipt, sets, compiled
+}
+
+// probe is one packet of a reachability check, from and to pod keys or IPs.
+type probe struct {
+	from, to string
+	proto    string
+	port     int
+	want     bool
+}
+
+func addrOf(t *testing.T, idx *Index, who string) netip.Addr {
+	if a, err := netip.ParseAddr(who); err == nil {
+		return a
+	}
+	ns, name, _ := strings.Cut(who, "/")
+	p := idx.Pod(ns, name)
+	if p == nil {
+		t.Fatalf("no pod %s", who)
+	}
+	return p.IPs[0]
+}
+
+func TestPolicySemantics(t *testing.T) {
+	type tc struct {
+		name     string
+		policies []*networkingv1.NetworkPolicy
+		opts     func(*Options)
+		probes   []probe
+		problems int
+	}
+	tests := []tc{
+		{name: "without policies every pod is reachable", probes: []probe{
+			{"y/a", "x/a", "tcp", 80, true}, {"x/a", "y/a", "udp", 53, true},
+		}},
+		{name: "empty podSelector with no rules denies all ingress to the namespace",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil)},
+			probes: []probe{
+				{"y/a", "x/a", "tcp", 80, false}, {"x/b", "x/a", "tcp", 80, false},
+				{"x/a", "y/a", "tcp", 80, true}, // egress is not isolated
+				{"y/a", "z/a", "tcp", 80, true},
+			}},
+		{name: "podSelector peer allows only matching pods of the policy's namespace on the port",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", l("app", "a"), ingress(port(tcp, intstr.FromInt32(80)), pods(l("app", "b"))))},
+			probes: []probe{
+				{"x/b", "x/a", "tcp", 80, true}, {"x/b", "x/a", "tcp", 81, false}, {"x/b", "x/a", "udp", 80, false},
+				{"y/a", "x/a", "tcp", 80, false}, {"x/a", "x/b", "tcp", 80, true},
+			}},
+		{name: "namespaceSelector peer allows every pod of matching namespaces, remote ones too",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(nil, nss(l("team", "b"))))},
+			probes: []probe{
+				{"y/a", "x/a", "tcp", 80, true}, {"y/c", "x/b", "udp", 9, true}, {"x/b", "x/a", "tcp", 80, false}, {"z/a", "x/a", "tcp", 80, false},
+			}},
+		{name: "podSelector and namespaceSelector in one peer must both match",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(nil, both(l("app", "c"), l("team", "b"))))},
+			probes:   []probe{{"y/c", "x/a", "tcp", 80, true}, {"y/a", "x/a", "tcp", 80, false}}},
+		{name: "ipBlock allows the CIDR but not its except ranges",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", l("app", "a"), ingress(nil, block("203.0.113.0/24", "203.0.113.0/29")))},
+			probes:   []probe{{"203.0.113.9", "x/a", "tcp", 80, true}, {"203.0.113.5", "x/a", "tcp", 80, false}, {"198.51.100.1", "x/a", "tcp", 80, false}}},
+		{name: "matchExpressions In NotIn Exists DoesNotExist",
+			policies: []*networkingv1.NetworkPolicy{
+				policy("x", "in", l("app", "a"), ingress(port(tcp, intstr.FromInt32(1)), expr("app", metav1.LabelSelectorOpIn, "b", "q"))),
+				policy("x", "notin", l("app", "a"), ingress(port(tcp, intstr.FromInt32(2)), expr("app", metav1.LabelSelectorOpNotIn, "b"))),
+				policy("x", "exists", l("app", "a"), ingress(port(tcp, intstr.FromInt32(3)), expr("tier", metav1.LabelSelectorOpExists))),
+				policy("x", "dne", l("app", "a"), ingress(port(tcp, intstr.FromInt32(4)), expr("tier", metav1.LabelSelectorOpDoesNotExist))),
+			},
+			probes: []probe{
+				{"x/b", "x/a", "tcp", 1, true}, {"x/b", "x/a", "tcp", 2, false},
+				{"x/b", "x/a", "tcp", 3, true}, {"x/b", "x/a", "tcp", 4, false},
+			}},
+		{name: "named port resolves per target pod",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(port(tcp, intstr.FromString("http"))))},
+			probes: []probe{
+				{"y/a", "x/a", "tcp", 80, true}, {"y/a", "x/a", "tcp", 8080, false},
+				{"y/a", "x/b", "tcp", 8080, true}, {"y/a", "x/b", "tcp", 80, false},
+			}},
+		{name: "named port nobody exposes matches nothing and is reported",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(port(tcp, intstr.FromString("nope"))))},
+			probes:   []probe{{"y/a", "x/a", "tcp", 80, false}}, problems: 1},
+		{name: "unsupported protocol never opens traffic",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(port("ICMP", intstr.FromInt32(1))))},
+			probes:   []probe{{"y/a", "x/a", "tcp", 1, false}}, problems: 1},
+		{name: "endPort allows a range on its protocol",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(port(tcp, intstr.FromInt32(1000), 2000)))},
+			probes: []probe{
+				{"y/a", "x/a", "tcp", 1000, true}, {"y/a", "x/a", "tcp", 2000, true},
+				{"y/a", "x/a", "tcp", 2001, false}, {"y/a", "x/a", "udp", 1500, false},
+			}},
+		{name: "SCTP ports",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", nil, ingress(port(sctp, intstr.FromInt32(9))))},
+			probes:   []probe{{"y/a", "x/a", "sctp", 9, true}, {"y/a", "x/a", "tcp", 9, false}}},
+		{name: "replies and the node itself pass a default deny",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil, types(networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress))},
+			probes:   nil},
+		{name: "egress default deny isolates only egress",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil, types(networkingv1.PolicyTypeEgress))},
+			probes:   []probe{{"x/a", "y/a", "tcp", 80, false}, {"y/a", "x/a", "tcp", 80, true}, {"x/a", "203.0.113.1", "udp", 53, false}}},
+		{name: "policyTypes omitted with egress rules isolates both directions",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", l("app", "a"), egress(port(udp, intstr.FromInt32(53)), nss(l("team", "b"))))},
+			probes: []probe{
+				{"x/a", "y/a", "udp", 53, true}, {"x/a", "y/a", "tcp", 53, false}, {"x/a", "x/b", "udp", 53, false},
+				{"y/a", "x/a", "tcp", 80, false},
+			}},
+		{name: "egress named port resolves on the destination pods",
+			policies: []*networkingv1.NetworkPolicy{policy("y", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), nss(l("ns", "x"))))},
+			probes:   []probe{{"y/a", "x/a", "tcp", 80, true}, {"y/a", "x/b", "tcp", 8080, true}, {"y/a", "x/b", "tcp", 80, false}}},
+		{name: "egress ipBlock to anywhere but one range",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(nil, block("0.0.0.0/0", "10.0.0.0/8")))},
+			probes:   []probe{{"x/a", "203.0.113.1", "tcp", 443, true}, {"x/a", "y/a", "tcp", 80, false}}},
+		{name: "policies are a union",
+			policies: []*networkingv1.NetworkPolicy{
+				policy("x", "from-b", l("app", "a"), ingress(nil, pods(l("app", "b")))),
+				policy("x", "from-y", l("app", "a"), ingress(nil, nss(l("ns", "y")))),
+			},
+			probes: []probe{{"x/b", "x/a", "tcp", 80, true}, {"y/a", "x/a", "tcp", 80, true}, {"z/a", "x/a", "tcp", 80, false}}},
+		{name: "allow-all rule overrides a default deny",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil), policy("x", "all", nil, ingress(nil))},
+			probes:   []probe{{"z/a", "x/a", "tcp", 80, true}, {"203.0.113.1", "x/b", "udp", 5, true}}},
+		{name: "host-network pods are not policed",
+			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil)},
+			probes:   []probe{{"y/a", "192.168.0.10", "tcp", 80, true}}},
+		{name: "beta namespace annotation isolates ingress when enabled",
+			opts:   func(o *Options) { o.BetaNamespaceIsolation = true },
+			probes: []probe{{"x/a", "z/a", "tcp", 80, false}, {"z/a", "x/a", "tcp", 80, true}}},
+		{name: "beta namespace annotation is ignored when disabled",
+			probes: []probe{{"x/a", "z/a", "tcp", 80, true}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			idx := fixture()
+			o := opts()
+			if tc.opts != nil {
+				tc.opts(&o)
+			}
+			k, _, _, compiled := apply(t, idx, o, tc.policies...)
+			problems := 0
+			for _, c := range compiled {
+				problems += len(c.Problems)
+			}
+			if problems != tc.problems {
+				t.Errorf("got %d problems, want %d", problems, tc.problems)
+			}
+			probes := tc.probes
+			// Replies and the node's own traffic always pass.
+			probes = append(probes,
+				probe{"y/a", "x/a", "tcp", 80, true},
+				probe{"x/a", "y/a", "tcp", 80, true},
+			)
+			for i, p := range probes {
+				pk := packet{src: addrOf(t, idx, p.from), dst: addrOf(t, idx, p.to), proto: p.proto, dport: p.port}
+				if i >= len(tc.probes) {
+					pk.established = true
+				}
+				if got := k.allowed(t, pk); got != p.want {
+					t.Errorf("%s -> %s %s/%d (established=%v): allowed=%v, want %v", p.from, p.to, p.proto, p.port, pk.established, got, p.want)
+				}
+			}
+			for _, to := range []string{"x/a", "x/b", "y/a", "z/a"} {
+				pk := packet{src: netip.MustParseAddr("192.168.0.10"), dst: addrOf(t, idx, to), proto: "tcp", dport: 8080, srcLocal: true}
+				if !k.allowed(t, pk) {
+					t.Errorf("node -> %s was dropped", to)
+				}
+			}
+		})
+	}
+}
+
+func TestGolden(t *testing.T) {
+	idx := fixture()
+	o := opts()
+	o.LogDrops, o.NFLOGGroup, o.LogRatePerMinute = true, 100, 10
+	o.BetaNamespaceIsolation = true
+	_, ipt, sets, _ := apply(t, idx, o,
+		policy("x", "web", l("app", "a"),
+			ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")), nss(l("team", "b"))),
+			ingress(port(udp, intstr.FromInt32(5000), 5100), block("203.0.113.0/24", "203.0.113.0/29"))),
+		policy("y", "egress", nil, types(networkingv1.PolicyTypeEgress),
+			egress(port(sctp, intstr.FromInt32(9)), both(l("app", "a"), l("ns", "x")))),
+	)
+	got := ipt.Dump() + "\n" + sets.Dump()
+	path := filepath.Join("testdata", "golden.txt")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("dump differs from %s (run with -update to accept):\n%s", path, got)
+	}
+}

@@ -1,0 +1,295 @@
+//go:build integration
+
+package netpol
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// target is one server port probed in the matrix.
+type target struct {
+	proto tnetns.Proto
+	port  int
+}
+
+var matrixTargets = []target{{tnetns.TCP, 80}, {tnetns.TCP, 81}, {tnetns.UDP, 80}}
+
+// cluster is the e2e world: one node namespace with pods in two Kubernetes namespaces,
+// a real API server, and the controller running in the node namespace.
+type cluster struct {
+	cs     kubernetes.Interface
+	node   *tnetns.Node
+	nsA    string                 // labelled team=a
+	nsB    string                 // labelled team=b
+	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
+	hb     *daemon.Heartbeat
+	cancel context.CancelFunc
+}
+
+func startCluster(t *testing.T) *cluster {
+	testenv.RequireRoot(t)
+	_, cs := testenv.APIServer(t)
+	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
+	c.nsA, c.nsB = testenv.Namespace(t, cs), testenv.Namespace(t, cs)
+	c.labelNamespace(t, c.nsA, map[string]string{"team": "a"})
+	c.labelNamespace(t, c.nsB, map[string]string{"team": "b"})
+	c.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs})
+	add := func(key, ns, name string, labels map[string]string, ports ...corev1.ContainerPort) {
+		p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: name, Labels: labels, Ports: ports})
+		for _, tg := range matrixTargets {
+			p.Serve(t, tg.proto, tg.port)
+		}
+		c.pods[key] = p
+	}
+	add("A/a", c.nsA, "a", map[string]string{"app": "a"}, corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP})
+	add("A/b", c.nsA, "b", map[string]string{"app": "b"})
+	add("B/c", c.nsB, "c", map[string]string{"app": "c"})
+
+	dps, err := KernelDataplanes(c.node.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	cfg := config.Default().NetworkPolicy
+	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
+	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	c.hb = daemon.NewHeartbeat("netpol", nil)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ctrl.Run(ctx, c.hb) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		factory.Shutdown()
+		if err := CleanupDataplanes(context.Background(), dps); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		for _, dp := range dps {
+			chains, err := dp.IPTables.SaveChains(iptables.TableFilter)
+			if err != nil {
+				t.Error(err)
+			}
+			for name := range chains {
+				if OwnsChain(name) {
+					t.Errorf("chain %s left after Cleanup", name)
+				}
+			}
+			sets, _ := dp.IPSets.ListAll()
+			for _, s := range sets {
+				if OwnsSet(s.Name) {
+					t.Errorf("set %s left after Cleanup", s.Name)
+				}
+			}
+		}
+	})
+	return c
+}
+
+func (c *cluster) labelNamespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := c.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Labels = labels
+	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *cluster) relabelPod(t *testing.T, key string, labels map[string]string) {
+	t.Helper()
+	p := c.pods[key]
+	ctx := context.Background()
+	obj, err := c.cs.CoreV1().Pods(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj.Labels = labels
+	if _, err := c.cs.CoreV1().Pods(p.Namespace).Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *cluster) setPolicies(t *testing.T, policies ...*networkingv1.NetworkPolicy) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ns := range []string{c.nsA, c.nsB} {
+		if err := c.cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range policies {
+		if _, err := c.cs.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// matrix probes every source (the pods and the node) against every pod and target
+// port at once and returns "from -> to proto/port: ok|blocked" lines, sorted.
+func (c *cluster) matrix() []string {
+	sources := map[string]*tnetns.NS{"node": c.node.NS}
+	for k, p := range c.pods {
+		sources[k] = p.NS
+	}
+	var (
+		mu    sync.Mutex
+		lines []string
+		wg    sync.WaitGroup
+	)
+	for from, src := range sources {
+		for to, dst := range c.pods {
+			if from == to {
+				continue
+			}
+			for _, tg := range matrixTargets {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					defer cancel()
+					verdict := "ok"
+					if _, err := src.Probe(ctx, tg.proto, netip.AddrPortFrom(dst.IPv4, uint16(tg.port))); err != nil {
+						verdict = "blocked"
+					}
+					mu.Lock()
+					lines = append(lines, fmt.Sprintf("%s -> %s %s/%d: %s", from, to, tg.proto, tg.port, verdict))
+					mu.Unlock()
+				}()
+			}
+		}
+	}
+	wg.Wait()
+	sort.Strings(lines)
+	return lines
+}
+
+// expect builds the expected matrix from allowed(from, to, target).
+func (c *cluster) expect(allowed func(from, to string, tg target) bool) []string {
+	var lines []string
+	sources := []string{"node"}
+	for k := range c.pods {
+		sources = append(sources, k)
+	}
+	for _, from := range sources {
+		for to := range c.pods {
+			if from == to {
+				continue
+			}
+			for _, tg := range matrixTargets {
+				verdict := "blocked"
+				if from == "node" || allowed(from, to, tg) {
+					verdict = "ok"
+				}
+				lines = append(lines, fmt.Sprintf("%s -> %s %s/%d: %s", from, to, tg.proto, tg.port, verdict))
+			}
+		}
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+// waitMatrix probes until the matrix equals want; on timeout it fails with the diff.
+func (c *cluster) waitMatrix(t *testing.T, step string, want []string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := c.matrix()
+		if strings.Join(got, "\n") == strings.Join(want, "\n") {
+			t.Logf("%s: matrix as expected (%d probes)", step, len(got))
+			return
+		}
+		if time.Now().After(deadline) {
+			var diff []string
+			for i := range got {
+				if got[i] != want[i] {
+					diff = append(diff, fmt.Sprintf("  got %s, want %s", got[i], want[i][strings.LastIndex(want[i], " ")+1:]))
+				}
+			}
+			t.Fatalf("%s: reachability differs (controller: %+v):\n%s", step, c.hb.Status(time.Minute), strings.Join(diff, "\n"))
+		}
+	}
+}
+
+func TestReachabilityMatrix(t *testing.T) {
+	c := startCluster(t)
+	all := func(string, string, target) bool { return true }
+	c.waitMatrix(t, "no policies", c.expect(all))
+
+	nsOf := func(key string) string { return key[:1] }
+	denyA := policy(c.nsA, "deny", nil)
+	c.setPolicies(t, denyA)
+	c.waitMatrix(t, "default deny ingress in A", c.expect(func(from, to string, _ target) bool { return nsOf(to) != "A" }))
+
+	fromB := policy(c.nsA, "from-b-http", map[string]string{"app": "a"}, ingress(port(tcp, intstr.FromString("http")), pods(map[string]string{"app": "b"})))
+	c.setPolicies(t, denyA, fromB)
+	abHTTP := func(from, to string, tg target) bool {
+		return from == "A/b" && to == "A/a" && tg == target{tnetns.TCP, 80}
+	}
+	c.waitMatrix(t, "named port from app=b", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || abHTTP(from, to, tg)
+	}))
+
+	fromTeamB := policy(c.nsA, "from-team-b", nil, ingress(nil, nss(map[string]string{"team": "b"})))
+	c.setPolicies(t, denyA, fromB, fromTeamB)
+	c.waitMatrix(t, "union with namespaceSelector team=b", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || abHTTP(from, to, tg) || nsOf(from) == "B"
+	}))
+
+	c.relabelPod(t, "A/b", map[string]string{"app": "x"})
+	c.waitMatrix(t, "pod relabelled out of the peer selector", c.expect(func(from, to string, _ target) bool {
+		return nsOf(to) != "A" || nsOf(from) == "B"
+	}))
+
+	c.labelNamespace(t, c.nsB, map[string]string{"team": "c"})
+	c.waitMatrix(t, "namespace relabelled out of the namespaceSelector", c.expect(func(from, to string, _ target) bool {
+		return nsOf(to) != "A"
+	}))
+
+	ipb := policy(c.nsA, "ipblock", nil, ingress(port(udp, intstr.FromInt32(80)),
+		block(netip.PrefixFrom(c.pods["B/c"].IPv4, 24).Masked().String(), netip.PrefixFrom(c.pods["A/b"].IPv4, 32).String())))
+	c.setPolicies(t, denyA, ipb)
+	c.waitMatrix(t, "ipBlock with except on udp/80", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || (from != "A/b" && tg == target{tnetns.UDP, 80})
+	}))
+
+	egressB := policy(c.nsB, "egress-deny", nil, types(networkingv1.PolicyTypeEgress))
+	c.setPolicies(t, egressB)
+	c.waitMatrix(t, "egress deny in B (replies to B still pass)", c.expect(func(from, _ string, _ target) bool {
+		return nsOf(from) != "B"
+	}))
+
+	c.setPolicies(t)
+	c.waitMatrix(t, "policies deleted", c.expect(all))
+}

@@ -1,0 +1,151 @@
+package netpol
+
+import (
+	"strings"
+	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+)
+
+func compileAll(idx *Index, o Options, policies []*networkingv1.NetworkPolicy) *Desired {
+	var compiled []*CompiledPolicy
+	for _, p := range policies {
+		compiled = append(compiled, CompilePolicy(p, idx, o))
+	}
+	return Assemble(compiled, idx, o)
+}
+
+func TestReconcileIncrementalAndDrift(t *testing.T) {
+	idx, o := fixture(), opts()
+	policies := []*networkingv1.NetworkPolicy{
+		policy("x", "web", l("app", "a"), ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")))),
+		policy("y", "deny", nil),
+	}
+	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	// State of other programs that must survive everything below.
+	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-SERVICES - [0:0]\n-A KUBE-ROUTER-SERVICES -j RETURN\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipt.EnsureRule(iptables.TableFilter, "FORWARD", true, "-j", "ACCEPT"); err != nil {
+		t.Fatal(err)
+	}
+	foreign := ipset.Set{Name: "KUBE-ROUTER-LB-IPS", Type: ipset.HashIP, Family: ipset.IPv4}
+	if err := sets.Create(foreign); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.Add(foreign.Name, "10.9.9.9"); err != nil {
+		t.Fatal(err)
+	}
+	rec := newReconciler(Dataplane{Family: 4, IPTables: ipt, IPSets: sets})
+	if _, err := rec.apply(compileAll(idx, o, policies), true); err != nil {
+		t.Fatal(err)
+	}
+
+	// Nothing changed: an incremental sync touches nothing.
+	restores, ops := len(ipt.Restores), sets.Ops
+	st, err := rec.apply(compileAll(idx, o, policies), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ipt.Restores) != restores || sets.Ops != ops {
+		t.Fatalf("no-op sync wrote %d buffers and %d set ops (%+v)", len(ipt.Restores)-restores, sets.Ops-ops, st)
+	}
+
+	// x/b loses its label: only the peer set changes, no chain is rewritten.
+	idx.Pod("x", "b").Labels = map[string]string{"app": "other"}
+	st, err = rec.apply(compileAll(idx, o, policies), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChainsWritten != 0 || st.SetsWritten != 1 || st.EntriesChanged != 1 {
+		t.Fatalf("label change applied %+v; want one set entry and no chains", st)
+	}
+
+	// A new local pod in y: its chain and the top chain are written, in one restore.
+	p := *idx.Pod("y", "a")
+	p.Name, p.IPs = "new", nil
+	p.IPs = append(p.IPs, mustAddr("10.0.2.9"))
+	idx.SetPod(&p)
+	st, err = rec.apply(compileAll(idx, o, policies), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChainsWritten != 2 || len(ipt.Restores) != restores+1 {
+		t.Fatalf("new pod applied %+v with %d restores; want 2 chains in 1 restore", st, len(ipt.Restores)-restores)
+	}
+	want := ipt.Dump() + sets.Dump()
+
+	// Drift: someone flushes one of our chains, deletes our jump and adds to our set.
+	if err := ipt.Restore([]byte("*filter\n:" + TopChain + " - [0:0]\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.DeleteRule(iptables.TableFilter, "FORWARD", jumpRule...); err != nil {
+		t.Fatal(err)
+	}
+	var ourSet string
+	all, _ := sets.ListAll()
+	for _, s := range all {
+		if s.Type == ipset.HashIP && OwnsSet(s.Name) {
+			ourSet = s.Name
+		}
+	}
+	if err := sets.Add(ourSet, "10.6.6.6"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.apply(compileAll(idx, o, policies), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := ipt.Dump() + sets.Dump(); got != want {
+		t.Fatalf("full sync did not repair drift:\n%s\nwant:\n%s", got, want)
+	}
+
+	// Policies deleted: our chains and sets go, the others' stay.
+	if _, err := rec.apply(compileAll(idx, o, nil), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cleanup(Dataplane{Family: 4, IPTables: ipt, IPSets: sets}); err != nil {
+		t.Fatal(err)
+	}
+	got := ipt.Dump() + sets.Dump()
+	wantAfter := `*filter
+:INPUT
+:FORWARD
+-A FORWARD -j ACCEPT
+:OUTPUT
+:KUBE-ROUTER-SERVICES
+-A KUBE-ROUTER-SERVICES -j RETURN
+set KUBE-ROUTER-LB-IPS hash:ip inet
+  10.9.9.9
+`
+	if got != wantAfter {
+		t.Fatalf("after cleanup:\n%s\nwant:\n%s", got, wantAfter)
+	}
+}
+
+func TestSwapReplacesMostlyChangedSets(t *testing.T) {
+	sets := ipset.NewFake()
+	rec := newReconciler(Dataplane{Family: 4, IPTables: iptables.NewFake(iptables.IPv4), IPSets: sets})
+	set := ipset.SetEntries{Set: ipset.Set{Name: "KUBE-ROUTER-SP-TEST", Type: ipset.HashIP, Family: ipset.IPv4}}
+	for i := range 100 {
+		set.Entries = append(set.Entries, "10.0.0."+itoa(i))
+	}
+	if _, err := rec.applySet(set); err != nil {
+		t.Fatal(err)
+	}
+	next := set
+	next.Entries = nil
+	for i := range 100 {
+		next.Entries = append(next.Entries, "10.0.1."+itoa(i))
+	}
+	if _, err := rec.applySet(ipset.SetEntries{Set: next.Set, Entries: sortStrings(next.Entries)}); err != nil {
+		t.Fatal(err)
+	}
+	dump := sets.Dump()
+	if strings.Contains(dump, "10.0.0.") || !strings.Contains(dump, "10.0.1.99") || strings.Contains(dump, TempSetSuffix+" ") {
+		t.Fatalf("swap left:\n%s", dump)
+	}
+}

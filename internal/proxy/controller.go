@@ -1,0 +1,400 @@
+// Package proxy is kube-routerd's service proxy: it turns Services and EndpointSlices
+// into IPVS virtual services on this node. desired.go computes what IPVS should hold
+// (pure), reconcile.go diffs that against the kernel and applies the difference.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/runner"
+)
+
+// sliceIndex indexes EndpointSlices by the "namespace/name" of their Service.
+const sliceIndex = "kube-routerd-proxy-by-service"
+
+// drainPoll is how often draining destinations are looked at again.
+const drainPoll = time.Second
+
+// Controller is the service proxy controller.
+type Controller struct {
+	cfg      config.ServiceProxy
+	nodeName string
+	services corelisters.ServiceLister
+	slices   cache.Indexer
+	nodes    corelisters.NodeLister
+	runner   *runner.Runner
+	rec      *reconciler
+	metrics  *metrics
+
+	mu        sync.Mutex
+	dirty     map[types.NamespacedName]bool
+	nodeAddrs []netip.Addr
+
+	// Owned by the sync loop.
+	desired  *desiredState
+	fullDone bool
+	// drainPollPending is set while a drain re-check is scheduled.
+	drainPollPending atomic.Bool
+
+	detailsLock sync.Mutex
+	details     Details
+}
+
+// Details is what `kube-routerd status` shows for the service proxy.
+type Details struct {
+	Services          int          `json:"services"`
+	VirtualServices   int          `json:"virtualServices"`
+	Destinations      int          `json:"destinations"`
+	Draining          int          `json:"draining"`
+	NodePortAddresses []netip.Addr `json:"nodePortAddresses"`
+	LastSyncWrites    int          `json:"lastSyncWrites"`
+}
+
+// RealDataplane returns the host's IPVS table, ledger ipsets, dummy interface and
+// conntrack table.
+func RealDataplane(cfg config.ServiceProxy) (Dataplane, error) {
+	k, err := ipvs.NewKernel()
+	if err != nil {
+		return Dataplane{}, err
+	}
+	return Dataplane{
+		IPVS:      k,
+		Ledger:    &ipvs.IPSetLedger{},
+		Dummy:     &dummy.Link{Name: cfg.DummyInterface},
+		Conntrack: conntrack.Kernel{},
+	}, nil
+}
+
+// New builds the service proxy on the host's kernel.
+func New(env daemon.Env, cfg config.ServiceProxy) (*Controller, error) {
+	dp, err := RealDataplane(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return NewWithDataplane(env, cfg, dp)
+}
+
+// NewWithDataplane builds the service proxy on the given dataplane (tests pass fakes
+// or kernel adapters inside a test namespace).
+func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, error) {
+	c := &Controller{
+		cfg:      cfg,
+		nodeName: env.NodeName,
+		services: env.Informers.Core().V1().Services().Lister(),
+		nodes:    env.Informers.Core().V1().Nodes().Lister(),
+		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration),
+		metrics:  newMetrics(env.Registry),
+		dirty:    map[types.NamespacedName]bool{},
+		desired:  newDesiredState(),
+	}
+	c.runner = runner.New("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	c.runner.Observe = c.observe
+
+	svcInformer := env.Informers.Core().V1().Services().Informer()
+	sliceInformer := env.Informers.Discovery().V1().EndpointSlices().Informer()
+	nodeInformer := env.Informers.Core().V1().Nodes().Informer()
+	if err := sliceInformer.AddIndexers(cache.Indexers{sliceIndex: sliceServiceIndex}); err != nil {
+		return nil, fmt.Errorf("indexing EndpointSlices by service: %w", err)
+	}
+	c.slices = sliceInformer.GetIndexer()
+	if _, err := svcInformer.AddEventHandler(c.handler(serviceName)); err != nil {
+		return nil, err
+	}
+	if _, err := sliceInformer.AddEventHandler(c.handler(sliceServiceName)); err != nil {
+		return nil, err
+	}
+	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.runner.RequestFull() },
+		UpdateFunc: func(_, obj any) { c.nodeUpdated(obj) },
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Name implements daemon.Controller.
+func (c *Controller) Name() string { return "proxy" }
+
+// Run implements daemon.Controller.
+func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	c.runner.Run(ctx, hb)
+	return nil
+}
+
+// Details implements daemon.StatusReporter.
+func (c *Controller) Details() any {
+	c.detailsLock.Lock()
+	defer c.detailsLock.Unlock()
+	return c.details
+}
+
+func serviceName(obj any) (types.NamespacedName, bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, true
+}
+
+func sliceServiceName(obj any) (types.NamespacedName, bool) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	s, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
+		return types.NamespacedName{}, false
+	}
+	return types.NamespacedName{Namespace: s.Namespace, Name: s.Labels[discoveryv1.LabelServiceName]}, true
+}
+
+func sliceServiceIndex(obj any) ([]string, error) {
+	if n, ok := sliceServiceName(obj); ok {
+		return []string{n.String()}, nil
+	}
+	return nil, nil
+}
+
+// handler marks the Service an object belongs to dirty and asks for a sync.
+func (c *Controller) handler(nameOf func(any) (types.NamespacedName, bool)) cache.ResourceEventHandler {
+	mark := func(objs ...any) {
+		c.mu.Lock()
+		for _, o := range objs {
+			if n, ok := nameOf(o); ok {
+				c.dirty[n] = true
+			}
+		}
+		c.mu.Unlock()
+		c.runner.Request()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { mark(obj) },
+		UpdateFunc: func(old, obj any) { mark(old, obj) },
+		DeleteFunc: func(obj any) { mark(obj) },
+	}
+}
+
+func (c *Controller) nodeUpdated(obj any) {
+	n, ok := obj.(*corev1.Node)
+	if !ok || n.Name != c.nodeName {
+		return
+	}
+	addrs := nodePortAddrs(n, c.cfg.NodePortAddresses)
+	c.mu.Lock()
+	changed := !slices.Equal(addrs, c.nodeAddrs)
+	c.mu.Unlock()
+	if changed {
+		c.runner.RequestFull()
+	}
+}
+
+// nodePortAddrs returns the node's InternalIP and ExternalIP addresses inside the
+// configured NodePort CIDRs (all of them when none is configured), sorted.
+func nodePortAddrs(n *corev1.Node, cidrs []config.Prefix) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range n.Status.Addresses {
+		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil {
+			continue
+		}
+		ip = ip.Unmap()
+		inRange := len(cidrs) == 0
+		for _, p := range cidrs {
+			inRange = inRange || p.Prefix.Contains(ip)
+		}
+		if inRange && !slices.Contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// sync is the runner's SyncFunc: recompute the dirty Services (all of them when
+// full) and apply what changed.
+func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+	full = full || !c.fullDone
+	c.mu.Lock()
+	dirty := c.dirty
+	c.dirty = map[types.NamespacedName]bool{}
+	c.mu.Unlock()
+
+	node := Node{Name: c.nodeName}
+	if n, err := c.nodes.Get(c.nodeName); err == nil {
+		node.NodePortAddrs = nodePortAddrs(n, c.cfg.NodePortAddresses)
+	} else if !apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("reading node %s: %w", c.nodeName, err)
+	}
+	c.mu.Lock()
+	if !slices.Equal(node.NodePortAddrs, c.nodeAddrs) {
+		full = true // every NodePort moves
+	}
+	c.nodeAddrs = node.NodePortAddrs
+	c.mu.Unlock()
+
+	if full {
+		svcs, err := c.services.List(labels.Everything())
+		if err != nil {
+			return "", fmt.Errorf("listing services: %w", err)
+		}
+		dirty = make(map[types.NamespacedName]bool, len(svcs)+len(c.desired.byService))
+		for name := range c.desired.byService {
+			dirty[name] = true
+		}
+		for _, s := range svcs {
+			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
+		}
+	}
+	names := make([]types.NamespacedName, 0, len(dirty))
+	for n := range dirty {
+		names = append(names, n)
+	}
+	// A stable order decides which Service wins a clash over the same address and port.
+	slices.SortFunc(names, func(a, b types.NamespacedName) int {
+		return strings.Compare(a.String(), b.String())
+	})
+	opts := Options{Scheduler: c.cfg.Scheduler}
+	var changed []ipvs.Key
+	for _, name := range names {
+		changed = append(changed, c.desired.setService(name, c.compute(name, node, opts))...)
+	}
+
+	var err error
+	if full {
+		err = c.rec.full(c.desired)
+		c.fullDone = err == nil
+	} else {
+		changed = append(changed, c.rec.drainingKeys()...)
+		err = c.rec.partial(c.desired, changed)
+	}
+	c.scheduleDrainPoll()
+	c.publish(node)
+	summary := fmt.Sprintf("%d virtual services, %d destinations", c.desired.services, c.desired.endpoints)
+	if err != nil {
+		return summary, fmt.Errorf("programming IPVS: %w", err)
+	}
+	if c.rec.writes > 0 {
+		slog.Debug("proxy sync applied changes", "full", full, "writes", c.rec.writes, "servicesRecomputed", len(names))
+	}
+	return summary, ctx.Err()
+}
+
+// compute returns the desired virtual services of one Service (nil when it is gone).
+func (c *Controller) compute(name types.NamespacedName, node Node, opts Options) []VirtualServer {
+	svc, err := c.services.Services(name.Namespace).Get(name.Name)
+	if err != nil {
+		return nil
+	}
+	objs, err := c.slices.ByIndex(sliceIndex, name.String())
+	if err != nil {
+		slog.Error("reading endpoint slices", "service", name.String(), "err", err)
+	}
+	epSlices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	for _, o := range objs {
+		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+			epSlices = append(epSlices, s)
+		}
+	}
+	vss, err := DesiredForService(svc, epSlices, node, opts)
+	if err != nil {
+		slog.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
+	}
+	return vss
+}
+
+// scheduleDrainPoll asks for another sync soon while destinations are draining, so
+// they are removed once their connections end or the grace period is over.
+func (c *Controller) scheduleDrainPoll() {
+	if len(c.rec.draining) == 0 || !c.drainPollPending.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(drainPoll, func() {
+		c.drainPollPending.Store(false)
+		c.runner.Request()
+	})
+}
+
+func (c *Controller) publish(node Node) {
+	c.metrics.services.Set(float64(c.desired.services))
+	c.metrics.endpoints.Set(float64(c.desired.endpoints))
+	c.metrics.draining.Set(float64(len(c.rec.draining)))
+	c.detailsLock.Lock()
+	c.details = Details{
+		Services:          len(c.desired.byService),
+		VirtualServices:   c.desired.services,
+		Destinations:      c.desired.endpoints,
+		Draining:          len(c.rec.draining),
+		NodePortAddresses: node.NodePortAddrs,
+		LastSyncWrites:    c.rec.writes,
+	}
+	c.detailsLock.Unlock()
+}
+
+func (c *Controller) observe(full bool, d time.Duration, err error) {
+	kind := "partial"
+	if full {
+		kind = "full"
+	}
+	c.metrics.syncDuration.WithLabelValues(kind).Observe(d.Seconds())
+	if err != nil {
+		c.metrics.syncErrors.Inc()
+	}
+}
+
+// Cleanup removes everything the service proxy created: the IPVS services recorded
+// in the ledger, the ledger itself and the dummy interface with the VIPs.
+func Cleanup(ctx context.Context, cfg config.ServiceProxy) error {
+	dp, err := RealDataplane(cfg)
+	if err != nil {
+		return err
+	}
+	return cleanup(ctx, dp)
+}
+
+func cleanup(ctx context.Context, dp Dataplane) error {
+	keys, err := dp.Ledger.Keys()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, k := range keys {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, dp.Ledger.Destroy())
+	}
+	errs = append(errs, dp.Dummy.Delete())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,333 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+)
+
+// Dataplane is the kernel state the service proxy programs.
+type Dataplane struct {
+	IPVS ipvs.Interface
+	// Ledger records which IPVS services are ours; nothing else is ever changed.
+	Ledger    ipvs.Ledger
+	Dummy     dummy.Interface
+	Conntrack conntrack.Interface
+}
+
+// drainKey identifies a destination being drained.
+type drainKey struct {
+	vs   ipvs.Key
+	dest ipvs.DestKey
+}
+
+// reconciler diffs desired virtual services against the kernel and applies only the
+// difference. It is used by one goroutine (the sync loop).
+type reconciler struct {
+	dp    Dataplane
+	grace time.Duration
+	now   func() time.Time
+	// owned mirrors the ledger.
+	owned map[ipvs.Key]bool
+	// onDummy mirrors the addresses on the dummy interface.
+	onDummy map[netip.Addr]bool
+	// draining holds when each draining destination got weight 0.
+	draining map[drainKey]time.Time
+	// writes counts kernel changes made by the last sync (for logs and tests).
+	writes int
+}
+
+func newReconciler(dp Dataplane, grace time.Duration) *reconciler {
+	return &reconciler{dp: dp, grace: grace, now: time.Now, draining: map[drainKey]time.Time{}}
+}
+
+// full compares every virtual service in the kernel with the desired state: it
+// repairs drift, deletes what we own and no longer want, and leaves the rest alone.
+func (r *reconciler) full(d *desiredState) error {
+	r.writes = 0
+	if err := r.dp.Dummy.Ensure(); err != nil {
+		return err
+	}
+	addrs, err := r.dp.Dummy.Addrs()
+	if err != nil {
+		return err
+	}
+	r.onDummy = make(map[netip.Addr]bool, len(addrs))
+	for _, a := range addrs {
+		r.onDummy[a] = true
+	}
+	ledger, err := r.dp.Ledger.Keys()
+	if err != nil {
+		return err
+	}
+	r.owned = make(map[ipvs.Key]bool, len(ledger))
+	for _, k := range ledger {
+		r.owned[k] = true
+	}
+	list, err := r.dp.IPVS.Services()
+	if err != nil {
+		return err
+	}
+	actual := make(map[ipvs.Key]ipvs.Service, len(list))
+	for _, s := range list {
+		actual[s.Key] = s
+	}
+
+	var errs []error
+	for a := range d.vipUsers {
+		errs = append(errs, r.syncVIP(a, d))
+	}
+	for k, vs := range d.byKey {
+		var cur *ipvs.Service
+		if s, ok := actual[k]; ok {
+			cur = &s
+		}
+		errs = append(errs, r.syncVirtualServer(vs, cur))
+	}
+	for k := range actual {
+		if d.byKey[k] == nil && r.owned[k] {
+			errs = append(errs, r.deleteVirtualServer(k))
+		}
+	}
+	// Records of services that no longer exist (a crash between ledger and kernel
+	// update, or a service deleted by hand that we no longer want).
+	for k := range r.owned {
+		if _, exists := actual[k]; !exists && d.byKey[k] == nil {
+			errs = append(errs, r.disown(k))
+		}
+	}
+	for a := range r.onDummy {
+		errs = append(errs, r.syncVIP(a, d))
+	}
+	for dk := range r.draining {
+		if d.byKey[dk.vs] == nil {
+			delete(r.draining, dk)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// partial brings only the given keys (and their addresses) in line with d, reading
+// just those services from the kernel: its cost grows with the change, not with
+// the number of Services. It needs a full sync to have run first.
+func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
+	r.writes = 0
+	var errs []error
+	addrs := map[netip.Addr]bool{}
+	for _, k := range keys {
+		addrs[k.Addr] = true
+		vs := d.byKey[k]
+		cur, exists, err := r.dp.IPVS.Service(k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		switch {
+		case vs != nil && exists:
+			errs = append(errs, r.syncVirtualServer(vs, &cur))
+		case vs != nil:
+			errs = append(errs, r.syncVirtualServer(vs, nil))
+		case exists && r.owned[k]:
+			errs = append(errs, r.deleteVirtualServer(k))
+		case r.owned[k]:
+			errs = append(errs, r.disown(k))
+		}
+	}
+	for a := range addrs {
+		errs = append(errs, r.syncVIP(a, d))
+	}
+	return errors.Join(errs...)
+}
+
+// drainingKeys lists virtual services with destinations still draining.
+func (r *reconciler) drainingKeys() []ipvs.Key {
+	seen := map[ipvs.Key]bool{}
+	var out []ipvs.Key
+	for dk := range r.draining {
+		if !seen[dk.vs] {
+			seen[dk.vs] = true
+			out = append(out, dk.vs)
+		}
+	}
+	return out
+}
+
+func (r *reconciler) syncVIP(a netip.Addr, d *desiredState) error {
+	want := d.vipUsers[a] > 0
+	switch {
+	case want && !r.onDummy[a]:
+		if err := r.dp.Dummy.AddAddr(a); err != nil {
+			return err
+		}
+		r.onDummy[a] = true
+		r.writes++
+	case !want && r.onDummy[a]:
+		if err := r.dp.Dummy.DelAddr(a); err != nil {
+			return err
+		}
+		delete(r.onDummy, a)
+		r.writes++
+	}
+	return nil
+}
+
+func (r *reconciler) own(k ipvs.Key) error {
+	if r.owned[k] {
+		return nil
+	}
+	if err := r.dp.Ledger.Add(k); err != nil {
+		return err
+	}
+	r.owned[k] = true
+	return nil
+}
+
+func (r *reconciler) disown(k ipvs.Key) error {
+	if err := r.dp.Ledger.Remove(k); err != nil {
+		return err
+	}
+	delete(r.owned, k)
+	return nil
+}
+
+// syncVirtualServer creates or corrects one virtual service and its destinations.
+// cur is what the kernel has, nil when it has nothing.
+func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service) error {
+	if vs.Frozen {
+		// Keep whatever is programmed; the Service's settings are invalid.
+		if cur != nil {
+			return r.own(vs.Key)
+		}
+		return nil
+	}
+	if cur != nil && !r.owned[vs.Key] {
+		// The API says this address and port are a Service's: take the entry over.
+		slog.Info("adopting existing IPVS service", "service", vs.Owner.String(), "vip", vs.Key.String())
+	}
+	// Record before creating: a crash in between must not leave an unowned service.
+	if err := r.own(vs.Key); err != nil {
+		return err
+	}
+	var actual []ipvs.Destination
+	switch {
+	case cur == nil:
+		if err := r.dp.IPVS.AddService(vs.Service); err != nil {
+			return fmt.Errorf("service %s: %w", vs.Owner, err)
+		}
+		r.writes++
+	case *cur != vs.Service:
+		if err := r.dp.IPVS.UpdateService(vs.Service); err != nil {
+			return fmt.Errorf("service %s: %w", vs.Owner, err)
+		}
+		r.writes++
+		fallthrough
+	default:
+		var err error
+		if actual, err = r.dp.IPVS.Destinations(vs.Key); err != nil {
+			return fmt.Errorf("service %s: %w", vs.Owner, err)
+		}
+	}
+	return r.syncDestinations(vs, actual)
+}
+
+func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destination) error {
+	have := make(map[ipvs.DestKey]ipvs.Destination, len(actual))
+	for _, d := range actual {
+		have[d.DestKey] = d
+	}
+	var errs []error
+	for _, want := range vs.Destinations {
+		cur, exists := have[want.DestKey]
+		delete(have, want.DestKey)
+		if want.Terminating {
+			if exists {
+				errs = append(errs, r.drain(vs, cur))
+			}
+			continue
+		}
+		delete(r.draining, drainKey{vs.Key, want.DestKey})
+		d := ipvs.Destination{DestKey: want.DestKey, Weight: want.Weight}
+		switch {
+		case !exists:
+			errs = append(errs, r.dp.IPVS.AddDestination(vs.Key, d))
+			r.writes++
+		case cur.Weight != want.Weight:
+			errs = append(errs, r.dp.IPVS.UpdateDestination(vs.Key, d))
+			r.writes++
+		}
+	}
+	// Endpoints that disappeared from the API are drained like terminating ones.
+	for _, cur := range have {
+		errs = append(errs, r.drain(vs, cur))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("service %s: %w", vs.Owner, err)
+	}
+	return nil
+}
+
+// drain quiesces a destination (weight 0: no new connections) and removes it once
+// its connections are gone or the grace period is over.
+func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) error {
+	dk := drainKey{vs.Key, cur.DestKey}
+	since, ok := r.draining[dk]
+	if !ok {
+		since = r.now()
+	}
+	if cur.ActiveConns+cur.InactiveConns == 0 || r.now().Sub(since) >= r.grace {
+		delete(r.draining, dk)
+		return r.deleteDestination(vs.Key, cur.DestKey)
+	}
+	r.draining[dk] = since
+	if cur.Weight != 0 {
+		r.writes++
+		return r.dp.IPVS.UpdateDestination(vs.Key, ipvs.Destination{DestKey: cur.DestKey, Weight: 0})
+	}
+	return nil
+}
+
+func (r *reconciler) deleteDestination(k ipvs.Key, d ipvs.DestKey) error {
+	if err := r.dp.IPVS.DeleteDestination(k, d); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
+		return err
+	}
+	r.writes++
+	if k.Proto == ipvs.UDP {
+		r.clearUDP(k, d.Addr)
+	}
+	return nil
+}
+
+// clearUDP deletes conntrack entries that would keep sending a client's UDP packets
+// to an endpoint that is gone. A failure only delays recovery, so it is logged.
+func (r *reconciler) clearUDP(k ipvs.Key, endpoint netip.Addr) {
+	f := conntrack.Flow{ServiceAddr: k.Addr, ServicePort: k.Port, Endpoint: endpoint}
+	if _, err := r.dp.Conntrack.DeleteUDP(f); err != nil {
+		slog.Warn("clearing conntrack entries failed", "flow", f.String(), "err", err)
+	}
+}
+
+func (r *reconciler) deleteVirtualServer(k ipvs.Key) error {
+	var dests []ipvs.Destination
+	if k.Proto == ipvs.UDP {
+		dests, _ = r.dp.IPVS.Destinations(k) // best effort, only for conntrack cleanup
+	}
+	if err := r.dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
+		return err
+	}
+	r.writes++
+	for _, d := range dests {
+		r.clearUDP(k, d.Addr)
+	}
+	for dk := range r.draining {
+		if dk.vs == k {
+			delete(r.draining, dk)
+		}
+	}
+	return r.disown(k)
+}

@@ -1,0 +1,95 @@
+package proxy
+
+import (
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+)
+
+// desiredState is the whole desired IPVS state, indexed so that replacing one
+// Service's virtual services costs the same whatever the number of other Services.
+type desiredState struct {
+	byService map[types.NamespacedName][]*VirtualServer
+	byKey     map[ipvs.Key]*VirtualServer
+	// vipUsers counts the virtual services that need an address on the dummy interface.
+	vipUsers map[netip.Addr]int
+	// programmed counts non-frozen virtual services and their serving destinations.
+	services, endpoints int
+}
+
+func newDesiredState() *desiredState {
+	return &desiredState{
+		byService: map[types.NamespacedName][]*VirtualServer{},
+		byKey:     map[ipvs.Key]*VirtualServer{},
+		vipUsers:  map[netip.Addr]int{},
+	}
+}
+
+func (d *desiredState) count(vs *VirtualServer, sign int) {
+	if vs.OnDummy() {
+		d.vipUsers[vs.Addr] += sign
+		if d.vipUsers[vs.Addr] == 0 {
+			delete(d.vipUsers, vs.Addr)
+		}
+	}
+	if vs.Frozen {
+		return
+	}
+	d.services += sign
+	for _, dst := range vs.Destinations {
+		if !dst.Terminating {
+			d.endpoints += sign
+		}
+	}
+}
+
+// setService replaces the virtual services of one Service (nil removes it) and
+// returns the keys whose desired state changed. A key already claimed by another
+// Service stays with that Service; the clash is logged.
+func (d *desiredState) setService(name types.NamespacedName, vss []VirtualServer) []ipvs.Key {
+	old := d.byService[name]
+	oldByKey := make(map[ipvs.Key]*VirtualServer, len(old))
+	for _, vs := range old {
+		oldByKey[vs.Key] = vs
+		d.count(vs, -1)
+		delete(d.byKey, vs.Key)
+	}
+	var changed []ipvs.Key
+	kept := make([]*VirtualServer, 0, len(vss))
+	for i := range vss {
+		vs := &vss[i]
+		if other, taken := d.byKey[vs.Key]; taken {
+			slog.Warn("virtual service already used by another service, skipping",
+				"service", name.String(), "other", other.Owner.String(), "vip", vs.Key.String())
+			continue
+		}
+		d.byKey[vs.Key] = vs
+		d.count(vs, +1)
+		kept = append(kept, vs)
+		if prev, ok := oldByKey[vs.Key]; ok {
+			delete(oldByKey, vs.Key)
+			if sameVirtualServer(prev, vs) {
+				continue
+			}
+		}
+		changed = append(changed, vs.Key)
+	}
+	for k := range oldByKey {
+		changed = append(changed, k)
+	}
+	if len(kept) == 0 {
+		delete(d.byService, name)
+	} else {
+		d.byService[name] = kept
+	}
+	return changed
+}
+
+func sameVirtualServer(a, b *VirtualServer) bool {
+	return a.Service == b.Service && a.Kind == b.Kind && a.LocalOnly == b.LocalOnly &&
+		a.Frozen == b.Frozen && slices.Equal(a.Destinations, b.Destinations)
+}

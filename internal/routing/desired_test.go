@@ -1,0 +1,323 @@
+package routing
+
+import (
+	"bytes"
+	"log/slog"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+)
+
+func node(name, ip string, podCIDRs []string, ann map[string]string) *corev1.Node {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann}, Spec: corev1.NodeSpec{PodCIDRs: podCIDRs}}
+	if ip != "" {
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeHostName, Address: name}, {Type: corev1.NodeInternalIP, Address: ip}}
+	}
+	return n
+}
+
+func captureLog() (*slog.Logger, *bytes.Buffer) {
+	var buf bytes.Buffer
+	return slog.New(slog.NewTextHandler(&buf, nil)), &buf
+}
+
+func TestParseNode(t *testing.T) {
+	cfg := config.Default().Routing
+	hold := cfg.HoldTime.Duration
+	for _, tc := range []struct {
+		name    string
+		node    *corev1.Node
+		want    NodeInfo
+		wantLog string
+	}{
+		{
+			name: "InternalIP and IPv4 pod CIDRs are read, IPv6 ones dropped",
+			node: node("a", "10.0.0.1", []string{"10.244.0.0/24", "fd00::/64"}, nil),
+			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), PodCIDRs: pfx("10.244.0.0/24")},
+		},
+		{
+			name: "peer annotations give external peers, one ASN for all, passwords decoded",
+			node: node("a", "10.0.0.1", nil, map[string]string{
+				AnnotationPeerIPs: "192.0.2.1, 192.0.2.2", AnnotationPeerASNs: "65000", AnnotationPeerPasswords: "c2VjcmV0,b3RoZXI=",
+			}),
+			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
+				{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65000, Password: "secret", HoldTime: hold},
+				{Address: netip.MustParseAddr("192.0.2.2"), ASN: 65000, Password: "other", HoldTime: hold},
+			}},
+		},
+		{
+			name:    "mismatched peer ASN list is logged with the node name and ignored",
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1,192.0.2.2,192.0.2.3", AnnotationPeerASNs: "65000,65001"}),
+			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			wantLog: "node=bad-node",
+		},
+		{
+			name:    "a peer IP that is not an address is logged and all peer annotations ignored",
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1,router", AnnotationPeerASNs: "65000"}),
+			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			wantLog: "ignoring invalid peer annotations",
+		},
+		{
+			name:    "an AS number out of range is rejected",
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1", AnnotationPeerASNs: "4294967295"}),
+			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			wantLog: "node=bad-node",
+		},
+		{
+			name: "route reflector cluster id may be a number or an address",
+			node: node("rr", "10.0.0.1", nil, map[string]string{AnnotationRRServer: "42"}),
+			want: NodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1"), RRServer: "0.0.0.42"},
+		},
+		{
+			name:    "invalid route reflector id is logged and ignored",
+			node:    node("rr", "10.0.0.1", nil, map[string]string{AnnotationRRClient: "zero"}),
+			want:    NodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1")},
+			wantLog: "node=rr",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log, buf := captureLog()
+			got := ParseNode(tc.node, cfg, log)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+			if tc.wantLog == "" && buf.Len() > 0 {
+				t.Errorf("unexpected log: %s", buf)
+			}
+			if !strings.Contains(buf.String(), tc.wantLog) {
+				t.Errorf("log %q does not contain %q", buf, tc.wantLog)
+			}
+		})
+	}
+}
+
+func info(name, ip string, cidrs ...string) NodeInfo {
+	return NodeInfo{Name: name, Address: netip.MustParseAddr(ip), PodCIDRs: pfx(cidrs...)}
+}
+
+func peerSummary(ps []Peer) []string {
+	var out []string
+	for _, p := range ps {
+		s := p.Address.String()
+		if p.Node != "" {
+			s += " node=" + p.Node
+		}
+		if p.RRClient {
+			s += " rr-client=" + p.RRClusterID
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestDesiredPeers(t *testing.T) {
+	base := config.Default().Routing
+	noMesh := base
+	noMesh.NodeMesh = false
+	withPeers := base
+	withPeers.Peers = []config.Peer{
+		{Address: config.Addr{Addr: netip.MustParseAddr("192.0.2.1")}, ASN: 65000, Multihop: 2},
+		{Address: config.Addr{Addr: netip.MustParseAddr("192.0.2.9")}, ASN: 65009},
+	}
+	a, b, c := info("a", "10.0.0.1"), info("b", "10.0.0.2"), info("c", "10.0.1.3")
+	server := a
+	server.RRServer = "0.0.0.1"
+	clientB, clientC := b, c
+	clientB.RRClient, clientC.RRClient = "0.0.0.1", "0.0.0.1"
+	selfWithAnnotations := a
+	selfWithAnnotations.Peers = []Peer{{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65111}}
+	noAddress := NodeInfo{Name: "d"}
+	for _, tc := range []struct {
+		name  string
+		cfg   config.Routing
+		self  NodeInfo
+		nodes []NodeInfo
+		want  []string
+	}{
+		{"full mesh peers with every other node that has an address", base, a, []NodeInfo{a, b, c, noAddress}, []string{"10.0.0.2 node=b", "10.0.1.3 node=c"}},
+		{"no mesh and no reflectors means no node peers", noMesh, a, []NodeInfo{a, b, c}, nil},
+		{"route reflector server peers with its clients as reflector clients", noMesh, server, []NodeInfo{server, clientB, clientC}, []string{"10.0.0.2 node=b rr-client=0.0.0.1", "10.0.1.3 node=c rr-client=0.0.0.1"}},
+		{"route reflector clients peer only with the server", base, clientB, []NodeInfo{server, clientB, clientC}, []string{"10.0.0.1 node=a"}},
+		{"plain nodes skip reflector clients in the mesh", base, a, []NodeInfo{a, clientB, c}, []string{"10.0.1.3 node=c"}},
+		{"external peers from the config are added", withPeers, a, []NodeInfo{a, b}, []string{"10.0.0.2 node=b", "192.0.2.1", "192.0.2.9"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := peerSummary(DesiredPeers(tc.cfg, tc.self, tc.nodes))
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	t.Run("a node's annotation overrides the config for the same address", func(t *testing.T) {
+		ps := DesiredPeers(withPeers, selfWithAnnotations, []NodeInfo{selfWithAnnotations})
+		if len(ps) != 2 || ps[0].ASN != 65111 || ps[0].HoldTime != base.HoldTime.Duration {
+			t.Errorf("got %+v", ps)
+		}
+	})
+	t.Run("config peer settings carry over", func(t *testing.T) {
+		ps := DesiredPeers(withPeers, a, []NodeInfo{a})
+		if ps[0].Multihop != 2 || ps[0].HoldTime != 90*time.Second {
+			t.Errorf("got %+v", ps[0])
+		}
+	})
+}
+
+func svc(name string, typ corev1.ServiceType, clusterIP string, ann map[string]string, mutate ...func(*corev1.Service)) *corev1.Service {
+	s := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Annotations: ann},
+		Spec:       corev1.ServiceSpec{Type: typ, ClusterIP: clusterIP, ClusterIPs: []string{clusterIP}},
+	}
+	for _, m := range mutate {
+		m(s)
+	}
+	return s
+}
+
+func TestDesiredAdvertisements(t *testing.T) {
+	self := info("a", "10.0.0.1", "10.244.1.0/24")
+	other := info("b", "10.0.0.2", "10.244.2.0/24")
+	lb := func(ip string) func(*corev1.Service) {
+		return func(s *corev1.Service) {
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip}}
+		}
+	}
+	local := func(s *corev1.Service) { s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal }
+	ext := func(ip string) func(*corev1.Service) {
+		return func(s *corev1.Service) { s.Spec.ExternalIPs = []string{ip} }
+	}
+	all := config.Default().Routing
+	all.AdvertiseClusterIPs, all.AdvertiseExternalIPs, all.AdvertiseLoadBalancerIPs = true, true, true
+	all.ProtectedCIDRs = []config.Prefix{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}}
+	podOnlyMesh := config.Default().Routing
+	podOnlyMesh.AdvertisePodCIDR = false
+
+	for _, tc := range []struct {
+		name       string
+		cfg        config.Routing
+		services   []*corev1.Service
+		endpoints  ServiceEndpoints
+		toExternal []string
+		wantLog    string
+	}{
+		{"defaults announce only the pod CIDR", config.Default().Routing,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", nil)}, nil,
+			[]string{"10.244.1.0/24"}, ""},
+		{"advertise_pod_cidr off keeps the pod CIDR inside the mesh", podOnlyMesh, nil, nil, nil, ""},
+		{"cluster, external and LoadBalancer IPs when switched on", all,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", nil, ext("192.0.2.10"), lb("198.51.100.7"))}, nil,
+			[]string{"10.96.0.10/32", "10.244.1.0/24", "192.0.2.10/32", "198.51.100.7/32"}, ""},
+		{"a service annotation opts out of one kind", all,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "false"}, lb("198.51.100.7"))}, nil,
+			[]string{"10.244.1.0/24", "198.51.100.7/32"}, ""},
+		{"a service annotation opts in when the config is off", config.Default().Routing,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "true"})}, nil,
+			[]string{"10.96.0.10/32", "10.244.1.0/24"}, ""},
+		{"an invalid annotation is logged with the service and the config applies", all,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "maybe"})}, nil,
+			[]string{"10.96.0.10/32", "10.244.1.0/24"}, "service=default/web"},
+		{"externalTrafficPolicy Local is announced only with a local endpoint", all,
+			[]*corev1.Service{
+				svc("here", corev1.ServiceTypeLoadBalancer, "10.96.0.11", nil, local, lb("198.51.100.1")),
+				svc("elsewhere", corev1.ServiceTypeLoadBalancer, "10.96.0.12", nil, local, lb("198.51.100.2")),
+			},
+			ServiceEndpoints{"default/here": true, "default/elsewhere": false},
+			[]string{"10.96.0.11/32", "10.244.1.0/24", "198.51.100.1/32"}, ""},
+		{"headless and ExternalName services are never announced", all,
+			[]*corev1.Service{svc("headless", corev1.ServiceTypeClusterIP, "None", nil), svc("name", corev1.ServiceTypeExternalName, "", nil)}, nil,
+			[]string{"10.244.1.0/24"}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			log, buf := captureLog()
+			adv := DesiredAdvertisements(tc.cfg, self, []NodeInfo{self, other}, tc.services, tc.endpoints, log)
+			var got []string
+			for _, p := range adv.ToExternal {
+				got = append(got, p.String())
+			}
+			if !reflect.DeepEqual(got, tc.toExternal) {
+				t.Errorf("to external = %q, want %q", got, tc.toExternal)
+			}
+			if want := pfx("10.244.1.0/24", "10.244.2.0/24"); !reflect.DeepEqual(adv.ToNodes, want) {
+				t.Errorf("to nodes = %v, want every node's pod CIDR", adv.ToNodes)
+			}
+			for _, p := range append(adv.ToNodes, adv.ToExternal...) {
+				found := false
+				for _, q := range adv.Protected {
+					found = found || q.Contains(p.Addr())
+				}
+				if !found {
+					t.Errorf("%s is announced but not protected from import", p)
+				}
+			}
+			if !strings.Contains(buf.String(), tc.wantLog) || (tc.wantLog == "" && buf.Len() > 0) {
+				t.Errorf("log %q, want %q", buf, tc.wantLog)
+			}
+		})
+	}
+}
+
+func TestLocalEndpoints(t *testing.T) {
+	a, b := "a", "b"
+	no := false
+	slices := []*discoveryv1.EndpointSlice{
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+			Endpoints: []discoveryv1.Endpoint{{NodeName: &b}, {NodeName: &a}}},
+		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db-1", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
+			Endpoints: []discoveryv1.Endpoint{{NodeName: &a, Conditions: discoveryv1.EndpointConditions{Ready: &no}}}},
+	}
+	got := LocalEndpoints(slices, "a")
+	want := ServiceEndpoints{"ns/web": true, "ns/db": false}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
+func TestDesiredKernel(t *testing.T) {
+	self := info("a", "10.0.0.1", "10.244.1.0/24")
+	same := info("b", "10.0.0.2", "10.244.2.0/24")
+	far := info("c", "10.0.1.3", "10.244.3.0/24")
+	nodes := []NodeInfo{self, same, far}
+	local := pfx("10.0.0.0/24")
+	learned := []LearnedRoute{
+		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("10.0.0.2")},
+		{Prefix: netip.MustParsePrefix("10.244.3.0/24"), NextHop: netip.MustParseAddr("10.0.1.3")},
+		{Prefix: netip.MustParsePrefix("10.244.1.0/25"), NextHop: netip.MustParseAddr("10.0.0.2")}, // into our own pod CIDR
+		{Prefix: netip.MustParsePrefix("172.16.0.0/16"), NextHop: netip.MustParseAddr("10.0.0.254")}, // an external router
+		{Prefix: netip.MustParsePrefix("10.244.9.0/24"), NextHop: netip.MustParseAddr("10.0.0.1")},   // via ourselves
+	}
+	for _, tc := range []struct {
+		overlay string
+		want    string
+	}{
+		{"never", `route 10.244.2.0/24 via 10.0.0.2
+route 10.244.3.0/24 via 10.0.1.3
+route 172.16.0.0/16 via 10.0.0.254
+`},
+		{"cross-subnet", `tunnel krt-0a000103 ipip local 10.0.0.1 remote 10.0.1.3
+route 10.244.2.0/24 via 10.0.0.2
+route 10.244.3.0/24 dev krt-0a000103
+route 172.16.0.0/16 via 10.0.0.254
+`},
+		{"always", `tunnel krt-0a000002 ipip local 10.0.0.1 remote 10.0.0.2
+tunnel krt-0a000103 ipip local 10.0.0.1 remote 10.0.1.3
+route 10.244.2.0/24 dev krt-0a000002
+route 10.244.3.0/24 dev krt-0a000103
+route 172.16.0.0/16 via 10.0.0.254
+`},
+	} {
+		t.Run("overlay "+tc.overlay, func(t *testing.T) {
+			rs, ts := DesiredKernel(tc.overlay, self, nodes, learned, local)
+			if got := route.Dump(rs, ts); got != tc.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
