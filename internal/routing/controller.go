@@ -185,8 +185,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	}
 	installed, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
 
-	received, advertised, _ := c.speaker.Counts(ctx)
-	c.metrics.update(states, advertised, received, installed)
+	c.metrics.update(states, len(adv.Prefixes), installed)
 	c.setDetails(self, peers, states, adv, routes, tunnels)
 	up := 0
 	for _, st := range states {
@@ -325,7 +324,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "kube_routerd_routing_bgp_peers", Help: "BGP peers by session state.",
 		}, []string{"state"}),
 		advertised: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kube_routerd_routing_routes_advertised", Help: "Routes sent to BGP peers, summed over peers.",
+			Name: "kube_routerd_routing_routes_advertised", Help: "Prefixes this node announces (pod CIDRs and Service IPs) before export policy.",
 		}),
 		received: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kube_routerd_routing_routes_received", Help: "Routes accepted from BGP peers, summed over peers.",
@@ -362,18 +361,20 @@ func (m *metrics) observeSync(_ bool, d time.Duration, err error) {
 	}
 }
 
-func (m *metrics) update(states map[string]PeerState, advertised, received uint64, installed int) {
+func (m *metrics) update(states map[string]PeerState, originated, installed int) {
 	counts := map[string]int{}
 	for name := range api.PeerState_SessionState_value {
 		counts[name] = 0
 	}
+	var received uint64
 	for _, st := range states {
 		counts[st.State]++
+		received += st.Received
 	}
 	for state, n := range counts {
 		m.peers.WithLabelValues(state).Set(float64(n))
 	}
-	m.advertised.Set(float64(advertised))
+	m.advertised.Set(float64(originated))
 	m.received.Set(float64(received))
 	m.installed.Set(float64(installed))
 }

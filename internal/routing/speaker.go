@@ -53,6 +53,8 @@ type PeerState struct {
 	State string `json:"state"`
 	// Flaps counts drops out of the established state since we started.
 	Flaps int `json:"flaps"`
+	// Received counts the IPv4 routes accepted from the peer.
+	Received uint64 `json:"received"`
 }
 
 // Speaker is the in-process GoBGP server with the peers, paths and policies we set.
@@ -448,14 +450,23 @@ func (s *Speaker) Watch(ctx context.Context, onPeer func(addr string, old, new P
 	})
 }
 
-// PeerStates returns every configured peer's session state, and the flaps counted
-// by Watch.
+// PeerStates returns every configured peer's session state and accepted route count,
+// with the flaps counted by Watch. One ListPeer call: it is the costly part of a sync
+// with hundreds of peers.
 func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
 	out := map[string]PeerState{}
 	_ = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
-		if st := p.GetState(); st != nil {
-			out[st.NeighborAddress] = PeerState{State: st.SessionState.String()}
+		st := p.GetState()
+		if st == nil {
+			return
 		}
+		ps := PeerState{State: st.SessionState.String()}
+		for _, af := range p.AfiSafis {
+			if as := af.GetState(); as != nil && proto.Equal(as.Family, familyIPv4) {
+				ps.Received += as.Accepted
+			}
+		}
+		out[st.NeighborAddress] = ps
 	})
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -464,19 +475,6 @@ func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
 		out[addr] = st
 	}
 	return out
-}
-
-// Counts returns per peer how many IPv4 routes it sent us and we sent it.
-func (s *Speaker) Counts(ctx context.Context) (received, advertised uint64, err error) {
-	err = s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
-		for _, af := range p.AfiSafis {
-			if st := af.GetState(); st != nil && proto.Equal(st.Family, familyIPv4) {
-				received += st.Accepted
-				advertised += st.Advertised
-			}
-		}
-	})
-	return received, advertised, err
 }
 
 // gobgpLogger sends GoBGP's logs to slog; its info level is chatty, so it logs at debug.
