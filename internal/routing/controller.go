@@ -183,6 +183,11 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			c.heardFrom[addr] = true
 		}
 	}
+	for addr := range c.heardFrom {
+		if _, ok := states[addr]; !ok {
+			delete(c.heardFrom, addr)
+		}
+	}
 	installed, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
 
 	c.metrics.update(states, len(adv.Prefixes), installed)

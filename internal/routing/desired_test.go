@@ -289,7 +289,7 @@ func TestDesiredKernel(t *testing.T) {
 	learned := []LearnedRoute{
 		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("10.0.0.2")},
 		{Prefix: netip.MustParsePrefix("10.244.3.0/24"), NextHop: netip.MustParseAddr("10.0.1.3")},
-		{Prefix: netip.MustParsePrefix("10.244.1.0/25"), NextHop: netip.MustParseAddr("10.0.0.2")}, // into our own pod CIDR
+		{Prefix: netip.MustParsePrefix("10.244.1.0/25"), NextHop: netip.MustParseAddr("10.0.0.2")},   // into our own pod CIDR
 		{Prefix: netip.MustParsePrefix("172.16.0.0/16"), NextHop: netip.MustParseAddr("10.0.0.254")}, // an external router
 		{Prefix: netip.MustParsePrefix("10.244.9.0/24"), NextHop: netip.MustParseAddr("10.0.0.1")},   // via ourselves
 	}

@@ -1,0 +1,69 @@
+//go:build integration
+
+package route
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+// The netlink implementation lists, replaces and deletes only routes carrying our
+// protocol id; a foreign route to a neighbouring prefix survives everything.
+func TestNetlinkTouchesOnlyOurRoutes(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := netns.NewNS(t, "node", "route-test")
+	ns.Run(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	ns.Run(t, "ip", "link", "set", "eth0", "up")
+	ns.Run(t, "ip", "link", "set", "eth1", "up")
+	ns.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", "eth0")
+	ns.Run(t, "ip", "route", "add", "10.244.9.0/24", "via", "10.0.0.9", "proto", "static")
+
+	k := Netlink{}
+	ours := Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("10.0.0.2")}
+	err := ns.Do(func() error {
+		if err := k.ReplaceRoute(ours); err != nil {
+			return err
+		}
+		moved := ours
+		moved.Gateway = netip.MustParseAddr("10.0.0.3")
+		if err := k.ReplaceRoute(moved); err != nil {
+			return err
+		}
+		got, err := k.Routes()
+		if err != nil {
+			return err
+		}
+		if len(got) != 1 || got[0] != moved {
+			t.Errorf("our routes = %v, want only %v", got, moved)
+		}
+		prefixes, err := k.LocalPrefixes()
+		if err != nil {
+			return err
+		}
+		if len(prefixes) != 1 || prefixes[0] != netip.MustParsePrefix("10.0.0.0/24") {
+			t.Errorf("local prefixes = %v, want [10.0.0.0/24]", prefixes)
+		}
+		// Deleting by a foreign route's destination must not remove it.
+		if err := k.DeleteRoute(Route{Dst: netip.MustParsePrefix("10.244.9.0/24")}); err != nil {
+			return err
+		}
+		if tunnels, err := k.Tunnels(); err != nil || len(tunnels) != 0 {
+			t.Errorf("tunnels = %v, %v; want none", tunnels, err)
+		}
+		return k.DeleteRoute(moved)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := ns.Run(t, "ip", "-4", "route", "show")
+	if !strings.Contains(out, "10.244.9.0/24 via 10.0.0.9") {
+		t.Errorf("the foreign route is gone:\n%s", out)
+	}
+	if strings.Contains(out, "10.244.2.0/24") {
+		t.Errorf("our route is still there:\n%s", out)
+	}
+}

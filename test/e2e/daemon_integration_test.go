@@ -1,0 +1,368 @@
+//go:build integration
+
+// Package e2e runs the real kube-routerd binary, as systemd would, on test nodes made
+// of network namespaces, against a real kube-apiserver.
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// buildDaemon compiles cmd/kube-routerd once per test process, unless
+// KUBEROUTERD_BIN names a binary to test instead (a packaged one, say).
+var buildDaemon = sync.OnceValues(func() (string, error) {
+	if bin := os.Getenv("KUBEROUTERD_BIN"); bin != "" {
+		return bin, nil
+	}
+	dir, err := os.MkdirTemp("", "kube-routerd-e2e-bin-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "kube-routerd")
+	out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kube-routerd").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// forwardAPI makes the API server (on the host's loopback) reachable on the loopback
+// of a node namespace: the listener is created inside the namespace, connections to
+// the API server are dialled from the test process. It returns a kubeconfig path.
+func forwardAPI(t *testing.T, node *netns.Node, rc *rest.Config, dir string) string {
+	t.Helper()
+	var ln net.Listener
+	if err := node.Do(func() (err error) {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}); err != nil {
+		t.Fatalf("listen inside %s: %v", node.Name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	api, err := url.Parse(rc.Host)
+	if err != nil {
+		t.Fatalf("API server address %q: %v", rc.Host, err)
+	}
+	apiHost := api.Host
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", apiHost)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { _, _ = io.Copy(up, c) }()
+				_, _ = io.Copy(c, up)
+			}()
+		}
+	}()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: "https://" + ln.Addr().String(), CertificateAuthorityData: rc.CAData}
+	kc.AuthInfos["node"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "node"}
+	kc.CurrentContext = "test"
+	path := filepath.Join(dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// daemon is one kube-routerd process running inside a node namespace under a real
+// NOTIFY_SOCKET, as systemd runs it.
+type daemon struct {
+	t      *testing.T
+	node   *netns.Node
+	bin    string
+	config string
+	cmd    *exec.Cmd
+	notify chan string
+	log    *os.File
+	exited chan error
+}
+
+func setupDaemon(t *testing.T, node *netns.Node, rc *rest.Config, extraConfig string) *daemon {
+	t.Helper()
+	bin, err := buildDaemon()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	kubeconfig := forwardAPI(t, node, rc, dir)
+	config := filepath.Join(dir, "config.toml")
+	text := fmt.Sprintf(`[kubernetes]
+kubeconfig = %q
+node_name = %q
+
+[service_proxy]
+enabled = false   # IPVS is tested in the VM tier: this kernel has none
+
+[routing]
+router_id = %q
+%s
+[logging]
+level = "debug"
+`, kubeconfig, node.Name, node.IPv4, extraConfig)
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &daemon{t: t, node: node, bin: bin, config: config}
+}
+
+// start runs the daemon and waits for READY=1.
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	sockPath := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.notify = make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(d.notify)
+				return
+			}
+			d.notify <- string(buf[:n])
+		}
+	}()
+	d.log, err = os.CreateTemp("", "kube-routerd-e2e-"+d.node.Name+"-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = d.node.Command(context.Background(), d.bin, "run", "--config", d.config)
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath, "WATCHDOG_USEC=10000000")
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d.exited = make(chan error, 1)
+	go func() { d.exited <- d.cmd.Wait(); conn.Close() }()
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			_ = d.cmd.Process.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(d.log.Name())
+			t.Logf("log of kube-routerd on %s:\n%s", d.node.Name, tail(string(b), 60))
+		}
+		os.Remove(d.log.Name())
+	})
+	d.waitNotify("READY=1", 90*time.Second)
+}
+
+// waitNotify waits for an sd_notify message starting with prefix.
+func (d *daemon) waitNotify(prefix string, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-d.notify:
+			if !ok {
+				d.t.Fatalf("kube-routerd on %s exited before %s", d.node.Name, prefix)
+			}
+			if strings.HasPrefix(m, prefix) {
+				return
+			}
+		case <-deadline:
+			d.t.Fatalf("kube-routerd on %s: no %s within %s", d.node.Name, prefix, timeout)
+		}
+	}
+}
+
+// stop sends SIGTERM, waits for STOPPING=1 and a clean exit.
+func (d *daemon) stop() {
+	d.t.Helper()
+	// nsenter passes signals on to the daemon it runs.
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		d.t.Fatal(err)
+	}
+	d.waitNotify("STOPPING=1", 30*time.Second)
+	select {
+	case err := <-d.exited:
+		if err != nil {
+			d.t.Fatalf("kube-routerd on %s exited with %v after SIGTERM", d.node.Name, err)
+		}
+	case <-time.After(30 * time.Second):
+		d.t.Fatalf("kube-routerd on %s did not exit after SIGTERM", d.node.Name)
+	}
+}
+
+func (d *daemon) run(args ...string) string {
+	d.t.Helper()
+	return d.node.Run(d.t, d.bin, append(args, "--config", d.config)...)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ourState is what kube-routerd programs in a node namespace, with packet counters
+// removed so two snapshots compare equal when nothing changed.
+func ourState(t *testing.T, n *netns.Node) string {
+	t.Helper()
+	var b strings.Builder
+	counters := regexp.MustCompile(`\[\d+:\d+\]`)
+	sc := bufio.NewScanner(strings.NewReader(n.Run(t, "iptables-save", "-t", "filter")))
+	for sc.Scan() {
+		if l := sc.Text(); strings.Contains(l, "KUBE-ROUTER") {
+			b.WriteString(counters.ReplaceAllString(l, "") + "\n")
+		}
+	}
+	for _, l := range strings.Split(n.Run(t, "ipset", "list", "-n"), "\n") {
+		if strings.HasPrefix(l, "KUBE-ROUTER") || strings.HasPrefix(l, "kube-router") {
+			b.WriteString("set " + l + "\n")
+		}
+	}
+	b.WriteString(ourRoutes(t, n))
+	return b.String()
+}
+
+// ourRoutes lists the kernel routes kube-routerd installed (its protocol id).
+func ourRoutes(t *testing.T, n *netns.Node) string {
+	t.Helper()
+	var b strings.Builder
+	for _, l := range strings.Split(n.Run(t, "ip", "-4", "route", "show"), "\n") {
+		if strings.Contains(l, "proto") && !strings.Contains(l, "proto kernel") && !strings.Contains(l, "proto static") && !strings.Contains(l, "proto boot") {
+			b.WriteString("route " + strings.TrimSpace(l) + "\n")
+		}
+	}
+	return b.String()
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func createDenyPolicy(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	pol := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "default-deny", Namespace: ns},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+	}
+	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(context.Background(), pol, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDaemonRoutesPoliciesRestartsAndCleansUp runs two kube-routerd nodes: they peer
+// over BGP and carry pod traffic, enforce a policy, survive a restart without
+// changing the kernel, and `cleanup` removes what they programmed.
+func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
+	testenv.RequireRoot(t)
+	rc, cs := testenv.APIServer(t)
+	ns := testenv.Namespace(t, cs)
+	link := netns.NewLink(t)
+	nodeA := link.AddNode(t, netns.NodeOptions{Client: cs})
+	nodeB := link.AddNode(t, netns.NodeOptions{Client: cs})
+	podA := nodeA.AddPod(t, netns.PodOptions{Namespace: ns, Labels: map[string]string{"app": "a"}})
+	podB := nodeB.AddPod(t, netns.PodOptions{Namespace: ns, Labels: map[string]string{"app": "b"}})
+	podA.Serve(t, netns.TCP, 8080)
+
+	daemonA := setupDaemon(t, nodeA, rc, "")
+	daemonB := setupDaemon(t, nodeB, rc, "")
+	daemonA.start()
+	daemonB.start()
+
+	// BGP: each node learns the other's pod CIDR, and pods talk across nodes.
+	target := netip.AddrPortFrom(podA.IPv4, 8080)
+	waitFor(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
+		return strings.Contains(ourRoutes(t, nodeA), nodeB.PodCIDRv4.String()) &&
+			strings.Contains(ourRoutes(t, nodeB), nodeA.PodCIDRv4.String())
+	})
+	podB.ExpectReply(t, netns.TCP, target, podA.Label)
+
+	// kube-routerd status reads the running daemon.
+	status := daemonA.run("status")
+	for _, want := range []string{"kube-routerd: ready", "netpol", "routing"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
+
+	// Network policy: default deny for the namespace blocks the cross-node probe.
+	createDenyPolicy(t, cs, ns)
+	waitFor(t, "default deny to take effect", 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := podB.Probe(ctx, netns.TCP, target)
+		return err != nil
+	})
+	before := ourState(t, nodeA)
+	if !strings.Contains(before, "KUBE-ROUTER") {
+		t.Fatalf("no policy chains on node A:\n%s", before)
+	}
+
+	// SIGTERM leaves the dataplane as it was: policy still enforced, routes kept.
+	daemonA.stop()
+	if after := ourState(t, nodeA); after != before {
+		t.Fatalf("stopping kube-routerd changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	podB.ExpectBlocked(t, netns.TCP, target)
+
+	// A restart converges to the same kernel state without rewriting it.
+	daemonA.start()
+	if after := ourState(t, nodeA); after != before {
+		t.Fatalf("restarting kube-routerd changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	daemonA.stop()
+
+	// cleanup removes all of it, and nothing else (the node's own routes stay).
+	ownRoutesBefore := nodeA.Run(t, "ip", "-4", "route", "show", "proto", "kernel")
+	daemonA.run("cleanup")
+	if left := ourState(t, nodeA); left != "" {
+		t.Fatalf("cleanup left:\n%s", left)
+	}
+	if got := nodeA.Run(t, "ip", "-4", "route", "show", "proto", "kernel"); got != ownRoutesBefore {
+		t.Fatalf("cleanup touched the node's own routes:\nbefore:\n%s\nafter:\n%s", ownRoutesBefore, got)
+	}
+}
