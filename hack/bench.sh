@@ -24,4 +24,6 @@ bench "network policy: 1,000 policies over 10,000 pods, 2,000 local (in-memory d
   -run '^$' -bench ScaleFake -benchtime 40x ./internal/netpol/
 bench "network policy: same scale on the real kernel (iptables-restore + netlink ipset in a namespace)" \
   -tags integration -run '^$' -bench ScaleKernel -benchtime 20x -timeout 30m ./internal/netpol/
+bench "routing: routes from 500 simulated BGP nodes installed in / withdrawn from the kernel (namespace)" \
+  -tags bench -run '^$' -bench RoutesFrom500Nodes -benchtime 3x ./internal/routing/
 exit $status
