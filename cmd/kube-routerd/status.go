@@ -12,6 +12,9 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/netpol"
+	"github.com/kube-routerd/kube-routerd/internal/proxy"
+	"github.com/kube-routerd/kube-routerd/internal/routing"
 )
 
 // printStatus asks the running daemon (its health listener) for its status report
@@ -47,6 +50,8 @@ func printStatus(cfg config.Config, asJSON bool, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// writeStatus prints the report: one line per controller, then each controller's
+// details in its own section.
 func writeStatus(w io.Writer, rep daemon.StatusReport) {
 	state := "starting (not all controllers synced)"
 	if rep.Ready {
@@ -83,10 +88,116 @@ func writeStatus(w io.Writer, rep daemon.StatusReport) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		out, err := json.MarshalIndent(rep.Details[n], "  ", "  ")
-		if err != nil {
-			continue
+		fmt.Fprintln(w)
+		if !writeDetails(w, n, rep.Details[n]) {
+			writeJSONDetails(w, n, rep.Details[n])
 		}
-		fmt.Fprintf(w, "\n%s:\n  %s\n", n, strings.TrimSpace(string(out)))
 	}
+}
+
+// writeDetails prints the details of a controller it knows; false means it does not
+// know the controller or its details do not decode (a newer daemon, say).
+func writeDetails(w io.Writer, name string, raw any) bool {
+	switch name {
+	case "proxy":
+		var d proxy.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		fmt.Fprintf(w, "service proxy: %d services as %d IPVS virtual services, %d destinations (%d draining)\n",
+			d.Services, d.VirtualServices, d.Destinations, d.Draining)
+		if len(d.NodePortAddresses) > 0 {
+			addrs := make([]string, len(d.NodePortAddresses))
+			for i, a := range d.NodePortAddresses {
+				addrs[i] = a.String()
+			}
+			fmt.Fprintf(w, "  node ports on: %s\n", strings.Join(addrs, ", "))
+		}
+		fmt.Fprintf(w, "  kernel writes in the last sync: %d\n", d.LastSyncWrites)
+	case "netpol":
+		var d netpol.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		fmt.Fprintf(w, "network policy: %d policies isolate %d local pods: %d rules, %d sets with %d entries\n",
+			d.Policies, d.Pods, d.Rules, d.Sets, d.Entries)
+		objs := make([]string, 0, len(d.Problems))
+		for o := range d.Problems {
+			objs = append(objs, o)
+		}
+		sort.Strings(objs)
+		for _, o := range objs {
+			for _, p := range d.Problems[o] {
+				fmt.Fprintf(w, "  skipped in %s: %s\n", o, p)
+			}
+		}
+	case "routing":
+		var d routing.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		writeRouting(w, d)
+	default:
+		return false
+	}
+	return true
+}
+
+func writeRouting(w io.Writer, d routing.Details) {
+	fmt.Fprintf(w, "routing: node %s (%s), pod CIDRs %s\n", d.Node, d.Address, listOrNone(d.PodCIDRs))
+	if len(d.Peers) == 0 {
+		fmt.Fprintln(w, "  no BGP peers")
+	} else {
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  BGP PEER\tASN\tNODE\tSTATE\tFLAPS")
+		for _, p := range d.Peers {
+			node := p.Node
+			if node == "" {
+				node = "(external)"
+			}
+			if p.RRClient {
+				node += " (route reflector client)"
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\n", p.Address, p.ASN, node, p.State, p.Flaps)
+		}
+		_ = tw.Flush()
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  announced to nodes:       %s\n", listOrNone(d.Announced))
+	fmt.Fprintf(w, "  announced to external:    %s\n", listOrNone(d.ToExternal))
+	fmt.Fprintln(w, "  routes installed:")
+	if len(d.Routes) == 0 {
+		fmt.Fprintln(w, "    none")
+	}
+	for _, r := range d.Routes {
+		fmt.Fprintf(w, "    %s\n", r)
+	}
+	for _, t := range d.Tunnels {
+		fmt.Fprintf(w, "  tunnel: %s\n", t)
+	}
+}
+
+func writeJSONDetails(w io.Writer, name string, raw any) {
+	out, err := json.MarshalIndent(raw, "  ", "  ")
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(w, "%s:\n  %s\n", name, strings.TrimSpace(string(out)))
+}
+
+// redecode turns the generic JSON value of a report back into a typed value.
+func redecode(raw any, into any) bool {
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return false
+	}
+	return json.Unmarshal(b, into) == nil
+}
+
+func listOrNone(items []string) string {
+	if len(items) == 0 {
+		return "none"
+	}
+	return strings.Join(items, ", ")
 }

@@ -31,6 +31,11 @@ pkg=${KUBEROUTERD_VM_KERNEL:-$(apt-cache depends linux-image-amd64 2>/dev/null |
 [[ -n "$pkg" ]] || { log "cannot resolve the Debian kernel package behind linux-image-amd64"; exit 1; }
 kver=${pkg#linux-image-}
 
+# Concurrent runs (several engineers, several tiers) build the cache once, one at a time.
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+
 # 1. Kernel package, extracted once per version.
 kdir="$cache/kernel-$kver"
 if [[ ! -f "$kdir/.done" ]]; then
@@ -109,7 +114,7 @@ echo "root:x:0:" >"$stage/etc/group"
 mods=(
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh
   ip_vs_sed ip_vs_nq ip_vs_fo ip_vs_ovf ip_vs_mh ip_vs_ftp
-  dummy ipip tunnel4 ip_tunnel veth bridge br_netfilter vxlan 8021q sctp crc32c_generic
+  dummy ipip tunnel4 ip_tunnel veth bridge br_netfilter vxlan 8021q sctp crc32c_generic xfrm_user
   virtio_pci virtio_net 9p 9pnet_virtio
 )
 mdir="$kroot/lib/modules/$kver/kernel"
@@ -123,8 +128,9 @@ cp "$kroot/lib/modules/$kver"/modules.{order,builtin,builtin.modinfo} "$stage/li
 depmod -b "$stage" "$kver"
 # Loaded at boot: the VM's devices, what the netns helpers' sysctls need (br_netfilter) and
 # the families node tests use; everything else autoloads on demand (kernel.modprobe).
+# xfrm_user and nfnetlink: vishvananda/netlink handles open NETLINK_XFRM and NETLINK_NETFILTER.
 printf '%s\n' virtio_pci virtio_net 9pnet_virtio 9p ip_vs ip_vs_rr nf_conntrack dummy ipip \
-  veth bridge br_netfilter ip_set sctp >"$stage/etc/vm-modules"
+  veth bridge br_netfilter ip_set sctp xfrm_user nfnetlink >"$stage/etc/vm-modules"
 
 install -m 0755 "$here/init" "$stage/init"
 
@@ -132,5 +138,8 @@ mkdir -p "$out.tmp"
 (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out.tmp/initrd.gz"
 cp "$kroot/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
 rm -rf "$out" && mv "$out.tmp" "$out"
+# Images of older scripts or kernels are never used again (qemu reads them at start only).
+find "$cache" -mindepth 1 -maxdepth 1 -name 'image-*' ! -path "$out" -exec rm -rf {} +
+find "$cache" -mindepth 1 -maxdepth 1 -name 'kernel-*' ! -path "$kdir" -exec rm -rf {} +
 log "built $out ($kver, $(du -h "$out/initrd.gz" | cut -f1) initramfs) in $((SECONDS - t0)) s"
 echo "$out"

@@ -18,6 +18,7 @@ type ServiceProxy struct {
 	MasqueradeAll bool `toml:"masquerade_all"`
 	// ClusterCIDRs are the pod networks of the cluster; traffic from elsewhere to a
 	// service is masqueraded (unless externalTrafficPolicy: Local keeps the source).
+	// Empty, every connection to a service is masqueraded.
 	ClusterCIDRs []Prefix `toml:"cluster_cidrs"`
 	// NodePortAddresses limits NodePorts to the Node object's InternalIP/ExternalIP
 	// addresses inside these CIDRs; empty means all of them.

@@ -240,6 +240,10 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		desired := Assemble(list, c.idx, fs.opts)
 		st, err := fs.rec.apply(desired, full)
 		details.LastApply[fs.opts.Family] = st
+		if st.Drifted > 0 {
+			slog.Warn("repaired network policy state changed by someone else", "family", fs.opts.Family, "drifted", st.Drifted)
+			c.metrics.driftRepairs.WithLabelValues(fmt.Sprint(fs.opts.Family)).Add(float64(st.Drifted))
+		}
 		if err != nil {
 			// Recompile everything next time, with a kernel re-read.
 			c.mu.Lock()
@@ -335,6 +339,7 @@ func CleanupDataplanes(ctx context.Context, dps []Dataplane) error {
 type metrics struct {
 	syncDuration *prometheus.HistogramVec
 	syncErrors   prometheus.Counter
+	driftRepairs *prometheus.CounterVec
 	policies     prometheus.Gauge
 	pods         *prometheus.GaugeVec
 	rules        *prometheus.GaugeVec
@@ -353,6 +358,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kube_routerd_netpol_sync_errors_total", Help: "Network policy syncs that failed.",
 		}),
+		driftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kube_routerd_netpol_drift_repairs_total",
+			Help: "Chains, sets and jumps of ours that a full resync found changed by someone else, and repaired.",
+		}, fam),
 		policies: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kube_routerd_netpol_policies_enforced", Help: "NetworkPolicies compiled and enforced.",
 		}),
@@ -370,7 +379,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, fam),
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.syncDuration, m.syncErrors, m.policies, m.pods, m.rules, m.sets, m.entries} {
+		for _, col := range []prometheus.Collector{m.syncDuration, m.syncErrors, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("registering network policy metrics: %w", err)
 			}

@@ -40,6 +40,9 @@ func newReconciler(dp Dataplane) *reconciler {
 // applyStats says how much one apply changed.
 type applyStats struct {
 	ChainsWritten, ChainsDeleted, SetsWritten, SetsDestroyed, EntriesChanged int
+	// Drifted counts chains, sets and the FORWARD jump that a full apply found changed
+	// behind our back (deleted, flushed, edited) since we last wrote them, and repaired.
+	Drifted int
 }
 
 // apply brings the kernel to d. A full apply re-reads the kernel first and rewrites
@@ -50,9 +53,14 @@ type applyStats struct {
 // iptables-restore transaction; stale sets are destroyed only after no rule uses them.
 func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 	var st applyStats
+	wasPrimed := r.primed
 	if full || !r.primed {
+		lastChains, lastSets := r.chains, r.sets
 		if err := r.readKernel(); err != nil {
 			return st, err
+		}
+		if wasPrimed {
+			st.Drifted = r.drift(lastChains, lastSets)
 		}
 	}
 	rewriteAll := full || !r.primed
@@ -108,6 +116,9 @@ func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 			return st, err
 		} else if !existed {
 			slog.Info("installed network policy jump", "chain", "FORWARD", "family", r.dp.Family)
+			if wasPrimed {
+				st.Drifted++
+			}
 		}
 	}
 
@@ -133,7 +144,7 @@ func (r *reconciler) readKernel() error {
 	}
 	r.sets = map[string]ipset.SetEntries{}
 	for _, s := range all {
-		if OwnsSet(s.Name) {
+		if OwnsSet(s.Name) && s.Family == setFamily(r.dp.Family) {
 			r.sets[s.Name] = s
 		}
 	}
@@ -150,6 +161,24 @@ func (r *reconciler) readKernel() error {
 		}
 	}
 	return nil
+}
+
+// drift counts our chains and sets whose kernel state (just read) differs from what
+// we last wrote. Chains compare by rule count, because iptables-save normalises rule
+// text.
+func (r *reconciler) drift(lastChains map[string][]string, lastSets map[string]ipset.SetEntries) int {
+	n := 0
+	for name, rules := range lastChains {
+		if have, ok := r.chains[name]; !ok || len(have) != len(rules) {
+			n++
+		}
+	}
+	for name, s := range lastSets {
+		if have, ok := r.sets[name]; !ok || have.Set != s.Set || !slices.Equal(have.Entries, s.Entries) {
+			n++
+		}
+	}
+	return n
 }
 
 // applySet makes one set hold exactly s.Entries and returns how many entries changed.
@@ -255,6 +284,15 @@ func diffSorted(old, new []string) (adds, dels []string) {
 	return adds, dels
 }
 
+// setFamily is the ipset family of IP family 4 or 6. IPv4 and IPv6 sets share one
+// namespace, so each family's reconciler and cleanup must touch only its own.
+func setFamily(family int) ipset.Family {
+	if family == 6 {
+		return ipset.IPv6
+	}
+	return ipset.IPv4
+}
+
 // cleanup removes everything the policy controller owns from one dataplane: the jump,
 // our chains, then our sets.
 func cleanup(dp Dataplane) error {
@@ -286,7 +324,7 @@ func cleanup(dp Dataplane) error {
 		return err
 	}
 	for _, s := range sets {
-		if OwnsSet(s.Name) {
+		if OwnsSet(s.Name) && s.Family == setFamily(dp.Family) {
 			if err := dp.IPSets.Destroy(s.Name); err != nil {
 				return err
 			}

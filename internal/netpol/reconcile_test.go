@@ -78,6 +78,9 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 		t.Fatalf("new pod applied %+v with %d restores; want 2 chains in 1 restore", st, len(ipt.Restores)-restores)
 	}
 	want := ipt.Dump() + sets.Dump()
+	if st, err := rec.apply(compileAll(idx, o, policies), true); err != nil || st.Drifted != 0 {
+		t.Fatalf("full sync of an untouched kernel: drifted %d, err %v", st.Drifted, err)
+	}
 
 	// Drift: someone flushes one of our chains, deletes our jump and adds to our set.
 	if err := ipt.Restore([]byte("*filter\n:" + TopChain + " - [0:0]\nCOMMIT\n")); err != nil {
@@ -96,8 +99,12 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	if err := sets.Add(ourSet, "10.6.6.6"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rec.apply(compileAll(idx, o, policies), true); err != nil {
+	st, err = rec.apply(compileAll(idx, o, policies), true)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if st.Drifted != 3 {
+		t.Errorf("full sync counted %d drifted objects; want 3 (flushed chain, jump, set)", st.Drifted)
 	}
 	if got := ipt.Dump() + sets.Dump(); got != want {
 		t.Fatalf("full sync did not repair drift:\n%s\nwant:\n%s", got, want)

@@ -20,7 +20,8 @@ func benchHarness(b *testing.B, n int) (*harness, []*discoveryv1.EndpointSlice) 
 		h.store(namedService(name, fmt.Sprintf("10.96.%d.%d", i/250, i%250+1)))
 		eps := make([]ep, 10)
 		for j := range eps {
-			eps[j] = ep{ip: fmt.Sprintf("10.%d.%d.%d", 100+i/65000, (i/250)%256, j*25+i%25)}
+			// Endpoints on other nodes, as almost all are on a node of a big cluster.
+			eps[j] = ep{ip: fmt.Sprintf("10.%d.%d.%d", 100+i/65000, (i/250)%256, j*25+i%25), node: "node-b"}
 		}
 		slices[i] = sliceFor(name, eps...)
 		h.store(slices[i])

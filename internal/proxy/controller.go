@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,6 +29,8 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/runner"
 )
@@ -46,6 +50,7 @@ type Controller struct {
 	nodes    corelisters.NodeLister
 	runner   *runner.Runner
 	rec      *reconciler
+	fw       *firewallReconciler
 	metrics  *metrics
 
 	mu        sync.Mutex
@@ -72,19 +77,51 @@ type Details struct {
 	LastSyncWrites    int          `json:"lastSyncWrites"`
 }
 
-// RealDataplane returns the host's IPVS table, ledger ipsets, dummy interface and
-// conntrack table.
+// RealDataplane returns the kernel state of the daemon's own network namespace.
 func RealDataplane(cfg config.ServiceProxy) (Dataplane, error) {
-	k, err := ipvs.NewKernel()
+	return RealDataplaneAt(cfg, netns.None())
+}
+
+// RealDataplaneAt returns IPVS, ipsets, iptables (IPv4 and IPv6), the dummy interface,
+// conntrack and sysctls of network namespace ns (netns.None() is the caller's); the
+// handle must stay open while the dataplane is used.
+func RealDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle) (Dataplane, error) {
+	nsPath := ""
+	var nl *netlink.Handle
+	var sets *ipset.Netlink
+	var err error
+	if ns.IsOpen() {
+		nsPath = fmt.Sprintf("/proc/self/fd/%d", int(ns))
+		if nl, err = netlink.NewHandleAt(ns); err != nil {
+			return Dataplane{}, fmt.Errorf("opening netlink in the target namespace: %w", err)
+		}
+		sets, err = ipset.NewAt(ns)
+	} else {
+		sets, err = ipset.New()
+	}
 	if err != nil {
 		return Dataplane{}, err
 	}
-	return Dataplane{
+	k, err := ipvs.NewKernelAt(nsPath)
+	if err != nil {
+		return Dataplane{}, err
+	}
+	dp := Dataplane{
 		IPVS:      k,
-		Ledger:    &ipvs.IPSetLedger{},
-		Dummy:     &dummy.Link{Name: cfg.DummyInterface},
-		Conntrack: conntrack.Kernel{},
-	}, nil
+		Ledger:    &ipvs.IPSetLedger{Sets: sets},
+		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl},
+		Conntrack: conntrack.Kernel{Netlink: nl},
+		IPSets:    sets,
+		Sysctls:   ProcSysctls{NS: ns},
+	}
+	for _, proto := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
+		ipt, err := iptables.NewAt(proto, ns)
+		if err != nil {
+			return Dataplane{}, err
+		}
+		dp.IPTables = append(dp.IPTables, ipt)
+	}
+	return dp, nil
 }
 
 // New builds the service proxy on the host's kernel.
@@ -105,6 +142,7 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		services: env.Informers.Core().V1().Services().Lister(),
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
 		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration),
+		fw:       newFirewallReconciler(dp, firewallOptions(cfg)),
 		metrics:  newMetrics(env.Registry),
 		dirty:    map[types.NamespacedName]bool{},
 		desired:  newDesiredState(),
@@ -132,6 +170,14 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		return nil, err
 	}
 	return c, nil
+}
+
+func firewallOptions(cfg config.ServiceProxy) FirewallOptions {
+	opts := FirewallOptions{MasqueradeAll: cfg.MasqueradeAll}
+	for _, p := range cfg.ClusterCIDRs {
+		opts.ClusterCIDRs = append(opts.ClusterCIDRs, p.Prefix)
+	}
+	return opts
 }
 
 // Name implements daemon.Controller.
@@ -288,20 +334,22 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 
 	var err error
 	if full {
-		err = c.rec.full(c.desired)
+		// IPVS first: it creates the ledger set the firewall rules refer to.
+		err = errors.Join(c.rec.full(c.desired), c.fw.full(c.desired))
 		c.fullDone = err == nil
 	} else {
 		changed = append(changed, c.rec.drainingKeys()...)
-		err = c.rec.partial(c.desired, changed)
+		err = errors.Join(c.rec.partial(c.desired, changed), c.fw.partial(c.desired, changed))
 	}
+	clear(c.desired.hairpinTouched)
 	c.scheduleDrainPoll()
 	c.publish(node)
 	summary := fmt.Sprintf("%d virtual services, %d destinations", c.desired.services, c.desired.endpoints)
 	if err != nil {
 		return summary, fmt.Errorf("programming IPVS: %w", err)
 	}
-	if c.rec.writes > 0 {
-		slog.Debug("proxy sync applied changes", "full", full, "writes", c.rec.writes, "servicesRecomputed", len(names))
+	if w := c.writes(); w > 0 {
+		slog.Debug("proxy sync applied changes", "full", full, "writes", w, "servicesRecomputed", len(names))
 	}
 	return summary, ctx.Err()
 }
@@ -352,10 +400,13 @@ func (c *Controller) publish(node Node) {
 		Destinations:      c.desired.endpoints,
 		Draining:          len(c.rec.draining),
 		NodePortAddresses: node.NodePortAddrs,
-		LastSyncWrites:    c.rec.writes,
+		LastSyncWrites:    c.writes(),
 	}
 	c.detailsLock.Unlock()
 }
+
+// writes counts the kernel changes of the last sync.
+func (c *Controller) writes() int { return c.rec.writes + c.fw.writes }
 
 func (c *Controller) observe(full bool, d time.Duration, err error) {
 	kind := "partial"
@@ -369,7 +420,8 @@ func (c *Controller) observe(full bool, d time.Duration, err error) {
 }
 
 // Cleanup removes everything the service proxy created: the IPVS services recorded
-// in the ledger, the ledger itself and the dummy interface with the VIPs.
+// in the ledger, the firewall jumps, chains and sets, the ledger itself and the dummy
+// interface with the VIPs.
 func Cleanup(ctx context.Context, cfg config.ServiceProxy) error {
 	dp, err := RealDataplane(cfg)
 	if err != nil {
@@ -391,6 +443,10 @@ func cleanup(ctx context.Context, dp Dataplane) error {
 		if err := dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
 			errs = append(errs, err)
 		}
+	}
+	// Rules before sets: the kernel keeps a set while a rule refers to it.
+	if err := cleanupFirewall(dp); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) == 0 {
 		errs = append(errs, dp.Ledger.Destroy())

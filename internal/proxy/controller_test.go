@@ -20,23 +20,32 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 )
 
 // fakeKernel is the fake dataplane; it outlives controllers to model restarts.
 type fakeKernel struct {
-	ipvs      *ipvs.Fake
-	ledger    *ipvs.FakeLedger
-	dummy     *dummy.Fake
-	conntrack *conntrack.Fake
+	ipvs       *ipvs.Fake
+	ipsets     *ipset.Fake
+	ledger     *ipvs.IPSetLedger
+	dummy      *dummy.Fake
+	conntrack  *conntrack.Fake
+	ipt4, ipt6 *iptables.Fake
+	sysctls    *FakeSysctls
 }
 
 func newFakeKernel() *fakeKernel {
-	return &fakeKernel{ipvs.NewFake(), ipvs.NewFakeLedger(), dummy.NewFake(), &conntrack.Fake{}}
+	sets := ipset.NewFake()
+	return &fakeKernel{ipvs: ipvs.NewFake(), ipsets: sets, ledger: &ipvs.IPSetLedger{Sets: sets},
+		dummy: dummy.NewFake(), conntrack: &conntrack.Fake{},
+		ipt4: iptables.NewFake(iptables.IPv4), ipt6: iptables.NewFake(iptables.IPv6), sysctls: &FakeSysctls{}}
 }
 
 func (k *fakeKernel) dataplane() Dataplane {
-	return Dataplane{IPVS: k.ipvs, Ledger: k.ledger, Dummy: k.dummy, Conntrack: k.conntrack}
+	return Dataplane{IPVS: k.ipvs, Ledger: k.ledger, Dummy: k.dummy, Conntrack: k.conntrack,
+		IPSets: k.ipsets, IPTables: []iptables.Interface{k.ipt4, k.ipt6}, Sysctls: k.sysctls}
 }
 
 // harness drives a controller synchronously: objects go straight into the informer

@@ -64,6 +64,8 @@ type Destination struct {
 	Weight int
 	// Terminating endpoints are drained: weight 0, kept while connections last.
 	Terminating bool
+	// Local endpoints run on this node.
+	Local bool
 }
 
 // VirtualServer is one IPVS virtual service kube-routerd wants, with its destinations.
@@ -256,7 +258,7 @@ func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	if settingsErr != nil {
 		for i := range out {
 			out[i] = VirtualServer{Service: ipvs.Service{Key: out[i].Key}, Owner: name,
-				PortName: out[i].PortName, Kind: out[i].Kind, Frozen: true}
+				PortName: out[i].PortName, Kind: out[i].Kind, LocalOnly: out[i].LocalOnly, Frozen: true}
 		}
 		errs = append(errs, settingsErr)
 	}
@@ -310,7 +312,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 			ready = ready && !terminating
 			key := ipvs.DestKey{Addr: addr.Unmap(), Port: port}
 			c := &candidate{
-				dest:      Destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready},
+				dest:      Destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready, Local: local},
 				ready:     ready,
 				servingTm: terminating && serving,
 			}

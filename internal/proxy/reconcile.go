@@ -9,16 +9,24 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 )
 
-// Dataplane is the kernel state the service proxy programs.
+// Dataplane is the kernel state the service proxy programs, all in one network
+// namespace.
 type Dataplane struct {
 	IPVS ipvs.Interface
 	// Ledger records which IPVS services are ours; nothing else is ever changed.
 	Ledger    ipvs.Ledger
 	Dummy     dummy.Interface
 	Conntrack conntrack.Interface
+	// IPSets holds the ledger and the firewall's sets.
+	IPSets ipset.Interface
+	// IPTables has one instance per IP family served.
+	IPTables []iptables.Interface
+	Sysctls  Sysctls
 }
 
 // drainKey identifies a destination being drained.
@@ -122,6 +130,15 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 	addrs := map[netip.Addr]bool{}
 	for _, k := range keys {
 		addrs[k.Addr] = true
+	}
+	// New VIPs go on the interface before their services exist, and old ones come off
+	// after, so a client never finds a programmed service it has no route to.
+	for a := range addrs {
+		if d.vipUsers[a] > 0 {
+			errs = append(errs, r.syncVIP(a, d))
+		}
+	}
+	for _, k := range keys {
 		vs := d.byKey[k]
 		cur, exists, err := r.dp.IPVS.Service(k)
 		if err != nil {

@@ -17,6 +17,11 @@ type desiredState struct {
 	byKey     map[ipvs.Key]*VirtualServer
 	// vipUsers counts the virtual services that need an address on the dummy interface.
 	vipUsers map[netip.Addr]int
+	// localEndpoints counts the destinations on this node by address (for hairpin
+	// masquerading); hairpinTouched holds addresses that came or went since the last
+	// sync (possibly coming back: the firewall compares with what it applied).
+	localEndpoints map[netip.Addr]int
+	hairpinTouched map[netip.Addr]bool
 	// programmed counts non-frozen virtual services and their serving destinations.
 	services, endpoints int
 }
@@ -26,6 +31,9 @@ func newDesiredState() *desiredState {
 		byService: map[types.NamespacedName][]*VirtualServer{},
 		byKey:     map[ipvs.Key]*VirtualServer{},
 		vipUsers:  map[netip.Addr]int{},
+
+		localEndpoints: map[netip.Addr]int{},
+		hairpinTouched: map[netip.Addr]bool{},
 	}
 }
 
@@ -43,6 +51,17 @@ func (d *desiredState) count(vs *VirtualServer, sign int) {
 	for _, dst := range vs.Destinations {
 		if !dst.Terminating {
 			d.endpoints += sign
+		}
+		if dst.Local {
+			n := d.localEndpoints[dst.Addr] + sign
+			if n == 0 {
+				delete(d.localEndpoints, dst.Addr)
+			} else {
+				d.localEndpoints[dst.Addr] = n
+			}
+			if n == 0 || n == sign {
+				d.hairpinTouched[dst.Addr] = true
+			}
 		}
 	}
 }

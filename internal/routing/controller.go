@@ -42,6 +42,7 @@ type Controller struct {
 	speaker       *Speaker
 	parsed        map[string]parsedNode
 	heardFrom     map[string]bool // peers established at least once since start
+	drift         driftDetector
 	listenAddress []string
 
 	mu      sync.Mutex
@@ -188,7 +189,16 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			delete(c.heardFrom, addr)
 		}
 	}
+	drifted, err := c.drift.count(c.kernel, routes, tunnels)
+	if err != nil {
+		return "", err
+	}
 	installed, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
+	c.drift.remember(routes, tunnels, kernelErr == nil)
+	if drifted > 0 {
+		c.log.Warn("repaired routes or tunnels changed by someone else", "drifted", drifted)
+		c.metrics.driftRepairs.Add(float64(drifted))
+	}
 
 	c.metrics.update(states, len(adv.Prefixes), installed)
 	c.setDetails(self, peers, states, adv, routes, tunnels)
@@ -321,6 +331,7 @@ type metrics struct {
 	flaps        prometheus.Counter
 	syncDuration prometheus.Histogram
 	syncErrors   prometheus.Counter
+	driftRepairs prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -347,11 +358,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kube_routerd_routing_sync_errors_total", Help: "Routing syncs that failed.",
 		}),
+		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kube_routerd_routing_drift_repairs_total",
+			Help: "Routes and tunnels of ours that someone else removed or changed, and a sync repaired.",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.peers, m.advertised, m.received, m.installed, m.flaps, m.syncDuration, m.syncErrors} {
+	for _, col := range []prometheus.Collector{m.peers, m.advertised, m.received, m.installed, m.flaps, m.syncDuration, m.syncErrors, m.driftRepairs} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("routing: registering metrics: %w", err)
 		}

@@ -3,6 +3,7 @@ package routing
 import (
 	"errors"
 	"log/slog"
+	"net/netip"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 )
@@ -86,4 +87,65 @@ func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tu
 		log.Info("removed tunnel", "tunnel", t.Name, "remote", t.Remote)
 	}
 	return installed, errors.Join(errs...)
+}
+
+// driftDetector remembers what the last fully successful reconcile left in the
+// kernel, so that the next sync can count the routes and tunnels someone else removed
+// or changed meanwhile (which that sync's reconcile then repairs).
+type driftDetector struct {
+	routes  map[netip.Prefix]route.Route
+	tunnels map[string]route.Tunnel
+}
+
+// count returns how many of the routes and tunnels wanted now, and left in the kernel
+// the same way last time, the kernel no longer holds as we left them.
+func (d *driftDetector) count(k route.Interface, routes []route.Route, tunnels []route.Tunnel) (int, error) {
+	if d.routes == nil {
+		return 0, nil
+	}
+	haveRoutes, err := k.Routes()
+	if err != nil {
+		return 0, err
+	}
+	haveTunnels, err := k.Tunnels()
+	if err != nil {
+		return 0, err
+	}
+	byDst := make(map[netip.Prefix]route.Route, len(haveRoutes))
+	for _, r := range haveRoutes {
+		byDst[r.Dst] = r
+	}
+	byName := make(map[string]route.Tunnel, len(haveTunnels))
+	for _, t := range haveTunnels {
+		byName[t.Name] = t
+	}
+	n := 0
+	for _, r := range routes {
+		if last, ok := d.routes[r.Dst]; ok && last == r && byDst[r.Dst] != r {
+			n++
+		}
+	}
+	for _, t := range tunnels {
+		if last, ok := d.tunnels[t.Name]; ok && last == t && byName[t.Name] != t {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// remember records what a reconcile left in the kernel; after a failed one the
+// kernel's state is unknown and nothing counts as drift next time.
+func (d *driftDetector) remember(routes []route.Route, tunnels []route.Tunnel, ok bool) {
+	d.routes, d.tunnels = nil, nil
+	if !ok {
+		return
+	}
+	d.routes = make(map[netip.Prefix]route.Route, len(routes))
+	for _, r := range routes {
+		d.routes[r.Dst] = r
+	}
+	d.tunnels = make(map[string]route.Tunnel, len(tunnels))
+	for _, t := range tunnels {
+		d.tunnels[t.Name] = t
+	}
 }

@@ -31,11 +31,18 @@ type Interface interface {
 	DeleteUDP(f Flow) (uint, error)
 }
 
-// Kernel deletes entries from the host's conntrack table over netlink.
-type Kernel struct{}
+// Kernel deletes entries from the kernel's conntrack table over netlink.
+type Kernel struct {
+	// Netlink selects the network namespace; nil means the calling thread's.
+	Netlink *netlink.Handle
+}
 
 // DeleteUDP implements Interface.
-func (Kernel) DeleteUDP(f Flow) (uint, error) {
+func (k Kernel) DeleteUDP(f Flow) (uint, error) {
+	h := k.Netlink
+	if h == nil {
+		h = &netlink.Handle{}
+	}
 	filter := &netlink.ConntrackFilter{}
 	family := netlink.InetFamily(syscall.AF_INET)
 	if f.ServiceAddr.Is6() {
@@ -53,7 +60,7 @@ func (Kernel) DeleteUDP(f Flow) (uint, error) {
 	if err := filter.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.Endpoint.AsSlice())); err != nil {
 		return 0, err
 	}
-	n, err := netlink.ConntrackDeleteFilters(netlink.ConntrackTable, family, filter)
+	n, err := h.ConntrackDeleteFilters(netlink.ConntrackTable, family, filter)
 	if err != nil {
 		return n, fmt.Errorf("deleting conntrack entries %s: %w", f, err)
 	}

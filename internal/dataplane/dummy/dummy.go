@@ -31,12 +31,21 @@ type Interface interface {
 // Link is the real dummy interface, managed over rtnetlink.
 type Link struct {
 	Name string
+	// Netlink selects the network namespace; nil means the calling thread's.
+	Netlink *netlink.Handle
+}
+
+func (l *Link) nl() *netlink.Handle {
+	if l.Netlink != nil {
+		return l.Netlink
+	}
+	return &netlink.Handle{}
 }
 
 var _ Interface = (*Link)(nil)
 
 func (l *Link) link() (netlink.Link, error) {
-	link, err := netlink.LinkByName(l.Name)
+	link, err := l.nl().LinkByName(l.Name)
 	if err != nil {
 		return nil, fmt.Errorf("looking up interface %s: %w", l.Name, err)
 	}
@@ -45,14 +54,14 @@ func (l *Link) link() (netlink.Link, error) {
 
 // Ensure implements Interface.
 func (l *Link) Ensure() error {
-	link, err := netlink.LinkByName(l.Name)
+	link, err := l.nl().LinkByName(l.Name)
 	if err != nil {
 		var notFound netlink.LinkNotFoundError
 		if !errors.As(err, &notFound) {
 			return fmt.Errorf("looking up interface %s: %w", l.Name, err)
 		}
 		d := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: l.Name}}
-		if err := netlink.LinkAdd(d); err != nil && !errors.Is(err, syscall.EEXIST) {
+		if err := l.nl().LinkAdd(d); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return fmt.Errorf("creating dummy interface %s: %w", l.Name, err)
 		}
 		if link, err = l.link(); err != nil {
@@ -63,7 +72,7 @@ func (l *Link) Ensure() error {
 		return fmt.Errorf("interface %s exists but is a %s, not a dummy", l.Name, link.Type())
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
+		if err := l.nl().LinkSetUp(link); err != nil {
 			return fmt.Errorf("setting %s up: %w", l.Name, err)
 		}
 	}
@@ -76,7 +85,7 @@ func (l *Link) Addrs() ([]netip.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	list, err := l.nl().AddrList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses of %s: %w", l.Name, err)
 	}
@@ -108,7 +117,7 @@ func (l *Link) AddAddr(a netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.AddrReplace(link, hostAddr(a)); err != nil {
+	if err := l.nl().AddrReplace(link, hostAddr(a)); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", a, l.Name, err)
 	}
 	return nil
@@ -120,7 +129,7 @@ func (l *Link) DelAddr(a netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if err := netlink.AddrDel(link, hostAddr(a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+	if err := l.nl().AddrDel(link, hostAddr(a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
 		return fmt.Errorf("removing %s from %s: %w", a, l.Name, err)
 	}
 	return nil
@@ -128,7 +137,7 @@ func (l *Link) DelAddr(a netip.Addr) error {
 
 // Delete implements Interface.
 func (l *Link) Delete() error {
-	link, err := netlink.LinkByName(l.Name)
+	link, err := l.nl().LinkByName(l.Name)
 	if err != nil {
 		var notFound netlink.LinkNotFoundError
 		if errors.As(err, &notFound) {
@@ -136,7 +145,7 @@ func (l *Link) Delete() error {
 		}
 		return fmt.Errorf("looking up interface %s: %w", l.Name, err)
 	}
-	if err := netlink.LinkDel(link); err != nil {
+	if err := l.nl().LinkDel(link); err != nil {
 		return fmt.Errorf("deleting interface %s: %w", l.Name, err)
 	}
 	return nil

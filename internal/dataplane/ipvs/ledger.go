@@ -1,15 +1,12 @@
 package ipvs
 
 import (
-	"errors"
-	"fmt"
-	"net"
 	"net/netip"
-	"slices"
+	"strconv"
+	"strings"
 	"sync"
-	"syscall"
 
-	"github.com/vishvananda/netlink"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 )
 
 // Ledger records which virtual services kube-routerd created. It lives in the kernel
@@ -32,28 +29,35 @@ const (
 	LedgerSetV6 = "kube-router-svc-ports6"
 )
 
-// IPSetLedger keeps the ledger in two hash:ip,port ipsets.
-type IPSetLedger struct {
-	once    sync.Once
-	initErr error
-}
-
-func ledgerSet(a netip.Addr) string {
+// LedgerSet returns the name of the ledger set that holds keys of a's family.
+func LedgerSet(a netip.Addr) string {
 	if a.Is4() {
 		return LedgerSetV4
 	}
 	return LedgerSetV6
 }
 
+// LedgerEntry returns k as an entry of a hash:ip,port set ("10.96.0.1,tcp:80").
+func LedgerEntry(k Key) string {
+	return k.Addr.String() + "," + strings.ToLower(k.Proto.String()) + ":" + strconv.Itoa(int(k.Port))
+}
+
+// IPSetLedger keeps the ledger in two hash:ip,port ipsets.
+type IPSetLedger struct {
+	Sets ipset.Interface
+
+	once    sync.Once
+	initErr error
+}
+
 func (l *IPSetLedger) ensure() error {
 	l.once.Do(func() {
-		for _, s := range []struct {
-			name   string
-			family uint8
-		}{{LedgerSetV4, syscall.AF_INET}, {LedgerSetV6, syscall.AF_INET6}} {
-			err := netlink.IpsetCreate(s.name, "hash:ip,port", netlink.IpsetCreateOptions{Family: s.family})
-			if err != nil && !errors.Is(err, syscall.EEXIST) {
-				l.initErr = fmt.Errorf("creating ipset %s: %w", s.name, err)
+		for _, s := range []ipset.Set{
+			{Name: LedgerSetV4, Type: ipset.HashIPPort, Family: ipset.IPv4},
+			{Name: LedgerSetV6, Type: ipset.HashIPPort, Family: ipset.IPv6},
+		} {
+			if err := l.Sets.Create(s); err != nil {
+				l.initErr = err
 				return
 			}
 		}
@@ -61,10 +65,20 @@ func (l *IPSetLedger) ensure() error {
 	return l.initErr
 }
 
-func ledgerEntry(k Key) *netlink.IPSetEntry {
-	proto := uint8(k.Proto)
-	port := k.Port
-	return &netlink.IPSetEntry{IP: net.IP(k.Addr.AsSlice()), Protocol: &proto, Port: &port}
+func parseLedgerEntry(e string) (Key, bool) {
+	ip, protoPort, ok := strings.Cut(e, ",")
+	proto, port, ok2 := strings.Cut(protoPort, ":")
+	addr, err := netip.ParseAddr(ip)
+	n, err2 := strconv.ParseUint(port, 10, 16)
+	if !ok || !ok2 || err != nil || err2 != nil {
+		return Key{}, false
+	}
+	for _, p := range []Protocol{TCP, UDP, SCTP} {
+		if strings.EqualFold(p.String(), proto) {
+			return Key{Addr: addr.Unmap(), Proto: p, Port: uint16(n)}, true
+		}
+	}
+	return Key{}, false
 }
 
 // Keys implements Ledger.
@@ -74,16 +88,14 @@ func (l *IPSetLedger) Keys() ([]Key, error) {
 	}
 	var keys []Key
 	for _, name := range []string{LedgerSetV4, LedgerSetV6} {
-		res, err := netlink.IpsetList(name)
+		s, err := l.Sets.List(name)
 		if err != nil {
-			return nil, fmt.Errorf("listing ipset %s: %w", name, err)
+			return nil, err
 		}
-		for _, e := range res.Entries {
-			addr, ok := netip.AddrFromSlice(e.IP)
-			if !ok || e.Port == nil || e.Protocol == nil {
-				continue
+		for _, e := range s.Entries {
+			if k, ok := parseLedgerEntry(e); ok {
+				keys = append(keys, k)
 			}
-			keys = append(keys, Key{Addr: addr.Unmap(), Proto: Protocol(*e.Protocol), Port: *e.Port})
 		}
 	}
 	return keys, nil
@@ -94,12 +106,7 @@ func (l *IPSetLedger) Add(k Key) error {
 	if err := l.ensure(); err != nil {
 		return err
 	}
-	e := ledgerEntry(k)
-	e.Replace = true // adding twice is not an error
-	if err := netlink.IpsetAdd(ledgerSet(k.Addr), e); err != nil {
-		return fmt.Errorf("recording %s in ipset %s: %w", k, ledgerSet(k.Addr), err)
-	}
-	return nil
+	return l.Sets.Add(LedgerSet(k.Addr), LedgerEntry(k))
 }
 
 // Remove implements Ledger.
@@ -107,66 +114,16 @@ func (l *IPSetLedger) Remove(k Key) error {
 	if err := l.ensure(); err != nil {
 		return err
 	}
-	e := ledgerEntry(k)
-	e.Replace = true // without NLM_F_EXCL, removing a missing entry is not an error
-	if err := netlink.IpsetDel(ledgerSet(k.Addr), e); err != nil {
-		return fmt.Errorf("removing %s from ipset %s: %w", k, ledgerSet(k.Addr), err)
-	}
-	return nil
+	return l.Sets.Del(LedgerSet(k.Addr), LedgerEntry(k))
 }
 
-// Destroy implements Ledger.
+// Destroy implements Ledger. The kernel refuses while an iptables rule uses a set, so
+// the rules go first.
 func (l *IPSetLedger) Destroy() error {
-	var errs []error
 	for _, name := range []string{LedgerSetV4, LedgerSetV6} {
-		if err := netlink.IpsetDestroy(name); err != nil && !errors.Is(err, syscall.ENOENT) {
-			errs = append(errs, fmt.Errorf("destroying ipset %s: %w", name, err))
+		if err := l.Sets.Destroy(name); err != nil {
+			return err
 		}
 	}
-	return errors.Join(errs...)
-}
-
-// FakeLedger is an in-memory Ledger for tests.
-type FakeLedger struct {
-	mu   sync.Mutex
-	keys map[Key]bool
-}
-
-// NewFakeLedger returns an empty in-memory ledger.
-func NewFakeLedger() *FakeLedger { return &FakeLedger{keys: map[Key]bool{}} }
-
-// Keys implements Ledger.
-func (l *FakeLedger) Keys() ([]Key, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]Key, 0, len(l.keys))
-	for k := range l.keys {
-		out = append(out, k)
-	}
-	slices.SortFunc(out, CompareKeys)
-	return out, nil
-}
-
-// Add implements Ledger.
-func (l *FakeLedger) Add(k Key) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.keys[k] = true
-	return nil
-}
-
-// Remove implements Ledger.
-func (l *FakeLedger) Remove(k Key) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	delete(l.keys, k)
-	return nil
-}
-
-// Destroy implements Ledger.
-func (l *FakeLedger) Destroy() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	clear(l.keys)
 	return nil
 }

@@ -19,8 +19,12 @@ type Kernel struct {
 
 // NewKernel opens a netlink handle on the current network namespace (it loads the
 // ip_vs module if needed).
-func NewKernel() (*Kernel, error) {
-	h, err := mobyipvs.New("")
+func NewKernel() (*Kernel, error) { return NewKernelAt("") }
+
+// NewKernelAt opens a netlink handle on the network namespace bind-mounted or linked
+// at nsPath ("" is the current one).
+func NewKernelAt(nsPath string) (*Kernel, error) {
+	h, err := mobyipvs.New(nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("opening IPVS netlink handle: %w", err)
 	}

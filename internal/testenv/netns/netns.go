@@ -2,7 +2,7 @@
 // namespaces with a bridge, "pods" wired to it by veth pairs, and a shared link
 // namespace that puts several nodes on one L2 segment. It can register the matching
 // Node and Pod objects in the test API server, run code or commands inside a namespace,
-// and probe TCP, UDP, SCTP and HTTP between namespaces.
+// and probe TCP, UDP and HTTP between namespaces.
 //
 // Nothing is created in the host's own namespace: every interface is made directly
 // inside the namespaces this package owns, so interface names never collide between
@@ -27,6 +27,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 )
@@ -76,7 +77,8 @@ func NewNS(t testing.TB, role, label string) *NS {
 			t.Errorf("delete network namespace %s: %v", name, err)
 		}
 	})
-	ns.Netlink, err = netlink.NewHandleAt(handle)
+	// Route sockets only: the VM's kernel has no xfrm_user, which a default handle opens too.
+	ns.Netlink, err = netlink.NewHandleAt(handle, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatalf("netlink handle in %s: %v", name, err)
 	}

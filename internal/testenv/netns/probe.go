@@ -3,7 +3,6 @@ package netns
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,9 +19,8 @@ type Proto string
 
 // The protocols Serve and Probe speak.
 const (
-	TCP  Proto = "tcp"
-	UDP  Proto = "udp"
-	SCTP Proto = "sctp"
+	TCP Proto = "tcp"
+	UDP Proto = "udp"
 )
 
 // DefaultProbeTimeout bounds a probe whose context has no deadline. A probe that must
@@ -61,7 +59,7 @@ func parseReply(line string) (Reply, error) {
 
 // Server is a probe server running inside a namespace until the test ends.
 type Server struct {
-	// Proto is what it speaks (TCP, UDP, SCTP, or "http").
+	// Proto is what it speaks (TCP, UDP, or "http").
 	Proto Proto
 	// Port is the port it listens on, on all addresses of the namespace.
 	Port int
@@ -91,20 +89,11 @@ func (ns *NS) Serve(t testing.TB, proto Proto, port int) *Server {
 				got, stop = pc.LocalAddr().(*net.UDPAddr).Port, pc.Close
 				go serveDatagrams(pc, ns.Label)
 			}
-		case SCTP:
-			var ln *sctpListener
-			if ln, err = listenSCTP(port); err == nil {
-				got, stop = ln.port, ln.Close
-				go serveStream(ln, ns.Label)
-			}
 		default:
 			err = fmt.Errorf("unknown protocol %q", proto)
 		}
 		return err
 	})
-	if errors.Is(err, ErrSCTPUnsupported) {
-		unavailableSCTP(t, err)
-	}
 	if err != nil {
 		t.Fatalf("%s server on port %d in %s: %v", proto, port, ns.Label, err)
 	}
@@ -182,8 +171,6 @@ func (ns *NS) Probe(ctx context.Context, proto Proto, target netip.AddrPort) (Re
 				err = c.SetDeadline(deadline)
 				conn = c
 			}
-		case SCTP:
-			conn, err = dialSCTP(target, deadline)
 		default:
 			err = fmt.Errorf("unknown protocol %q", proto)
 		}

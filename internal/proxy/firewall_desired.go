@@ -1,0 +1,143 @@
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+)
+
+// The service proxy's firewall, per IP family:
+//
+//	filter INPUT -> KUBE-ROUTER-SERVICES: traffic to a VIP is let through to IPVS only
+//	  on a port some Service serves (ledger set kube-router-svc-ports); anything else
+//	  to a VIP (set kube-router-svip) but ICMP is rejected.
+//	nat PREROUTING, OUTPUT -> KUBE-ROUTER-SERVICES: connections to a service are marked
+//	  for masquerade, unless they come from a cluster CIDR or go to a service that keeps
+//	  the client address (externalTrafficPolicy Local, set kube-router-svc-local).
+//	nat POSTROUTING -> KUBE-ROUTER-POSTROUTING: marked connections are masqueraded, and
+//	  so are hairpin connections (a local endpoint reaching itself through a service),
+//	  which the endpoint would otherwise drop for carrying its own source address.
+//
+// Chains are recomputed as a whole; only the hairpin rules depend on Services, so a
+// change rewrites at most that chain. Sets change entry by entry.
+const (
+	ChainServices    = "KUBE-ROUTER-SERVICES"
+	ChainPostrouting = "KUBE-ROUTER-POSTROUTING"
+
+	// MasqueradeMark is the packet mark bit that asks for masquerading; netpol uses
+	// 0x10000 and kube-proxy 0x4000 and 0x8000.
+	MasqueradeMark uint32 = 0x20000
+
+	setVIPsV4  = "kube-router-svip"
+	setVIPsV6  = "kube-router-svip6"
+	setLocalV4 = "kube-router-svc-local"
+	setLocalV6 = "kube-router-svc-local6"
+)
+
+// jumpComment marks our jumps from built-in chains.
+const jumpComment = "kube-routerd service proxy"
+
+// FirewallOptions are the configured masquerade settings.
+type FirewallOptions struct {
+	MasqueradeAll bool
+	// ClusterCIDRs are the pod networks; traffic from elsewhere is masqueraded. With
+	// none, every connection counts as coming from outside.
+	ClusterCIDRs []netip.Prefix
+}
+
+// family is what differs between the IPv4 and IPv6 firewall.
+type family struct {
+	proto                    iptables.Protocol
+	ipsetFamily              ipset.Family
+	vipSet, localSet, ledger string
+	icmp, reject             string
+}
+
+var families = []family{
+	{iptables.IPv4, ipset.IPv4, setVIPsV4, setLocalV4, ipvs.LedgerSetV4, "icmp", "icmp-port-unreachable"},
+	{iptables.IPv6, ipset.IPv6, setVIPsV6, setLocalV6, ipvs.LedgerSetV6, "ipv6-icmp", "icmp6-port-unreachable"},
+}
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return families[0]
+	}
+	return families[1]
+}
+
+// jump is a rule in a built-in chain that sends traffic into one of ours.
+type jump struct {
+	table, chain string
+	rule         []string
+}
+
+func (f family) jumps() []jump {
+	to := func(target string) []string {
+		return []string{"-m", "comment", "--comment", jumpComment, "-j", target}
+	}
+	return []jump{
+		{iptables.TableFilter, "INPUT", to(ChainServices)},
+		{iptables.TableNAT, "PREROUTING", to(ChainServices)},
+		{iptables.TableNAT, "OUTPUT", to(ChainServices)},
+		{iptables.TableNAT, "POSTROUTING", to(ChainPostrouting)},
+	}
+}
+
+// sets are the sets the firewall keeps (the ledger set is the IPVS reconciler's).
+func (f family) sets() []ipset.Set {
+	return []ipset.Set{
+		{Name: f.vipSet, Type: ipset.HashIP, Family: f.ipsetFamily},
+		{Name: f.localSet, Type: ipset.HashIPPort, Family: f.ipsetFamily},
+	}
+}
+
+// tableChain names one of our chains in one table.
+type tableChain struct{ table, chain string }
+
+// FirewallChains returns the rules of our chains for one family, in iptables-save's
+// canonical form so that they compare equal to what the kernel reports. hairpin lists
+// the local endpoint addresses of that family, sorted.
+func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[tableChain][]string {
+	mark := fmt.Sprintf("0x%x", MasqueradeMark)
+	served := "-m set --match-set " + f.ledger + " dst,dst"
+	filter := []string{
+		served + " -j RETURN",
+		"-p " + f.icmp + " -m set --match-set " + f.vipSet + " dst -j RETURN",
+		"-m set --match-set " + f.vipSet + " dst -j REJECT --reject-with " + f.reject,
+	}
+	var nat []string
+	if !opts.MasqueradeAll {
+		nat = append(nat, "-m set --match-set "+f.localSet+" dst,dst -j RETURN")
+		for _, p := range opts.ClusterCIDRs {
+			if p.Addr().Is4() == (f.proto == iptables.IPv4) {
+				nat = append(nat, "-s "+p.Masked().String()+" -j RETURN")
+			}
+		}
+	}
+	nat = append(nat, served+" -j MARK --set-xmark "+mark+"/"+mark)
+	post := make([]string, 0, len(hairpin)+3)
+	for _, a := range hairpin {
+		host := netip.PrefixFrom(a, a.BitLen()).String()
+		post = append(post, "-s "+host+" -d "+host+" -j MASQUERADE")
+	}
+	post = append(post,
+		"-m mark ! --mark "+mark+"/"+mark+" -j RETURN",
+		// Cleared so that a packet looping back through the node is judged afresh.
+		"-j MARK --set-xmark 0x0/"+mark,
+		"-j MASQUERADE",
+	)
+	return map[tableChain][]string{
+		{iptables.TableFilter, ChainServices}: filter,
+		{iptables.TableNAT, ChainServices}:    nat,
+		{iptables.TableNAT, ChainPostrouting}: post,
+	}
+}
+
+// keepsClientAddr reports whether traffic to vs from outside the cluster keeps its
+// source address: externalTrafficPolicy Local, which leaves only local endpoints.
+func keepsClientAddr(vs *VirtualServer) bool {
+	return vs != nil && vs.LocalOnly && vs.Kind != ClusterIP
+}

@@ -1,0 +1,66 @@
+package routing
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+)
+
+// FuzzParseNode feeds arbitrary annotations, addresses and pod CIDRs of a Node to the
+// routing controller. It must not panic, and whatever it keeps must be usable as is:
+// IPv4 only, valid AS numbers, one route reflector role at most, and never a peering
+// with the node itself.
+func FuzzParseNode(f *testing.F) {
+	for _, s := range []struct{ ips, asns, passwords, rrServer, rrClient, internalIP, podCIDR string }{
+		{"192.0.2.1,192.0.2.2", "65001", "", "", "", "10.0.0.1", "10.244.1.0/24"},
+		{"192.0.2.1, 192.0.2.2", "65001,65002", "cGFzcw==,d29yZA==", "42", "", "10.0.0.1", "10.244.1.0/24"},
+		{"fd00::1", "65001", "", "", "10.0.0.9", "fd00::5", "fd00:244::/64"},
+		{"192.0.2.1", "0", "not base64!", "0", "4294967296", "not-an-ip", "10.244.1.7/33"},
+		{"10.0.0.1", "4294967295", "", "1.2.3.4", "1.2.3.4", "10.0.0.1", "10.244.1.7/24"},
+		{",,,", ",", ",", " ", "-1", "", ""},
+		{"192.0.2.1,192.0.2.1", "65001,65001", "", "", "", "192.0.2.1", "0.0.0.0/0"},
+	} {
+		f.Add(s.ips, s.asns, s.passwords, s.rrServer, s.rrClient, s.internalIP, s.podCIDR)
+	}
+	cfg := config.Default().Routing
+	cfg.ASN = 64512
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, ips, asns, passwords, rrServer, rrClient, internalIP, podCIDR string) {
+		n := &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: "self", Annotations: map[string]string{
+				AnnotationPeerIPs: ips, AnnotationPeerASNs: asns, AnnotationPeerPasswords: passwords,
+				AnnotationRRServer: rrServer, AnnotationRRClient: rrClient,
+			}},
+			Spec:   corev1.NodeSpec{PodCIDR: podCIDR, PodCIDRs: []string{podCIDR, podCIDR}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: internalIP}}},
+		}
+		info := ParseNode(n, cfg, log)
+		if info.Address.IsValid() && !info.Address.Is4() {
+			t.Fatalf("non-IPv4 node address %s", info.Address)
+		}
+		for _, p := range info.PodCIDRs {
+			if !p.Addr().Is4() || p != p.Masked() {
+				t.Fatalf("pod CIDR %s is not a masked IPv4 prefix", p)
+			}
+		}
+		if info.RRServer != "" && info.RRClient != "" {
+			t.Fatalf("both route reflector roles: server %q, client %q", info.RRServer, info.RRClient)
+		}
+		for _, p := range info.Peers {
+			if !p.Address.Is4() || !config.ValidASN(int64(p.ASN)) || !p.External() {
+				t.Fatalf("unusable peer from annotations: %+v", p)
+			}
+		}
+		other := NodeInfo{Name: "other", Address: info.Address, PodCIDRs: info.PodCIDRs, RRClient: info.RRClient, RRServer: info.RRServer}
+		for _, p := range DesiredPeers(cfg, info, []NodeInfo{info, other}) {
+			if p.Address == info.Address {
+				t.Fatalf("node peers with its own address %s: %+v", p.Address, p)
+			}
+		}
+	})
+}
