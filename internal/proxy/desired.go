@@ -293,9 +293,10 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 				continue
 			}
 			addr, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil {
-				continue
+			if err != nil || addr.Unmap().Is4() != v4 {
+				continue // the API server validates this; never mix families in IPVS
 			}
+			addr = addr.Unmap()
 			local := ep.NodeName != nil && *ep.NodeName == nodeName
 			if localOnly && !local {
 				continue
