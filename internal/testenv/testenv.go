@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run in CI (CI=true), where nothing may skip.
@@ -33,5 +34,18 @@ func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Unavailable(t, "needs root (run the integration tier with sudo or as root)")
+	}
+}
+
+// Eventually polls cond until it holds, failing the test after timeout. The timeout
+// bounds a wait for convergence; it is not a performance assertion.
+func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -150,7 +150,7 @@ asn = 65000
 	n.say("Both daemons report ready: every controller finished its first full sync.")
 
 	n.scene("2. Routing: the nodes peer over BGP and learn each other's pod CIDR")
-	waitFor(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
+	testenv.Eventually(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
 		return strings.Contains(ourRoutes(t, node1), node2.PodCIDRv4.String()) &&
 			strings.Contains(ourRoutes(t, node2), node1.PodCIDRv4.String())
 	})
@@ -194,7 +194,7 @@ asn = 65000
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the policies to take effect on node-1", 30*time.Second, func() bool {
+	testenv.Eventually(t, "the policies to take effect on node-1", 30*time.Second, func() bool {
 		c, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		_, err := stranger.Probe(c, netns.TCP, target)
@@ -216,7 +216,7 @@ asn = 65000
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the policies to be removed on node-1", 30*time.Second, func() bool {
+	testenv.Eventually(t, "the policies to be removed on node-1", 30*time.Second, func() bool {
 		c, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		_, err := stranger.Probe(c, netns.TCP, target)
@@ -242,7 +242,7 @@ asn = 65000
 	}
 	vip := created.Spec.ClusterIP
 	n.say("The API server gave it the cluster IP %s.", vip)
-	waitFor(t, "BIRD to learn both pod CIDRs and the cluster IP", 90*time.Second, func() bool {
+	testenv.Eventually(t, "BIRD to learn both pod CIDRs and the cluster IP", 90*time.Second, func() bool {
 		out := bird.birdc("show", "route")
 		return strings.Contains(out, node1.PodCIDRv4.String()) && strings.Contains(out, node2.PodCIDRv4.String()) &&
 			strings.Contains(out, vip+"/32")

@@ -106,7 +106,7 @@ enabled = false   # shown on the host
 		t.Fatal(err)
 	}
 	virtual := fmt.Sprintf("%s:80", vip)
-	waitFor(t, "IPVS to balance over both pods", time.Minute, func() bool {
+	testenv.Eventually(t, "IPVS to balance over both pods", time.Minute, func() bool {
 		out, _ := node.Command(ctx, "ipvsadm", "-Ln", "-t", virtual).Output()
 		return strings.Contains(string(out), webA.IPv4.String()) && strings.Contains(string(out), webB.IPv4.String())
 	})
@@ -133,7 +133,7 @@ enabled = false   # shown on the host
 	if _, err := cs.CoreV1().Services(ns).Patch(ctx, "web", "application/merge-patch+json", patch, metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "IPVS persistence", time.Minute, func() bool {
+	testenv.Eventually(t, "IPVS persistence", time.Minute, func() bool {
 		out, _ := node.Command(ctx, "ipvsadm", "-Ln", "-t", virtual).Output()
 		return strings.Contains(string(out), "persistent 600")
 	})

@@ -6,9 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,10 +16,9 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
@@ -154,7 +151,7 @@ func writeDaemonConfig(t testing.TB, node *netns.Node, rc *rest.Config, dir, bod
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := forwardAPI(t, node, rc, dir)
+	kubeconfig := node.ForwardAPIServer(t, rc, dir)
 	config := filepath.Join(dir, "config.toml")
 	text := fmt.Sprintf(`# kube-routerd on %s (a user's /etc/kube-router/config.toml)
 [kubernetes]
@@ -198,7 +195,7 @@ func startDaemon(t testing.TB, node *netns.Node, bin, config string) *demoDaemon
 // ready waits until `kube-routerd status` says every controller has synced.
 func (d *demoDaemon) ready(timeout time.Duration) {
 	d.t.Helper()
-	waitFor(d.t, "kube-routerd on "+d.node.Name+" to be ready", timeout, func() bool {
+	testenv.Eventually(d.t, "kube-routerd on "+d.node.Name+" to be ready", timeout, func() bool {
 		select {
 		case err := <-d.exited:
 			d.exited <- err
@@ -226,55 +223,6 @@ func (d *demoDaemon) stop() {
 	}
 }
 
-// forwardAPI makes the API server reachable on the loopback of a node namespace (the
-// listener lives in the namespace, the test process dials the API server) and
-// writes a kubeconfig for it into dir.
-func forwardAPI(t testing.TB, node *netns.Node, rc *rest.Config, dir string) string {
-	t.Helper()
-	var ln net.Listener
-	if err := node.Do(func() (err error) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatalf("listen inside %s: %v", node.Name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	api, err := url.Parse(rc.Host)
-	if err != nil {
-		t.Fatalf("API server address %q: %v", rc.Host, err)
-	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", api.Host)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c) }()
-				_, _ = io.Copy(c, up)
-			}()
-		}
-	}()
-	kc := clientcmdapi.NewConfig()
-	// In the VM the API server is reached through a forward too, and rc names the
-	// server its certificate was made for.
-	kc.Clusters["demo"] = &clientcmdapi.Cluster{Server: "https://" + ln.Addr().String(), CertificateAuthorityData: rc.CAData, TLSServerName: rc.TLSClientConfig.ServerName}
-	kc.AuthInfos["node"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
-	kc.Contexts["demo"] = &clientcmdapi.Context{Cluster: "demo", AuthInfo: "node"}
-	kc.CurrentContext = "demo"
-	path := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // demoDir is a short-named directory for the demo's files, so the commands shown
 // stay readable.
 func demoDir(t testing.TB) string {
@@ -285,17 +233,6 @@ func demoDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 func tail(s string, n int) string {

@@ -8,10 +8,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,8 +24,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
@@ -53,54 +49,6 @@ var buildDaemon = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// forwardAPI makes the API server (on the host's loopback) reachable on the loopback
-// of a node namespace: the listener is created inside the namespace, connections to
-// the API server are dialled from the test process. It returns a kubeconfig path.
-func forwardAPI(t *testing.T, node *netns.Node, rc *rest.Config, dir string) string {
-	t.Helper()
-	var ln net.Listener
-	if err := node.Do(func() (err error) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
-		return err
-	}); err != nil {
-		t.Fatalf("listen inside %s: %v", node.Name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	api, err := url.Parse(rc.Host)
-	if err != nil {
-		t.Fatalf("API server address %q: %v", rc.Host, err)
-	}
-	apiHost := api.Host
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", apiHost)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c) }()
-				_, _ = io.Copy(c, up)
-			}()
-		}
-	}()
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: "https://" + ln.Addr().String(), CertificateAuthorityData: rc.CAData}
-	kc.AuthInfos["node"] = &clientcmdapi.AuthInfo{ClientCertificateData: rc.CertData, ClientKeyData: rc.KeyData, Token: rc.BearerToken}
-	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "node"}
-	kc.CurrentContext = "test"
-	path := filepath.Join(dir, "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // daemon is one kube-routerd process running inside a node namespace under a real
 // NOTIFY_SOCKET, as systemd runs it.
 type daemon struct {
@@ -121,7 +69,7 @@ func setupDaemon(t *testing.T, node *netns.Node, rc *rest.Config, extraConfig st
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	kubeconfig := forwardAPI(t, node, rc, dir)
+	kubeconfig := node.ForwardAPIServer(t, rc, dir)
 	config := filepath.Join(dir, "config.toml")
 	text := fmt.Sprintf(`[kubernetes]
 kubeconfig = %q
@@ -272,17 +220,6 @@ func ourRoutes(t *testing.T, n *netns.Node) string {
 	return b.String()
 }
 
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 func createDenyPolicy(t *testing.T, cs kubernetes.Interface, ns string) {
 	t.Helper()
 	pol := &networkingv1.NetworkPolicy{
@@ -315,7 +252,7 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 
 	// BGP: each node learns the other's pod CIDR, and pods talk across nodes.
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
-	waitFor(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
+	testenv.Eventually(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
 		return strings.Contains(ourRoutes(t, nodeA), nodeB.PodCIDRv4.String()) &&
 			strings.Contains(ourRoutes(t, nodeB), nodeA.PodCIDRv4.String())
 	})
@@ -331,7 +268,7 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 
 	// Network policy: default deny for the namespace blocks the cross-node probe.
 	createDenyPolicy(t, cs, ns)
-	waitFor(t, "default deny to take effect", 30*time.Second, func() bool {
+	testenv.Eventually(t, "default deny to take effect", 30*time.Second, func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_, err := podB.Probe(ctx, netns.TCP, target)

@@ -41,7 +41,7 @@ const (
 	metricsAddr = "127.0.0.1:20245"
 )
 
-// apiForwarder is a forwarder to the API server, like forwardAPI's, that the test can
+// apiForwarder is a forwarder to the API server, like netns.ForwardAPIServer, that the test can
 // cut (listener closed, live connections reset) and restore on the same port, to
 // take the control plane away from one daemon.
 type apiForwarder struct {
@@ -260,7 +260,7 @@ func twoNodes(t *testing.T, cs kubernetes.Interface, rc *rest.Config, ns, extraC
 
 func waitRoutes(t *testing.T, nodeA, nodeB *netns.Node) {
 	t.Helper()
-	waitFor(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
+	testenv.Eventually(t, "pod routes from BGP on both nodes", 60*time.Second, func() bool {
 		return strings.Contains(ourRoutes(t, nodeA), nodeB.PodCIDRv4.String()) &&
 			strings.Contains(ourRoutes(t, nodeB), nodeA.PodCIDRv4.String())
 	})
@@ -281,7 +281,7 @@ func TestAPIServerOutageKeepsForwardingAndCatchesUp(t *testing.T) {
 	waitRoutes(t, nodeA, nodeB)
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
 	createDenyPolicy(t, cs, ns)
-	waitFor(t, "default deny to take effect", 30*time.Second, func() bool { return !probeOK(podB, target) })
+	testenv.Eventually(t, "default deny to take effect", 30*time.Second, func() bool { return !probeOK(podB, target) })
 	beforeA, beforeB := fullState(t, nodeA), fullState(t, nodeB)
 
 	fwdA.cut()
@@ -308,7 +308,7 @@ func TestAPIServerOutageKeepsForwardingAndCatchesUp(t *testing.T) {
 	fwdA.restore(t)
 	fwdB.restore(t)
 	back := time.Now()
-	waitFor(t, "the policy deleted during the outage to be removed", 90*time.Second, func() bool { return probeOK(podB, target) })
+	testenv.Eventually(t, "the policy deleted during the outage to be removed", 90*time.Second, func() bool { return probeOK(podB, target) })
 	t.Logf("recovery: policy deletion made during a %s API server outage applied %s after the API server came back", outage, time.Since(back).Round(100*time.Millisecond))
 	if !strings.Contains(ourRoutes(t, nodeA), nodeB.PodCIDRv4.String()) {
 		t.Fatalf("node A lost its route to node B:\n%s", ourRoutes(t, nodeA))
@@ -378,7 +378,7 @@ func settle(t *testing.T, n *netns.Node, wantChains int, timeout time.Duration) 
 	t.Helper()
 	var last string
 	stable := 0
-	waitFor(t, fmt.Sprintf("%d policy chains, unchanged over 3 samples", wantChains), timeout, func() bool {
+	testenv.Eventually(t, fmt.Sprintf("%d policy chains, unchanged over 3 samples", wantChains), timeout, func() bool {
 		if chainCount(t, n) != wantChains {
 			stable = 0
 			return false
@@ -410,7 +410,7 @@ func TestKillDuringLargeSyncConverges(t *testing.T) {
 
 	created := make(chan error, 1)
 	go func() { created <- manyPolicies(cs, ns, policies, apps) }()
-	waitFor(t, "the daemon to be part way through the policies", 60*time.Second, func() bool {
+	testenv.Eventually(t, "the daemon to be part way through the policies", 60*time.Second, func() bool {
 		n := chainCount(t, node) - others
 		return n > 20 && n < policies
 	})
@@ -473,7 +473,7 @@ func TestDriftIsRepairedAndCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	podC := nodeB.AddPod(t, netns.PodOptions{Namespace: ns, Labels: map[string]string{"app": "c"}})
-	waitFor(t, "the policy to admit c and block b", 30*time.Second, func() bool {
+	testenv.Eventually(t, "the policy to admit c and block b", 30*time.Second, func() bool {
 		return probeOK(podC, target) && !probeOK(podB, target)
 	})
 	want := fullState(t, nodeA)
@@ -507,7 +507,7 @@ func TestDriftIsRepairedAndCounted(t *testing.T) {
 	nodeA.Run(t, "ipset", "flush", peerSet)
 	nodeA.Run(t, "ip", "route", "del", nodeB.PodCIDRv4.String())
 	start := time.Now()
-	waitFor(t, "the resync to repair the kernel", 30*time.Second, func() bool { return fullState(t, nodeA) == want })
+	testenv.Eventually(t, "the resync to repair the kernel", 30*time.Second, func() bool { return fullState(t, nodeA) == want })
 	t.Logf("recovery: flushed chain, emptied set and deleted route repaired %s after the damage (sync_period %s)", time.Since(start).Round(100*time.Millisecond), resync)
 	if !probeOK(podC, target) || probeOK(podB, target) {
 		t.Fatal("policy not enforced as before after the repair")
@@ -603,17 +603,17 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, "the thousands-of-ports policy to be programmed", 60*time.Second, func() bool {
+	testenv.Eventually(t, "the thousands-of-ports policy to be programmed", 60*time.Second, func() bool {
 		return strings.Count(node.Run(t, "iptables-save", "-t", "filter"), "--dport ") >= 3000
 	})
-	waitFor(t, "the bad annotations to be logged with their objects", 30*time.Second, func() bool {
+	testenv.Eventually(t, "the bad annotations to be logged with their objects", 30*time.Second, func() bool {
 		log := d.logText(t)
 		return strings.Contains(log, "node="+node.Name) && strings.Contains(log, "ignoring invalid peer annotations") &&
 			strings.Contains(log, "service="+ns+"/weird")
 	})
 	// A well-formed change after all that is still applied.
 	createDenyPolicy(t, cs, ns)
-	waitFor(t, "a later policy to be applied", 30*time.Second, func() bool {
+	testenv.Eventually(t, "a later policy to be applied", 30*time.Second, func() bool {
 		return chainCount(t, node) == others+3
 	})
 	d.expectHealthy(t)
