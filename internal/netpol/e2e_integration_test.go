@@ -29,13 +29,36 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-// target is one server port probed in the matrix.
+// target is one server port probed in the matrix, over IPv4 or IPv6.
 type target struct {
 	proto tnetns.Proto
 	port  int
+	v6    bool
 }
 
-var matrixTargets = []target{{tnetns.TCP, 80}, {tnetns.TCP, 81}, {tnetns.UDP, 80}}
+var matrixTargets = []target{
+	{tnetns.TCP, 80, false}, {tnetns.TCP, 81, false}, {tnetns.UDP, 80, false},
+	{tnetns.TCP, 80, true}, {tnetns.TCP, 81, true}, {tnetns.UDP, 80, true},
+}
+
+func (tg target) String() string {
+	fam := "v4"
+	if tg.v6 {
+		fam = "v6"
+	}
+	return fmt.Sprintf("%s %s/%d", fam, tg.proto, tg.port)
+}
+
+// servedTargets are the distinct servers a pod runs (each serves both families).
+func servedTargets() []target {
+	var out []target
+	for _, tg := range matrixTargets {
+		if !tg.v6 {
+			out = append(out, tg)
+		}
+	}
+	return out
+}
 
 // cluster is the e2e world: one node namespace with pods in two Kubernetes namespaces,
 // a real API server, and the controller running in the node namespace.
@@ -59,7 +82,7 @@ func startCluster(t *testing.T) *cluster {
 	c.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs})
 	add := func(key, ns, name string, labels map[string]string, ports ...corev1.ContainerPort) {
 		p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: name, Labels: labels, Ports: ports})
-		for _, tg := range matrixTargets {
+		for _, tg := range servedTargets() {
 			p.Serve(t, tg.proto, tg.port)
 		}
 		c.pods[key] = p
@@ -75,6 +98,7 @@ func startCluster(t *testing.T) *cluster {
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	cfg := config.Default().NetworkPolicy
 	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
+	cfg.BetaNamespaceIsolation = true
 	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
 	if err != nil {
 		t.Fatal(err)
@@ -180,11 +204,15 @@ func (c *cluster) matrix() []string {
 					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 					defer cancel()
 					verdict := "ok"
-					if _, err := src.Probe(ctx, tg.proto, netip.AddrPortFrom(dst.IPv4, uint16(tg.port))); err != nil {
+					addr := dst.IPv4
+					if tg.v6 {
+						addr = dst.IPv6
+					}
+					if _, err := src.Probe(ctx, tg.proto, netip.AddrPortFrom(addr, uint16(tg.port))); err != nil {
 						verdict = "blocked"
 					}
 					mu.Lock()
-					lines = append(lines, fmt.Sprintf("%s -> %s %s/%d: %s", from, to, tg.proto, tg.port, verdict))
+					lines = append(lines, fmt.Sprintf("%s -> %s %s: %s", from, to, tg, verdict))
 					mu.Unlock()
 				}()
 			}
@@ -212,7 +240,7 @@ func (c *cluster) expect(allowed func(from, to string, tg target) bool) []string
 				if from == "node" || allowed(from, to, tg) {
 					verdict = "ok"
 				}
-				lines = append(lines, fmt.Sprintf("%s -> %s %s/%d: %s", from, to, tg.proto, tg.port, verdict))
+				lines = append(lines, fmt.Sprintf("%s -> %s %s: %s", from, to, tg, verdict))
 			}
 		}
 	}
@@ -255,7 +283,7 @@ func TestReachabilityMatrix(t *testing.T) {
 	fromB := policy(c.nsA, "from-b-http", map[string]string{"app": "a"}, ingress(port(tcp, intstr.FromString("http")), pods(map[string]string{"app": "b"})))
 	c.setPolicies(t, denyA, fromB)
 	abHTTP := func(from, to string, tg target) bool {
-		return from == "A/b" && to == "A/a" && tg == target{tnetns.TCP, 80}
+		return from == "A/b" && to == "A/a" && tg.proto == tnetns.TCP && tg.port == 80
 	}
 	c.waitMatrix(t, "named port from app=b", c.expect(func(from, to string, tg target) bool {
 		return nsOf(to) != "A" || abHTTP(from, to, tg)
@@ -280,8 +308,8 @@ func TestReachabilityMatrix(t *testing.T) {
 	ipb := policy(c.nsA, "ipblock", nil, ingress(port(udp, intstr.FromInt32(80)),
 		block(netip.PrefixFrom(c.pods["B/c"].IPv4, 24).Masked().String(), netip.PrefixFrom(c.pods["A/b"].IPv4, 32).String())))
 	c.setPolicies(t, denyA, ipb)
-	c.waitMatrix(t, "ipBlock with except on udp/80", c.expect(func(from, to string, tg target) bool {
-		return nsOf(to) != "A" || (from != "A/b" && tg == target{tnetns.UDP, 80})
+	c.waitMatrix(t, "ipBlock (IPv4) with except on udp/80", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || (from != "A/b" && tg == target{tnetns.UDP, 80, false})
 	}))
 
 	egressB := policy(c.nsB, "egress-deny", nil, types(networkingv1.PolicyTypeEgress))
@@ -292,4 +320,31 @@ func TestReachabilityMatrix(t *testing.T) {
 
 	c.setPolicies(t)
 	c.waitMatrix(t, "policies deleted", c.expect(all))
+
+	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, `{"ingress":{"isolation":"DefaultDeny"}}`)
+	c.waitMatrix(t, "beta annotation isolates A for ingress", c.expect(func(_, to string, _ target) bool { return nsOf(to) != "A" }))
+
+	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, "")
+	c.waitMatrix(t, "beta annotation removed", c.expect(all))
+}
+
+// annotateNamespace sets (or, with an empty value, removes) an annotation.
+func (c *cluster) annotateNamespace(t *testing.T, name, key, value string) {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := c.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ns.Annotations == nil {
+		ns.Annotations = map[string]string{}
+	}
+	if value == "" {
+		delete(ns.Annotations, key)
+	} else {
+		ns.Annotations[key] = value
+	}
+	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
