@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -72,7 +73,10 @@ type cluster struct {
 	cancel context.CancelFunc
 }
 
-func startCluster(t *testing.T) *cluster {
+func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
+
+// startClusterWith starts the cluster with the controller's config adjusted by tune.
+func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	testenv.RequireRoot(t)
 	_, cs := testenv.APIServer(t)
 	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
@@ -99,6 +103,9 @@ func startCluster(t *testing.T) *cluster {
 	cfg := config.Default().NetworkPolicy
 	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
 	cfg.BetaNamespaceIsolation = true
+	if tune != nil {
+		tune(&cfg)
+	}
 	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
 	if err != nil {
 		t.Fatal(err)
@@ -347,4 +354,27 @@ func (c *cluster) annotateNamespace(t *testing.T, name, key, value string) {
 	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestDroppedPacketsAreLoggedToNFLOG checks that with log_drops a blocked probe really
+// passes through the NFLOG rule (its kernel packet counter moves), within the limit.
+func TestDroppedPacketsAreLoggedToNFLOG(t *testing.T) {
+	c := startClusterWith(t, func(cfg *config.NetworkPolicy) {
+		cfg.LogDrops = true
+		cfg.NFLOGGroup = 42
+	})
+	c.setPolicies(t, policy(c.nsA, "deny", nil))
+	c.waitMatrix(t, "default deny ingress in A", c.expect(func(_, to string, _ target) bool { return to[:1] != "A" }))
+	nflogPackets := regexp.MustCompile(`(?m)^\[(\d+):\d+\] .*-j NFLOG --nflog-prefix "DROP ingress [^"]*" --nflog-group 42`)
+	testenv.Eventually(t, "a dropped packet counted by the NFLOG rule", 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		_, _ = c.pods["B/c"].Probe(ctx, tnetns.TCP, netip.AddrPortFrom(c.pods["A/a"].IPv4, 80))
+		for _, m := range nflogPackets.FindAllStringSubmatch(c.node.Run(t, "iptables-save", "-c", "-t", "filter"), -1) {
+			if m[1] != "0" {
+				return true
+			}
+		}
+		return false
+	})
 }
