@@ -4,6 +4,7 @@ package netns
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -77,7 +78,16 @@ func TestNodesOnOneLinkReachEachOthersPods(t *testing.T) {
 
 	srv := p2.Serve(t, TCP, 0)
 	for _, dst := range []netip.Addr{p2.IPv4, p2.IPv6} {
-		r := p1.ExpectReply(t, TCP, netip.AddrPortFrom(dst, uint16(srv.Port)), "p2")
+		target := netip.AddrPortFrom(dst, uint16(srv.Port))
+		// The first packet over a freshly made link can be lost while its ports and
+		// neighbour entries settle; wait for first contact, then assert.
+		testenv.Eventually(t, fmt.Sprintf("p1 to reach p2 at %s", target), 20*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := p1.Probe(ctx, TCP, target)
+			return err == nil
+		})
+		r := p1.ExpectReply(t, TCP, target, "p2")
 		if want := p1.SameFamily(dst); r.Client.Addr() != want {
 			t.Errorf("routed pod-to-pod probe arrived from %s, want %s", r.Client.Addr(), want)
 		}
