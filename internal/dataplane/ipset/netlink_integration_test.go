@@ -4,42 +4,14 @@ package ipset
 
 import (
 	"fmt"
-	"os"
-	"runtime"
 	"slices"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
-func newNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root")
-		}
-		t.Skip("needs root")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netns.Set(orig); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
-
 func TestNetlinkInNetns(t *testing.T) {
-	ns := newNetns(t)
+	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
 	s, err := NewAt(ns)
 	if err != nil {
 		t.Fatal(err)

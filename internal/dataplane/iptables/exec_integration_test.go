@@ -3,43 +3,14 @@
 package iptables
 
 import (
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 
-	"github.com/vishvananda/netns"
+	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
-// newNetns creates an anonymous network namespace for one test and closes it at the end.
-func newNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root")
-		}
-		t.Skip("needs root")
-	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	ns, err := netns.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netns.Set(orig); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	return ns
-}
-
 func TestExecInNetns(t *testing.T) {
-	ns := newNetns(t)
+	ns := tnetns.NewNS(t, "ipt", t.Name()).Handle
 	ipt, err := NewAt(IPv4, ns)
 	if err != nil {
 		t.Fatal(err)
