@@ -191,7 +191,7 @@ func (c *churner) services() func(ctx context.Context) {
 	slice := func(name string) *discoveryv1.EndpointSlice {
 		port, proto := int32(80), corev1.ProtocolTCP
 		s := &discoveryv1.EndpointSlice{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+			ObjectMeta:  metav1.ObjectMeta{Name: name, Namespace: c.ns, Labels: map[string]string{discoveryv1.LabelServiceName: name}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Ports:       []discoveryv1.EndpointPort{{Port: &port, Protocol: &proto}},
 		}
