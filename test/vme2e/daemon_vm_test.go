@@ -1,0 +1,373 @@
+//go:build vm
+
+package vme2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"k8s.io/client-go/rest"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// readyTimeout bounds a daemon's first full sync in the emulated VM, where a start
+// takes seconds of CPU time shared with other runs.
+const readyTimeout = 3 * time.Minute
+
+// daemonBinary is the kube-routerd `make build` left in the source tree, which the VM
+// shares at the host's path.
+func daemonBinary(t *testing.T) string {
+	t.Helper()
+	bin, err := filepath.Abs("../../bin/kube-routerd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(bin); err != nil {
+		testenv.Unavailable(t, "no %s: run make build first", bin)
+	}
+	return bin
+}
+
+// installCopy copies bin to dir/kube-routerd through a temporary name and a rename, the
+// way a package manager replaces /usr/bin/kube-routerd on upgrade.
+func installCopy(t *testing.T, bin, dir string) string {
+	t.Helper()
+	dst := filepath.Join(dir, "kube-routerd")
+	src, err := os.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	tmp, err := os.OpenFile(dst+".new", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(tmp, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := tmp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dst+".new", dst); err != nil {
+		t.Fatal(err)
+	}
+	return dst
+}
+
+// daemon is one kube-routerd process at a time inside a node namespace, started with
+// its own config.toml and a NOTIFY_SOCKET as systemd starts it. Its log collects
+// every run and is shown when the test fails.
+type daemon struct {
+	t      *testing.T
+	node   *netns.Node
+	bin    string
+	config string
+	log    *os.File
+	proc   *os.Process
+	notify chan string
+	exited chan error
+}
+
+// newDaemon writes config.toml for node (body follows the [kubernetes] table) and a
+// kubeconfig reaching the API server from inside the namespace.
+func newDaemon(t *testing.T, node *netns.Node, rc *rest.Config, bin, body string) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	kubeconfig := node.ForwardAPIServer(t, rc, dir)
+	config := filepath.Join(dir, "config.toml")
+	d := &daemon{t: t, node: node, bin: bin, config: config}
+	d.writeConfig(kubeconfig, body)
+	var err error
+	if d.log, err = os.Create(filepath.Join(dir, "kube-routerd.log")); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if d.running() {
+			_ = d.proc.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(d.log.Name())
+			t.Logf("log of kube-routerd on %s:\n%s", node.Name, tail(string(b), 80))
+		}
+		d.log.Close()
+	})
+	return d
+}
+
+func (d *daemon) writeConfig(kubeconfig, body string) {
+	d.t.Helper()
+	text := fmt.Sprintf(`[kubernetes]
+kubeconfig = %q
+node_name = %q
+%s
+[logging]
+level = "debug"
+`, kubeconfig, d.node.Name, body)
+	if err := os.WriteFile(d.config, []byte(text), 0o600); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// reconfigure replaces the config body; it takes effect at the next start.
+func (d *daemon) reconfigure(body string) {
+	d.t.Helper()
+	d.writeConfig(filepath.Join(filepath.Dir(d.config), "kubeconfig"), body)
+}
+
+func (d *daemon) running() bool {
+	if d.exited == nil {
+		return false
+	}
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		return false
+	default:
+		return true
+	}
+}
+
+// start runs the daemon (without waiting for READY=1).
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	notify := make(chan string, 1000)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(notify)
+				return
+			}
+			notify <- string(buf[:n])
+		}
+	}()
+	fmt.Fprintf(d.log, "=== test: starting %s\n", d.bin)
+	cmd := d.node.Command(context.Background(), d.bin, "run", "--config", d.config)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=30000000")
+	cmd.Stdout, cmd.Stderr = d.log, d.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait(); conn.Close() }()
+	d.proc, d.notify, d.exited = cmd.Process, notify, exited
+}
+
+// startReady runs the daemon and waits for READY=1, returning how long that took.
+func (d *daemon) startReady() time.Duration {
+	d.t.Helper()
+	start := time.Now()
+	d.start()
+	d.waitNotify("READY=1", readyTimeout)
+	return time.Since(start)
+}
+
+// waitNotify waits for an sd_notify message starting with prefix.
+func (d *daemon) waitNotify(prefix string, timeout time.Duration) {
+	d.t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-d.notify:
+			if !ok {
+				d.t.Fatalf("kube-routerd on %s exited before %s", d.node.Name, prefix)
+			}
+			if strings.HasPrefix(m, prefix) {
+				return
+			}
+		case <-deadline:
+			d.t.Fatalf("kube-routerd on %s: no %s within %s", d.node.Name, prefix, timeout)
+		}
+	}
+}
+
+// stop sends SIGTERM, as `systemctl stop` does, and waits for STOPPING=1 and a clean
+// exit.
+func (d *daemon) stop() {
+	d.t.Helper()
+	// nsenter execs the daemon without forking, so the signal reaches it directly.
+	if err := d.proc.Signal(syscall.SIGTERM); err != nil {
+		d.t.Fatal(err)
+	}
+	d.waitNotify("STOPPING=1", time.Minute)
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+		if err != nil {
+			d.t.Fatalf("kube-routerd on %s exited with %v after SIGTERM", d.node.Name, err)
+		}
+	case <-time.After(time.Minute):
+		d.t.Fatalf("kube-routerd on %s did not exit after SIGTERM", d.node.Name)
+	}
+}
+
+// kill ends the daemon with SIGKILL, as a crash or the OOM killer would.
+func (d *daemon) kill() {
+	d.t.Helper()
+	if err := d.proc.Kill(); err != nil {
+		d.t.Fatal(err)
+	}
+	err := <-d.exited
+	d.exited <- err
+	fmt.Fprintf(d.log, "=== test: killed (%v)\n", err)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// ourRoutes lists the routes kube-routerd installed in the node (protocol
+// route.Protocol), one "dst via gateway" or "dst dev device" a line, sorted.
+func ourRoutes(t *testing.T, n *netns.Node) string {
+	t.Helper()
+	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: route.Protocol}
+	routes, err := n.Netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatalf("list routes of %s: %v", n.Name, err)
+	}
+	var lines []string
+	for _, r := range routes {
+		l := r.Dst.String()
+		if r.Gw != nil {
+			l += " via " + r.Gw.String()
+		}
+		if link, err := n.Netlink.LinkByIndex(r.LinkIndex); err == nil {
+			l += " dev " + link.Attrs().Name
+		}
+		lines = append(lines, l+"\n")
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "")
+}
+
+var (
+	// chainCounters are the [packets:bytes] of a chain line in iptables-save.
+	chainCounters = regexp.MustCompile(`\[\d+:\d+\]`)
+	// ipvsDestination is a real server line of `ipvsadm -Ln`; the two connection
+	// counters at its end change with traffic.
+	ipvsDestination = regexp.MustCompile(`^(\s+->\s+\S+\s+\S+\s+\d+)\s+\d+\s+\d+\s*$`)
+)
+
+// dataplaneState is everything kube-routerd programs in a node namespace that a
+// restart must leave alone: IPVS services and destinations, the dummy interface's
+// addresses, its iptables chains and rules, its ipsets with their members and its
+// routes. Traffic counters are removed so two snapshots compare equal.
+func dataplaneState(t *testing.T, n *netns.Node) string {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("# ipvsadm -Ln\n")
+	for _, l := range strings.Split(n.Run(t, "ipvsadm", "-Ln", "--sort"), "\n") {
+		b.WriteString(ipvsDestination.ReplaceAllString(l, "$1") + "\n")
+	}
+	b.WriteString("# ip -4 addr show dev kube-dummy-if\n")
+	out, err := n.Command(context.Background(), "ip", "-4", "-o", "addr", "show", "dev", "kube-dummy-if").Output()
+	if err == nil {
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(l); len(f) >= 4 {
+				b.WriteString(f[3] + "\n")
+			}
+		}
+	}
+	for _, table := range []string{"filter", "nat", "mangle"} {
+		b.WriteString("# iptables-save -t " + table + " | grep KUBE-ROUTER\n")
+		for _, l := range strings.Split(n.Run(t, "iptables-save", "-t", table), "\n") {
+			if strings.Contains(l, "KUBE-ROUTER") {
+				b.WriteString(chainCounters.ReplaceAllString(l, "") + "\n")
+			}
+		}
+	}
+	b.WriteString("# ipset save | grep -i kube-router\n")
+	for _, l := range strings.Split(n.Run(t, "ipset", "save"), "\n") {
+		if strings.Contains(strings.ToLower(l), "kube-router") {
+			b.WriteString(l + "\n")
+		}
+	}
+	b.WriteString("# routes of protocol 144\n")
+	b.WriteString(ourRoutes(t, n))
+	return b.String()
+}
+
+// echoServer answers every line it reads on a connection with the namespace's label
+// and the line, until the test ends.
+func echoServer(t *testing.T, ns *netns.NS, port int) {
+	t.Helper()
+	var ln net.Listener
+	if err := ns.Do(func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	}); err != nil {
+		t.Fatalf("echo server in %s: %v", ns.Label, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				r := bufio.NewReader(conn)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if _, err := fmt.Fprintf(conn, "%s %s", ns.Label, line); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// probeTarget expects target to answer a fresh TCP connection from ns, retrying a
+// few times over a loaded VM, and returns the server that answered.
+func probeTarget(t *testing.T, from *netns.NS, target netip.AddrPort) string {
+	t.Helper()
+	var server string
+	testenv.Eventually(t, fmt.Sprintf("a new connection from %s to %s", from.Label, target), time.Minute, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := from.Probe(ctx, netns.TCP, target)
+		if err != nil {
+			t.Logf("probe %s -> %s: %v", from.Label, target, err)
+			return false
+		}
+		server = r.Server
+		return true
+	})
+	return server
+}
