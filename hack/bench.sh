@@ -20,7 +20,13 @@ export KUBEBUILDER_ASSETS
 
 bench "service proxy: full sync and single change, 1,000 and 10,000 Services x 10 endpoints (fake IPVS)" \
   -run '^$' -bench . -benchtime 3x ./internal/proxy/
-bench "network policy: 1,000 policies over 10,000 pods, 2,000 local (in-memory dataplane)" \
+echo
+echo "== service proxy on the VM kernel's IPVS: full sync of 1,000 and 10,000 Services x 10 endpoints,"
+echo "   a single-Service change and API write -> IPVS latency with 10,000 Services (real API server)"
+echo "   hack/vm/run-tests.sh -test.run='^\$' -test.bench=Kernel -test.benchtime=1x ./internal/proxy"
+KUBEROUTERD_VM_TIMEOUT=3600 hack/vm/run-tests.sh -test.run='^$' -test.bench=Kernel -test.benchtime=1x \
+  -test.timeout=55m ./internal/proxy 2>&1 | grep -E '^(Benchmark|    bench_vm_test|ok|FAIL|--- FAIL|vm: .*(passed|failed))' || status=1
+bench "network policy: 1,000 policies over 10,000 pods, 2,000 local; single changes also over 2,000 pods (in-memory dataplane)" \
   -run '^$' -bench ScaleFake -benchtime 40x ./internal/netpol/
 bench "network policy: same scale on the real kernel (iptables-restore + netlink ipset in a namespace)" \
   -tags integration -run '^$' -bench ScaleKernel -benchtime 20x -timeout 30m ./internal/netpol/

@@ -148,11 +148,12 @@ echo "$token,admin,admin,system:masters" >"$cp_dir/pki/tokens.csv"
 openssl genrsa -out "$cp_dir/pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$cp_dir/pki/sa.key" -pubout -out "$cp_dir/pki/sa.pub" 2>/dev/null
 # Loopback advertise address needs the none endpoint reconciler; no controller-manager runs,
-# so the ServiceAccount admission plugin would reject every Pod.
+# so the ServiceAccount admission plugin would reject every Pod. Dual-stack Service ranges,
+# so tests can create IPv6 and dual-stack Services.
 "$kube_bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
   --bind-address=127.0.0.1 --secure-port="$apiserver_port" \
   --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
-  --cert-dir="$cp_dir/pki" --service-cluster-ip-range=10.96.0.0/16 \
+  --cert-dir="$cp_dir/pki" --service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/108 \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file="$cp_dir/pki/sa.pub" \
   --service-account-signing-key-file="$cp_dir/pki/sa.key" \

@@ -13,7 +13,15 @@ import (
 // benchHarness loads n Services of 10 endpoints each into a controller on the fake
 // dataplane.
 func benchHarness(b *testing.B, n int) (*harness, []*discoveryv1.EndpointSlice) {
-	h := newHarness(b, newFakeKernel())
+	kernel := newFakeKernel()
+	h, slices := benchHarnessOn(b, kernel.dataplane(), n)
+	h.kernel = kernel
+	return h, slices
+}
+
+// benchHarnessOn loads n Services of 10 endpoints each into a controller on dp.
+func benchHarnessOn(b *testing.B, dp Dataplane, n int) (*harness, []*discoveryv1.EndpointSlice) {
+	h := newHarnessOn(b, dp)
 	slices := make([]*discoveryv1.EndpointSlice, n)
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
@@ -27,6 +35,15 @@ func benchHarness(b *testing.B, n int) (*harness, []*discoveryv1.EndpointSlice) 
 		h.store(slices[i])
 	}
 	return h, slices
+}
+
+// toggledEndpoint returns slice with its first endpoint ready on odd i and not ready
+// on even i: one destination comes and goes.
+func toggledEndpoint(slice *discoveryv1.EndpointSlice, i int) *discoveryv1.EndpointSlice {
+	s := slice.DeepCopy()
+	s.Endpoints[0].Conditions.Ready = ptrBool(i%2 == 1)
+	s.Endpoints[0].Conditions.Terminating = ptrBool(false)
+	return s
 }
 
 // peakRSS reports the process's peak resident set size in MiB (VmHWM).
@@ -69,11 +86,8 @@ func BenchmarkSingleServiceChange(b *testing.B) {
 			target := slices[n/2]
 			i := 0
 			for b.Loop() {
-				s := target.DeepCopy()
-				s.Endpoints[0].Conditions.Ready = ptrBool(i%2 == 1)
-				s.Endpoints[0].Conditions.Terminating = ptrBool(false)
+				h.store(toggledEndpoint(target, i))
 				i++
-				h.store(s)
 				h.sync(false)
 			}
 			if got := len(h.kernel.ipvs.Writes()); got == 0 {

@@ -86,6 +86,11 @@ func RealDataplane(cfg config.ServiceProxy) (Dataplane, error) {
 // conntrack and sysctls of network namespace ns (netns.None() is the caller's); the
 // handle must stay open while the dataplane is used.
 func RealDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle) (Dataplane, error) {
+	return realDataplaneAt(cfg, ns, true)
+}
+
+// realDataplaneAt is RealDataplaneAt, leaving Dataplane.IPVS nil unless withIPVS.
+func realDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) (Dataplane, error) {
 	nsPath := ""
 	var nl *netlink.Handle
 	var sets *ipset.Netlink
@@ -102,17 +107,17 @@ func RealDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle) (Dataplane, err
 	if err != nil {
 		return Dataplane{}, err
 	}
-	k, err := ipvs.NewKernelAt(nsPath)
-	if err != nil {
-		return Dataplane{}, err
-	}
 	dp := Dataplane{
-		IPVS:      k,
 		Ledger:    &ipvs.IPSetLedger{Sets: sets},
 		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl},
 		Conntrack: conntrack.Kernel{Netlink: nl},
 		IPSets:    sets,
 		Sysctls:   ProcSysctls{NS: ns},
+	}
+	if withIPVS {
+		if dp.IPVS, err = ipvs.NewKernelAt(nsPath); err != nil {
+			return Dataplane{}, err
+		}
 	}
 	for _, proto := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
 		ipt, err := iptables.NewAt(proto, ns)
@@ -423,17 +428,36 @@ func (c *Controller) observe(full bool, d time.Duration, err error) {
 // in the ledger, the firewall jumps, chains and sets, the ledger itself and the dummy
 // interface with the VIPs.
 func Cleanup(ctx context.Context, cfg config.ServiceProxy) error {
-	dp, err := RealDataplane(cfg)
+	return cleanupAt(ctx, cfg, netns.None())
+}
+
+// cleanupAt runs Cleanup in network namespace ns. A kernel without IPVS loaded has no
+// virtual services, so IPVS is then left unopened (opening it would try to load the
+// module and log moby/ipvs's warnings).
+func cleanupAt(ctx context.Context, cfg config.ServiceProxy, ns netns.NsHandle) error {
+	loaded, err := ipvs.Loaded()
 	if err != nil {
 		return err
+	}
+	dp, err := realDataplaneAt(cfg, ns, loaded)
+	if err != nil {
+		return err
+	}
+	if !loaded {
+		slog.Info("IPVS is not loaded in this kernel: no IPVS services to remove")
 	}
 	return cleanup(ctx, dp)
 }
 
+// cleanup removes what the service proxy created in dp; with dp.IPVS nil it skips the
+// IPVS services.
 func cleanup(ctx context.Context, dp Dataplane) error {
 	keys, err := dp.Ledger.Keys()
 	if err != nil {
 		return err
+	}
+	if dp.IPVS == nil {
+		keys = nil // records of a kernel that has no IPVS services
 	}
 	var errs []error
 	for _, k := range keys {

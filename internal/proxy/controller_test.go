@@ -310,8 +310,13 @@ func TestRemovedUDPEndpointLosesItsConntrackEntries(t *testing.T) {
 	h.store(namedService("dns", "10.96.0.10", udp))
 	h.store(udpSlice(ep{ip: "10.1.0.1"}, ep{ip: "10.1.0.2"}))
 	h.sync(true)
+	// IPVS still counts the client's flow: a UDP endpoint is not drained but removed.
+	dns := ipvs.Key{Addr: netip.MustParseAddr("10.96.0.10"), Proto: ipvs.UDP, Port: 80}
+	h.kernel.ipvs.SetConnections(dns, ipvs.DestKey{Addr: netip.MustParseAddr("10.1.0.1"), Port: 8080}, 0, 1)
+	h.kernel.ipvs.ResetWrites()
 	h.store(udpSlice(ep{ip: "10.1.0.2"}))
 	h.sync(false)
+	h.wantWrites("delete destination 10.96.0.10:80/UDP -> 10.1.0.1:8080")
 	want := conntrack.Flow{ServiceAddr: netip.MustParseAddr("10.96.0.10"), ServicePort: 80, Endpoint: netip.MustParseAddr("10.1.0.1")}
 	if got := h.kernel.conntrack.Deleted(); len(got) != 1 || got[0] != want {
 		t.Errorf("conntrack deletions = %v, want [%v]", got, want)

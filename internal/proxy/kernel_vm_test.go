@@ -29,7 +29,7 @@ import (
 func TestMain(m *testing.M) { testenv.Main(m) }
 
 // kernelDataplane returns the real dataplane of a fresh network namespace.
-func kernelDataplane(t *testing.T, ns *netns.NS) Dataplane {
+func kernelDataplane(t testing.TB, ns *netns.NS) Dataplane {
 	t.Helper()
 	dp, err := RealDataplaneAt(config.Default().ServiceProxy, ns.Handle)
 	if err != nil {
@@ -132,7 +132,7 @@ type runningController struct {
 	done   chan struct{}
 }
 
-func startController(t *testing.T, cs kubernetes.Interface, nodeName string, cfg config.ServiceProxy, dp Dataplane) *runningController {
+func startController(t testing.TB, cs kubernetes.Interface, nodeName string, cfg config.ServiceProxy, dp Dataplane) *runningController {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	env := daemon.Env{Client: cs, Informers: factory, NodeName: nodeName, Registry: prometheus.NewRegistry()}

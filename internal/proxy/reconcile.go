@@ -279,8 +279,15 @@ func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destinati
 			r.writes++
 		}
 	}
-	// Endpoints that disappeared from the API are drained like terminating ones.
+	// Endpoints that disappeared from the API are drained like terminating ones, but
+	// UDP ones go at once: UDP has no connection end to wait for, IPVS counts a UDP flow
+	// until it idles out (minutes), and the flow would keep reaching the gone endpoint.
 	for _, cur := range have {
+		if vs.Proto == ipvs.UDP {
+			delete(r.draining, drainKey{vs.Key, cur.DestKey})
+			errs = append(errs, r.deleteDestination(vs.Key, cur.DestKey))
+			continue
+		}
 		errs = append(errs, r.drain(vs, cur))
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -9,7 +9,12 @@ import (
 	"syscall"
 
 	mobyipvs "github.com/moby/ipvs"
+	vnetlink "github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
+
+// genlFamily is the name IPVS registers its generic netlink family under.
+const genlFamily = "IPVS"
 
 // Kernel programs the host's IPVS table over generic netlink.
 type Kernel struct {
@@ -29,6 +34,24 @@ func NewKernelAt(nsPath string) (*Kernel, error) {
 		return nil, fmt.Errorf("opening IPVS netlink handle: %w", err)
 	}
 	return &Kernel{h: h}, nil
+}
+
+// Loaded reports whether the running kernel has IPVS (its generic netlink family is
+// registered: module ip_vs loaded or built in). It loads nothing and logs nothing;
+// without IPVS loaded no virtual service can exist.
+func Loaded() (bool, error) {
+	h, err := vnetlink.NewHandle(unix.NETLINK_GENERIC)
+	if err != nil {
+		return false, fmt.Errorf("opening generic netlink: %w", err)
+	}
+	defer h.Close()
+	if _, err := h.GenlFamilyGet(genlFamily); err != nil {
+		if errors.Is(err, syscall.ENOENT) {
+			return false, nil
+		}
+		return false, fmt.Errorf("looking up the IPVS netlink family: %w", err)
+	}
+	return true, nil
 }
 
 // Close releases the netlink socket.

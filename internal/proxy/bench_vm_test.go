@@ -1,0 +1,219 @@
+//go:build vm
+
+package proxy
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+// changesPerOp is how many single-Service changes one benchmark op makes: the VM
+// benchmarks run one op (-test.benchtime=1x), since each needs its own 10,000 Services.
+const changesPerOp = 20
+
+// BenchmarkKernelFullSync measures a first full sync (everything created) of N
+// Services x 10 endpoints on the VM kernel's IPVS, dummy interface, ipsets and
+// iptables, in a fresh network namespace per op.
+func BenchmarkKernelFullSync(b *testing.B) {
+	testenv.RequireVM(b)
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			writes := 0
+			for b.Loop() {
+				b.StopTimer()
+				h, _ := benchHarnessOn(b, kernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
+				b.StartTimer()
+				h.sync(true)
+				writes += h.c.writes()
+			}
+			b.ReportMetric(float64(writes)/float64(b.N), "kernel-writes/op")
+			peakRSS(b)
+		})
+	}
+}
+
+// BenchmarkKernelSingleServiceChange measures the sync after one EndpointSlice changed
+// (one destination comes or goes) with 10,000 Services x 10 endpoints programmed on the
+// VM kernel.
+func BenchmarkKernelSingleServiceChange(b *testing.B) {
+	testenv.RequireVM(b)
+	const n = 10000
+	h, epSlices := benchHarnessOn(b, kernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
+	h.sync(true)
+	// The periodic full resync finding nothing to do: what a change may queue behind.
+	began := time.Now()
+	h.sync(true)
+	idleResync := time.Since(began)
+	if w := h.c.writes(); w != 0 {
+		b.Fatalf("idle full resync made %d kernel writes", w)
+	}
+	target := epSlices[n/2]
+	i := 0
+	for b.Loop() {
+		for range changesPerOp {
+			h.store(toggledEndpoint(target, i))
+			i++
+			h.sync(false)
+			if h.c.writes() == 0 {
+				b.Fatal("the change was not applied")
+			}
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N*changesPerOp), "ms/change")
+	b.ReportMetric(idleResync.Seconds(), "idle-full-resync-s")
+	peakRSS(b)
+}
+
+// BenchmarkKernelAPIToIPVS measures the end-to-end latency of a change: from an
+// EndpointSlice update written to the real API server until the VM kernel's IPVS
+// shows the new destination, with 10,000 Services x 10 endpoints in the API server
+// and programmed by a running controller.
+func BenchmarkKernelAPIToIPVS(b *testing.B) {
+	testenv.RequireVM(b)
+	const n = 10000
+	rc, cs := testenv.APIServer(b)
+	// The writers are unthrottled and speak protobuf (JSON costs the emulated CPU
+	// dearly); the controller reads through an ordinary client, as the daemon does.
+	fast := rest.CopyConfig(rc)
+	fast.QPS, fast.Burst = 5000, 5000
+	fast.ContentType = "application/vnd.kubernetes.protobuf"
+	writer, err := kubernetes.NewForConfig(fast)
+	if err != nil {
+		b.Fatal(err)
+	}
+	namespace := testenv.Namespace(b, cs)
+
+	start := time.Now()
+	created := createBenchServices(b, writer, namespace, n)
+	b.Logf("created %d Services and EndpointSlices in the API server in %.1f s", n, time.Since(start).Seconds())
+
+	node := netns.NewNS(b, "node", "bench")
+	dp := kernelDataplane(b, node)
+	cfg := config.Default().ServiceProxy
+	start = time.Now()
+	ctl := startController(b, cs, "bench-node", cfg, dp)
+	testenv.Eventually(b, "the first full sync of every Service", 30*time.Minute, func() bool {
+		return ctl.c.Details().(Details).Destinations >= n*10
+	})
+	firstSync := time.Since(start)
+
+	target := created[n/2]
+	key := ipvs.Key{Addr: netip.MustParseAddr(target.svc.Spec.ClusterIP), Proto: ipvs.TCP, Port: 80}
+	slice := target.slice
+	var latencies []time.Duration
+	i := 0
+	for b.Loop() {
+		for range changesPerOp {
+			i++
+			// A new address for the first endpoint: one destination goes, one comes.
+			addr := netip.AddrFrom4([4]byte{10, 250, byte(i >> 8), byte(i)})
+			slice.Endpoints[0].Addresses = []string{addr.String()}
+			began := time.Now()
+			if slice, err = writer.DiscoveryV1().EndpointSlices(namespace).Update(b.Context(), slice, metav1.UpdateOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			// Polled every millisecond: testenv.Eventually's step would round the figure.
+			for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(time.Millisecond) {
+				d, _ := dp.IPVS.Destinations(key)
+				if slices.ContainsFunc(d, func(d ipvs.Destination) bool { return d.Addr == addr }) {
+					break
+				}
+				if time.Now().After(deadline) {
+					b.Fatalf("destination %s never appeared in %s", addr, key)
+				}
+			}
+			latencies = append(latencies, time.Since(began))
+			// When each change was made shows which ones waited for the periodic full resync.
+			b.Logf("change %d at %.0f s after the controller started: %v", i, began.Sub(start).Seconds(), latencies[len(latencies)-1])
+		}
+	}
+	slices.Sort(latencies)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(firstSync.Seconds(), "first-sync-s")
+	b.ReportMetric(ms(latencies[len(latencies)/2]), "p50-ms")
+	b.ReportMetric(ms(latencies[len(latencies)-1]), "max-ms")
+	peakRSS(b)
+}
+
+// benchService is a Service created in the API server and its one EndpointSlice.
+type benchService struct {
+	svc   *corev1.Service
+	slice *discoveryv1.EndpointSlice
+}
+
+// createBenchServices creates n ClusterIP Services with 10 endpoints each, in parallel.
+func createBenchServices(b *testing.B, cs kubernetes.Interface, namespace string, n int) []benchService {
+	const creators = 32
+	out := make([]benchService, n)
+	next := make(chan int)
+	errs := make(chan error, creators)
+	var wg sync.WaitGroup
+	for range creators {
+		wg.Go(func() {
+			for i := range next {
+				name := fmt.Sprintf("svc-%d", i)
+				svc, err := cs.CoreV1().Services(namespace).Create(b.Context(), &corev1.Service{
+					ObjectMeta: metav1.ObjectMeta{Name: name},
+					Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
+						Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					errs <- fmt.Errorf("creating Service %s: %w", name, err)
+					return
+				}
+				slice := &discoveryv1.EndpointSlice{
+					ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+					AddressType: discoveryv1.AddressTypeIPv4,
+					Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}},
+				}
+				for j := range 10 {
+					slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+						Addresses:  []string{netip.AddrFrom4([4]byte{10, byte(100 + i/65000), byte(i / 256), byte(j*25 + i%25)}).String()},
+						NodeName:   ptr.To("node-b"),
+						Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+					})
+				}
+				if slice, err = cs.DiscoveryV1().EndpointSlices(namespace).Create(b.Context(), slice, metav1.CreateOptions{}); err != nil {
+					errs <- fmt.Errorf("creating EndpointSlice of %s: %w", name, err)
+					return
+				}
+				out[i] = benchService{svc: svc, slice: slice}
+			}
+		})
+	}
+	go func() {
+		defer close(next)
+		for i := range n {
+			select {
+			case next <- i:
+			case err := <-errs:
+				errs <- err
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	select {
+	case err := <-errs:
+		b.Fatal(err)
+	default:
+	}
+	return out
+}
