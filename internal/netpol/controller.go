@@ -42,6 +42,9 @@ type Controller struct {
 
 	// Owned by the sync loop.
 	idx *Index
+	// lastCompile and lastApply split the last successful sync's time between
+	// compiling (index, policies, assembly) and writing the kernel.
+	lastCompile, lastApply time.Duration
 
 	detailsMu sync.Mutex
 	details   Details
@@ -51,6 +54,7 @@ type Controller struct {
 type familyState struct {
 	opts     Options
 	compiled map[string]*CompiledPolicy
+	asm      *Assembler
 	rec      *reconciler
 }
 
@@ -110,7 +114,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 	for _, dp := range dataplanes {
 		o := c.opts
 		o.Family = dp.Family
-		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*CompiledPolicy{}, rec: newReconciler(dp)})
+		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*CompiledPolicy{}, asm: NewAssembler(o), rec: newReconciler(dp)})
 	}
 	m, err := newMetrics(env.Registry)
 	if err != nil {
@@ -179,6 +183,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	c.dirtyPods, c.dirtyPolicies, c.dirtyNS = map[string]bool{}, map[string]bool{}, false
 	c.mu.Unlock()
 
+	compileStart := time.Now()
+	var applyTime time.Duration
 	recompileAll := full || dirtyNS
 	var changedPods []podChange
 	if recompileAll {
@@ -189,12 +195,13 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		for key := range dirtyPods {
 			ns, name, _ := cache.SplitMetaNamespaceKey(key)
 			change := podChange{old: c.idx.Pod(ns, name)}
-			c.idx.DeletePod(ns, name)
 			if obj, err := c.pods.Pods(ns).Get(name); err == nil {
 				change.new = PodFromAPI(obj)
 			}
 			if change.new != nil {
 				c.idx.SetPod(change.new)
+			} else {
+				c.idx.DeletePod(ns, name)
 			}
 			changedPods = append(changedPods, change)
 		}
@@ -237,8 +244,10 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 				details.Problems[key] = fs.compiled[key].Problems
 			}
 		}
-		desired := Assemble(list, c.idx, fs.opts)
+		desired := fs.asm.Assemble(list, c.idx)
+		applyStart := time.Now()
 		st, err := fs.rec.apply(desired, full)
+		applyTime += time.Since(applyStart)
 		details.LastApply[fs.opts.Family] = st
 		if st.Drifted > 0 {
 			slog.Warn("repaired network policy state changed by someone else", "family", fs.opts.Family, "drifted", st.Drifted)
@@ -261,6 +270,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			summary = fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", len(list), desired.Pods, desired.Rules, len(desired.Sets))
 		}
 	}
+	c.lastCompile, c.lastApply = time.Since(compileStart)-applyTime, applyTime
+	c.metrics.phaseDuration.WithLabelValues("compile").Observe(c.lastCompile.Seconds())
+	c.metrics.phaseDuration.WithLabelValues("apply").Observe(c.lastApply.Seconds())
 	c.detailsMu.Lock()
 	c.details = details
 	c.detailsMu.Unlock()
@@ -337,14 +349,15 @@ func CleanupDataplanes(ctx context.Context, dps []Dataplane) error {
 
 // metrics are the controller's Prometheus series.
 type metrics struct {
-	syncDuration *prometheus.HistogramVec
-	syncErrors   prometheus.Counter
-	driftRepairs *prometheus.CounterVec
-	policies     prometheus.Gauge
-	pods         *prometheus.GaugeVec
-	rules        *prometheus.GaugeVec
-	sets         *prometheus.GaugeVec
-	entries      *prometheus.GaugeVec
+	syncDuration  *prometheus.HistogramVec
+	phaseDuration *prometheus.HistogramVec
+	syncErrors    prometheus.Counter
+	driftRepairs  *prometheus.CounterVec
+	policies      prometheus.Gauge
+	pods          *prometheus.GaugeVec
+	rules         *prometheus.GaugeVec
+	sets          *prometheus.GaugeVec
+	entries       *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -355,6 +368,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to compile and apply network policies, by sync kind.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}, []string{"kind"}),
+		phaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "kube_routerd_netpol_sync_phase_duration_seconds",
+			Help:    "Time of each successful sync spent compiling (phase=compile) and writing the kernel (phase=apply).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}, []string{"phase"}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kube_routerd_netpol_sync_errors_total", Help: "Network policy syncs that failed.",
 		}),
@@ -379,7 +397,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, fam),
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.syncDuration, m.syncErrors, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
+		for _, col := range []prometheus.Collector{m.syncDuration, m.phaseDuration, m.syncErrors, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("registering network policy metrics: %w", err)
 			}

@@ -91,8 +91,10 @@ type CompiledPolicy struct {
 
 // Desired is the whole state the controller wants in the kernel for one family.
 type Desired struct {
-	Chains []iptables.Chain   // sorted by name; TopChain included
-	Sets   []ipset.SetEntries // sorted by name
+	// Chains are the local pods' chains (pods by namespace and name), then the
+	// policies' chains (policies by key), then TopChain.
+	Chains []iptables.Chain
+	Sets   []ipset.SetEntries // the policies' sets, policies by key
 	Pods   int                // local pods with at least one isolated direction
 	Rules  int                // total rules in Chains
 }
@@ -475,6 +477,9 @@ func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 	if pod == nil {
 		return false
 	}
+	if pod.Namespace != p.Namespace && !reachesOtherNamespaces(p) {
+		return false // the cheap answer for most policies, without parsing selectors
+	}
 	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
 	var nsLabels labels.Set
 	if ns != nil {
@@ -498,8 +503,8 @@ func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 		return true
 	}
 	peerChanged := func(peer networkingv1.NetworkPolicyPeer) bool {
-		if peer.IPBlock != nil {
-			return false
+		if peer.IPBlock != nil || (labelsOnly && peer.PodSelector == nil) {
+			return false // a namespace-wide peer does not care about pod labels
 		}
 		return changed(func(x *Pod) (bool, error) {
 			if peer.NamespaceSelector == nil {
@@ -539,6 +544,30 @@ func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 	return false
 }
 
+// reachesOtherNamespaces reports whether pods outside p's namespace can change what
+// p compiles to: through a namespaceSelector peer, or a named port of an egress rule
+// to everyone.
+func reachesOtherNamespaces(p *networkingv1.NetworkPolicy) bool {
+	for _, r := range p.Spec.Ingress {
+		for _, peer := range r.From {
+			if peer.NamespaceSelector != nil {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		if len(r.To) == 0 && hasNamedPort(r.Ports) {
+			return true
+		}
+		for _, peer := range r.To {
+			if peer.NamespaceSelector != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func matchesPod(matches func(*Pod) (bool, error), p *Pod) (bool, error) {
 	if p == nil {
 		return false, nil
@@ -564,58 +593,207 @@ func sameExceptLabels(a, b *Pod) bool {
 // Assemble combines compiled policies with the local pods into the full desired
 // state: per-pod chains, the top chain, and every policy's chains and sets.
 func Assemble(policies []*CompiledPolicy, idx *Index, o Options) *Desired {
-	d := &Desired{}
-	ingressOf := map[string][]string{} // pod key -> policy ingress chains
-	egressOf := map[string][]string{}
+	return NewAssembler(o).Assemble(policies, idx)
+}
+
+// repliesRule opens the top chain: replies to connections policy allowed pass.
+const repliesRule = `-m comment --comment "kube-routerd: replies to allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`
+
+// Assembler is Assemble with a memory of its last result, for the controller's
+// syncs. It keeps which policies select each local pod up to date from the policies
+// that changed, rebuilds only the chains of pods whose inputs (address, selecting
+// policies, beta isolation) changed, and the top chain only when a pod's dispatch
+// changed. Unchanged chains and sets are the very slices applied last time, which
+// the reconciler skips cheaply.
+type Assembler struct {
+	o        Options
+	policies map[string]*CompiledPolicy // by key, as last assembled
+	// ingressOf and egressOf are the chains of the policies selecting each local pod,
+	// sorted. A list is replaced when it changes, never modified in place.
+	ingressOf, egressOf map[podRef][]string
+	pods                map[podRef]*assembledPod
+	gen                 uint64 // stamps the pods seen by the current Assemble
+	order               []*assembledPod
+	last                *Desired
+}
+
+// assembledPod is one local pod's chains and dispatch rules with the inputs they
+// were built from.
+type assembledPod struct {
+	ip              netip.Addr
+	ingress, egress []string
+	beta            bool
+	chains          []iptables.Chain
+	dispatchIngress string // top chain rule sending traffic to the pod to its ingress chain
+	dispatchEgress  string
+	gen             uint64
+}
+
+// NewAssembler returns an Assembler that remembers nothing yet.
+func NewAssembler(o Options) *Assembler {
+	return &Assembler{o: o, policies: map[string]*CompiledPolicy{},
+		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
+}
+
+// Assemble returns the desired state for policies over idx, like the function
+// Assemble. The result shares slices with later results and must not be modified.
+func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
+	o := a.o
+	policiesChanged := a.trackPolicies(policies)
+	a.gen++
+	a.order = a.order[:0]
+	// podsChanged: a pod's chains changed; dispatchChanged: a top chain rule did too.
+	podsChanged, dispatchChanged := false, false
+	for _, pod := range idx.podsOnNode(o.NodeName) {
+		if pod == nil || !o.isLocalTarget(pod) {
+			continue
+		}
+		ref := podRef{pod.Namespace, pod.Name}
+		ns := idx.Namespaces[pod.Namespace]
+		beta := o.BetaNamespaceIsolation && ns != nil && ns.BetaIngressIsolation
+		ingress, egress := a.ingressOf[ref], a.egressOf[ref]
+		if len(ingress) == 0 && !beta && len(egress) == 0 {
+			continue
+		}
+		ip, _ := o.podIP(pod)
+		ap := a.pods[ref]
+		if ap == nil || ap.ip != ip || ap.beta != beta || !sameStrings(ap.ingress, ingress) || !sameStrings(ap.egress, egress) {
+			rebuilt := assemblePod(pod.Key(), ip, ingress, egress, beta, o)
+			dispatchChanged = dispatchChanged || ap == nil ||
+				ap.dispatchIngress != rebuilt.dispatchIngress || ap.dispatchEgress != rebuilt.dispatchEgress
+			ap = rebuilt
+			a.pods[ref] = ap
+			podsChanged = true
+		}
+		ap.gen = a.gen
+		a.order = append(a.order, ap)
+	}
+	if len(a.order) < len(a.pods) {
+		for ref, ap := range a.pods {
+			if ap.gen != a.gen {
+				delete(a.pods, ref)
+			}
+		}
+		podsChanged, dispatchChanged = true, true
+	}
+	if !podsChanged && !policiesChanged && a.last != nil {
+		return a.last
+	}
+
+	d := &Desired{Pods: len(a.order)}
+	if a.last != nil {
+		d.Chains = make([]iptables.Chain, 0, len(a.last.Chains)+2)
+		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))
+	}
+	top := iptables.Chain{Name: TopChain, Rules: []string{repliesRule}}
+	if !dispatchChanged && a.last != nil {
+		top = a.last.Chains[len(a.last.Chains)-1]
+	} else {
+		for _, ap := range a.order {
+			if ap.dispatchEgress != "" {
+				top.Rules = append(top.Rules, ap.dispatchEgress)
+			}
+		}
+		for _, ap := range a.order {
+			if ap.dispatchIngress != "" {
+				top.Rules = append(top.Rules, ap.dispatchIngress)
+			}
+		}
+	}
+	for _, ap := range a.order {
+		d.Chains = append(d.Chains, ap.chains...)
+	}
 	for _, c := range policies {
 		d.Chains = append(d.Chains, c.Chains...)
 		d.Sets = append(d.Sets, c.Sets...)
-		for _, t := range c.Targets {
-			if c.Ingress {
-				ingressOf[t] = append(ingressOf[t], c.Chains[0].Name)
-			}
-			if c.Egress {
-				egressOf[t] = append(egressOf[t], c.Chains[len(c.Chains)-1].Name)
-			}
-		}
 	}
-	top := iptables.Chain{Name: TopChain, Rules: []string{
-		`-m comment --comment "kube-routerd: replies to allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`,
-	}}
-	var dispatchIngress []string
-	for _, nsName := range sortedKeys(idx.Pods) {
-		ns := idx.Namespaces[nsName]
-		betaIsolated := o.BetaNamespaceIsolation && ns != nil && ns.BetaIngressIsolation
-		for _, pod := range sortedPods(idx.Pods[nsName]) {
-			if !o.isLocalTarget(pod) {
-				continue
-			}
-			key := pod.Key()
-			ip, _ := o.podIP(pod)
-			ingress, egress := ingressOf[key], egressOf[key]
-			if len(ingress) > 0 || betaIsolated {
-				chain := podChain(podIngressKind, key, ingress, o)
-				d.Chains = append(d.Chains, chain)
-				dispatchIngress = append(dispatchIngress, fmt.Sprintf(`-m comment --comment "ingress to %s" -d %s -j %s`, key, hostPrefix(ip), chain.Name))
-			}
-			if len(egress) > 0 {
-				chain := podChain(podEgressKind, key, egress, o)
-				d.Chains = append(d.Chains, chain)
-				top.Rules = append(top.Rules, fmt.Sprintf(`-m comment --comment "egress from %s" -s %s -j %s`, key, hostPrefix(ip), chain.Name))
-			}
-			if len(ingress) > 0 || betaIsolated || len(egress) > 0 {
-				d.Pods++
-			}
-		}
-	}
-	top.Rules = append(top.Rules, dispatchIngress...)
 	d.Chains = append(d.Chains, top)
-	sort.Slice(d.Chains, func(i, j int) bool { return d.Chains[i].Name < d.Chains[j].Name })
-	sort.Slice(d.Sets, func(i, j int) bool { return d.Sets[i].Name < d.Sets[j].Name })
 	for _, c := range d.Chains {
 		d.Rules += len(c.Rules)
 	}
+	a.last = d
 	return d
+}
+
+// trackPolicies brings ingressOf and egressOf up to date with the policies that were
+// added, replaced or removed since the last call, and reports whether any were.
+func (a *Assembler) trackPolicies(policies []*CompiledPolicy) bool {
+	changed := false
+	known, stillThere := len(a.policies), 0
+	for _, c := range policies {
+		old, ok := a.policies[c.Key]
+		if ok {
+			stillThere++
+		}
+		if old == c {
+			continue
+		}
+		changed = true
+		if ok {
+			a.setTargets(old, false)
+		}
+		a.setTargets(c, true)
+		a.policies[c.Key] = c
+	}
+	if stillThere < known {
+		current := make(map[string]bool, len(policies))
+		for _, c := range policies {
+			current[c.Key] = true
+		}
+		for key, old := range a.policies {
+			if !current[key] {
+				a.setTargets(old, false)
+				delete(a.policies, key)
+			}
+		}
+		changed = true
+	}
+	return changed
+}
+
+// select_ adds (or removes) policy c's chains to (from) the lists of its targets.
+func (a *Assembler) setTargets(c *CompiledPolicy, add bool) {
+	for _, t := range c.Targets {
+		ns, name, _ := strings.Cut(t, "/")
+		ref := podRef{ns, name}
+		if c.Ingress {
+			a.ingressOf[ref] = withChain(a.ingressOf[ref], c.Chains[0].Name, add)
+		}
+		if c.Egress {
+			a.egressOf[ref] = withChain(a.egressOf[ref], c.Chains[len(c.Chains)-1].Name, add)
+		}
+	}
+}
+
+// withChain returns a new sorted list: list with chain added or removed.
+func withChain(list []string, chain string, add bool) []string {
+	i, found := slices.BinarySearch(list, chain)
+	switch {
+	case add && !found:
+		return slices.Insert(slices.Clone(list), i, chain)
+	case !add && found:
+		if len(list) == 1 {
+			return nil
+		}
+		return slices.Delete(slices.Clone(list), i, i+1)
+	}
+	return list
+}
+
+// assemblePod builds a local pod's chains and the top chain rules dispatching to them.
+func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool, o Options) *assembledPod {
+	ap := &assembledPod{ip: ip, ingress: ingress, egress: egress, beta: beta}
+	if len(ingress) > 0 || beta {
+		chain := podChain(podIngressKind, key, ingress, o)
+		ap.chains = append(ap.chains, chain)
+		ap.dispatchIngress = fmt.Sprintf(`-m comment --comment "ingress to %s" -d %s -j %s`, key, hostPrefix(ip), chain.Name)
+	}
+	if len(egress) > 0 {
+		chain := podChain(podEgressKind, key, egress, o)
+		ap.chains = append(ap.chains, chain)
+		ap.dispatchEgress = fmt.Sprintf(`-m comment --comment "egress from %s" -s %s -j %s`, key, hostPrefix(ip), chain.Name)
+	}
+	return ap
 }
 
 // podChain is a pod's ingress or egress chain: the union of its policies' allows.

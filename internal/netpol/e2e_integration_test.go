@@ -13,149 +13,94 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
-	"github.com/kube-routerd/kube-routerd/internal/daemon"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestReachabilityMatrix(t *testing.T) {
+	c := startCluster(t)
+	all := func(string, string, target) bool { return true }
+	c.waitMatrix(t, "no policies", c.expect(all))
 
-// target is one server port probed in the matrix, over IPv4 or IPv6.
-type target struct {
-	proto tnetns.Proto
-	port  int
-	v6    bool
+	nsOf := func(key string) string { return key[:1] }
+	denyA := policy(c.nsA, "deny", nil)
+	c.setPolicies(t, denyA)
+	c.waitMatrix(t, "default deny ingress in A", c.expect(func(from, to string, _ target) bool { return nsOf(to) != "A" }))
+
+	fromB := policy(c.nsA, "from-b-http", map[string]string{"app": "a"}, ingress(port(tcp, intstr.FromString("http")), pods(map[string]string{"app": "b"})))
+	c.setPolicies(t, denyA, fromB)
+	abHTTP := func(from, to string, tg target) bool {
+		return from == "A/b" && to == "A/a" && tg.proto == tnetns.TCP && tg.port == 80
+	}
+	c.waitMatrix(t, "named port from app=b", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || abHTTP(from, to, tg)
+	}))
+
+	fromTeamB := policy(c.nsA, "from-team-b", nil, ingress(nil, nss(map[string]string{"team": "b"})))
+	c.setPolicies(t, denyA, fromB, fromTeamB)
+	c.waitMatrix(t, "union with namespaceSelector team=b", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || abHTTP(from, to, tg) || nsOf(from) == "B"
+	}))
+
+	c.relabelPod(t, "A/b", map[string]string{"app": "x"})
+	c.waitMatrix(t, "pod relabelled out of the peer selector", c.expect(func(from, to string, _ target) bool {
+		return nsOf(to) != "A" || nsOf(from) == "B"
+	}))
+
+	c.labelNamespace(t, c.nsB, map[string]string{"team": "c"})
+	c.waitMatrix(t, "namespace relabelled out of the namespaceSelector", c.expect(func(from, to string, _ target) bool {
+		return nsOf(to) != "A"
+	}))
+
+	ipb := policy(c.nsA, "ipblock", nil, ingress(port(udp, intstr.FromInt32(80)),
+		block(netip.PrefixFrom(c.pods["B/c"].IPv4, 24).Masked().String(), netip.PrefixFrom(c.pods["A/b"].IPv4, 32).String())))
+	c.setPolicies(t, denyA, ipb)
+	c.waitMatrix(t, "ipBlock (IPv4) with except on udp/80", c.expect(func(from, to string, tg target) bool {
+		return nsOf(to) != "A" || (from != "A/b" && tg == target{tnetns.UDP, 80, false})
+	}))
+
+	egressB := policy(c.nsB, "egress-deny", nil, types(networkingv1.PolicyTypeEgress))
+	c.setPolicies(t, egressB)
+	c.waitMatrix(t, "egress deny in B (replies to B still pass)", c.expect(func(from, _ string, _ target) bool {
+		return nsOf(from) != "B"
+	}))
+
+	c.setPolicies(t)
+	c.waitMatrix(t, "policies deleted", c.expect(all))
+
+	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, `{"ingress":{"isolation":"DefaultDeny"}}`)
+	c.waitMatrix(t, "beta annotation isolates A for ingress", c.expect(func(_, to string, _ target) bool { return nsOf(to) != "A" }))
+
+	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, "")
+	c.waitMatrix(t, "beta annotation removed", c.expect(all))
 }
 
-var matrixTargets = []target{
-	{tnetns.TCP, 80, false}, {tnetns.TCP, 81, false}, {tnetns.UDP, 80, false},
-	{tnetns.TCP, 80, true}, {tnetns.TCP, 81, true}, {tnetns.UDP, 80, true},
-}
-
-func (tg target) String() string {
-	fam := "v4"
-	if tg.v6 {
-		fam = "v6"
-	}
-	return fmt.Sprintf("%s %s/%d", fam, tg.proto, tg.port)
-}
-
-// servedTargets are the distinct servers a pod runs (each serves both families).
-func servedTargets() []target {
-	var out []target
-	for _, tg := range matrixTargets {
-		if !tg.v6 {
-			out = append(out, tg)
-		}
-	}
-	return out
-}
-
-// cluster is the e2e world: one node namespace with pods in two Kubernetes namespaces,
-// a real API server, and the controller running in the node namespace.
-type cluster struct {
-	cs     kubernetes.Interface
-	node   *tnetns.Node
-	nsA    string                 // labelled team=a
-	nsB    string                 // labelled team=b
-	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
-	hb     *daemon.Heartbeat
-	cancel context.CancelFunc
-}
-
-func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
-
-// startClusterWith starts the cluster with the controller's config adjusted by tune.
-func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
-	testenv.RequireRoot(t)
-	_, cs := testenv.APIServer(t)
-	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
-	c.nsA, c.nsB = testenv.Namespace(t, cs), testenv.Namespace(t, cs)
-	c.labelNamespace(t, c.nsA, map[string]string{"team": "a"})
-	c.labelNamespace(t, c.nsB, map[string]string{"team": "b"})
-	c.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs})
-	add := func(key, ns, name string, labels map[string]string, ports ...corev1.ContainerPort) {
-		p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: name, Labels: labels, Ports: ports})
-		for _, tg := range servedTargets() {
-			p.Serve(t, tg.proto, tg.port)
-		}
-		c.pods[key] = p
-	}
-	add("A/a", c.nsA, "a", map[string]string{"app": "a"}, corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP})
-	add("A/b", c.nsA, "b", map[string]string{"app": "b"})
-	add("B/c", c.nsB, "c", map[string]string{"app": "c"})
-
-	dps, err := KernelDataplanes(c.node.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	factory := informers.NewSharedInformerFactory(cs, 0)
-	cfg := config.Default().NetworkPolicy
-	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
-	cfg.BetaNamespaceIsolation = true
-	if tune != nil {
-		tune(&cfg)
-	}
-	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	factory.Start(ctx.Done())
-	factory.WaitForCacheSync(ctx.Done())
-	c.hb = daemon.NewHeartbeat("netpol", nil)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = ctrl.Run(ctx, c.hb) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		factory.Shutdown()
-		if err := CleanupDataplanes(context.Background(), dps); err != nil {
-			t.Errorf("cleanup: %v", err)
-		}
-		for _, dp := range dps {
-			chains, err := dp.IPTables.SaveChains(iptables.TableFilter)
-			if err != nil {
-				t.Error(err)
-			}
-			for name := range chains {
-				if OwnsChain(name) {
-					t.Errorf("chain %s left after Cleanup", name)
-				}
-			}
-			sets, _ := dp.IPSets.ListAll()
-			for _, s := range sets {
-				if OwnsSet(s.Name) {
-					t.Errorf("set %s left after Cleanup", s.Name)
-				}
-			}
-		}
+// TestDroppedPacketsAreLoggedToNFLOG checks that with log_drops a blocked probe really
+// passes through the NFLOG rule (its kernel packet counter moves), within the limit.
+func TestDroppedPacketsAreLoggedToNFLOG(t *testing.T) {
+	c := startClusterWith(t, func(cfg *config.NetworkPolicy) {
+		cfg.LogDrops = true
+		cfg.NFLOGGroup = 42
 	})
-	return c
-}
-
-func (c *cluster) labelNamespace(t *testing.T, name string, labels map[string]string) {
-	t.Helper()
-	ctx := context.Background()
-	ns, err := c.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Labels = labels
-	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	c.setPolicies(t, policy(c.nsA, "deny", nil))
+	c.waitMatrix(t, "default deny ingress in A", c.expect(func(_, to string, _ target) bool { return to[:1] != "A" }))
+	nflogPackets := regexp.MustCompile(`(?m)^\[(\d+):\d+\] .*-j NFLOG --nflog-prefix "DROP ingress [^"]*" --nflog-group 42`)
+	testenv.Eventually(t, "a dropped packet counted by the NFLOG rule", 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		_, _ = c.pods["B/c"].Probe(ctx, tnetns.TCP, netip.AddrPortFrom(c.pods["A/a"].IPv4, 80))
+		for _, m := range nflogPackets.FindAllStringSubmatch(c.node.Run(t, "iptables-save", "-c", "-t", "filter"), -1) {
+			if m[1] != "0" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func (c *cluster) relabelPod(t *testing.T, key string, labels map[string]string) {
@@ -169,21 +114,6 @@ func (c *cluster) relabelPod(t *testing.T, key string, labels map[string]string)
 	obj.Labels = labels
 	if _, err := c.cs.CoreV1().Pods(p.Namespace).Update(ctx, obj, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func (c *cluster) setPolicies(t *testing.T, policies ...*networkingv1.NetworkPolicy) {
-	t.Helper()
-	ctx := context.Background()
-	for _, ns := range []string{c.nsA, c.nsB} {
-		if err := c.cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, p := range policies {
-		if _, err := c.cs.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
@@ -277,64 +207,6 @@ func (c *cluster) waitMatrix(t *testing.T, step string, want []string) {
 	}
 }
 
-func TestReachabilityMatrix(t *testing.T) {
-	c := startCluster(t)
-	all := func(string, string, target) bool { return true }
-	c.waitMatrix(t, "no policies", c.expect(all))
-
-	nsOf := func(key string) string { return key[:1] }
-	denyA := policy(c.nsA, "deny", nil)
-	c.setPolicies(t, denyA)
-	c.waitMatrix(t, "default deny ingress in A", c.expect(func(from, to string, _ target) bool { return nsOf(to) != "A" }))
-
-	fromB := policy(c.nsA, "from-b-http", map[string]string{"app": "a"}, ingress(port(tcp, intstr.FromString("http")), pods(map[string]string{"app": "b"})))
-	c.setPolicies(t, denyA, fromB)
-	abHTTP := func(from, to string, tg target) bool {
-		return from == "A/b" && to == "A/a" && tg.proto == tnetns.TCP && tg.port == 80
-	}
-	c.waitMatrix(t, "named port from app=b", c.expect(func(from, to string, tg target) bool {
-		return nsOf(to) != "A" || abHTTP(from, to, tg)
-	}))
-
-	fromTeamB := policy(c.nsA, "from-team-b", nil, ingress(nil, nss(map[string]string{"team": "b"})))
-	c.setPolicies(t, denyA, fromB, fromTeamB)
-	c.waitMatrix(t, "union with namespaceSelector team=b", c.expect(func(from, to string, tg target) bool {
-		return nsOf(to) != "A" || abHTTP(from, to, tg) || nsOf(from) == "B"
-	}))
-
-	c.relabelPod(t, "A/b", map[string]string{"app": "x"})
-	c.waitMatrix(t, "pod relabelled out of the peer selector", c.expect(func(from, to string, _ target) bool {
-		return nsOf(to) != "A" || nsOf(from) == "B"
-	}))
-
-	c.labelNamespace(t, c.nsB, map[string]string{"team": "c"})
-	c.waitMatrix(t, "namespace relabelled out of the namespaceSelector", c.expect(func(from, to string, _ target) bool {
-		return nsOf(to) != "A"
-	}))
-
-	ipb := policy(c.nsA, "ipblock", nil, ingress(port(udp, intstr.FromInt32(80)),
-		block(netip.PrefixFrom(c.pods["B/c"].IPv4, 24).Masked().String(), netip.PrefixFrom(c.pods["A/b"].IPv4, 32).String())))
-	c.setPolicies(t, denyA, ipb)
-	c.waitMatrix(t, "ipBlock (IPv4) with except on udp/80", c.expect(func(from, to string, tg target) bool {
-		return nsOf(to) != "A" || (from != "A/b" && tg == target{tnetns.UDP, 80, false})
-	}))
-
-	egressB := policy(c.nsB, "egress-deny", nil, types(networkingv1.PolicyTypeEgress))
-	c.setPolicies(t, egressB)
-	c.waitMatrix(t, "egress deny in B (replies to B still pass)", c.expect(func(from, _ string, _ target) bool {
-		return nsOf(from) != "B"
-	}))
-
-	c.setPolicies(t)
-	c.waitMatrix(t, "policies deleted", c.expect(all))
-
-	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, `{"ingress":{"isolation":"DefaultDeny"}}`)
-	c.waitMatrix(t, "beta annotation isolates A for ingress", c.expect(func(_, to string, _ target) bool { return nsOf(to) != "A" }))
-
-	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, "")
-	c.waitMatrix(t, "beta annotation removed", c.expect(all))
-}
-
 // annotateNamespace sets (or, with an empty value, removes) an annotation.
 func (c *cluster) annotateNamespace(t *testing.T, name, key, value string) {
 	t.Helper()
@@ -354,27 +226,4 @@ func (c *cluster) annotateNamespace(t *testing.T, name, key, value string) {
 	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// TestDroppedPacketsAreLoggedToNFLOG checks that with log_drops a blocked probe really
-// passes through the NFLOG rule (its kernel packet counter moves), within the limit.
-func TestDroppedPacketsAreLoggedToNFLOG(t *testing.T) {
-	c := startClusterWith(t, func(cfg *config.NetworkPolicy) {
-		cfg.LogDrops = true
-		cfg.NFLOGGroup = 42
-	})
-	c.setPolicies(t, policy(c.nsA, "deny", nil))
-	c.waitMatrix(t, "default deny ingress in A", c.expect(func(_, to string, _ target) bool { return to[:1] != "A" }))
-	nflogPackets := regexp.MustCompile(`(?m)^\[(\d+):\d+\] .*-j NFLOG --nflog-prefix "DROP ingress [^"]*" --nflog-group 42`)
-	testenv.Eventually(t, "a dropped packet counted by the NFLOG rule", 30*time.Second, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		_, _ = c.pods["B/c"].Probe(ctx, tnetns.TCP, netip.AddrPortFrom(c.pods["A/a"].IPv4, 80))
-		for _, m := range nflogPackets.FindAllStringSubmatch(c.node.Run(t, "iptables-save", "-c", "-t", "filter"), -1) {
-			if m[1] != "0" {
-				return true
-			}
-		}
-		return false
-	})
 }

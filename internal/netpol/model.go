@@ -3,6 +3,8 @@ package netpol
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -42,33 +44,102 @@ type Namespace struct {
 const BetaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 
 // Index is the compiler's view of the cluster: pods by namespace and name, and
-// namespaces by name.
+// namespaces by name. Change pods only with SetPod and DeletePod, which also keep
+// the pods of each node at hand.
 type Index struct {
 	Pods       map[string]map[string]*Pod
 	Namespaces map[string]*Namespace
+	byNode     map[string]*nodePods
 }
+
+// nodePods are one node's pods, so that assembling a node's chains need not walk
+// every pod of the cluster.
+type nodePods struct {
+	pos    map[podRef]int // index in sorted, or -1 while sorted is stale
+	sorted []*Pod         // by namespace, then name; nil after a pod came or went
+}
+
+// podRef names a pod.
+type podRef struct{ namespace, name string }
 
 // NewIndex returns an empty Index.
 func NewIndex() *Index {
-	return &Index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}}
+	return &Index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, byNode: map[string]*nodePods{}}
 }
 
 // SetPod adds or replaces a pod.
 func (x *Index) SetPod(p *Pod) {
+	if old := x.Pod(p.Namespace, p.Name); old != nil && old.NodeName != p.NodeName {
+		x.forgetOnNode(old)
+	}
 	byName := x.Pods[p.Namespace]
 	if byName == nil {
 		byName = map[string]*Pod{}
 		x.Pods[p.Namespace] = byName
 	}
 	byName[p.Name] = p
+	np := x.byNode[p.NodeName]
+	if np == nil {
+		np = &nodePods{pos: map[podRef]int{}}
+		x.byNode[p.NodeName] = np
+	}
+	ref := podRef{p.Namespace, p.Name}
+	if i, known := np.pos[ref]; !known {
+		np.pos[ref] = -1
+		np.sorted = nil
+	} else if np.sorted != nil {
+		np.sorted[i] = p
+	}
 }
 
 // DeletePod removes a pod.
 func (x *Index) DeletePod(namespace, name string) {
+	if old := x.Pod(namespace, name); old != nil {
+		x.forgetOnNode(old)
+	}
 	delete(x.Pods[namespace], name)
 	if len(x.Pods[namespace]) == 0 {
 		delete(x.Pods, namespace)
 	}
+}
+
+func (x *Index) forgetOnNode(p *Pod) {
+	np := x.byNode[p.NodeName]
+	if np == nil {
+		return
+	}
+	delete(np.pos, podRef{p.Namespace, p.Name})
+	np.sorted = nil
+	if len(np.pos) == 0 {
+		delete(x.byNode, p.NodeName)
+	}
+}
+
+// podsOnNode returns the pods scheduled to node, by namespace and then name. The
+// slice is the index's own: read it before the index changes, and do not modify it.
+func (x *Index) podsOnNode(node string) []*Pod {
+	np := x.byNode[node]
+	if np == nil {
+		return nil
+	}
+	if np.sorted == nil {
+		refs := make([]podRef, 0, len(np.pos))
+		for ref := range np.pos {
+			refs = append(refs, ref)
+		}
+		slices.SortFunc(refs, func(a, b podRef) int {
+			if c := strings.Compare(a.namespace, b.namespace); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		np.sorted = make([]*Pod, len(refs))
+		for i, ref := range refs {
+			np.pos[ref] = i
+			np.sorted[i] = x.Pods[ref.namespace][ref.name]
+		}
+	}
+	return np.sorted
 }
 
 // Pod returns the pod namespace/name, or nil.

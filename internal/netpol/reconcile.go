@@ -65,9 +65,7 @@ func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 	}
 	rewriteAll := full || !r.primed
 
-	desiredSets := make(map[string]bool, len(d.Sets))
 	for _, s := range d.Sets {
-		desiredSets[s.Name] = true
 		changed, err := r.applySet(s)
 		if err != nil {
 			return st, err
@@ -79,20 +77,31 @@ func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 	}
 
 	buf := iptables.Buffer{Table: iptables.TableFilter}
-	desiredChains := make(map[string]bool, len(d.Chains))
+	// Stale chains are looked for only when we remember more chains than d wants of
+	// them, and stale sets likewise below: no map of every name in most syncs.
+	chainsKnown := 0
 	for _, c := range d.Chains {
-		desiredChains[c.Name] = true
-		if old, ok := r.chains[c.Name]; ok && !rewriteAll && sameStrings(old, c.Rules) {
+		old, ok := r.chains[c.Name]
+		if ok {
+			chainsKnown++
+		}
+		if ok && !rewriteAll && sameStrings(old, c.Rules) {
 			continue
 		}
 		buf.Write = append(buf.Write, c)
 	}
-	for name := range r.chains {
-		if !desiredChains[name] {
-			buf.Delete = append(buf.Delete, name)
+	if chainsKnown < len(r.chains) {
+		desiredChains := make(map[string]bool, len(d.Chains))
+		for _, c := range d.Chains {
+			desiredChains[c.Name] = true
 		}
+		for name := range r.chains {
+			if !desiredChains[name] {
+				buf.Delete = append(buf.Delete, name)
+			}
+		}
+		slices.Sort(buf.Delete)
 	}
-	slices.Sort(buf.Delete)
 	if len(buf.Write) > 0 || len(buf.Delete) > 0 {
 		data, err := buf.Bytes()
 		if err != nil {
@@ -122,18 +131,32 @@ func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 		}
 	}
 
+	if len(r.sets) > len(d.Sets) {
+		if err := r.destroyStaleSets(d, &st); err != nil {
+			return st, err
+		}
+	}
+	r.primed = true
+	return st, nil
+}
+
+// destroyStaleSets destroys the sets we remember that d does not want.
+func (r *reconciler) destroyStaleSets(d *Desired, st *applyStats) error {
+	desiredSets := make(map[string]bool, len(d.Sets))
+	for _, s := range d.Sets {
+		desiredSets[s.Name] = true
+	}
 	for name := range r.sets {
 		if desiredSets[name] {
 			continue
 		}
 		if err := r.dp.IPSets.Destroy(name); err != nil {
-			return st, err
+			return err
 		}
 		delete(r.sets, name)
 		st.SetsDestroyed++
 	}
-	r.primed = true
-	return st, nil
+	return nil
 }
 
 // readKernel replaces the caches with what the kernel holds of ours.

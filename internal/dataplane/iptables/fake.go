@@ -48,7 +48,8 @@ func NewFake(proto Protocol) *Fake {
 func (f *Fake) Protocol() Protocol { return f.proto }
 
 // Restore implements Interface. Like iptables-restore, a table section is applied
-// entirely or not at all.
+// entirely or not at all. Its cost is proportional to the chains it touches, like
+// the kernel's, so benchmarks of small changes do not measure the Fake.
 func (f *Fake) Restore(data []byte) error {
 	if err := checkRestoreInput(data); err != nil {
 		return err
@@ -58,7 +59,7 @@ func (f *Fake) Restore(data []byte) error {
 	f.Restores = append(f.Restores, slices.Clone(data))
 	var (
 		table   string
-		working map[string][]string
+		working *pendingTable
 	)
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -76,45 +77,45 @@ func (f *Fake) Restore(data []byte) error {
 			if _, ok := f.tables[table]; !ok {
 				return fail("unknown table")
 			}
-			working = cloneChains(f.tables[table])
+			working = &pendingTable{base: f.tables[table], changed: map[string][]string{}, deleted: map[string]bool{}}
 		case line == "COMMIT":
 			if working == nil {
 				return fail("COMMIT outside a table")
 			}
-			if err := checkJumps(working); err != nil {
+			if err := working.checkJumps(); err != nil {
 				return fail("%v", err)
 			}
-			f.tables[table] = working
+			working.commit()
 			working = nil
 		case working == nil:
 			return fail("outside a table")
 		case strings.HasPrefix(line, ":"):
-			working[strings.Fields(line[1:])[0]] = nil
+			working.set(strings.Fields(line[1:])[0], nil)
 		default:
 			op, rest, _ := strings.Cut(line, " ")
 			chain, rule, _ := strings.Cut(rest, " ")
-			rules, exists := working[chain]
+			rules, exists := working.touch(chain)
 			if !exists {
 				return fail("no chain %s", chain)
 			}
 			switch op {
 			case "-A":
-				working[chain] = append(rules, rule)
+				working.set(chain, append(rules, rule))
 			case "-I":
-				working[chain] = append([]string{rule}, rules...)
+				working.set(chain, append([]string{rule}, rules...))
 			case "-D":
 				i := slices.Index(rules, rule)
 				if i < 0 {
 					return fail("no such rule")
 				}
-				working[chain] = slices.Delete(rules, i, i+1)
+				working.set(chain, slices.Delete(rules, i, i+1))
 			case "-F":
-				working[chain] = nil
+				working.set(chain, nil)
 			case "-X":
 				if len(rules) > 0 {
 					return fail("chain %s is not empty", chain)
 				}
-				delete(working, chain)
+				working.delete(chain)
 			default:
 				return fail("unsupported operation %s", op)
 			}
@@ -126,22 +127,95 @@ func (f *Fake) Restore(data []byte) error {
 	return sc.Err()
 }
 
-// checkJumps fails when a rule jumps to a chain that does not exist, as the kernel would.
-func checkJumps(chains map[string][]string) error {
-	for name, rules := range chains {
-		for _, r := range rules {
-			f := strings.Fields(r)
-			for i := 0; i+1 < len(f); i++ {
-				if f[i] != "-j" && f[i] != "-g" {
-					continue
-				}
-				target := f[i+1]
-				if strings.ToUpper(target) != target || isStandardTarget(target) {
-					continue
-				}
-				if _, ok := chains[target]; !ok {
-					return fmt.Errorf("chain %s jumps to missing chain %s", name, target)
-				}
+// pendingTable is a table section being restored: the chains it changed or
+// deleted over the committed table, which it leaves alone until commit.
+type pendingTable struct {
+	base    map[string][]string
+	changed map[string][]string // chains written, each a private copy
+	deleted map[string]bool
+}
+
+// touch returns the rules of chain, copying a committed chain into changed first so
+// that edits never reach the committed table.
+func (p *pendingTable) touch(chain string) ([]string, bool) {
+	if rules, ok := p.changed[chain]; ok {
+		return rules, true
+	}
+	if p.deleted[chain] {
+		return nil, false
+	}
+	rules, ok := p.base[chain]
+	if ok {
+		rules = slices.Clone(rules)
+		p.changed[chain] = rules
+	}
+	return rules, ok
+}
+
+func (p *pendingTable) set(chain string, rules []string) {
+	delete(p.deleted, chain)
+	p.changed[chain] = rules
+}
+
+func (p *pendingTable) delete(chain string) {
+	delete(p.changed, chain)
+	p.deleted[chain] = true
+}
+
+func (p *pendingTable) exists(chain string) bool {
+	if _, ok := p.changed[chain]; ok {
+		return true
+	}
+	_, ok := p.base[chain]
+	return ok && !p.deleted[chain]
+}
+
+// checkJumps fails when a rule jumps to a chain that does not exist, as the kernel
+// would: rules written now must find their targets, and a deleted chain must have
+// no rule left jumping to it.
+func (p *pendingTable) checkJumps() error {
+	for name, rules := range p.changed {
+		if err := checkRuleTargets(name, rules, p.exists); err != nil {
+			return err
+		}
+	}
+	if len(p.deleted) == 0 {
+		return nil
+	}
+	for name, rules := range p.base {
+		if _, rewritten := p.changed[name]; rewritten || p.deleted[name] {
+			continue
+		}
+		if err := checkRuleTargets(name, rules, p.exists); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *pendingTable) commit() {
+	for name := range p.deleted {
+		delete(p.base, name)
+	}
+	for name, rules := range p.changed {
+		p.base[name] = rules
+	}
+}
+
+// checkRuleTargets fails when one of chain's rules jumps to a chain that does not exist.
+func checkRuleTargets(chain string, rules []string, exists func(string) bool) error {
+	for _, r := range rules {
+		f := strings.Fields(r)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] != "-j" && f[i] != "-g" {
+				continue
+			}
+			target := f[i+1]
+			if strings.ToUpper(target) != target || isStandardTarget(target) {
+				continue
+			}
+			if !exists(target) {
+				return fmt.Errorf("chain %s jumps to missing chain %s", chain, target)
 			}
 		}
 	}

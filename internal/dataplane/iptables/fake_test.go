@@ -62,3 +62,30 @@ func TestFakeRestoreRewritesOnlyNamedChains(t *testing.T) {
 		t.Error("failed restore changed the table")
 	}
 }
+
+// The Fake stages a transaction apart from the committed table: a refused one leaves
+// no trace, including appends to chains it did not redeclare.
+func TestFakeRestoreRefusedTransactionLeavesNoTrace(t *testing.T) {
+	f := NewFake(IPv4)
+	if err := f.Restore([]byte("*filter\n:KUBE-ROUTER-A - [0:0]\n:KUBE-ROUTER-B - [0:0]\n-A KUBE-ROUTER-A -j KUBE-ROUTER-B\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	before := f.Dump()
+	for name, data := range map[string]string{
+		"deleting a chain another one still jumps to": "*filter\n:KUBE-ROUTER-B - [0:0]\n-X KUBE-ROUTER-B\nCOMMIT\n",
+		"appending to a chain, then a dangling jump":  "*filter\n-A KUBE-ROUTER-A -j DROP\n-A KUBE-ROUTER-B -j KUBE-ROUTER-GONE\nCOMMIT\n",
+	} {
+		if err := f.Restore([]byte(data)); err == nil {
+			t.Errorf("%s: restore succeeded", name)
+		}
+		if got := f.Dump(); got != before {
+			t.Errorf("%s: refused restore changed the table:\n%s\nwant:\n%s", name, got, before)
+		}
+	}
+	if err := f.Restore([]byte("*filter\n-A KUBE-ROUTER-A -j DROP\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Dump(); !strings.Contains(got, "-A KUBE-ROUTER-A -j KUBE-ROUTER-B\n-A KUBE-ROUTER-A -j DROP\n") {
+		t.Errorf("append to a committed chain:\n%s\nwant the new rule after the existing one", got)
+	}
+}

@@ -1,0 +1,43 @@
+package netpol
+
+import (
+	"net/netip"
+	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+func TestAffects(t *testing.T) {
+	ns := map[string]*Namespace{"x": {Name: "x", Labels: l("team", "a")}, "y": {Name: "y", Labels: l("team", "b")}}
+	pod := func(namespace string, labels map[string]string) *Pod {
+		return &Pod{Namespace: namespace, Name: "p", Labels: labels, NodeName: node, IPs: []netip.Addr{mustAddr("10.0.9.9")}}
+	}
+	for _, tc := range []struct {
+		name     string
+		policy   *networkingv1.NetworkPolicy
+		old, new *Pod
+		want     bool
+	}{
+		{"a new pod its podSelector selects", policy("x", "p", l("app", "a")), nil, pod("x", l("app", "a")), true},
+		{"a new pod in its namespace that no selector matches", policy("x", "p", l("app", "a"), ingress(nil, pods(l("app", "b")))), nil, pod("x", l("app", "c")), false},
+		{"a pod in another namespace, with only same-namespace peers", policy("x", "p", nil, ingress(nil, pods(nil))), nil, pod("y", nil), false},
+		{"a pod in another namespace its namespaceSelector matches", policy("x", "p", nil, ingress(nil, nss(l("team", "b")))), nil, pod("y", nil), true},
+		{"a pod in another namespace its namespaceSelector does not match", policy("x", "p", nil, ingress(nil, nss(l("team", "c")))), nil, pod("y", nil), false},
+		{"a pod anywhere, for an egress named port to everyone", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")))), nil, pod("y", nil), true},
+		{"a relabel in another namespace that keeps the peer match", policy("x", "p", nil, ingress(nil, both(l("app", "b"), l("team", "b")))), pod("y", l("app", "b", "v", "1")), pod("y", l("app", "b", "v", "2")), false},
+		{"a relabel in another namespace into the peer selector", policy("x", "p", nil, ingress(nil, both(l("app", "b"), l("team", "b")))), pod("y", l("app", "c")), pod("y", l("app", "b")), true},
+		{"a relabel in a namespace a namespace-wide peer selects", policy("x", "p", nil, ingress(nil, nss(l("team", "b")))), pod("y", l("app", "b")), pod("y", l("app", "c")), false},
+		{"a deleted pod its podSelector selected", policy("x", "p", l("app", "a")), pod("x", l("app", "a")), nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.new
+			if p == nil {
+				p = tc.old
+			}
+			if got := Affects(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
+				t.Fatalf("Affects = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

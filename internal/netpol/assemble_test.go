@@ -1,0 +1,110 @@
+package netpol
+
+import (
+	"net/netip"
+	"reflect"
+	"testing"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// The Assembler must always produce what a fresh Assemble produces, whatever changed
+// between its calls, and hand back the very slices of chains it did not rebuild.
+func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
+	idx, o := fixture(), opts()
+	o.BetaNamespaceIsolation = true
+	policies := []*networkingv1.NetworkPolicy{
+		policy("x", "web", l("app", "a"), ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")))),
+		policy("y", "deny", nil),
+	}
+	compile := func() []*CompiledPolicy {
+		var out []*CompiledPolicy
+		for _, p := range policies {
+			out = append(out, CompilePolicy(p, idx, o))
+		}
+		return out
+	}
+	asm := NewAssembler(o)
+	var compiled []*CompiledPolicy
+	check := func(step string) *Desired {
+		t.Helper()
+		compiled = compile()
+		got, want := asm.Assemble(compiled, idx), Assemble(compiled, idx, o)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s: assembler gave\n%+v\nfresh assemble gave\n%+v", step, got, want)
+		}
+		return got
+	}
+	rulesOf := func(d *Desired, chain string) []string {
+		for _, c := range d.Chains {
+			if c.Name == chain {
+				return c.Rules
+			}
+		}
+		t.Fatalf("no chain %s", chain)
+		return nil
+	}
+	first := check("first")
+	untouched := name(podIngressKind, "z/a", "4") // beta-isolated, no policy
+	if again := asm.Assemble(compiled, idx); again != first {
+		t.Fatalf("nothing changed, yet the desired state was rebuilt")
+	}
+
+	p := *idx.Pod("y", "a")
+	p.Name, p.IPs = "new", []netip.Addr{mustAddr("10.0.2.9")}
+	idx.SetPod(&p)
+	d := check("pod added in y")
+	if &rulesOf(d, untouched)[0] != &rulesOf(first, untouched)[0] {
+		t.Errorf("pod added in y: chain of untouched pod z/a was rebuilt")
+	}
+
+	moved := *idx.Pod("x", "b")
+	moved.NodeName = "n2"
+	idx.SetPod(&moved)
+	check("pod x/b moved to another node")
+
+	idx.DeletePod("y", "new")
+	check("pod deleted")
+
+	policies = policies[:1]
+	check("policy deleted")
+
+	idx.Namespaces["z"].BetaIngressIsolation = false
+	check("beta isolation lifted")
+
+	ip := *idx.Pod("x", "a")
+	ip.IPs = []netip.Addr{mustAddr("10.0.1.99")}
+	idx.SetPod(&ip)
+	check("pod address changed")
+}
+
+func TestIndexKeepsEachNodesPodsSorted(t *testing.T) {
+	idx := NewIndex()
+	for _, p := range []*Pod{
+		{Namespace: "a-b", Name: "x", NodeName: "n1"},
+		{Namespace: "a", Name: "y", NodeName: "n1"},
+		{Namespace: "a", Name: "x", NodeName: "n1"},
+		{Namespace: "a", Name: "z", NodeName: "n2"},
+	} {
+		idx.SetPod(p)
+	}
+	keys := func(node string) []string {
+		var out []string
+		for _, p := range idx.podsOnNode(node) {
+			out = append(out, p.Key())
+		}
+		return out
+	}
+	if got, want := keys("n1"), []string{"a/x", "a/y", "a-b/x"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pods on n1: %q, want %q (by namespace, then name)", got, want)
+	}
+	idx.SetPod(&Pod{Namespace: "a", Name: "x", NodeName: "n2"})
+	idx.DeletePod("a-b", "x")
+	if got, want := keys("n1"), []string{"a/y"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a move and a delete, pods on n1: %q, want %q", got, want)
+	}
+	if got, want := keys("n2"), []string{"a/x", "a/z"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("pods on n2: %q, want %q", got, want)
+	}
+}

@@ -1,0 +1,172 @@
+//go:build integration || vm
+
+// Reachability helpers shared by the host (integration) and VM (vm) tiers: one node
+// namespace with pods in two Kubernetes namespaces, a real API server, and the
+// controller running in the node namespace.
+
+package netpol
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// target is one server port probed in the matrix, over IPv4 or IPv6.
+type target struct {
+	proto tnetns.Proto
+	port  int
+	v6    bool
+}
+
+var matrixTargets = []target{
+	{tnetns.TCP, 80, false}, {tnetns.TCP, 81, false}, {tnetns.UDP, 80, false},
+	{tnetns.TCP, 80, true}, {tnetns.TCP, 81, true}, {tnetns.UDP, 80, true},
+}
+
+func (tg target) String() string {
+	fam := "v4"
+	if tg.v6 {
+		fam = "v6"
+	}
+	return fmt.Sprintf("%s %s/%d", fam, tg.proto, tg.port)
+}
+
+// servedTargets are the distinct servers a pod runs (each serves both families).
+func servedTargets() []target {
+	var out []target
+	for _, tg := range matrixTargets {
+		if !tg.v6 {
+			out = append(out, tg)
+		}
+	}
+	return out
+}
+
+// cluster is the e2e world: one node namespace with pods in two Kubernetes namespaces,
+// a real API server, and the controller running in the node namespace.
+type cluster struct {
+	cs     kubernetes.Interface
+	node   *tnetns.Node
+	nsA    string                 // labelled team=a
+	nsB    string                 // labelled team=b
+	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
+	hb     *daemon.Heartbeat
+	cancel context.CancelFunc
+}
+
+func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
+
+// startClusterWith starts the cluster with the controller's config adjusted by tune.
+func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
+	testenv.RequireRoot(t)
+	_, cs := testenv.APIServer(t)
+	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
+	c.nsA, c.nsB = testenv.Namespace(t, cs), testenv.Namespace(t, cs)
+	c.labelNamespace(t, c.nsA, map[string]string{"team": "a"})
+	c.labelNamespace(t, c.nsB, map[string]string{"team": "b"})
+	c.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs})
+	add := func(key, ns, name string, labels map[string]string, ports ...corev1.ContainerPort) {
+		p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: name, Labels: labels, Ports: ports})
+		for _, tg := range servedTargets() {
+			p.Serve(t, tg.proto, tg.port)
+		}
+		c.pods[key] = p
+	}
+	add("A/a", c.nsA, "a", map[string]string{"app": "a"}, corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP})
+	add("A/b", c.nsA, "b", map[string]string{"app": "b"})
+	add("B/c", c.nsB, "c", map[string]string{"app": "c"})
+
+	dps, err := KernelDataplanes(c.node.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory := informers.NewSharedInformerFactory(cs, 0)
+	cfg := config.Default().NetworkPolicy
+	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
+	cfg.BetaNamespaceIsolation = true
+	if tune != nil {
+		tune(&cfg)
+	}
+	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	c.hb = daemon.NewHeartbeat("netpol", nil)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = ctrl.Run(ctx, c.hb) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		factory.Shutdown()
+		if err := CleanupDataplanes(context.Background(), dps); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+		for _, dp := range dps {
+			chains, err := dp.IPTables.SaveChains(iptables.TableFilter)
+			if err != nil {
+				t.Error(err)
+			}
+			for name := range chains {
+				if OwnsChain(name) {
+					t.Errorf("chain %s left after Cleanup", name)
+				}
+			}
+			sets, _ := dp.IPSets.ListAll()
+			for _, s := range sets {
+				if OwnsSet(s.Name) {
+					t.Errorf("set %s left after Cleanup", s.Name)
+				}
+			}
+		}
+	})
+	return c
+}
+
+func (c *cluster) labelNamespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := c.cs.CoreV1().Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Labels = labels
+	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (c *cluster) setPolicies(t *testing.T, policies ...*networkingv1.NetworkPolicy) {
+	t.Helper()
+	ctx := context.Background()
+	for _, ns := range []string{c.nsA, c.nsB} {
+		if err := c.cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range policies {
+		if _, err := c.cs.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
