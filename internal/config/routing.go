@@ -55,6 +55,9 @@ type Peer struct {
 	Multihop     int      `toml:"multihop"` // eBGP TTL; 0 means directly connected
 	LocalAddress Addr     `toml:"local_address"`
 	Port         int      `toml:"port"`
+	// MaxPrefixes tears the session down when the peer announces more prefixes than
+	// this (a leak or a misconfigured router); 0 means no limit.
+	MaxPrefixes int64 `toml:"max_prefixes"`
 }
 
 func defaultRouting() Routing {
@@ -122,6 +125,9 @@ func (c Routing) validate(v *validator) {
 		}
 		if p.Port != 0 && (p.Port < 1 || p.Port > 65535) {
 			v.add(key+".port", fmt.Sprintf("invalid port %d: must be 1-65535", p.Port))
+		}
+		if p.MaxPrefixes < 0 || p.MaxPrefixes > 1<<32-1 {
+			v.add(key+".max_prefixes", fmt.Sprintf("invalid prefix limit %d (want 0-4294967295, 0 for none)", p.MaxPrefixes))
 		}
 		if p.LocalAddress.IsValid() && p.Address.IsValid() && p.LocalAddress.Is4() != p.Address.Is4() {
 			v.add(key+".local_address", "must be of the same IP family as address")

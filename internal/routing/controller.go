@@ -39,10 +39,13 @@ type Controller struct {
 	endpoints discoverylisters.EndpointSliceLister
 
 	// Owned by the sync loop.
-	speaker       *Speaker
-	parsed        map[string]parsedNode
-	heardFrom     map[string]bool // peers established at least once since start
-	drift         driftDetector
+	speaker     *Speaker
+	parsed      map[string]parsedNode
+	heardFrom   map[string]bool // peers established at least once since start
+	downSince   map[string]time.Time
+	silentCheck *time.Timer
+	drift       driftDetector
+	// listenAddress overrides the wildcard addresses of the families the node has.
 	listenAddress []string
 
 	mu      sync.Mutex
@@ -60,16 +63,16 @@ var _ daemon.StatusReporter = (*Controller)(nil)
 // New builds the routing controller and registers its informer handlers and metrics.
 func New(env daemon.Env, cfg config.Routing) (*Controller, error) {
 	c := &Controller{
-		cfg:           cfg,
-		nodeName:      env.NodeName,
-		log:           slog.Default().With("controller", "routing"),
-		kernel:        route.Netlink{},
-		parsed:        map[string]parsedNode{},
-		heardFrom:     map[string]bool{},
-		listenAddress: []string{"0.0.0.0"},
-		nodes:         env.Informers.Core().V1().Nodes().Lister(),
-		services:      env.Informers.Core().V1().Services().Lister(),
-		endpoints:     env.Informers.Discovery().V1().EndpointSlices().Lister(),
+		cfg:       cfg,
+		nodeName:  env.NodeName,
+		log:       slog.Default().With("controller", "routing"),
+		kernel:    route.Netlink{},
+		parsed:    map[string]parsedNode{},
+		heardFrom: map[string]bool{},
+		downSince: map[string]time.Time{},
+		nodes:     env.Informers.Core().V1().Nodes().Lister(),
+		services:  env.Informers.Core().V1().Services().Lister(),
+		endpoints: env.Informers.Discovery().V1().EndpointSlices().Lister(),
 	}
 	c.runner = runner.New("routing", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	m, err := newMetrics(env.Registry)
@@ -189,6 +192,14 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			delete(c.heardFrom, addr)
 		}
 	}
+	if due := c.warnAboutSilentPeers(peers, states, time.Now()); due > 0 {
+		// A peer that never answers produces no BGP event that would run a sync.
+		if c.silentCheck == nil {
+			c.silentCheck = time.AfterFunc(due, c.runner.Request)
+		} else {
+			c.silentCheck.Reset(due)
+		}
+	}
 	drifted, err := c.drift.count(c.kernel, routes, tunnels)
 	if err != nil {
 		return "", err
@@ -227,8 +238,53 @@ func (c *Controller) keepUntilHeardFrom(nodes []NodeInfo) func(route.Route) bool
 	}
 	return func(r route.Route) bool {
 		n, ok := owner[r.Dst]
-		return ok && n.Name != c.nodeName && n.Address.IsValid() && !c.heardFrom[n.Address.String()]
+		if !ok || n.Name == c.nodeName {
+			return false
+		}
+		addr := n.AddressFor(r.Dst.Addr())
+		return addr.IsValid() && !c.heardFrom[addr.String()]
 	}
+}
+
+// warnAboutSilentPeers logs, once per outage, a peer whose session has not been
+// established for a whole hold time since it was configured or went down. GoBGP
+// sees nothing of a refused or unanswered connection, nor of a TCP MD5 mismatch,
+// whose segments the kernel drops, so this is the only trace of those faults. It
+// returns when the next warning is due, 0 for none.
+func (c *Controller) warnAboutSilentPeers(peers []Peer, states map[string]PeerState, now time.Time) (due time.Duration) {
+	wanted := map[string]bool{}
+	for _, p := range peers {
+		addr := p.Address.String()
+		wanted[addr] = true
+		if states[addr].State == api.PeerState_ESTABLISHED.String() {
+			delete(c.downSince, addr)
+			continue
+		}
+		since, seen := c.downSince[addr]
+		if !seen {
+			since = now
+			c.downSince[addr] = now
+		}
+		if since.IsZero() {
+			continue // warned already
+		}
+		if left := max(p.HoldTime, 3*time.Second) - now.Sub(since); left > 0 {
+			if due == 0 || left < due {
+				due = left
+			}
+			continue
+		}
+		c.log.Warn("BGP session is not established; check reachability, AS numbers and passwords",
+			"peer", addr, "asn", p.ASN, "node", p.Node, "state", states[addr].State,
+			"down", now.Sub(since).Round(time.Second), "password", p.Password != "")
+		c.downSince[addr] = time.Time{} // warned; the zero time waits for the session
+	}
+	for addr := range c.downSince {
+		if !wanted[addr] {
+			delete(c.downSince, addr)
+		}
+	}
+	return due
 }
 
 func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
@@ -236,14 +292,28 @@ func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
 	if !routerID.IsValid() {
 		routerID = self.Address
 	}
+	if !routerID.IsValid() && self.AddressV6.IsValid() {
+		routerID = routerIDFromIPv6(self.AddressV6)
+	}
 	if !routerID.IsValid() {
-		return fmt.Errorf("node %s has no IPv4 InternalIP and routing.router_id is not set", self.Name)
+		return fmt.Errorf("node %s has no InternalIP and routing.router_id is not set", self.Name)
+	}
+	// GoBGP listens on IPv4 or IPv6 per address, so each family the node has needs its
+	// wildcard.
+	listen := c.listenAddress
+	if listen == nil {
+		if self.Address.IsValid() {
+			listen = append(listen, "0.0.0.0")
+		}
+		if self.AddressV6.IsValid() {
+			listen = append(listen, "::")
+		}
 	}
 	s, err := StartSpeaker(ctx, SpeakerConfig{
 		ASN:             uint32(c.cfg.ASN),
 		RouterID:        routerID,
 		ListenPort:      int32(c.cfg.ListenPort),
-		ListenAddresses: c.listenAddress,
+		ListenAddresses: listen,
 		GracefulRestart: c.cfg.GracefulRestart,
 		RestartTime:     c.cfg.GracefulRestartTime.Duration,
 		Communities:     c.cfg.Communities,
@@ -268,10 +338,23 @@ func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
 	return nil
 }
 
+// routerIDFromIPv6 derives a BGP router id (an IPv4-shaped number) for a node without
+// an IPv4 address from the last 32 bits of its IPv6 address, which differ between
+// nodes of one IPv6 subnet; 0.0.0.0 is not allowed, so it becomes 0.0.0.1.
+func routerIDFromIPv6(a netip.Addr) netip.Addr {
+	b := a.As16()
+	id := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	if id.IsUnspecified() {
+		return netip.AddrFrom4([4]byte{0, 0, 0, 1})
+	}
+	return id
+}
+
 // Details is the routing controller's state for `kube-routerd status`.
 type Details struct {
 	Node       string        `json:"node"`
 	Address    string        `json:"address"`
+	AddressV6  string        `json:"addressV6,omitempty"`
 	PodCIDRs   []string      `json:"podCIDRs"`
 	Peers      []PeerDetails `json:"peers"`
 	Announced  []string      `json:"announced"`
@@ -299,6 +382,9 @@ func (c *Controller) Details() any {
 
 func (c *Controller) setDetails(self NodeInfo, peers []Peer, states map[string]PeerState, adv Advertisements, routes []route.Route, tunnels []route.Tunnel) {
 	d := Details{Node: self.Name, Address: self.Address.String()}
+	if self.AddressV6.IsValid() {
+		d.AddressV6 = self.AddressV6.String()
+	}
 	for _, p := range self.PodCIDRs {
 		d.PodCIDRs = append(d.PodCIDRs, p.String())
 	}

@@ -30,6 +30,9 @@ const (
 	AnnotationPeerASNs = "kube-router.io/peer.asns"
 	// AnnotationPeerPasswords lists their base64-encoded TCP MD5 passwords, one per IP.
 	AnnotationPeerPasswords = "kube-router.io/peer.passwords"
+	// AnnotationPeerMaxPrefixes lists how many prefixes each peer may announce before
+	// its session is torn down, one per IP or one for all; 0 means no limit.
+	AnnotationPeerMaxPrefixes = "kube-router.io/peer.maxprefixes"
 	// AnnotationRRServer makes the node a route reflector of the given cluster id.
 	AnnotationRRServer = "kube-router.io/rr.server"
 	// AnnotationRRClient makes the node a route reflector client of the given cluster id.
@@ -47,9 +50,12 @@ const (
 // NodeInfo is what the routing controller needs from one Node object.
 type NodeInfo struct {
 	Name string
-	// Address is the node's IPv4 InternalIP: BGP session endpoint and next hop.
+	// Address is the node's IPv4 InternalIP: endpoint of the IPv4 BGP sessions and
+	// next hop of its IPv4 pod CIDRs.
 	Address netip.Addr
-	// PodCIDRs are the node's IPv4 pod networks.
+	// AddressV6 is the node's IPv6 InternalIP, the same for IPv6.
+	AddressV6 netip.Addr
+	// PodCIDRs are the node's pod networks of both families.
 	PodCIDRs []netip.Prefix
 	// RRServer and RRClient hold a route reflector cluster id when the node has that role.
 	RRServer string
@@ -67,9 +73,14 @@ func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
 		if a.Type != corev1.NodeInternalIP {
 			continue
 		}
-		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Is4() {
+		ip, err := netip.ParseAddr(a.Address)
+		switch {
+		case err != nil:
+			log.Warn("ignoring invalid InternalIP", "address", a.Address)
+		case ip.Is4() && !info.Address.IsValid():
 			info.Address = ip
-			break
+		case ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() && !info.AddressV6.IsValid():
+			info.AddressV6 = ip
 		}
 	}
 	cidrs := n.Spec.PodCIDRs
@@ -82,9 +93,11 @@ func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
 			log.Warn("ignoring invalid pod CIDR", "podCIDR", c)
 			continue
 		}
-		if p.Addr().Is4() {
-			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
+		if p.Addr().Is4In6() {
+			log.Warn("ignoring IPv4-mapped pod CIDR", "podCIDR", c)
+			continue
 		}
+		info.PodCIDRs = append(info.PodCIDRs, p.Masked())
 	}
 	for ann, dst := range map[string]*string{AnnotationRRServer: &info.RRServer, AnnotationRRClient: &info.RRClient} {
 		v, ok := n.Annotations[ann]
@@ -110,6 +123,20 @@ func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
 		}
 	}
 	return info
+}
+
+// AddressFor returns the node's address of the same IP family as a: the session
+// endpoint and next hop for that family.
+func (n NodeInfo) AddressFor(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return n.Address
+	}
+	return n.AddressV6
+}
+
+// HasAddress reports whether a is one of the node's addresses.
+func (n NodeInfo) HasAddress(a netip.Addr) bool {
+	return a.IsValid() && (a == n.Address || a == n.AddressV6)
 }
 
 // parseClusterID accepts a route reflector cluster id as a 32-bit number or an IPv4
@@ -139,6 +166,7 @@ func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, er
 	ips := splitList(ann[AnnotationPeerIPs])
 	asns := splitList(ann[AnnotationPeerASNs])
 	passwords := splitList(ann[AnnotationPeerPasswords])
+	maxPrefixes := splitList(ann[AnnotationPeerMaxPrefixes])
 	if len(ips) == 0 {
 		return nil, fmt.Errorf("%s is empty", AnnotationPeerIPs)
 	}
@@ -148,11 +176,14 @@ func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, er
 	if len(passwords) != 0 && len(passwords) != len(ips) {
 		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerPasswords, len(passwords), len(ips))
 	}
+	if len(maxPrefixes) > 1 && len(maxPrefixes) != len(ips) {
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerMaxPrefixes, len(maxPrefixes), len(ips))
+	}
 	peers := make([]Peer, 0, len(ips))
 	for i, s := range ips {
 		ip, err := netip.ParseAddr(s)
-		if err != nil || !ip.Is4() {
-			return nil, fmt.Errorf("peer IP %q is not an IPv4 address", s)
+		if err != nil || ip.Is4In6() || ip.Zone() != "" {
+			return nil, fmt.Errorf("peer IP %q is not an IPv4 or IPv6 address", s)
 		}
 		asnText := asns[0]
 		if len(asns) > 1 {
@@ -169,6 +200,17 @@ func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, er
 				return nil, fmt.Errorf("peer %s: password is not base64", ip)
 			}
 			p.Password = string(pw)
+		}
+		if len(maxPrefixes) > 0 {
+			text := maxPrefixes[0]
+			if len(maxPrefixes) > 1 {
+				text = maxPrefixes[i]
+			}
+			n, err := strconv.ParseUint(text, 10, 32)
+			if err != nil {
+				return nil, fmt.Errorf("peer %s: invalid prefix limit %q", ip, text)
+			}
+			p.MaxPrefixes = uint32(n)
 		}
 		peers = append(peers, p)
 	}
@@ -189,6 +231,11 @@ type Peer struct {
 	// RRClient marks the peer as our route reflector client in cluster RRClusterID.
 	RRClient    bool
 	RRClusterID string
+	// MaxPrefixes tears the session down when the peer announces more prefixes; 0
+	// means no limit.
+	MaxPrefixes uint32
+	// Passive waits for the peer to connect instead of dialling too.
+	Passive bool
 }
 
 // External reports whether the peer is a router outside the cluster.
@@ -197,31 +244,41 @@ func (p Peer) External() bool { return p.Node == "" }
 // DesiredPeers returns this node's BGP neighbours, sorted by address: the other nodes
 // (full mesh, or the route reflector topology from annotations) and the external peers
 // of the config and of our node's annotations (which win for the same address).
+// Nodes peer once per IP family both have an address of: each session carries its
+// own family, so a broken IPv6 path shows as a down session instead of silently
+// black-holing routes learned over IPv4. Of two nodes only the one with the lower
+// address dials: when both dial, each refuses the other's connection while it idles
+// after a failed attempt, and a restarted node can take minutes to get back in.
 func DesiredPeers(cfg config.Routing, self NodeInfo, nodes []NodeInfo) []Peer {
 	byAddr := map[netip.Addr]Peer{}
 	for _, n := range nodes {
-		if n.Name == self.Name || !n.Address.IsValid() || n.Address == self.Address {
+		if n.Name == self.Name || !meshes(cfg.NodeMesh, self, n) {
 			continue
 		}
-		if !meshes(cfg.NodeMesh, self, n) {
-			continue
+		for _, addr := range []netip.Addr{n.Address, n.AddressV6} {
+			if !addr.IsValid() || !self.AddressFor(addr).IsValid() || self.HasAddress(addr) {
+				continue
+			}
+			p := Peer{
+				Address: addr, ASN: uint32(cfg.ASN), Node: n.Name, HoldTime: cfg.HoldTime.Duration, Port: uint16(cfg.ListenPort),
+				Passive: self.AddressFor(addr).Compare(addr) > 0,
+			}
+			if self.RRServer != "" && n.RRClient != "" {
+				p.RRClient, p.RRClusterID = true, self.RRServer
+			}
+			byAddr[p.Address] = p
 		}
-		p := Peer{Address: n.Address, ASN: uint32(cfg.ASN), Node: n.Name, HoldTime: cfg.HoldTime.Duration, Port: uint16(cfg.ListenPort)}
-		if self.RRServer != "" && n.RRClient != "" {
-			p.RRClient, p.RRClusterID = true, self.RRServer
-		}
-		byAddr[p.Address] = p
 	}
 	external := slices.Clone(self.Peers)
 	for _, c := range cfg.Peers {
 		external = append(external, Peer{
 			Address: c.Address.Addr, ASN: uint32(c.ASN), Password: c.Password,
 			HoldTime: c.HoldTime.Duration, Multihop: uint8(c.Multihop),
-			LocalAddress: c.LocalAddress.Addr, Port: uint16(c.Port),
+			LocalAddress: c.LocalAddress.Addr, Port: uint16(c.Port), MaxPrefixes: uint32(c.MaxPrefixes),
 		})
 	}
 	for _, p := range external {
-		if _, taken := byAddr[p.Address]; taken || p.Address == self.Address {
+		if _, taken := byAddr[p.Address]; taken || self.HasAddress(p.Address) {
 			continue
 		}
 		if p.HoldTime == 0 {
@@ -253,7 +310,7 @@ func meshes(nodeMesh bool, self, other NodeInfo) bool {
 
 // Advertisements is what this node announces and what its policies let through.
 type Advertisements struct {
-	// Prefixes are all routes we originate: our pod CIDRs and Service IPs (/32).
+	// Prefixes are all routes we originate: our pod CIDRs and Service IPs (/32, /128).
 	Prefixes []netip.Prefix
 	// ToNodes are the prefixes node peers may receive: every node's pod CIDRs (route
 	// reflectors pass on the other nodes').
@@ -310,7 +367,7 @@ func DesiredAdvertisements(cfg config.Routing, self NodeInfo, nodes []NodeInfo, 
 	}
 	for _, svc := range services {
 		for _, ip := range serviceIPs(cfg, svc, local, log) {
-			p := netip.PrefixFrom(ip, 32)
+			p := netip.PrefixFrom(ip, ip.BitLen())
 			a.Prefixes = append(a.Prefixes, p)
 			a.ToExternal = append(a.ToExternal, p)
 			a.Protected = append(a.Protected, p)
@@ -369,7 +426,7 @@ func serviceIPs(cfg config.Routing, svc *corev1.Service, local ServiceEndpoints,
 			}
 			continue
 		}
-		if ip.Is4() {
+		if !ip.Is4In6() {
 			out = append(out, ip)
 		}
 	}
@@ -395,9 +452,10 @@ type LearnedRoute struct {
 }
 
 // DesiredKernel turns learned routes into kernel routes and the tunnels they need.
-// Routes into our own pod CIDRs or via ourselves are skipped. A route whose next hop is
-// another node goes through an IPIP tunnel to it when overlay is "always", or
-// "cross-subnet" and the node is outside localPrefixes; otherwise via the next hop.
+// Routes into our own pod CIDRs, via ourselves or with a next hop of the other IP
+// family are skipped. An IPv4 route whose next hop is another node goes through an
+// IPIP tunnel to it when overlay is "always", or "cross-subnet" and the node is
+// outside localPrefixes; every other route goes via its next hop (IPv6 has no tunnel).
 func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
 	isNode := map[netip.Addr]bool{}
 	for _, n := range nodes {
@@ -408,7 +466,7 @@ func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []Le
 	routes := map[netip.Prefix]route.Route{}
 	tunnels := map[string]route.Tunnel{}
 	for _, l := range learned {
-		if !l.NextHop.IsValid() || !l.NextHop.Is4() || l.NextHop == self.Address || overlapsAny(l.Prefix, self.PodCIDRs) {
+		if !l.NextHop.IsValid() || l.NextHop.Is4() != l.Prefix.Addr().Is4() || self.HasAddress(l.NextHop) || overlapsAny(l.Prefix, self.PodCIDRs) {
 			continue
 		}
 		onLink := slices.ContainsFunc(localPrefixes, func(p netip.Prefix) bool { return p.Contains(l.NextHop) })

@@ -40,9 +40,41 @@ func TestParseNode(t *testing.T) {
 		wantLog string
 	}{
 		{
-			name: "InternalIP and IPv4 pod CIDRs are read, IPv6 ones dropped",
+			name: "InternalIP and pod CIDRs of both families are read",
 			node: node("a", "10.0.0.1", []string{"10.244.0.0/24", "fd00::/64"}, nil),
-			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), PodCIDRs: pfx("10.244.0.0/24")},
+			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), PodCIDRs: pfx("10.244.0.0/24", "fd00::/64")},
+		},
+		{
+			name: "a dual-stack node has an address of each family, the first of each wins",
+			node: func() *corev1.Node {
+				n := node("ds", "fd00:200::11", []string{"fd00:10:244:1::/64", "10.244.1.0/24"}, nil)
+				n.Status.Addresses = append(n.Status.Addresses,
+					corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "192.168.200.11"},
+					corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fd00:200::99"},
+					corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: "fe80::1"},
+					corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "2001:db8::1"})
+				return n
+			}(),
+			want: NodeInfo{
+				Name: "ds", Address: netip.MustParseAddr("192.168.200.11"), AddressV6: netip.MustParseAddr("fd00:200::11"),
+				PodCIDRs: pfx("fd00:10:244:1::/64", "10.244.1.0/24"),
+			},
+		},
+		{
+			name: "IPv6 peers and prefix limits come from the annotations, one limit for all",
+			node: node("a", "10.0.0.1", nil, map[string]string{
+				AnnotationPeerIPs: "192.0.2.1,2001:db8::1", AnnotationPeerASNs: "65000", AnnotationPeerMaxPrefixes: "100",
+			}),
+			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
+				{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65000, HoldTime: hold, MaxPrefixes: 100},
+				{Address: netip.MustParseAddr("2001:db8::1"), ASN: 65000, HoldTime: hold, MaxPrefixes: 100},
+			}},
+		},
+		{
+			name:    "a prefix limit that is not a number is logged with the node name and the peers ignored",
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1", AnnotationPeerASNs: "65000", AnnotationPeerMaxPrefixes: "lots"}),
+			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			wantLog: "node=bad-node",
 		},
 		{
 			name: "peer annotations give external peers, one ASN for all, passwords decoded",
@@ -319,5 +351,87 @@ route 172.16.0.0/16 via 10.0.0.254
 				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
 			}
 		})
+	}
+}
+
+func dualStack(name, ip4, ip6 string, cidrs ...string) NodeInfo {
+	n := info(name, ip4, cidrs...)
+	n.AddressV6 = netip.MustParseAddr(ip6)
+	return n
+}
+
+func TestDesiredPeersDualStack(t *testing.T) {
+	cfg := config.Default().Routing
+	a := dualStack("a", "10.0.0.1", "fd00::1")
+	b := dualStack("b", "10.0.0.2", "fd00::2")
+	v4only := info("c", "10.0.0.3")
+	v6only := NodeInfo{Name: "d", AddressV6: netip.MustParseAddr("fd00::4")}
+	for _, tc := range []struct {
+		name  string
+		self  NodeInfo
+		nodes []NodeInfo
+		want  []string
+	}{
+		{"dual-stack nodes hold one session per family", a, []NodeInfo{a, b}, []string{"10.0.0.2 node=b", "fd00::2 node=b"}},
+		{"a single-stack node gets the session of its family only", a, []NodeInfo{a, v4only, v6only}, []string{"10.0.0.3 node=c", "fd00::4 node=d"}},
+		{"an IPv4-only node cannot reach an IPv6-only one", v4only, []NodeInfo{v4only, v6only, b}, []string{"10.0.0.2 node=b"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := peerSummary(DesiredPeers(cfg, tc.self, tc.nodes))
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	t.Run("an external IPv6 peer from the config keeps its prefix limit", func(t *testing.T) {
+		withPeer := cfg
+		withPeer.Peers = []config.Peer{{Address: config.Addr{Addr: netip.MustParseAddr("2001:db8::1")}, ASN: 65000, MaxPrefixes: 50}}
+		ps := DesiredPeers(withPeer, a, []NodeInfo{a})
+		if len(ps) != 1 || ps[0].MaxPrefixes != 50 || !ps[0].External() {
+			t.Errorf("got %+v", ps)
+		}
+	})
+}
+
+func TestDesiredKernelDualStack(t *testing.T) {
+	self := dualStack("a", "10.0.0.1", "fd00::1", "10.244.1.0/24", "fd00:244:1::/64")
+	b := dualStack("b", "10.0.0.2", "fd00::2", "10.244.2.0/24", "fd00:244:2::/64")
+	learned := []LearnedRoute{
+		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("10.0.0.2")},
+		{Prefix: netip.MustParsePrefix("fd00:244:2::/64"), NextHop: netip.MustParseAddr("fd00::2")},
+		{Prefix: netip.MustParsePrefix("fd00:244:1::/80"), NextHop: netip.MustParseAddr("fd00::2")},  // into our own pod CIDR
+		{Prefix: netip.MustParsePrefix("fd00:244:9::/64"), NextHop: netip.MustParseAddr("fd00::1")},  // via ourselves
+		{Prefix: netip.MustParsePrefix("fd00:244:8::/64"), NextHop: netip.MustParseAddr("10.0.0.2")}, // next hop of the other family
+	}
+	want := `tunnel krt-0a000002 ipip local 10.0.0.1 remote 10.0.0.2
+route 10.244.2.0/24 dev krt-0a000002
+route fd00:244:2::/64 via fd00::2
+`
+	// With overlay "always" IPv4 goes through the tunnel and IPv6, which has none,
+	// via the node's IPv6 address.
+	rs, ts := DesiredKernel("always", self, []NodeInfo{self, b}, learned, pfx("10.0.0.0/24", "fd00::/64"))
+	if got := route.Dump(rs, ts); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
+func TestDesiredAdvertisementsDualStack(t *testing.T) {
+	self := dualStack("a", "10.0.0.1", "fd00::1", "10.244.1.0/24", "fd00:244:1::/64")
+	other := dualStack("b", "10.0.0.2", "fd00::2", "10.244.2.0/24", "fd00:244:2::/64")
+	cfg := config.Default().Routing
+	cfg.AdvertiseClusterIPs = true
+	web := svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", nil, func(s *corev1.Service) {
+		s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
+	})
+	log, _ := captureLog()
+	adv := DesiredAdvertisements(cfg, self, []NodeInfo{self, other}, []*corev1.Service{web}, nil, log)
+	for what, tc := range map[string]struct{ got, want []netip.Prefix }{
+		"prefixes":    {adv.Prefixes, pfx("10.96.0.10/32", "10.244.1.0/24", "fd00:96::10/128", "fd00:244:1::/64")},
+		"to nodes":    {adv.ToNodes, pfx("10.244.1.0/24", "10.244.2.0/24", "fd00:244:1::/64", "fd00:244:2::/64")},
+		"to external": {adv.ToExternal, pfx("10.96.0.10/32", "10.244.1.0/24", "fd00:96::10/128", "fd00:244:1::/64")},
+	} {
+		if !reflect.DeepEqual(tc.got, tc.want) {
+			t.Errorf("%s = %v, want %v", what, tc.got, tc.want)
+		}
 	}
 }

@@ -13,8 +13,8 @@ import (
 
 // FuzzParseNode feeds arbitrary annotations, addresses and pod CIDRs of a Node to the
 // routing controller. It must not panic, and whatever it keeps must be usable as is:
-// IPv4 only, valid AS numbers, one route reflector role at most, and never a peering
-// with the node itself.
+// addresses of the right family, masked pod CIDRs, valid AS numbers, one route
+// reflector role at most, and never a peering with the node itself.
 func FuzzParseNode(f *testing.F) {
 	for _, s := range []struct{ ips, asns, passwords, rrServer, rrClient, internalIP, podCIDR string }{
 		{"192.0.2.1,192.0.2.2", "65001", "", "", "", "10.0.0.1", "10.244.1.0/24"},
@@ -43,22 +43,25 @@ func FuzzParseNode(f *testing.F) {
 		if info.Address.IsValid() && !info.Address.Is4() {
 			t.Fatalf("non-IPv4 node address %s", info.Address)
 		}
+		if info.AddressV6.IsValid() && (info.AddressV6.Is4() || info.AddressV6.Is4In6() || !info.AddressV6.IsGlobalUnicast()) {
+			t.Fatalf("unusable IPv6 node address %s", info.AddressV6)
+		}
 		for _, p := range info.PodCIDRs {
-			if !p.Addr().Is4() || p != p.Masked() {
-				t.Fatalf("pod CIDR %s is not a masked IPv4 prefix", p)
+			if p.Addr().Is4In6() || p != p.Masked() {
+				t.Fatalf("pod CIDR %s is not a masked IPv4 or IPv6 prefix", p)
 			}
 		}
 		if info.RRServer != "" && info.RRClient != "" {
 			t.Fatalf("both route reflector roles: server %q, client %q", info.RRServer, info.RRClient)
 		}
 		for _, p := range info.Peers {
-			if !p.Address.Is4() || !config.ValidASN(int64(p.ASN)) || !p.External() {
+			if !p.Address.IsValid() || p.Address.Is4In6() || !config.ValidASN(int64(p.ASN)) || !p.External() {
 				t.Fatalf("unusable peer from annotations: %+v", p)
 			}
 		}
-		other := NodeInfo{Name: "other", Address: info.Address, PodCIDRs: info.PodCIDRs, RRClient: info.RRClient, RRServer: info.RRServer}
+		other := NodeInfo{Name: "other", Address: info.Address, AddressV6: info.AddressV6, PodCIDRs: info.PodCIDRs, RRClient: info.RRClient, RRServer: info.RRServer}
 		for _, p := range DesiredPeers(cfg, info, []NodeInfo{info, other}) {
-			if p.Address == info.Address {
+			if info.HasAddress(p.Address) {
 				t.Fatalf("node peers with its own address %s: %+v", p.Address, p)
 			}
 		}

@@ -9,18 +9,22 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -46,6 +50,7 @@ const (
 	childConfigEnv     = "KRT_ROUTING_CHILD_CONFIG"
 	childKubeconfigEnv = "KRT_ROUTING_CHILD_KUBECONFIG"
 	childSocketEnv     = "KRT_ROUTING_CHILD_APISERVER_SOCKET"
+	childMetricsEnv    = "KRT_ROUTING_CHILD_METRICS_SOCKET"
 )
 
 func TestMain(m *testing.M) {
@@ -80,13 +85,22 @@ func runChild() error {
 		return err
 	}
 	factory := informers.NewSharedInformerFactory(cs, 0)
-	env := daemon.Env{Client: cs, Informers: factory, NodeName: os.Getenv(childNodeEnv), Registry: prometheus.NewRegistry()}
+	reg := prometheus.NewRegistry()
+	env := daemon.Env{Client: cs, Informers: factory, NodeName: os.Getenv(childNodeEnv), Registry: reg}
 	c, err := New(env, cfg.Routing)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The test scrapes the controller's registry over a Unix socket, which, unlike a
+	// TCP port, it reaches from outside the node's network namespace.
+	metricsListener, err := net.Listen("unix", os.Getenv(childMetricsEnv))
+	if err != nil {
+		return err
+	}
+	defer metricsListener.Close()
+	go func() { _ = http.Serve(metricsListener, promhttp.HandlerFor(reg, promhttp.HandlerOpts{})) }()
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 	return c.Run(ctx, daemon.NewHeartbeat("routing", nil))
@@ -148,8 +162,61 @@ func forwardAPIServer(t *testing.T, rc *rest.Config) apiForwarder {
 
 // nodeProcess is one node's routing controller running in the node's namespace.
 type nodeProcess struct {
-	cmd *exec.Cmd
-	log *bytes.Buffer
+	cmd     *exec.Cmd
+	log     *syncBuffer
+	metrics string // Unix socket of the controller's /metrics
+}
+
+// syncBuffer is a log buffer the child writes to while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// scrape returns the controller's metrics by "name{labels}", as the text format
+// writes them.
+func (p *nodeProcess) scrape(t *testing.T) map[string]float64 {
+	t.Helper()
+	client := http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", p.metrics)
+		},
+	}}
+	resp, err := client.Get("http://controller/metrics")
+	if err != nil {
+		return nil // not listening yet
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("metrics line %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	return out
 }
 
 func startController(t *testing.T, node *netns.Node, api apiForwarder, configTOML string) *nodeProcess {
@@ -162,10 +229,16 @@ func startController(t *testing.T, node *netns.Node, api apiForwarder, configTOM
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &nodeProcess{cmd: node.Command(context.Background(), self), log: &bytes.Buffer{}}
+	// Unix socket paths are limited to 108 bytes, too few for t.TempDir().
+	dir, err := os.MkdirTemp("", "krt-metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := &nodeProcess{cmd: node.Command(context.Background(), self), log: &syncBuffer{}, metrics: filepath.Join(dir, "metrics.sock")}
 	p.cmd.Env = append(os.Environ(),
 		childNodeEnv+"="+node.Name, childConfigEnv+"="+cfgPath,
-		childKubeconfigEnv+"="+api.kubeconfig, childSocketEnv+"="+api.socket)
+		childKubeconfigEnv+"="+api.kubeconfig, childSocketEnv+"="+api.socket, childMetricsEnv+"="+p.metrics)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("starting the routing controller of %s: %v", node.Name, err)
@@ -358,7 +431,8 @@ protocol static injected { ipv4; route %[2]s blackhole; route %[3]s blackhole; }
 template bgp nodes { local as 65000; hold time 9; ipv4 { import all; export where source = RTS_STATIC; }; }
 protocol bgp node1 from nodes { neighbor %[4]s as 64512; }
 protocol bgp node2 from nodes { neighbor %[5]s as 64512; }
-`, router.IPv4, injected, outside, n1.IPv4, n2.IPv4)
+protocol bgp node1v6 { local as 65000; hold time 9; neighbor %[6]s as 64512; ipv6 { import all; export none; }; }
+`, router.IPv4, injected, outside, n1.IPv4, n2.IPv4, n1.IPv6)
 	if err := os.WriteFile(conf, []byte(birdConf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +460,10 @@ communities = ["64512:100"]
 [[routing.peers]]
 address = "%s"
 asn = 65000
-`, router.IPv4)
+[[routing.peers]]
+address = "%s"
+asn = 65000
+`, router.IPv4, router.IPv6)
 	annotateNode(t, cs, n2.Name, map[string]string{AnnotationPeerIPs: router.IPv4.String(), AnnotationPeerASNs: "65000"})
 	startController(t, n1, api, cfgWithPeer)
 	startController(t, n2, api, meshConfig+"advertise_cluster_ips = true\n")
@@ -398,6 +475,10 @@ asn = 65000
 	waitFor(t, "BIRD to learn both pod CIDRs and the cluster IP", func() bool {
 		out := birdc("show", "route", "protocol", "node1") + birdc("show", "route", "protocol", "node2")
 		return strings.Contains(out, n1.PodCIDRv4.String()) && strings.Contains(out, n2.PodCIDRv4.String()) && strings.Contains(out, vip.String())
+	})
+	waitFor(t, "BIRD to learn the IPv6 pod CIDR over the IPv6 session, via the node's IPv6 address", func() bool {
+		out := birdc("show", "route", "protocol", "node1v6")
+		return strings.Contains(out, n1.PodCIDRv6.String()) && strings.Contains(out, "via "+n1.IPv6.String())
 	})
 	if out := birdc("show", "route", "all", n1.PodCIDRv4.String()); !strings.Contains(out, "(64512,100)") {
 		t.Errorf("the community is missing on %s at BIRD:\n%s", n1.PodCIDRv4, out)

@@ -30,7 +30,24 @@ const (
 
 const neighborSentinel = "255.255.255.255/32"
 
-var familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+var (
+	familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+// familyOf is the unicast address family of a's IP version.
+func familyOf(a netip.Addr) *api.Family {
+	if a.Is4() {
+		return familyIPv4
+	}
+	return familyIPv6
+}
+
+// v6Suffix names the IPv6 twin of a prefix set (and of the statement using it):
+// GoBGP prefix sets hold a single family.
+const v6Suffix = "-v6"
+
+func v6(set string) string { return set + v6Suffix }
 
 // SpeakerConfig starts a Speaker.
 type SpeakerConfig struct {
@@ -53,7 +70,7 @@ type PeerState struct {
 	State string `json:"state"`
 	// Flaps counts drops out of the established state since we started.
 	Flaps int `json:"flaps"`
-	// Received counts the IPv4 routes accepted from the peer.
+	// Received counts the routes accepted from the peer.
 	Received uint64 `json:"received"`
 }
 
@@ -113,13 +130,16 @@ func (s *Speaker) Stop() {
 }
 
 func (s *Speaker) installPolicies(ctx context.Context) error {
-	for _, ds := range []*api.DefinedSet{
+	sets := []*api.DefinedSet{
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers, List: []string{neighborSentinel}},
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers, List: []string{neighborSentinel}},
-		{DefinedType: api.DefinedType_PREFIX, Name: setToNodes},
-		{DefinedType: api.DefinedType_PREFIX, Name: setToExternal},
-		{DefinedType: api.DefinedType_PREFIX, Name: setProtected},
-	} {
+	}
+	for _, name := range []string{setToNodes, setToExternal, setProtected} {
+		sets = append(sets,
+			&api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name},
+			&api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: v6(name)})
+	}
+	for _, ds := range sets {
 		if err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: ds}); err != nil {
 			return fmt.Errorf("creating defined set %s: %w", ds.Name, err)
 		}
@@ -128,23 +148,26 @@ func (s *Speaker) installPolicies(ctx context.Context) error {
 	if len(s.cfg.Communities) > 0 {
 		toExternal.Community = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: s.cfg.Communities}
 	}
-	export := &api.Policy{Name: policyExport, Statements: []*api.Statement{
-		{
-			Name:       policyExport + "-nodes",
-			Conditions: &api.Conditions{NeighborSet: matchAny(setNodePeers), PrefixSet: matchAny(setToNodes)},
-			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
-		},
-		{
-			Name:       policyExport + "-external",
-			Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setToExternal)},
-			Actions:    toExternal,
-		},
-	}}
-	imp := &api.Policy{Name: policyImport, Statements: []*api.Statement{{
-		Name:       policyImport + "-protected",
-		Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setProtected)},
-		Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
-	}}}
+	export := &api.Policy{Name: policyExport}
+	imp := &api.Policy{Name: policyImport}
+	for _, suffix := range []string{"", v6Suffix} {
+		export.Statements = append(export.Statements,
+			&api.Statement{
+				Name:       policyExport + "-nodes" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setNodePeers), PrefixSet: matchAny(setToNodes + suffix)},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+			},
+			&api.Statement{
+				Name:       policyExport + "-external" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setToExternal + suffix)},
+				Actions:    toExternal,
+			})
+		imp.Statements = append(imp.Statements, &api.Statement{
+			Name:       policyImport + "-protected" + suffix,
+			Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setProtected + suffix)},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
+		})
+	}
 	for _, p := range []struct {
 		policy *api.Policy
 		dir    api.PolicyDirection
@@ -177,23 +200,29 @@ func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Pee
 	// never a BGP neighbor (the broadcast address) keeps an empty class empty.
 	nodes, external := []string{neighborSentinel}, []string{neighborSentinel}
 	for _, p := range peers {
+		host := netip.PrefixFrom(p.Address, p.Address.BitLen()).String()
 		if p.External() {
-			external = append(external, p.Address.String()+"/32")
+			external = append(external, host)
 		} else {
-			nodes = append(nodes, p.Address.String()+"/32")
+			nodes = append(nodes, host)
 		}
 	}
-	exact := func(ps []netip.Prefix) []string {
-		out := make([]string, 0, len(ps))
+	// exact and within render the prefixes of one family as prefix set entries.
+	exact := func(ps []netip.Prefix, is4 bool) []string {
+		var out []string
 		for _, p := range ps {
-			out = append(out, fmt.Sprintf("%s %d..%d", p, p.Bits(), p.Bits()))
+			if p.Addr().Is4() == is4 {
+				out = append(out, fmt.Sprintf("%s %d..%d", p, p.Bits(), p.Bits()))
+			}
 		}
 		return out
 	}
-	within := func(ps []netip.Prefix) []string {
-		out := make([]string, 0, len(ps))
+	within := func(ps []netip.Prefix, is4 bool) []string {
+		var out []string
 		for _, p := range ps {
-			out = append(out, fmt.Sprintf("%s %d..32", p, p.Bits()))
+			if p.Addr().Is4() == is4 {
+				out = append(out, fmt.Sprintf("%s %d..%d", p, p.Bits(), p.Addr().BitLen()))
+			}
 		}
 		return out
 	}
@@ -207,9 +236,12 @@ func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Pee
 		// set never meets an unclassified peer.
 		{setNodePeers, api.DefinedType_NEIGHBOR, nodes},
 		{setExternalPeers, api.DefinedType_NEIGHBOR, external},
-		{setProtected, api.DefinedType_PREFIX, within(adv.Protected)},
-		{setToNodes, api.DefinedType_PREFIX, exact(adv.ToNodes)},
-		{setToExternal, api.DefinedType_PREFIX, exact(adv.ToExternal)},
+		{setProtected, api.DefinedType_PREFIX, within(adv.Protected, true)},
+		{v6(setProtected), api.DefinedType_PREFIX, within(adv.Protected, false)},
+		{setToNodes, api.DefinedType_PREFIX, exact(adv.ToNodes, true)},
+		{v6(setToNodes), api.DefinedType_PREFIX, exact(adv.ToNodes, false)},
+		{setToExternal, api.DefinedType_PREFIX, exact(adv.ToExternal, true)},
+		{v6(setToExternal), api.DefinedType_PREFIX, exact(adv.ToExternal, false)},
 	} {
 		c, err := s.updateSet(ctx, u.name, u.typ, u.entries)
 		if err != nil {
@@ -228,7 +260,7 @@ func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Pee
 }
 
 // updateSet makes a defined set hold exactly entries ("a.b.c.d/n min..max" for prefix
-// sets, "a.b.c.d/32" for neighbor sets) and reports whether it changed.
+// sets, "a.b.c.d/32" or "a:b::c/128" for neighbor sets) and reports whether it changed.
 func (s *Speaker) updateSet(ctx context.Context, name string, typ api.DefinedType, entries []string) (bool, error) {
 	entries = slices.Compact(slices.Sorted(slices.Values(entries)))
 	old := s.sets[name]
@@ -308,17 +340,26 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 	return errors.Join(errs...)
 }
 
+// apiPeer is the GoBGP form of p. A session carries the unicast family of the
+// peer's address only.
 func (s *Speaker) apiPeer(p Peer) *api.Peer {
 	hold := uint64(p.HoldTime / time.Second)
+	family := familyOf(p.Address)
+	afiSafi := &api.AfiSafi{
+		Config:            &api.AfiSafiConfig{Family: family, Enabled: true},
+		MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: s.cfg.GracefulRestart}},
+	}
+	if p.MaxPrefixes > 0 {
+		// GoBGP sends a Cease (maximum number of prefixes reached) and drops the
+		// session once the peer's accepted and rejected prefixes exceed the limit.
+		afiSafi.PrefixLimits = &api.PrefixLimit{Family: family, MaxPrefixes: p.MaxPrefixes}
+	}
 	ap := &api.Peer{
 		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.ASN, AuthPassword: p.Password, Description: p.Node},
 		// A short connect retry brings sessions up soon after a node or router appears.
 		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: hold, KeepaliveInterval: hold / 3, ConnectRetry: 5}},
-		Transport: &api.Transport{RemotePort: uint32(p.Port)},
-		AfiSafis: []*api.AfiSafi{{
-			Config:            &api.AfiSafiConfig{Family: familyIPv4, Enabled: true},
-			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: s.cfg.GracefulRestart}},
-		}},
+		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},
+		AfiSafis:  []*api.AfiSafi{afiSafi},
 	}
 	if p.LocalAddress.IsValid() {
 		ap.Transport.LocalAddress = p.LocalAddress.String()
@@ -346,7 +387,7 @@ func (s *Speaker) SetPaths(ctx context.Context, prefixes []netip.Prefix) error {
 		if want[p] {
 			continue
 		}
-		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: familyIPv4, Path: localPath(p)}); err != nil {
+		if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: familyOf(p.Addr()), Path: localPath(p)}); err != nil {
 			errs = append(errs, fmt.Errorf("withdrawing %s: %w", p, err))
 			continue
 		}
@@ -365,31 +406,41 @@ func (s *Speaker) SetPaths(ctx context.Context, prefixes []netip.Prefix) error {
 	return errors.Join(errs...)
 }
 
+// localPath is a route we originate. The unspecified next hop makes GoBGP send our
+// address on each session; IPv6 carries it in MP_REACH_NLRI.
 func localPath(p netip.Prefix) *api.Path {
+	family := familyOf(p.Addr())
 	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: p.Addr().String(), PrefixLen: uint32(p.Bits())})
 	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
-	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: "0.0.0.0"})
-	return &api.Path{Family: familyIPv4, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
+	var nh *anypb.Any
+	if p.Addr().Is4() {
+		nh, _ = anypb.New(&api.NextHopAttribute{NextHop: "0.0.0.0"})
+	} else {
+		nh, _ = anypb.New(&api.MpReachNLRIAttribute{Family: family, NextHops: []string{"::"}, Nlris: []*anypb.Any{nlri}})
+	}
+	return &api.Path{Family: family, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
 }
 
-// Learned lists the best paths that came from peers.
+// Learned lists the best paths of both families that came from peers.
 func (s *Speaker) Learned(ctx context.Context) ([]LearnedRoute, error) {
 	var out []LearnedRoute
-	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4}, func(d *api.Destination) {
-		for _, p := range d.Paths {
-			if !p.Best || p.IsWithdraw {
-				continue
+	for _, family := range []*api.Family{familyIPv4, familyIPv6} {
+		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family}, func(d *api.Destination) {
+			for _, p := range d.Paths {
+				if !p.Best || p.IsWithdraw {
+					continue
+				}
+				if _, err := netip.ParseAddr(p.NeighborIp); err != nil {
+					continue // originated by us
+				}
+				if r, ok := learnedRoute(p); ok {
+					out = append(out, r)
+				}
 			}
-			if _, err := netip.ParseAddr(p.NeighborIp); err != nil {
-				continue // originated by us
-			}
-			if r, ok := learnedRoute(p); ok {
-				out = append(out, r)
-			}
+		})
+		if err != nil {
+			return nil, fmt.Errorf("listing BGP paths: %w", err)
 		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("listing BGP paths: %w", err)
 	}
 	return out, nil
 }
@@ -462,7 +513,7 @@ func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
 		}
 		ps := PeerState{State: st.SessionState.String()}
 		for _, af := range p.AfiSafis {
-			if as := af.GetState(); as != nil && proto.Equal(as.Family, familyIPv4) {
+			if as := af.GetState(); as != nil && (proto.Equal(as.Family, familyIPv4) || proto.Equal(as.Family, familyIPv6)) {
 				ps.Received += as.Accepted
 			}
 		}
@@ -478,11 +529,15 @@ func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
 }
 
 // gobgpLogger sends GoBGP's logs to slog; its info level is chatty, so it logs at debug.
+// GoBGP names the neighbour of a session "Key"; it is logged as "peer", like ours.
 type gobgpLogger struct{ log *slog.Logger }
 
 func (l *gobgpLogger) attrs(f bgplog.Fields) []any {
 	out := make([]any, 0, 2*len(f))
 	for k, v := range f {
+		if k == "Key" {
+			k = "peer"
+		}
 		out = append(out, k, v)
 	}
 	return out

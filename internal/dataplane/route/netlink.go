@@ -19,9 +19,13 @@ var _ Interface = Netlink{}
 // Routes implements Interface.
 func (Netlink) Routes() ([]Route, error) {
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: Protocol}
-	nrs, err := netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return nil, fmt.Errorf("listing routes of protocol %d: %w", Protocol, err)
+	var nrs []netlink.Route
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		found, err := netlink.RouteListFiltered(family, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if err != nil {
+			return nil, fmt.Errorf("listing routes of protocol %d: %w", Protocol, err)
+		}
+		nrs = append(nrs, found...)
 	}
 	names := map[int]string{}
 	out := make([]Route, 0, len(nrs))
@@ -153,14 +157,14 @@ func (Netlink) DeleteTunnel(name string) error {
 
 // LocalPrefixes implements Interface.
 func (Netlink) LocalPrefixes() ([]netip.Prefix, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses: %w", err)
 	}
 	var out []netip.Prefix
 	for _, a := range addrs {
-		if a.Scope == int(netlink.SCOPE_HOST) {
-			continue
+		if a.Scope != int(netlink.SCOPE_UNIVERSE) {
+			continue // loopback and IPv6 link-local networks are no node subnets
 		}
 		if p, ok := prefixOf(a.IPNet); ok {
 			out = append(out, p.Masked())

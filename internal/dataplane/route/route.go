@@ -1,5 +1,5 @@
-// Package route is the routing controller's view of the kernel: routes to other nodes'
-// pod CIDRs and IPIP tunnels to other nodes. Everything it lists, changes or deletes
+// Package route is the routing controller's view of the kernel: IPv4 and IPv6 routes
+// to other nodes' pod CIDRs and IPIP tunnels to other nodes. Everything it lists, changes or deletes
 // carries our mark (route protocol Protocol, tunnel alias prefix TunnelAliasPrefix), so
 // routes and links that other software created are never touched.
 package route
@@ -65,7 +65,7 @@ func TunnelName(remote netip.Addr) string {
 
 // Interface is what the routing controller needs from the kernel.
 type Interface interface {
-	// Routes lists the IPv4 routes in the main table that carry our protocol id.
+	// Routes lists the IPv4 and IPv6 routes in the main table that carry our protocol id.
 	Routes() ([]Route, error)
 	// ReplaceRoute adds r or replaces the route to r.Dst, marking it as ours.
 	ReplaceRoute(r Route) error
@@ -78,8 +78,9 @@ type Interface interface {
 	EnsureTunnel(t Tunnel) error
 	// DeleteTunnel removes one of our tunnels by name.
 	DeleteTunnel(name string) error
-	// LocalPrefixes lists the IPv4 networks of this host's addresses (10.0.0.5/24 gives
-	// 10.0.0.0/24); a peer inside one of them is directly reachable.
+	// LocalPrefixes lists the networks of this host's global addresses of both
+	// families (10.0.0.5/24 gives 10.0.0.0/24); a peer inside one of them is directly
+	// reachable.
 	LocalPrefixes() ([]netip.Prefix, error)
 }
 
