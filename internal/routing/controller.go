@@ -45,6 +45,8 @@ type Controller struct {
 	downSince   map[string]time.Time
 	silentCheck *time.Timer
 	drift       driftDetector
+	// unreachable holds the routes last refused for an off-link next hop, to warn once.
+	unreachable map[netip.Prefix]route.Route
 	// listenAddress overrides the wildcard addresses of the families the node has.
 	listenAddress []string
 
@@ -204,8 +206,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	installed, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
-	c.drift.remember(routes, tunnels, kernelErr == nil)
+	installed, unreachable, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
+	c.reportUnreachable(unreachable, nodes)
+	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
 	if drifted > 0 {
 		c.log.Warn("repaired routes or tunnels changed by someone else", "drifted", drifted)
 		c.metrics.driftRepairs.Add(float64(drifted))
@@ -483,4 +486,35 @@ func (m *metrics) update(states map[string]PeerState, originated, installed int)
 	m.advertised.Set(float64(originated))
 	m.received.Set(float64(received))
 	m.installed.Set(float64(installed))
+}
+
+// reportUnreachable warns once about each route the kernel refused because its next
+// hop is on no connected network (a node in another subnet with overlay = "never", or
+// an IPv6 node in another subnet, which has no tunnel), naming the node behind it.
+func (c *Controller) reportUnreachable(routes []route.Route, nodes []NodeInfo) {
+	now := make(map[netip.Prefix]route.Route, len(routes))
+	for _, r := range routes {
+		now[r.Dst] = r
+		if c.unreachable[r.Dst] == r {
+			continue
+		}
+		node := ""
+		for _, n := range nodes {
+			if n.Address == r.Gateway || n.AddressV6 == r.Gateway {
+				node = n.Name
+			}
+		}
+		c.log.Warn("route not installed: its next hop is on no network this node is attached to; "+
+			"use overlay = \"cross-subnet\" or \"always\" for nodes in other subnets (IPv4 only)",
+			"route", r.String(), "node", node, "overlay", c.cfg.Overlay)
+	}
+	c.unreachable = now
+}
+
+// withoutRoutes returns routes minus those in drop.
+func withoutRoutes(routes, drop []route.Route) []route.Route {
+	if len(drop) == 0 {
+		return routes
+	}
+	return slices.DeleteFunc(slices.Clone(routes), func(r route.Route) bool { return slices.Contains(drop, r) })
 }

@@ -24,7 +24,7 @@ func TestDriftDetectorCountsOnlyWhatSomeoneElseChanged(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = reconcileKernel(k, routes, tunnels, never, log)
+		_, _, err = reconcileKernel(k, routes, tunnels, never, log)
 		d.remember(routes, tunnels, err == nil)
 		if err != nil {
 			t.Fatal(err)

@@ -11,12 +11,14 @@ import (
 // reconcileKernel makes our routes and tunnels in the kernel equal to the desired
 // ones, touching only what differs. keep spares an undesired route (and its tunnel)
 // for now: after a restart, routes to nodes we have not heard from yet stay until
-// their session is up. One failing route or tunnel does not stop the others.
-func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tunnel, keep func(route.Route) bool, log *slog.Logger) (installed int, err error) {
+// their session is up. One failing route or tunnel does not stop the others. Routes
+// whose next hop is off every connected network are returned as unreachable, not as
+// errors: no retry can install them.
+func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tunnel, keep func(route.Route) bool, log *slog.Logger) (installed int, unreachable []route.Route, err error) {
 	var errs []error
 	haveTunnels, err := k.Tunnels()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	current := map[string]route.Tunnel{}
 	for _, t := range haveTunnels {
@@ -38,7 +40,7 @@ func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tu
 
 	haveRoutes, err := k.Routes()
 	if err != nil {
-		return 0, errors.Join(append(errs, err)...)
+		return 0, nil, errors.Join(append(errs, err)...)
 	}
 	byDst := map[string]route.Route{}
 	for _, r := range haveRoutes {
@@ -54,7 +56,10 @@ func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tu
 			installed++
 			continue
 		}
-		if err := k.ReplaceRoute(r); err != nil {
+		if err := k.ReplaceRoute(r); errors.Is(err, route.ErrNextHopUnreachable) {
+			unreachable = append(unreachable, r)
+			continue
+		} else if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -86,7 +91,7 @@ func reconcileKernel(k route.Interface, routes []route.Route, tunnels []route.Tu
 		}
 		log.Info("removed tunnel", "tunnel", t.Name, "remote", t.Remote)
 	}
-	return installed, errors.Join(errs...)
+	return installed, unreachable, errors.Join(errs...)
 }
 
 // driftDetector remembers what the last fully successful reconcile left in the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -104,7 +105,9 @@ func isTunnelRoute(line string) bool {
 // binary: two in subnet A, one in subnet B behind a router that knows no pod CIDR.
 // With overlay "cross-subnet" the nodes of A route each other's pods directly and
 // tunnel (IPIP) to the node in B, and every pod reaches every other pod; with overlay
-// "always" every pod route is a tunnel and traffic still flows.
+// "always" every pod route is a tunnel and traffic still flows; with "never" the
+// subnets cannot reach each other's pods, which each daemon reports while still
+// serving the routes it can install.
 func TestCrossSubnetOverlayTunnelsOnlyBetweenSubnets(t *testing.T) {
 	testenv.RequireVM(t)
 	bin := daemonBinary(t)
@@ -233,6 +236,33 @@ overlay = %q
 	for _, n := range nodes {
 		t.Logf("%s tunnels: %s", n.Name, strings.Join(tunnelNames(t, n), " "))
 	}
+
+	// overlay "never": the nodes in A cannot route to B's pods (the next hop is on no
+	// connected network). Each daemon still becomes READY, warns once naming the node
+	// it cannot reach, keeps no tunnel, and pods within subnet A still talk directly.
+	for _, d := range daemons {
+		d.stop()
+		d.reconfigure(config("never"))
+	}
+	start = time.Now()
+	startAll()
+	t.Logf("three daemons READY with overlay never after %s", time.Since(start).Round(time.Millisecond))
+	testenv.Eventually(t, "direct routes within subnet A and no tunnels", 3*time.Minute, func() bool {
+		r1, r2 := routeTo(t, a1, a2.PodCIDRv4), routeTo(t, a2, a1.PodCIDRv4)
+		return strings.Contains(r1, "via "+a2.IPv4.String()) && strings.Contains(r2, "via "+a1.IPv4.String()) &&
+			len(tunnelNames(t, a1)) == 0 && len(tunnelNames(t, a2)) == 0 && len(tunnelNames(t, b1)) == 0
+	})
+	for _, pair := range [][2]*netns.Node{{a1, b1}, {a2, b1}, {b1, a1}, {b1, a2}} {
+		if r := routeTo(t, pair[0], pair[1].PodCIDRv4); r != "" {
+			t.Errorf("overlay never: %s has a route to %s's pods across subnets: %q", pair[0].Name, pair[1].Name, r)
+		}
+	}
+	testenv.Eventually(t, "a warning naming the unreachable node on a1", time.Minute, func() bool {
+		b, err := os.ReadFile(daemons[0].log.Name())
+		return err == nil && strings.Contains(string(b), "route not installed") && strings.Contains(string(b), b1.Name)
+	})
+	probeTarget(t, pods[0].NS, netip.AddrPortFrom(pods[1].IPv4, 8080))
+	probeTarget(t, pods[1].NS, netip.AddrPortFrom(pods[0].IPv4, 8080))
 }
 
 // tunnelNames lists the node's IPIP tunnels of ours with their remote ends.

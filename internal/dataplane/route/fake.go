@@ -3,6 +3,7 @@ package route
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 )
 
@@ -45,6 +46,9 @@ func (f *Fake) ReplaceRoute(r Route) error {
 		if _, ok := f.tunnels[r.Device]; !ok {
 			return fmt.Errorf("replacing route %s: no device %s", r, r.Device)
 		}
+	}
+	if r.Gateway.IsValid() && len(f.prefixes) > 0 && !slices.ContainsFunc(f.prefixes, func(p netip.Prefix) bool { return p.Contains(r.Gateway) }) {
+		return fmt.Errorf("replacing route %s: %w", r, ErrNextHopUnreachable)
 	}
 	f.routes[r.Dst] = r
 	return nil

@@ -69,6 +69,10 @@ func (Netlink) ReplaceRoute(r Route) error {
 		nr.Gw = r.Gateway.AsSlice()
 	}
 	if err := netlink.RouteReplace(nr); err != nil {
+		// The kernel says ENETUNREACH (IPv4) or EHOSTUNREACH (IPv6) for such a gateway.
+		if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
+			return fmt.Errorf("replacing route %s: %w (%w)", r, ErrNextHopUnreachable, err)
+		}
 		return fmt.Errorf("replacing route %s: %w", r, err)
 	}
 	return nil

@@ -3,6 +3,7 @@
 package route
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"strings"
@@ -125,5 +126,31 @@ func TestNetlinkHandlesIPv6RoutesNextToIPv4(t *testing.T) {
 	}
 	if strings.Contains(out, "fd00:244:2::/64") {
 		t.Errorf("our IPv6 route is still there:\n%s", out)
+	}
+}
+
+// The kernel refuses a gateway on no connected network; ReplaceRoute says so with
+// ErrNextHopUnreachable, for both families.
+func TestNetlinkReportsAnOffLinkNextHop(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := netns.NewNS(t, "node", "route-offlink")
+	ns.Run(t, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	ns.Run(t, "ip", "link", "set", "eth0", "up")
+	ns.Run(t, "ip", "link", "set", "eth1", "up")
+	ns.Run(t, "ip", "addr", "add", "10.0.0.1/24", "dev", "eth0")
+	ns.Run(t, "ip", "addr", "add", "fd00::1/64", "dev", "eth0", "nodad")
+	err := ns.Do(func() error {
+		for _, r := range []Route{
+			{Dst: netip.MustParsePrefix("10.244.3.0/24"), Gateway: netip.MustParseAddr("10.0.1.3")},
+			{Dst: netip.MustParsePrefix("fd00:244:3::/64"), Gateway: netip.MustParseAddr("fd01::3")},
+		} {
+			if err := (Netlink{}).ReplaceRoute(r); !errors.Is(err, ErrNextHopUnreachable) {
+				t.Errorf("ReplaceRoute(%v) = %v; want ErrNextHopUnreachable", r, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,11 +6,17 @@ package route
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 )
+
+// ErrNextHopUnreachable is returned for a route whose gateway is not on a network this
+// host is attached to: the kernel refuses it, and retrying cannot help until the
+// topology or the overlay setting changes.
+var ErrNextHopUnreachable = errors.New("next hop is not on a connected network")
 
 // Protocol is the rtnetlink route protocol id that marks kube-routerd's routes
 // (`ip route show proto 144`). It is outside the ids iproute2 names in rt_protos, so
