@@ -39,6 +39,11 @@ type Controller struct {
 	dirtyPods     map[string]bool
 	dirtyPolicies map[string]bool
 	dirtyNS       bool
+	// started is set when the first sync takes the dirty marks. Events before it are
+	// covered by that sync (always full) and neither mark anything nor ask for a sync.
+	started bool
+	// handlers are the informer handler registrations Run waits for.
+	handlers []cache.ResourceEventHandlerRegistration
 
 	// Owned by the sync loop.
 	idx *Index
@@ -128,14 +133,19 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 	nsInf := env.Informers.Core().V1().Namespaces()
 	polInf := env.Informers.Networking().V1().NetworkPolicies()
 	c.pods, c.namespaces, c.policies = podInf.Lister(), nsInf.Lister(), polInf.Lister()
-	if _, err := podInf.Informer().AddEventHandler(c.handler(func(key string) { c.dirtyPods[key] = true })); err != nil {
-		return nil, err
-	}
-	if _, err := polInf.Informer().AddEventHandler(c.handler(func(key string) { c.dirtyPolicies[key] = true })); err != nil {
-		return nil, err
-	}
-	if _, err := nsInf.Informer().AddEventHandler(c.handler(func(string) { c.dirtyNS = true })); err != nil {
-		return nil, err
+	for _, h := range []struct {
+		inf  cache.SharedIndexInformer
+		mark func(key string)
+	}{
+		{podInf.Informer(), func(key string) { c.dirtyPods[key] = true }},
+		{polInf.Informer(), func(key string) { c.dirtyPolicies[key] = true }},
+		{nsInf.Informer(), func(string) { c.dirtyNS = true }},
+	} {
+		reg, err := h.inf.AddEventHandler(c.handler(h.mark))
+		if err != nil {
+			return nil, err
+		}
+		c.handlers = append(c.handlers, reg)
 	}
 	return c, nil
 }
@@ -148,9 +158,14 @@ func (c *Controller) handler(mark func(key string)) cache.ResourceEventHandler {
 			return
 		}
 		c.mu.Lock()
-		mark(key)
+		started := c.started
+		if started {
+			mark(key)
+		}
 		c.mu.Unlock()
-		c.runner.Request()
+		if started {
+			c.runner.Request()
+		}
 	}
 	return cache.ResourceEventHandlerFuncs{
 		AddFunc:    on,
@@ -164,6 +179,16 @@ func (c *Controller) Name() string { return "netpol" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	// Synced caches do not mean delivered events: let the handlers finish the initial
+	// adds (dropped, see started) before the first full sync, which covers them, rather
+	// than mark every pod dirty after it and make the next sync recompile everything.
+	checks := make([]cache.DoneChecker, len(c.handlers))
+	for i, h := range c.handlers {
+		checks[i] = h.HasSyncedChecker()
+	}
+	if !cache.WaitFor(ctx, "", checks...) {
+		return nil
+	}
 	c.runner.Run(ctx, hb)
 	return nil
 }
@@ -181,6 +206,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	c.mu.Lock()
 	dirtyPods, dirtyPolicies, dirtyNS := c.dirtyPods, c.dirtyPolicies, c.dirtyNS
 	c.dirtyPods, c.dirtyPolicies, c.dirtyNS = map[string]bool{}, map[string]bool{}, false
+	c.started = true
 	c.mu.Unlock()
 
 	compileStart := time.Now()

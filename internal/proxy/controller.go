@@ -56,10 +56,18 @@ type Controller struct {
 	mu        sync.Mutex
 	dirty     map[types.NamespacedName]bool
 	nodeAddrs []netip.Addr
+	// started is set when the first sync takes the dirty set. Events before it are
+	// covered by that sync (always full) and neither mark anything nor ask for a sync.
+	started bool
+
+	// handlers are the informer handler registrations Run waits for.
+	handlers []cache.ResourceEventHandlerRegistration
 
 	// Owned by the sync loop.
 	desired  *desiredState
 	fullDone bool
+	// recomputed is how many Services the last sync recomputed.
+	recomputed int
 	// drainPollPending is set while a drain re-check is scheduled.
 	drainPollPending atomic.Bool
 
@@ -162,17 +170,26 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		return nil, fmt.Errorf("indexing EndpointSlices by service: %w", err)
 	}
 	c.slices = sliceInformer.GetIndexer()
-	if _, err := svcInformer.AddEventHandler(c.handler(serviceName)); err != nil {
-		return nil, err
-	}
-	if _, err := sliceInformer.AddEventHandler(c.handler(sliceServiceName)); err != nil {
-		return nil, err
-	}
-	if _, err := nodeInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.runner.RequestFull() },
-		UpdateFunc: func(_, obj any) { c.nodeUpdated(obj) },
-	}); err != nil {
-		return nil, err
+	for _, r := range []struct {
+		inf     cache.SharedIndexInformer
+		handler cache.ResourceEventHandler
+	}{
+		{svcInformer, c.handler(serviceName)},
+		{sliceInformer, c.handler(sliceServiceName)},
+		{nodeInformer, cache.ResourceEventHandlerFuncs{
+			AddFunc: func(any) {
+				if c.isStarted() {
+					c.runner.RequestFull()
+				}
+			},
+			UpdateFunc: func(_, obj any) { c.nodeUpdated(obj) },
+		}},
+	} {
+		reg, err := r.inf.AddEventHandler(r.handler)
+		if err != nil {
+			return nil, err
+		}
+		c.handlers = append(c.handlers, reg)
 	}
 	return c, nil
 }
@@ -190,6 +207,17 @@ func (c *Controller) Name() string { return "proxy" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	// Synced caches do not mean delivered events: the handlers may still be working
+	// through the initial adds. Let them finish (they are dropped, see started) before
+	// the first full sync, which covers them, rather than mark every Service dirty
+	// after it and make the next partial sync recompute them all.
+	checks := make([]cache.DoneChecker, len(c.handlers))
+	for i, h := range c.handlers {
+		checks[i] = h.HasSyncedChecker()
+	}
+	if !cache.WaitFor(ctx, "", checks...) {
+		return nil
+	}
 	c.runner.Run(ctx, hb)
 	return nil
 }
@@ -234,6 +262,10 @@ func sliceServiceIndex(obj any) ([]string, error) {
 func (c *Controller) handler(nameOf func(any) (types.NamespacedName, bool)) cache.ResourceEventHandler {
 	mark := func(objs ...any) {
 		c.mu.Lock()
+		if !c.started {
+			c.mu.Unlock()
+			return
+		}
 		for _, o := range objs {
 			if n, ok := nameOf(o); ok {
 				c.dirty[n] = true
@@ -256,11 +288,18 @@ func (c *Controller) nodeUpdated(obj any) {
 	}
 	addrs := nodePortAddrs(n, c.cfg.NodePortAddresses)
 	c.mu.Lock()
-	changed := !slices.Equal(addrs, c.nodeAddrs)
+	changed := c.started && !slices.Equal(addrs, c.nodeAddrs)
 	c.mu.Unlock()
 	if changed {
 		c.runner.RequestFull()
 	}
+}
+
+// isStarted reports whether the first sync has begun; earlier events are covered by it.
+func (c *Controller) isStarted() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.started
 }
 
 // nodePortAddrs returns the node's InternalIP and ExternalIP addresses inside the
@@ -292,9 +331,13 @@ func nodePortAddrs(n *corev1.Node, cidrs []config.Prefix) []netip.Addr {
 // full) and apply what changed.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	full = full || !c.fullDone
+	// Taking the dirty set before reading any lister loses nothing: an event after this
+	// point marks its Service again for the next sync, and one before it is in the
+	// listers already (informers update their store before they notify).
 	c.mu.Lock()
 	dirty := c.dirty
 	c.dirty = map[types.NamespacedName]bool{}
+	c.started = true
 	c.mu.Unlock()
 
 	node := Node{Name: c.nodeName}
@@ -336,6 +379,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	for _, name := range names {
 		changed = append(changed, c.desired.setService(name, c.compute(name, node, opts))...)
 	}
+	c.recomputed = len(names)
 
 	var err error
 	if full {
@@ -354,7 +398,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		return summary, fmt.Errorf("programming IPVS: %w", err)
 	}
 	if w := c.writes(); w > 0 {
-		slog.Debug("proxy sync applied changes", "full", full, "writes", w, "servicesRecomputed", len(names))
+		slog.Debug("proxy sync applied changes", "full", full, "writes", w, "servicesRecomputed", c.recomputed)
 	}
 	return summary, ctx.Err()
 }
