@@ -242,7 +242,6 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		byKey[p.Namespace+"/"+p.Name] = p
 	}
 
-	summary := ""
 	details := Details{Problems: map[string][]string{}, LastApply: map[int]applyStats{}}
 	for _, fs := range c.families {
 		for key := range fs.compiled {
@@ -292,10 +291,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		details.Rules += desired.Rules
 		details.Sets += len(desired.Sets)
 		details.Entries += desired.SetEntriesCount()
-		if fs.opts.Family == 4 {
-			summary = fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", len(list), desired.Pods, desired.Rules, len(desired.Sets))
-		}
 	}
+	// The same totals as the details, over both families.
+	summary := fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", details.Policies, details.Pods, details.Rules, details.Sets)
 	c.lastCompile, c.lastApply = time.Since(compileStart)-applyTime, applyTime
 	c.metrics.phaseDuration.WithLabelValues("compile").Observe(c.lastCompile.Seconds())
 	c.metrics.phaseDuration.WithLabelValues("apply").Observe(c.lastApply.Seconds())
