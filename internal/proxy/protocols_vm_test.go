@@ -4,10 +4,8 @@ package proxy
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -86,98 +84,6 @@ func (s apiService) create(t *testing.T, cs kubernetes.Interface, namespace stri
 	return svc
 }
 
-// serveSCTP starts an SCTP probe server on port of every address of ns, answering like
-// netns servers ("<label> <client address>"). Go's net package has no SCTP, but a
-// one-to-one SCTP socket reads and writes like a TCP one, so net.FileListener serves it.
-func serveSCTP(t *testing.T, ns *netns.NS, port int) {
-	t.Helper()
-	var fd int
-	err := ns.Do(func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-		if err != nil {
-			return err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		if err := unix.Listen(fd, 16); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		testenv.Unavailable(t, "SCTP server in %s (is the sctp module loaded?): %v", ns.Label, err)
-	}
-	f := os.NewFile(uintptr(fd), "sctp-listener")
-	ln, err := net.FileListener(f)
-	f.Close()
-	if err != nil {
-		t.Fatalf("SCTP listener in %s: %v", ns.Label, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
-				buf := make([]byte, 512)
-				if _, err := conn.Read(buf); err != nil {
-					return
-				}
-				fmt.Fprintf(conn, "%s %s\n", ns.Label, conn.RemoteAddr())
-			}()
-		}
-	}()
-}
-
-// probeSCTP opens an SCTP association from ns to target, sends a probe and returns the
-// server's reply.
-func probeSCTP(ns *netns.NS, target netip.AddrPort) (netns.Reply, error) {
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()})
-	if target.Addr().Is6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
-	}
-	var fd int
-	if err := ns.Do(func() (err error) {
-		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
-		return err
-	}); err != nil {
-		return netns.Reply{}, fmt.Errorf("SCTP socket in %s: %w", ns.Label, err)
-	}
-	defer unix.Close(fd)
-	// Bounds connect, send and receive: an unanswered probe fails instead of hanging.
-	timeout := unix.NsecToTimeval(netns.DefaultProbeTimeout.Nanoseconds())
-	for _, opt := range []int{unix.SO_SNDTIMEO, unix.SO_RCVTIMEO} {
-		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, opt, &timeout); err != nil {
-			return netns.Reply{}, err
-		}
-	}
-	if err := unix.Connect(fd, sa); err != nil {
-		return netns.Reply{}, fmt.Errorf("SCTP probe from %s to %s: connect: %w", ns.Label, target, err)
-	}
-	if _, err := unix.Write(fd, []byte("probe\n")); err != nil {
-		return netns.Reply{}, fmt.Errorf("SCTP probe from %s to %s: send: %w", ns.Label, target, err)
-	}
-	buf := make([]byte, 512)
-	n, err := unix.Read(fd, buf)
-	if err != nil {
-		return netns.Reply{}, fmt.Errorf("SCTP probe from %s to %s: no reply: %w", ns.Label, target, err)
-	}
-	server, client, ok := strings.Cut(strings.TrimSpace(string(buf[:n])), " ")
-	ap, perr := netip.ParseAddrPort(client)
-	if !ok || perr != nil {
-		return netns.Reply{}, fmt.Errorf("malformed SCTP reply %q", buf[:n])
-	}
-	return netns.Reply{Server: server, Client: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}, nil
-}
-
 // conntrackOf opens a conntrack netlink handle in ns. (NS.Netlink speaks only rtnetlink;
 // asked for conntrack it would read the caller's namespace.)
 func conntrackOf(t *testing.T, ns *netns.NS) *netlink.Handle {
@@ -245,7 +151,7 @@ func TestServiceProxyIPv6UDPAndSCTP(t *testing.T) {
 	for _, p := range []*netns.Pod{pod1, pod2} {
 		p.Serve(t, netns.TCP, 8080)
 		p.Serve(t, netns.UDP, 5353)
-		serveSCTP(t, p.NS, 9000)
+		p.Serve(t, netns.SCTP, 9000)
 	}
 
 	dp := kernelDataplane(t, node.NS)
@@ -313,7 +219,7 @@ func TestServiceProxyIPv6UDPAndSCTP(t *testing.T) {
 
 	t.Run("SCTP ClusterIP balances associations round robin", func(t *testing.T) {
 		target := netip.AddrPortFrom(keys["sig"].Addr, 3868)
-		seen := countReplies(t, 4, client.IPv4, func() (netns.Reply, error) { return probeSCTP(client.NS, target) })
+		seen := countReplies(t, 4, client.IPv4, func() (netns.Reply, error) { return client.Probe(t.Context(), netns.SCTP, target) })
 		if seen[pod1.Name] != 2 || seen[pod2.Name] != 2 {
 			t.Errorf("replies per backend = %v, want 2 each", seen)
 		}

@@ -8,10 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Proto is a transport protocol a probe can use.
@@ -19,8 +22,9 @@ type Proto string
 
 // The protocols Serve and Probe speak.
 const (
-	TCP Proto = "tcp"
-	UDP Proto = "udp"
+	TCP  Proto = "tcp"
+	UDP  Proto = "udp"
+	SCTP Proto = "sctp" // needs the sctp kernel module: the VM has it, the host does not
 )
 
 // DefaultProbeTimeout bounds a probe whose context has no deadline. A probe that must
@@ -88,6 +92,12 @@ func (ns *NS) Serve(t testing.TB, proto Proto, port int) *Server {
 			if pc, err = net.ListenPacket("udp", ":"+strconv.Itoa(port)); err == nil {
 				got, stop = pc.LocalAddr().(*net.UDPAddr).Port, pc.Close
 				go serveDatagrams(pc, ns.Label)
+			}
+		case SCTP:
+			var ln net.Listener
+			if ln, err = listenSCTP(port); err == nil {
+				got, stop = ln.Addr().(*net.TCPAddr).Port, ln.Close
+				go serveStream(ln, ns.Label)
 			}
 		default:
 			err = fmt.Errorf("unknown protocol %q", proto)
@@ -168,6 +178,12 @@ func (ns *NS) Probe(ctx context.Context, proto Proto, target netip.AddrPort) (Re
 			var d net.Dialer
 			var c net.Conn
 			if c, err = d.DialContext(ctx, string(proto), target.String()); err == nil {
+				err = c.SetDeadline(deadline)
+				conn = c
+			}
+		case SCTP:
+			var c net.Conn
+			if c, err = dialSCTP(deadline, target); err == nil {
 				err = c.SetDeadline(deadline)
 				conn = c
 			}
@@ -262,4 +278,47 @@ func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFun
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, DefaultProbeTimeout)
+}
+
+// Go's net package has no SCTP, but a one-to-one style SCTP socket reads and writes
+// like a TCP one, so the net package serves it once it holds the descriptor.
+
+// listenSCTP listens for SCTP associations on port of every IPv4 and IPv6 address.
+func listenSCTP(port int) (net.Listener, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+	if err != nil {
+		return nil, fmt.Errorf("SCTP socket (is the sctp module loaded?): %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "sctp-listener")
+	defer f.Close()
+	if err := unix.Bind(fd, &unix.SockaddrInet6{Port: port}); err != nil {
+		return nil, err
+	}
+	if err := unix.Listen(fd, 64); err != nil {
+		return nil, err
+	}
+	return net.FileListener(f)
+}
+
+// dialSCTP opens an SCTP association to target, giving up at deadline.
+func dialSCTP(deadline time.Time, target netip.AddrPort) (net.Conn, error) {
+	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()})
+	if target.Addr().Is6() {
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
+	if err != nil {
+		return nil, fmt.Errorf("SCTP socket (is the sctp module loaded?): %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "sctp")
+	defer f.Close()
+	// The send timeout bounds a blocking connect; zero would mean no bound at all.
+	timeout := unix.NsecToTimeval(max(time.Until(deadline), time.Millisecond).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &timeout); err != nil {
+		return nil, err
+	}
+	if err := unix.Connect(fd, sa); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	return net.FileConn(f)
 }
