@@ -302,9 +302,14 @@ func listenSCTP(port int) (net.Listener, error) {
 
 // dialSCTP opens an SCTP association to target, giving up at deadline.
 func dialSCTP(deadline time.Time, target netip.AddrPort) (net.Conn, error) {
-	family, sa := unix.AF_INET, unix.Sockaddr(&unix.SockaddrInet4{Port: int(target.Port()), Addr: target.Addr().As4()})
-	if target.Addr().Is6() {
-		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(target.Port()), Addr: target.Addr().As16()}
+	var (
+		family int
+		sa     unix.Sockaddr
+	)
+	if a := target.Addr(); a.Is4() {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(target.Port()), Addr: a.As4()}
+	} else {
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(target.Port()), Addr: a.As16()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_SCTP)
 	if err != nil {
