@@ -10,6 +10,7 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -48,4 +49,13 @@ func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bo
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// LastLines returns the last n lines of s, to show the end of a long log in a failure.
+func LastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

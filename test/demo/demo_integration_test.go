@@ -332,7 +332,7 @@ template bgp k8s_node { local as 65000; ipv4 { import all; export none; }; }
 	})}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("bird log:\n%s", tail(readFile(t, logFile.Name()), 30))
+			t.Logf("bird log:\n%s", testenv.LastLines(readFile(t, logFile.Name()), 30))
 		}
 		b.stop()
 	})

@@ -185,7 +185,7 @@ func startDaemon(t testing.TB, node *netns.Node, bin, config string) *demoDaemon
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("log of kube-routerd on %s:\n%s", node.Name, tail(string(b), 40))
+			t.Logf("log of kube-routerd on %s:\n%s", node.Name, testenv.LastLines(string(b), 40))
 		}
 		d.log.Close()
 	})
@@ -233,14 +233,6 @@ func demoDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func readFile(t testing.TB, path string) string {

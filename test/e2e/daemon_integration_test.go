@@ -130,7 +130,7 @@ func (d *daemon) start() {
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("log of kube-routerd on %s:\n%s", d.node.Name, tail(string(b), 60))
+			t.Logf("log of kube-routerd on %s:\n%s", d.node.Name, testenv.LastLines(string(b), 60))
 		}
 		os.Remove(d.log.Name())
 	})
@@ -177,14 +177,6 @@ func (d *daemon) stop() {
 func (d *daemon) run(args ...string) string {
 	d.t.Helper()
 	return d.node.Run(d.t, d.bin, append(args, "--config", d.config)...)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // ourState is what kube-routerd programs in a node namespace, with packet counters

@@ -618,11 +618,11 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 	})
 	d.expectHealthy(t)
 	if log := d.logText(t); strings.Contains(log, "panic") || strings.Contains(log, "goroutine ") {
-		t.Fatalf("kube-routerd panicked:\n%s", tail(log, 40))
+		t.Fatalf("kube-routerd panicked:\n%s", testenv.LastLines(log, 40))
 	}
 	// Nothing was opened: the IPv6-only pod has no IPv4 chain, and the IPv4 rules of the
 	// ipBlock policy name no IPv6 range.
 	if state := node.Run(t, "iptables-save", "-t", "filter"); strings.Contains(state, "fd00") {
-		t.Fatalf("IPv6 addresses in the IPv4 ruleset:\n%s", tail(state, 20))
+		t.Fatalf("IPv6 addresses in the IPv4 ruleset:\n%s", testenv.LastLines(state, 20))
 	}
 }

@@ -60,7 +60,7 @@ template bgp k8s_node { local as %d; ipv4 { import all; export none; }; }
 		if t.Failed() {
 			t.Logf("birdcl show protocols all:\n%s", b.birdcl("show", "protocols", "all"))
 			out, _ := os.ReadFile(logFile.Name())
-			t.Logf("bird log:\n%s", tail(string(out), 30))
+			t.Logf("bird log:\n%s", testenv.LastLines(string(out), 30))
 		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		<-exited

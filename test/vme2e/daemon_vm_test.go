@@ -107,7 +107,7 @@ func newDaemon(t *testing.T, node *netns.Node, rc *rest.Config, bin, body string
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("log of kube-routerd on %s:\n%s", node.Name, tail(string(b), 80))
+			t.Logf("log of kube-routerd on %s:\n%s", node.Name, testenv.LastLines(string(b), 80))
 		}
 		d.log.Close()
 	})
@@ -237,14 +237,6 @@ func (d *daemon) kill() {
 	err := <-d.exited
 	d.exited <- err
 	fmt.Fprintf(d.log, "=== test: killed (%v)\n", err)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // ourRoutes lists the routes kube-routerd installed in the node (protocol
