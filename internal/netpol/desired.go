@@ -6,6 +6,7 @@
 // Layout in the filter table (IPv4 and IPv6 alike):
 //
 //	FORWARD -> KUBE-ROUTER-FORWARD
+//	OUTPUT, source not a node address (what IPVS forwards) -> KUBE-ROUTER-FORWARD
 //	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
 //	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
 //	  -d <pod IP> -> KUBE-ROUTER-PI-<pod>  (pods isolated for ingress)
@@ -13,8 +14,13 @@
 //	  ingress chain KUBE-ROUTER-NI-<policy>, whose rules set the allow mark; unmarked
 //	  packets are (logged and) dropped; the mark is cleared and the packet returns.
 //
-// Our chains only DROP or RETURN: allowed traffic continues through FORWARD as if we
-// were not there.
+// A pod's connection to a Service VIP never crosses FORWARD: IPVS takes it in INPUT
+// and sends it to the backend through OUTPUT, with the client's address as source.
+// The OUTPUT jump sends it through the same dispatch, so the client's egress and a
+// local backend's ingress policies apply as they do to pod-to-pod traffic.
+//
+// Our chains only DROP or RETURN: allowed traffic continues through FORWARD (or
+// OUTPUT) as if we were not there.
 package netpol
 
 import (

@@ -289,11 +289,19 @@ func TestPolicySemantics(t *testing.T) {
 				if got := k.allowed(t, pk); got != p.want {
 					t.Errorf("%s -> %s %s/%d (established=%v): allowed=%v, want %v", p.from, p.to, p.proto, p.port, pk.established, got, p.want)
 				}
+				// The same connection made to a Service VIP: IPVS sends it to the
+				// backend through OUTPUT, with the client's address as source.
+				if got := k.allowedOut(t, pk); got != p.want {
+					t.Errorf("%s -> %s %s/%d (established=%v) through a Service: allowed=%v, want %v", p.from, p.to, p.proto, p.port, pk.established, got, p.want)
+				}
 			}
 			for _, to := range []string{"x/a", "x/b", "y/a", "z/a"} {
 				pk := packet{src: netip.MustParseAddr("192.168.0.10"), dst: addrOf(t, idx, to), proto: "tcp", dport: 8080, srcLocal: true}
 				if !k.allowed(t, pk) {
 					t.Errorf("node -> %s was dropped", to)
+				}
+				if !k.allowedOut(t, pk) {
+					t.Errorf("node -> %s was dropped in OUTPUT (directly or through a Service)", to)
 				}
 			}
 		})

@@ -58,6 +58,14 @@ func (k *kernel) allowed(t *testing.T, p packet) bool {
 	return verdict != "DROP"
 }
 
+// allowedOut reports whether the packet leaves OUTPUT without being dropped: the path
+// of what the node sends itself, and of what IPVS forwards to a Service's backend.
+func (k *kernel) allowedOut(t *testing.T, p packet) bool {
+	var mark uint32
+	verdict := k.run(t, "OUTPUT", p, &mark, 0)
+	return verdict != "DROP"
+}
+
 // run evaluates chain and returns "DROP" or "" (fell through / returned).
 func (k *kernel) run(t *testing.T, chain string, p packet, mark *uint32, depth int) string {
 	if depth > 10 {
@@ -113,7 +121,12 @@ func (k *kernel) match(t *testing.T, rule string, p packet, mark uint32) (string
 			case "conntrack":
 				m, i = p.established, i+3
 			case "addrtype":
-				m, i = p.srcLocal, i+3
+				i += 2
+				if f[i] == "!" {
+					neg = true
+					i++
+				}
+				m, i = p.srcLocal, i+1
 			case "mark":
 				i += 2
 				if f[i] == "!" {

@@ -20,6 +20,25 @@ type Dataplane struct {
 // ACCEPT earlier in FORWARD cannot bypass policy.
 var jumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy", "-j", TopChain}
 
+// outputJumpRule sends the traffic IPVS forwards through our top chain too. A pod's
+// connection to a Service VIP is local to the node, so IPVS takes it in INPUT and
+// sends it on, to the backend, through OUTPUT, never FORWARD: without this jump
+// neither the client's egress nor a local backend's ingress policy would see it.
+// What IPVS sends on keeps the client's address as source; what the node itself
+// sends has one of the node's addresses, which the match leaves alone (kubelet
+// probes, the node's own connections to Services). The match is xt_addrtype, which
+// every kernel we run on has, unlike xt_ipvs (a kernel without IPVS, like the test
+// hosts', has none); no packet goes through both FORWARD and OUTPUT, so nothing is
+// policed twice.
+var outputJumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy for traffic IPVS forwards",
+	"-m", "addrtype", "!", "--src-type", "LOCAL", "-j", TopChain}
+
+// hookJumps are the built-in chains that jump to our top chain, with their rules.
+var hookJumps = []struct {
+	chain string
+	rule  []string
+}{{"FORWARD", jumpRule}, {"OUTPUT", outputJumpRule}}
+
 // swapThreshold: a set whose changes outnumber its desired size, and that is larger
 // than this, is rebuilt under a temporary name and swapped in one step.
 const swapThreshold = 64
@@ -40,8 +59,9 @@ func newReconciler(dp Dataplane) *reconciler {
 // applyStats says how much one apply changed.
 type applyStats struct {
 	ChainsWritten, ChainsDeleted, SetsWritten, SetsDestroyed, EntriesChanged int
-	// Drifted counts chains, sets and the FORWARD jump that a full apply found changed
-	// behind our back (deleted, flushed, edited) since we last wrote them, and repaired.
+	// Drifted counts chains, sets and the FORWARD and OUTPUT jumps that a full apply
+	// found changed behind our back (deleted, flushed, edited) since we last wrote
+	// them, and repaired.
 	Drifted int
 }
 
@@ -121,12 +141,14 @@ func (r *reconciler) apply(d *Desired, full bool) (applyStats, error) {
 		st.ChainsWritten, st.ChainsDeleted = len(buf.Write), len(buf.Delete)
 	}
 	if rewriteAll {
-		if existed, err := r.dp.IPTables.EnsureRule(iptables.TableFilter, "FORWARD", false, jumpRule...); err != nil {
-			return st, err
-		} else if !existed {
-			slog.Info("installed network policy jump", "chain", "FORWARD", "family", r.dp.Family)
-			if wasPrimed {
-				st.Drifted++
+		for _, j := range hookJumps {
+			if existed, err := r.dp.IPTables.EnsureRule(iptables.TableFilter, j.chain, false, j.rule...); err != nil {
+				return st, err
+			} else if !existed {
+				slog.Info("installed network policy jump", "chain", j.chain, "family", r.dp.Family)
+				if wasPrimed {
+					st.Drifted++
+				}
 			}
 		}
 	}
@@ -316,11 +338,13 @@ func setFamily(family int) ipset.Family {
 	return ipset.IPv4
 }
 
-// cleanup removes everything the policy controller owns from one dataplane: the jump,
+// cleanup removes everything the policy controller owns from one dataplane: the jumps,
 // our chains, then our sets.
 func cleanup(dp Dataplane) error {
-	if err := dp.IPTables.DeleteRule(iptables.TableFilter, "FORWARD", jumpRule...); err != nil {
-		return err
+	for _, j := range hookJumps {
+		if err := dp.IPTables.DeleteRule(iptables.TableFilter, j.chain, j.rule...); err != nil {
+			return err
+		}
 	}
 	chains, err := dp.IPTables.SaveChains(iptables.TableFilter)
 	if err != nil {

@@ -30,8 +30,10 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-SERVICES - [0:0]\n-A KUBE-ROUTER-SERVICES -j RETURN\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ipt.EnsureRule(iptables.TableFilter, "FORWARD", true, "-j", "ACCEPT"); err != nil {
-		t.Fatal(err)
+	for _, chain := range []string{"FORWARD", "OUTPUT"} {
+		if _, err := ipt.EnsureRule(iptables.TableFilter, chain, true, "-j", "ACCEPT"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	foreign := ipset.Set{Name: "KUBE-ROUTER-LB-IPS", Type: ipset.HashIP, Family: ipset.IPv4}
 	if err := sets.Create(foreign); err != nil {
@@ -82,11 +84,14 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 		t.Fatalf("full sync of an untouched kernel: drifted %d, err %v", st.Drifted, err)
 	}
 
-	// Drift: someone flushes one of our chains, deletes our jump and adds to our set.
+	// Drift: someone flushes one of our chains, deletes our jumps and adds to our set.
 	if err := ipt.Restore([]byte("*filter\n:" + TopChain + " - [0:0]\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
 	if err := ipt.DeleteRule(iptables.TableFilter, "FORWARD", jumpRule...); err != nil {
+		t.Fatal(err)
+	}
+	if err := ipt.DeleteRule(iptables.TableFilter, "OUTPUT", outputJumpRule...); err != nil {
 		t.Fatal(err)
 	}
 	var ourSet string
@@ -103,8 +108,8 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Drifted != 3 {
-		t.Errorf("full sync counted %d drifted objects; want 3 (flushed chain, jump, set)", st.Drifted)
+	if st.Drifted != 4 {
+		t.Errorf("full sync counted %d drifted objects; want 4 (flushed chain, two jumps, set)", st.Drifted)
 	}
 	if got := ipt.Dump() + sets.Dump(); got != want {
 		t.Fatalf("full sync did not repair drift:\n%s\nwant:\n%s", got, want)
@@ -123,6 +128,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 :FORWARD
 -A FORWARD -j ACCEPT
 :OUTPUT
+-A OUTPUT -j ACCEPT
 :KUBE-ROUTER-SERVICES
 -A KUBE-ROUTER-SERVICES -j RETURN
 set KUBE-ROUTER-LB-IPS hash:ip inet
