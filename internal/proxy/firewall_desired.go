@@ -106,7 +106,9 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[ta
 	filter := []string{
 		served + " -j RETURN",
 		"-p " + f.icmp + " -m set --match-set " + f.vipSet + " dst -j RETURN",
-		"-m set --match-set " + f.vipSet + " dst -j REJECT --reject-with " + f.reject,
+		// Only new connections: replies to the node's own connections to a VIP (the
+		// kernel picks the VIP as their source) come back to the VIP on the client's port.
+		"-m set --match-set " + f.vipSet + " dst -m conntrack --ctstate NEW -j REJECT --reject-with " + f.reject,
 	}
 	var nat []string
 	if !opts.MasqueradeAll {

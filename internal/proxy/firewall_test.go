@@ -50,7 +50,7 @@ func TestFirewallChains(t *testing.T) {
 			want: `filter KUBE-ROUTER-SERVICES
   -m set --match-set kube-router-svc-ports dst,dst -j RETURN
   -p icmp -m set --match-set kube-router-svip dst -j RETURN
-  -m set --match-set kube-router-svip dst -j REJECT --reject-with icmp-port-unreachable
+  -m set --match-set kube-router-svip dst -m conntrack --ctstate NEW -j REJECT --reject-with icmp-port-unreachable
 nat KUBE-ROUTER-POSTROUTING
   -m mark ! --mark 0x20000/0x20000 -j RETURN
   -j MARK --set-xmark 0x0/0x20000
@@ -68,7 +68,7 @@ nat KUBE-ROUTER-SERVICES
 			want: `filter KUBE-ROUTER-SERVICES
   -m set --match-set kube-router-svc-ports6 dst,dst -j RETURN
   -p ipv6-icmp -m set --match-set kube-router-svip6 dst -j RETURN
-  -m set --match-set kube-router-svip6 dst -j REJECT --reject-with icmp6-port-unreachable
+  -m set --match-set kube-router-svip6 dst -m conntrack --ctstate NEW -j REJECT --reject-with icmp6-port-unreachable
 nat KUBE-ROUTER-POSTROUTING
   -s fd00:10:244::2/128 -d fd00:10:244::2/128 -j MASQUERADE
   -s fd00:10:244::3/128 -d fd00:10:244::3/128 -j MASQUERADE

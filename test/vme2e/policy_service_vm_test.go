@@ -3,10 +3,8 @@
 package vme2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -65,8 +63,8 @@ router_id = %q
 		sources = append(sources, source{c.Name, c.NS})
 	}
 	// verdicts probes the backend from every source through the cluster IP and, for
-	// pods, directly, one line each. The node connects from its own address, as the
-	// kubelet does.
+	// pods, directly, one line each. The node connects with the source address the
+	// kernel picks, which for a cluster IP is the cluster IP itself.
 	verdicts := func() string {
 		var out []string
 		for _, s := range sources {
@@ -76,17 +74,8 @@ router_id = %q
 			}
 			for _, target := range targets {
 				verdict := "blocked"
-				var server string
-				var err error
-				if s.ns == node.NS {
-					server, err = probeFrom(node.NS, node.IPv4, target)
-				} else {
-					var r netns.Reply
-					r, err = s.ns.Probe(context.Background(), netns.TCP, target)
-					server = r.Server
-				}
-				if err == nil {
-					verdict = "answered by " + server
+				if r, err := s.ns.Probe(context.Background(), netns.TCP, target); err == nil {
+					verdict = "answered by " + r.Server
 				}
 				out = append(out, fmt.Sprintf("%s -> %s: %s", s.label, target, verdict))
 			}
@@ -172,35 +161,4 @@ router_id = %q
 		}
 	}
 	waitFor("policies deleted: every client reaches the backend again", want(func(string) bool { return true }))
-}
-
-// probeFrom makes a TCP probe from ns with source address src and returns the server
-// that answered. The node's own probes need it: to reach a cluster IP the kernel
-// would pick the cluster IP itself as source, whose replies the service proxy's
-// firewall rejects in INPUT (it rejects anything to a VIP on a port no Service
-// serves, and the reply comes to the client's port), which is no policy matter.
-func probeFrom(ns *netns.NS, src netip.Addr, target netip.AddrPort) (string, error) {
-	var server string
-	err := ns.Do(func() error {
-		d := net.Dialer{Timeout: netns.DefaultProbeTimeout, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
-		conn, err := d.Dial("tcp", target.String())
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		_ = conn.SetDeadline(time.Now().Add(netns.DefaultProbeTimeout))
-		if _, err := conn.Write([]byte("probe\n")); err != nil {
-			return err
-		}
-		line, err := bufio.NewReader(conn).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		server, _, _ = strings.Cut(line, " ")
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("tcp probe from %s (%s) to %s: %w", ns.Label, src, target, err)
-	}
-	return server, nil
 }
