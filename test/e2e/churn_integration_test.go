@@ -323,21 +323,7 @@ func TestSustainedChurn(t *testing.T) {
 	waitRoutes(t, nodeA, nodeB)
 
 	// The sentinel: pod a admits only app=b on 8080.
-	tcp := corev1.ProtocolTCP
-	port := intstr.FromInt32(8080)
-	sentinel := &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "sentinel", Namespace: ns},
-		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "b"}}}},
-				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
-			}},
-		},
-	}
-	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(context.Background(), sentinel, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAdmitPolicy(t, cs, ns, "sentinel", "a", "b", 8080)
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
 	testenv.Eventually(t, "the sentinel policy to isolate pod a", 30*time.Second, func() bool { return !probeOK(podC, target) })
 	podB.ExpectReply(t, netns.TCP, target, podA.Label)

@@ -457,21 +457,7 @@ func TestDriftIsRepairedAndCounted(t *testing.T) {
 	waitRoutes(t, nodeA, nodeB)
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
 	// Pod a admits only app=c on 8080: a peer set, a policy chain, a pod chain.
-	tcp := corev1.ProtocolTCP
-	port := intstr.FromInt32(8080)
-	pol := &networkingv1.NetworkPolicy{
-		ObjectMeta: metav1.ObjectMeta{Name: "only-c", Namespace: ns},
-		Spec: networkingv1.NetworkPolicySpec{
-			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"app": "a"}},
-			Ingress: []networkingv1.NetworkPolicyIngressRule{{
-				From:  []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "c"}}}},
-				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}},
-			}},
-		},
-	}
-	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(context.Background(), pol, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createAdmitPolicy(t, cs, ns, "only-c", "a", "c", 8080)
 	podC := nodeB.AddPod(t, netns.PodOptions{Namespace: ns, Labels: map[string]string{"app": "c"}})
 	testenv.Eventually(t, "the policy to admit c and block b", 30*time.Second, func() bool {
 		return probeOK(podC, target) && !probeOK(podB, target)
