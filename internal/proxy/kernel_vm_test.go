@@ -157,16 +157,9 @@ func (rc *runningController) stop() {
 	<-rc.done
 }
 
-// eventually polls cond until it holds; the bound only keeps a broken test from
-// hanging (the VM emulates its CPU, so it is generous).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(90 * time.Second); !cond(); time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting: %s", what)
-		}
-	}
-}
+// vmWait bounds waits in the VM tests; it only keeps a broken test from hanging, and
+// is generous because the VM emulates its CPU.
+const vmWait = 90 * time.Second
 
 func TestServiceProxyEndToEnd(t *testing.T) {
 	testenv.RequireVM(t)
@@ -229,7 +222,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 	vip := netip.MustParseAddr(web.Spec.ClusterIP)
 	webKey := ipvs.Key{Addr: vip, Proto: ipvs.TCP, Port: 80}
 	selfKey := ipvs.Key{Addr: netip.MustParseAddr(self.Spec.ClusterIP), Proto: ipvs.TCP, Port: 80}
-	eventually(t, "both Services programmed", func() bool {
+	testenv.Eventually(t, "both Services programmed", vmWait, func() bool {
 		a, _ := dp.IPVS.Destinations(webKey)
 		b, _ := dp.IPVS.Destinations(selfKey)
 		return len(a) == 2 && len(b) == 1
@@ -274,7 +267,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 			t.Fatalf("hairpin mode on %s: %v", pod1.HostVeth, err)
 		}
 		rule := fmt.Sprintf("-A KUBE-ROUTER-POSTROUTING -s %s/32 -d %s/32 -j MASQUERADE", pod1.IPv4, pod1.IPv4)
-		eventually(t, "hairpin rule written", func() bool {
+		testenv.Eventually(t, "hairpin rule written", vmWait, func() bool {
 			return strings.Contains(node.Run(t, "iptables-save", "-t", "nat"), rule)
 		})
 		r, err := pod1.Probe(ctx, netns.TCP, netip.AddrPortFrom(selfKey.Addr, 80))
@@ -306,7 +299,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 		if _, err := cs.CoreV1().Services(namespace).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "persistence programmed", func() bool {
+		testenv.Eventually(t, "persistence programmed", vmWait, func() bool {
 			s, ok, _ := dp.IPVS.Service(webKey)
 			return ok && s.Flags&ipvs.FlagPersistent != 0 && s.Timeout == 60
 		})
@@ -328,7 +321,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 			t.Fatal(err)
 		}
 		rc.c.runner.RequestFull()
-		eventually(t, "virtual service repaired", func() bool {
+		testenv.Eventually(t, "virtual service repaired", vmWait, func() bool {
 			d, _ := dp.IPVS.Destinations(webKey)
 			return len(d) == 2
 		})
@@ -340,7 +333,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 	t.Run("a restart changes nothing and the foreign service is untouched", func(t *testing.T) {
 		rc.stop()
 		rc2 := startController(t, cs, node.Name, cfg, dp)
-		eventually(t, "first sync after restart", func() bool { return rc2.c.Details().(Details).Services > 0 })
+		testenv.Eventually(t, "first sync after restart", vmWait, func() bool { return rc2.c.Details().(Details).Services > 0 })
 		if w := rc2.c.Details().(Details).LastSyncWrites; w != 0 {
 			t.Errorf("first sync after restart made %d kernel writes", w)
 		}
