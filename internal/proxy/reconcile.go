@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
@@ -49,6 +51,8 @@ type reconciler struct {
 	draining map[drainKey]time.Time
 	// writes counts kernel changes made by the last sync (for logs and tests).
 	writes int
+	// queue holds IPVS changes until the next flush, which sends them in batches.
+	queue []queuedChange
 }
 
 func newReconciler(dp Dataplane, grace time.Duration) *reconciler {
@@ -86,6 +90,10 @@ func (r *reconciler) full(d *desiredState) error {
 	for _, s := range list {
 		actual[s.Key] = s
 	}
+	dests, err := r.dp.IPVS.AllDestinations()
+	if err != nil {
+		return err
+	}
 
 	var errs []error
 	for a := range d.vipUsers {
@@ -96,11 +104,11 @@ func (r *reconciler) full(d *desiredState) error {
 		if s, ok := actual[k]; ok {
 			cur = &s
 		}
-		errs = append(errs, r.syncVirtualServer(vs, cur))
+		errs = append(errs, r.syncVirtualServer(vs, cur, dests[k]))
 	}
 	for k := range actual {
 		if d.byKey[k] == nil && r.owned[k] {
-			errs = append(errs, r.deleteVirtualServer(k))
+			r.deleteVirtualServer(k, dests[k])
 		}
 	}
 	// Records of services that no longer exist (a crash between ledger and kernel
@@ -110,6 +118,8 @@ func (r *reconciler) full(d *desiredState) error {
 			errs = append(errs, r.disown(k))
 		}
 	}
+	// Addresses come off the interface only after their services are gone.
+	errs = append(errs, r.flush())
 	for a := range r.onDummy {
 		errs = append(errs, r.syncVIP(a, d))
 	}
@@ -145,17 +155,28 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 			errs = append(errs, err)
 			continue
 		}
+		var dests []ipvs.Destination
+		switch {
+		case exists && vs != nil && !vs.Frozen:
+			if dests, err = r.dp.IPVS.Destinations(k); err != nil {
+				errs = append(errs, fmt.Errorf("service %s: %w", vs.Owner, err))
+				continue
+			}
+		case exists && vs == nil && k.Proto == ipvs.UDP:
+			dests, _ = r.dp.IPVS.Destinations(k) // best effort, only for conntrack cleanup
+		}
 		switch {
 		case vs != nil && exists:
-			errs = append(errs, r.syncVirtualServer(vs, &cur))
+			errs = append(errs, r.syncVirtualServer(vs, &cur, dests))
 		case vs != nil:
-			errs = append(errs, r.syncVirtualServer(vs, nil))
+			errs = append(errs, r.syncVirtualServer(vs, nil, nil))
 		case exists && r.owned[k]:
-			errs = append(errs, r.deleteVirtualServer(k))
+			r.deleteVirtualServer(k, dests)
 		case r.owned[k]:
 			errs = append(errs, r.disown(k))
 		}
 	}
+	errs = append(errs, r.flush())
 	for a := range addrs {
 		errs = append(errs, r.syncVIP(a, d))
 	}
@@ -214,8 +235,9 @@ func (r *reconciler) disown(k ipvs.Key) error {
 }
 
 // syncVirtualServer creates or corrects one virtual service and its destinations.
-// cur is what the kernel has, nil when it has nothing.
-func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service) error {
+// cur and actual are what the kernel has (cur nil when it has nothing). The IPVS
+// changes are queued for the next flush.
+func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service, actual []ipvs.Destination) error {
 	if vs.Frozen {
 		// Keep whatever is programmed; the Service's settings are invalid.
 		if cur != nil {
@@ -231,40 +253,28 @@ func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service) err
 	if err := r.own(vs.Key); err != nil {
 		return err
 	}
-	var actual []ipvs.Destination
 	switch {
 	case cur == nil:
-		if err := r.dp.IPVS.AddService(vs.Service); err != nil {
-			return fmt.Errorf("service %s: %w", vs.Owner, err)
-		}
-		r.writes++
+		r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpAddService, Service: vs.Service}, owner: vs.Owner})
+		actual = nil
 	case *cur != vs.Service:
-		if err := r.dp.IPVS.UpdateService(vs.Service); err != nil {
-			return fmt.Errorf("service %s: %w", vs.Owner, err)
-		}
-		r.writes++
-		fallthrough
-	default:
-		var err error
-		if actual, err = r.dp.IPVS.Destinations(vs.Key); err != nil {
-			return fmt.Errorf("service %s: %w", vs.Owner, err)
-		}
+		r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpUpdateService, Service: vs.Service}, owner: vs.Owner})
 	}
-	return r.syncDestinations(vs, actual)
+	r.syncDestinations(vs, actual)
+	return nil
 }
 
-func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destination) error {
+func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destination) {
 	have := make(map[ipvs.DestKey]ipvs.Destination, len(actual))
 	for _, d := range actual {
 		have[d.DestKey] = d
 	}
-	var errs []error
 	for _, want := range vs.Destinations {
 		cur, exists := have[want.DestKey]
 		delete(have, want.DestKey)
 		if want.Terminating {
 			if exists {
-				errs = append(errs, r.drain(vs, cur))
+				r.drain(vs, cur)
 			}
 			continue
 		}
@@ -272,11 +282,9 @@ func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destinati
 		d := ipvs.Destination{DestKey: want.DestKey, Weight: want.Weight}
 		switch {
 		case !exists:
-			errs = append(errs, r.dp.IPVS.AddDestination(vs.Key, d))
-			r.writes++
+			r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpAddDestination, Service: vs.Service, Dest: d}, owner: vs.Owner})
 		case cur.Weight != want.Weight:
-			errs = append(errs, r.dp.IPVS.UpdateDestination(vs.Key, d))
-			r.writes++
+			r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpUpdateDestination, Service: vs.Service, Dest: d}, owner: vs.Owner})
 		}
 	}
 	// Endpoints that disappeared from the API are drained like terminating ones, but
@@ -285,20 +293,16 @@ func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destinati
 	for _, cur := range have {
 		if vs.Proto == ipvs.UDP {
 			delete(r.draining, drainKey{vs.Key, cur.DestKey})
-			errs = append(errs, r.deleteDestination(vs.Key, cur.DestKey))
+			r.deleteDestination(vs, cur.DestKey)
 			continue
 		}
-		errs = append(errs, r.drain(vs, cur))
+		r.drain(vs, cur)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("service %s: %w", vs.Owner, err)
-	}
-	return nil
 }
 
 // drain quiesces a destination (weight 0: no new connections) and removes it once
 // its connections are gone or the grace period is over.
-func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) error {
+func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) {
 	dk := drainKey{vs.Key, cur.DestKey}
 	since, ok := r.draining[dk]
 	if !ok {
@@ -306,25 +310,29 @@ func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) error {
 	}
 	if cur.ActiveConns+cur.InactiveConns == 0 || r.now().Sub(since) >= r.grace {
 		delete(r.draining, dk)
-		return r.deleteDestination(vs.Key, cur.DestKey)
+		r.deleteDestination(vs, cur.DestKey)
+		return
 	}
 	r.draining[dk] = since
 	if cur.Weight != 0 {
-		r.writes++
-		return r.dp.IPVS.UpdateDestination(vs.Key, ipvs.Destination{DestKey: cur.DestKey, Weight: 0})
+		quiesced := ipvs.Destination{DestKey: cur.DestKey, Weight: 0}
+		r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpUpdateDestination, Service: vs.Service, Dest: quiesced}, owner: vs.Owner})
 	}
-	return nil
 }
 
-func (r *reconciler) deleteDestination(k ipvs.Key, d ipvs.DestKey) error {
-	if err := r.dp.IPVS.DeleteDestination(k, d); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
-		return err
+func (r *reconciler) deleteDestination(vs *VirtualServer, d ipvs.DestKey) {
+	q := queuedChange{
+		Change:     ipvs.Change{Op: ipvs.OpDeleteDestination, Service: vs.Service, Dest: ipvs.Destination{DestKey: d}},
+		owner:      vs.Owner,
+		goneIsDone: true,
 	}
-	r.writes++
-	if k.Proto == ipvs.UDP {
-		r.clearUDP(k, d.Addr)
+	if vs.Proto == ipvs.UDP {
+		q.done = func() error {
+			r.clearUDP(vs.Key, d.Addr)
+			return nil
+		}
 	}
-	return nil
+	r.enqueue(q)
 }
 
 // clearUDP deletes conntrack entries that would keep sending a client's UDP packets
@@ -336,22 +344,67 @@ func (r *reconciler) clearUDP(k ipvs.Key, endpoint netip.Addr) {
 	}
 }
 
-func (r *reconciler) deleteVirtualServer(k ipvs.Key) error {
-	var dests []ipvs.Destination
-	if k.Proto == ipvs.UDP {
-		dests, _ = r.dp.IPVS.Destinations(k) // best effort, only for conntrack cleanup
+// deleteVirtualServer queues the deletion of a service we own; once it is gone, the
+// UDP flows to its destinations are cleared and the ledger forgets it.
+func (r *reconciler) deleteVirtualServer(k ipvs.Key, dests []ipvs.Destination) {
+	r.enqueue(queuedChange{
+		Change:     ipvs.Change{Op: ipvs.OpDeleteService, Service: ipvs.Service{Key: k}},
+		goneIsDone: true,
+		done: func() error {
+			if k.Proto == ipvs.UDP {
+				for _, d := range dests {
+					r.clearUDP(k, d.Addr)
+				}
+			}
+			for dk := range r.draining {
+				if dk.vs == k {
+					delete(r.draining, dk)
+				}
+			}
+			return r.disown(k)
+		},
+	})
+}
+
+// queuedChange is an IPVS change waiting for the next flush.
+type queuedChange struct {
+	ipvs.Change
+	// owner is the Service the change is for, named in its error.
+	owner types.NamespacedName
+	// goneIsDone counts "not found" as success (deleting what is already gone).
+	goneIsDone bool
+	// done runs once the change is made.
+	done func() error
+}
+
+func (r *reconciler) enqueue(q queuedChange) { r.queue = append(r.queue, q) }
+
+// flush makes the queued IPVS changes in order, in batches, and runs what each
+// successful change was waiting for.
+func (r *reconciler) flush() error {
+	queue := r.queue
+	r.queue = nil
+	if len(queue) == 0 {
+		return nil
 	}
-	if err := r.dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
-		return err
+	changes := make([]ipvs.Change, len(queue))
+	for i, q := range queue {
+		changes[i] = q.Change
 	}
-	r.writes++
-	for _, d := range dests {
-		r.clearUDP(k, d.Addr)
-	}
-	for dk := range r.draining {
-		if dk.vs == k {
-			delete(r.draining, dk)
+	var errs []error
+	for i, err := range r.dp.IPVS.Apply(changes) {
+		q := queue[i]
+		if err != nil && !(q.goneIsDone && errors.Is(err, ipvs.ErrNotFound)) {
+			if q.owner != (types.NamespacedName{}) {
+				err = fmt.Errorf("service %s: %w", q.owner, err)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		r.writes++
+		if q.done != nil {
+			errs = append(errs, q.done())
 		}
 	}
-	return r.disown(k)
+	return errors.Join(errs...)
 }

@@ -8,9 +8,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
 	"github.com/vishvananda/netns"
-
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
 // requiredSysctls are the kernel settings IPVS in NAT mode needs on a node:
@@ -39,13 +38,9 @@ type ProcSysctls struct {
 	NS netns.NsHandle
 }
 
-func (p ProcSysctls) do(fn func() error) error {
-	if !p.NS.IsOpen() {
-		return fn()
-	}
-	// /proc/sys/net resolves to the network namespace of the thread that opens it.
-	return iptables.RunInNetns(p.NS, fn)
-}
+// do runs fn in p.NS: /proc/sys/net resolves to the namespace of the thread that
+// opens it.
+func (p ProcSysctls) do(fn func() error) error { return nsexec.Run(p.NS, fn) }
 
 // Get implements Sysctls.
 func (p ProcSysctls) Get(key string) (string, error) {

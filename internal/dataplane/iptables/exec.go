@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os/exec"
-	"runtime"
 
 	goipt "github.com/coreos/go-iptables/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
 	"github.com/vishvananda/netns"
 )
 
@@ -124,38 +124,4 @@ func (e *Exec) DeleteRule(table, chain string, rule ...string) error {
 
 // inNetns runs fn with the calling thread in e.ns; child processes started by fn
 // inherit that namespace.
-func (e *Exec) inNetns(fn func() error) error {
-	if !e.ns.IsOpen() {
-		return fn()
-	}
-	return RunInNetns(e.ns, fn)
-}
-
-// RunInNetns runs fn on an OS thread switched to network namespace ns. Processes fn
-// starts (os/exec forks from the current thread) run in ns too.
-func RunInNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("getting current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering netns: %w", err)
-			return
-		}
-		ferr := fn()
-		// A thread that cannot go back stays locked, so Go discards it when this
-		// goroutine exits instead of reusing it in the wrong namespace.
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
+func (e *Exec) inNetns(fn func() error) error { return nsexec.Run(e.ns, fn) }

@@ -89,6 +89,20 @@ func (f *Fake) Destinations(k Key) ([]Destination, error) {
 	return out, nil
 }
 
+// AllDestinations implements Interface.
+func (f *Fake) AllDestinations() (map[Key][]Destination, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[Key][]Destination, len(f.services))
+	for k, s := range f.services {
+		out[k] = make([]Destination, 0, len(s.dests))
+		for _, d := range s.dests {
+			out[k] = append(out[k], d)
+		}
+	}
+	return out, nil
+}
+
 // AddService implements Interface.
 func (f *Fake) AddService(s Service) error {
 	f.mu.Lock()
@@ -174,6 +188,30 @@ func (f *Fake) DeleteDestination(k Key, d DestKey) error {
 	delete(s.dests, d)
 	f.writes = append(f.writes, fmt.Sprintf("delete destination %s -> %s", k, d))
 	return nil
+}
+
+// Apply implements Interface, one change at a time.
+func (f *Fake) Apply(changes []Change) []error {
+	errs := make([]error, len(changes))
+	for i, c := range changes {
+		switch c.Op {
+		case OpAddService:
+			errs[i] = f.AddService(c.Service)
+		case OpUpdateService:
+			errs[i] = f.UpdateService(c.Service)
+		case OpDeleteService:
+			errs[i] = f.DeleteService(c.Service.Key)
+		case OpAddDestination:
+			errs[i] = f.AddDestination(c.Service.Key, c.Dest)
+		case OpUpdateDestination:
+			errs[i] = f.UpdateDestination(c.Service.Key, c.Dest)
+		case OpDeleteDestination:
+			errs[i] = f.DeleteDestination(c.Service.Key, c.Dest.DestKey)
+		default:
+			errs[i] = fmt.Errorf("%s: unknown op", c)
+		}
+	}
+	return errs
 }
 
 // Dump returns the table as sorted text, one service per line followed by its

@@ -108,12 +108,61 @@ type Interface interface {
 	Service(k Key) (s Service, ok bool, err error)
 	// Destinations lists the real servers of a virtual service.
 	Destinations(k Key) ([]Destination, error)
+	// AllDestinations lists the real servers of every virtual service in the kernel,
+	// ours or not, in one read (an empty list for a service without any).
+	AllDestinations() (map[Key][]Destination, error)
 	AddService(s Service) error
 	UpdateService(s Service) error
 	DeleteService(k Key) error
 	AddDestination(k Key, d Destination) error
 	UpdateDestination(k Key, d Destination) error
 	DeleteDestination(k Key, d DestKey) error
+	// Apply makes the changes in order, in as few kernel round trips as it can, and
+	// returns one error per change (nil where it succeeded).
+	Apply(changes []Change) []error
+}
+
+// Op is a kind of change to the IPVS table.
+type Op uint8
+
+// The changes Apply makes.
+const (
+	OpAddService Op = iota + 1
+	OpUpdateService
+	OpDeleteService
+	OpAddDestination
+	OpUpdateDestination
+	OpDeleteDestination
+)
+
+func (o Op) isDestination() bool {
+	return o == OpAddDestination || o == OpUpdateDestination || o == OpDeleteDestination
+}
+
+// Change is one write to the IPVS table. Service changes use Service; destination
+// changes use Service.Key and Dest; deletions use only the keys.
+type Change struct {
+	Op      Op
+	Service Service
+	Dest    Destination
+}
+
+func (c Change) String() string {
+	switch c.Op {
+	case OpAddService:
+		return "adding IPVS service " + c.Service.String()
+	case OpUpdateService:
+		return "updating IPVS service " + c.Service.String()
+	case OpDeleteService:
+		return "deleting IPVS service " + c.Service.Key.String()
+	case OpAddDestination:
+		return fmt.Sprintf("adding destination %s weight %d to %s", c.Dest.DestKey, c.Dest.Weight, c.Service.Key)
+	case OpUpdateDestination:
+		return fmt.Sprintf("setting destination %s of %s to weight %d", c.Dest.DestKey, c.Service.Key, c.Dest.Weight)
+	case OpDeleteDestination:
+		return fmt.Sprintf("deleting destination %s of %s", c.Dest.DestKey, c.Service.Key)
+	}
+	return fmt.Sprintf("IPVS change %d", c.Op)
 }
 
 // ErrNotFound is returned (wrapped) when a service or destination does not exist.

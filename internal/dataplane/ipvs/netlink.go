@@ -4,22 +4,34 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"io"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	mobyipvs "github.com/moby/ipvs"
 	vnetlink "github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
 )
 
 // genlFamily is the name IPVS registers its generic netlink family under.
 const genlFamily = "IPVS"
 
-// Kernel programs the host's IPVS table over generic netlink.
+// Kernel programs the host's IPVS table over generic netlink: moby/ipvs reads it, and
+// a writer of our own sends changes in batches.
 type Kernel struct {
-	mu sync.Mutex // one netlink socket: one request at a time
+	mu sync.Mutex // one request at a time on each socket
 	h  *mobyipvs.Handle
+	w  *writer
+	// table is /proc/net/ip_vs of the namespace, opened there: the open file keeps
+	// reading that namespace's table from any thread.
+	table *os.File
 }
 
 // NewKernel opens a netlink handle on the current network namespace (it loads the
@@ -29,12 +41,65 @@ func NewKernel() (*Kernel, error) { return NewKernelAt("") }
 // NewKernelAt opens a netlink handle on the network namespace bind-mounted or linked
 // at nsPath ("" is the current one).
 func NewKernelAt(nsPath string) (*Kernel, error) {
+	// moby/ipvs loads the module if needed, so the family exists afterwards.
 	h, err := mobyipvs.New(nsPath)
 	if err != nil {
 		return nil, fmt.Errorf("opening IPVS netlink handle: %w", err)
 	}
-	return &Kernel{h: h}, nil
+	ns := netns.None()
+	if nsPath != "" {
+		if ns, err = netns.GetFromPath(nsPath); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("opening network namespace %s: %w", nsPath, err)
+		}
+		defer ns.Close()
+	}
+	k := &Kernel{h: h}
+	if k.w, err = openWriter(ns); err != nil {
+		k.Close()
+		return nil, err
+	}
+	err = nsexec.Run(ns, func() error {
+		k.table, err = os.Open(procTablePath)
+		return err
+	})
+	if err != nil {
+		k.Close()
+		return nil, fmt.Errorf("opening the IPVS table: %w", err)
+	}
+	return k, nil
 }
+
+// openWriter opens the writer's socket in namespace ns.
+func openWriter(ns netns.NsHandle) (*writer, error) {
+	genl, err := vnetlink.NewHandleAt(ns, unix.NETLINK_GENERIC)
+	if err != nil {
+		return nil, fmt.Errorf("opening generic netlink: %w", err)
+	}
+	defer genl.Close()
+	family, err := genl.GenlFamilyGet(genlFamily)
+	if err != nil {
+		return nil, fmt.Errorf("looking up the IPVS netlink family: %w", err)
+	}
+	sock, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_GENERIC)
+	if err != nil {
+		return nil, fmt.Errorf("opening IPVS netlink socket: %w", err)
+	}
+	timeout := unix.NsecToTimeval(replyTimeout.Nanoseconds())
+	if err := sock.SetReceiveTimeout(&timeout); err != nil {
+		sock.Close()
+		return nil, err
+	}
+	w, err := newWriter(sock, family.ID)
+	if err != nil {
+		sock.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// replyTimeout bounds the wait for the kernel's acks of one batch.
+const replyTimeout = 30 * time.Second
 
 // Loaded reports whether the running kernel has IPVS (its generic netlink family is
 // registered: module ip_vs loaded or built in). It loads nothing and logs nothing;
@@ -54,8 +119,16 @@ func Loaded() (bool, error) {
 	return true, nil
 }
 
-// Close releases the netlink socket.
-func (k *Kernel) Close() { k.h.Close() }
+// Close releases the netlink sockets and the table file.
+func (k *Kernel) Close() {
+	k.h.Close()
+	if k.w != nil {
+		k.w.sock.Close()
+	}
+	if k.table != nil {
+		k.table.Close()
+	}
+}
 
 func toMobyService(s Service) *mobyipvs.Service {
 	ms := &mobyipvs.Service{
@@ -90,20 +163,6 @@ func fromMobyService(ms *mobyipvs.Service) (Service, bool) {
 		Flags:     ms.Flags &^ flagHashed,
 		Timeout:   ms.Timeout,
 	}, true
-}
-
-func toMobyDest(d DestKey, weight int) *mobyipvs.Destination {
-	md := &mobyipvs.Destination{
-		Address:         net.IP(d.Addr.AsSlice()),
-		Port:            d.Port,
-		Weight:          weight,
-		ConnectionFlags: mobyipvs.ConnectionFlagMasq,
-		AddressFamily:   syscall.AF_INET,
-	}
-	if d.Addr.Is6() {
-		md.AddressFamily = syscall.AF_INET6
-	}
-	return md
 }
 
 func mapErr(err error, what string) error {
@@ -174,47 +233,55 @@ func (k *Kernel) Destinations(key Key) ([]Destination, error) {
 	return out, nil
 }
 
-// AddService implements Interface.
-func (k *Kernel) AddService(s Service) error {
+// AllDestinations implements Interface.
+func (k *Kernel) AllDestinations() (map[Key][]Destination, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return mapErr(k.h.NewService(toMobyService(s)), "adding IPVS service "+s.String())
+	if _, err := k.table.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", procTablePath, err)
+	}
+	data, err := io.ReadAll(k.table)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", procTablePath, err)
+	}
+	return parseProcTable(data)
+}
+
+// Apply implements Interface.
+func (k *Kernel) Apply(changes []Change) []error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.w.apply(changes)
+}
+
+func (k *Kernel) applyOne(c Change) error { return k.Apply([]Change{c})[0] }
+
+// AddService implements Interface.
+func (k *Kernel) AddService(s Service) error {
+	return k.applyOne(Change{Op: OpAddService, Service: s})
 }
 
 // UpdateService implements Interface.
 func (k *Kernel) UpdateService(s Service) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return mapErr(k.h.UpdateService(toMobyService(s)), "updating IPVS service "+s.String())
+	return k.applyOne(Change{Op: OpUpdateService, Service: s})
 }
 
 // DeleteService implements Interface.
 func (k *Kernel) DeleteService(key Key) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return mapErr(k.h.DelService(keyService(key)), "deleting IPVS service "+key.String())
+	return k.applyOne(Change{Op: OpDeleteService, Service: Service{Key: key}})
 }
 
 // AddDestination implements Interface.
 func (k *Kernel) AddDestination(key Key, d Destination) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return mapErr(k.h.NewDestination(keyService(key), toMobyDest(d.DestKey, d.Weight)),
-		fmt.Sprintf("adding destination %s to %s", d.DestKey, key))
+	return k.applyOne(Change{Op: OpAddDestination, Service: Service{Key: key}, Dest: d})
 }
 
 // UpdateDestination implements Interface.
 func (k *Kernel) UpdateDestination(key Key, d Destination) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return mapErr(k.h.UpdateDestination(keyService(key), toMobyDest(d.DestKey, d.Weight)),
-		fmt.Sprintf("updating destination %s of %s", d.DestKey, key))
+	return k.applyOne(Change{Op: OpUpdateDestination, Service: Service{Key: key}, Dest: d})
 }
 
 // DeleteDestination implements Interface.
 func (k *Kernel) DeleteDestination(key Key, d DestKey) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return mapErr(k.h.DelDestination(keyService(key), toMobyDest(d, 0)),
-		fmt.Sprintf("deleting destination %s of %s", d, key))
+	return k.applyOne(Change{Op: OpDeleteDestination, Service: Service{Key: key}, Dest: Destination{DestKey: d}})
 }
