@@ -3,8 +3,8 @@ package ipvs
 import (
 	"errors"
 	"fmt"
-	"net"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
