@@ -24,6 +24,9 @@ type firewallReconciler struct {
 	members map[string]map[string]bool
 	// chains mirrors the rules of our chains, by family.
 	chains map[iptables.Protocol]map[tableChain][]string
+	// missingJumps lists, by family, the jumps into our chains the last read did not
+	// find; the next chain write inserts them.
+	missingJumps map[iptables.Protocol][]jump
 	// hairpinApplied holds the addresses the hairpin rules in the kernel cover.
 	hairpinApplied map[netip.Addr]bool
 	writes         int
@@ -36,6 +39,7 @@ func newFirewallReconciler(dp Dataplane, opts FirewallOptions) *firewallReconcil
 	}
 	return &firewallReconciler{sets: dp.IPSets, tables: tables, sysctls: dp.Sysctls, opts: opts,
 		members: map[string]map[string]bool{}, chains: map[iptables.Protocol]map[tableChain][]string{},
+		missingJumps:   map[iptables.Protocol][]jump{},
 		hairpinApplied: map[netip.Addr]bool{}}
 }
 
@@ -74,15 +78,6 @@ func (r *firewallReconciler) full(d *desiredState) error {
 			continue
 		}
 		errs = append(errs, r.syncChains(f, d))
-		for _, j := range f.jumps() {
-			existed, err := ipt.EnsureRule(j.table, j.chain, false, j.rule...)
-			if err != nil {
-				errs = append(errs, err)
-			} else if !existed {
-				r.writes++
-				slog.Info("installed service proxy jump", "table", j.table, "chain", j.chain, "family", f.proto)
-			}
-		}
 	}
 	return errors.Join(errs...)
 }
@@ -163,9 +158,11 @@ func (r *firewallReconciler) syncEntry(set, entry string, want bool) error {
 	return nil
 }
 
-// readChains refreshes the mirror of our chains of one family from the kernel.
+// readChains refreshes the mirror of our chains of one family from the kernel, and
+// notes which jumps into them are missing.
 func (r *firewallReconciler) readChains(f family, ipt iptables.Interface) error {
 	got := map[tableChain][]string{}
+	var missing []jump
 	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
 		chains, err := ipt.SaveChains(table)
 		if err != nil {
@@ -176,8 +173,14 @@ func (r *firewallReconciler) readChains(f family, ipt iptables.Interface) error 
 				got[tableChain{table, name}] = rules
 			}
 		}
+		for _, j := range f.jumps() {
+			if j.table == table && !slices.Contains(chains[j.chain], iptables.RuleText(j.rule)) {
+				missing = append(missing, j)
+			}
+		}
 	}
 	r.chains[f.proto] = got
+	r.missingJumps[f.proto] = missing
 	return nil
 }
 
@@ -190,6 +193,10 @@ func (r *firewallReconciler) syncChains(f family, d *desiredState) error {
 	if have == nil {
 		return nil // no full sync has read this family yet
 	}
+	// Both tables in one iptables-restore run: a process start is most of the cost.
+	var data []byte
+	var written []tableChain
+	jumps := r.missingJumps[f.proto]
 	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
 		buf := iptables.Buffer{Table: table}
 		for _, name := range []string{ChainServices, ChainPostrouting} {
@@ -202,23 +209,36 @@ func (r *firewallReconciler) syncChains(f family, d *desiredState) error {
 				continue
 			}
 			buf.Write = append(buf.Write, iptables.Chain{Name: name, Rules: rules})
+			written = append(written, tc)
 		}
-		if len(buf.Write) == 0 {
+		for _, j := range jumps {
+			if j.table == table {
+				buf.Jumps = append(buf.Jumps, iptables.Jump{Chain: j.chain, Rule: iptables.RuleText(j.rule)})
+			}
+		}
+		if len(buf.Write) == 0 && len(buf.Jumps) == 0 {
 			continue
 		}
-		data, err := buf.Bytes()
+		section, err := buf.Bytes()
 		if err != nil {
 			return err
 		}
+		data = append(data, section...)
+	}
+	if len(data) > 0 {
 		if err := r.tables[f.proto].Restore(data); err != nil {
 			// The mirror may be wrong now; the next full sync re-reads the kernel.
 			delete(r.chains, f.proto)
-			return fmt.Errorf("writing service proxy chains (%s, IPv%d): %w", table, f.proto, err)
+			return fmt.Errorf("writing service proxy chains (IPv%d): %w", f.proto, err)
 		}
-		for _, c := range buf.Write {
-			have[tableChain{table, c.Name}] = c.Rules
+		for _, tc := range written {
+			have[tc] = want[tc]
 		}
-		r.writes += len(buf.Write)
+		for _, j := range jumps {
+			slog.Info("installed service proxy jump", "table", j.table, "chain", j.chain, "family", f.proto)
+		}
+		r.writes += len(written) + len(jumps)
+		delete(r.missingJumps, f.proto)
 	}
 	for a := range r.hairpinApplied {
 		if familyOf(a).proto == f.proto {

@@ -75,3 +75,45 @@ func TestExecInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRestoredJumpReadsBackAsRuleText checks that a jump inserted through
+// iptables-restore is listed by iptables-save exactly as RuleText renders it, so a
+// reader that looks for it finds it and never inserts it twice; and that
+// DeleteRule, given the same arguments, removes it.
+func TestRestoredJumpReadsBackAsRuleText(t *testing.T) {
+	ns := tnetns.NewNS(t, "ipt", t.Name()).Handle
+	for _, proto := range []Protocol{IPv4, IPv6} {
+		ipt, err := NewAt(proto, ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ipt.EnsureRule(TableNAT, "PREROUTING", true, "-j", "RETURN"); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"-m", "comment", "--comment", "kube-routerd test jump", "-j", "KUBE-ROUTER-TEST"}
+		data, err := Buffer{Table: TableNAT, Write: []Chain{{Name: "KUBE-ROUTER-TEST", Rules: []string{"-j RETURN"}}},
+			Jumps: []Jump{{Chain: "PREROUTING", Rule: RuleText(args)}}}.Bytes()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ipt.Restore(data); err != nil {
+			t.Fatal(err)
+		}
+		chains, err := ipt.SaveChains(TableNAT)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := chains["PREROUTING"], []string{RuleText(args), "-j RETURN"}; strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("IPv%d: PREROUTING = %q, want %q", proto, got, want)
+		}
+		if err := ipt.DeleteRule(TableNAT, "PREROUTING", args...); err != nil {
+			t.Fatal(err)
+		}
+		if chains, err = ipt.SaveChains(TableNAT); err != nil {
+			t.Fatal(err)
+		}
+		if got := chains["PREROUTING"]; len(got) != 1 {
+			t.Errorf("IPv%d: after DeleteRule PREROUTING = %q", proto, got)
+		}
+	}
+}

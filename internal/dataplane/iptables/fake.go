@@ -258,7 +258,7 @@ func (f *Fake) EnsureRule(table, chain string, appendRule bool, rule ...string) 
 	if !ok {
 		return false, fmt.Errorf("ensuring rule in %s/%s: no such chain", table, chain)
 	}
-	text := joinArgs(rule)
+	text := RuleText(rule)
 	if slices.Contains(rules, text) {
 		return true, nil
 	}
@@ -275,24 +275,13 @@ func (f *Fake) DeleteRule(table, chain string, rule ...string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	rules := f.tables[table][chain]
-	if i := slices.Index(rules, joinArgs(rule)); i >= 0 {
+	if i := slices.Index(rules, RuleText(rule)); i >= 0 {
 		f.tables[table][chain] = slices.Delete(rules, i, i+1)
 	}
 	return nil
 }
 
 // joinArgs renders rule arguments as iptables-save does, quoting those with spaces.
-func joinArgs(args []string) string {
-	quoted := make([]string, len(args))
-	for i, a := range args {
-		if strings.ContainsAny(a, " \t") {
-			a = `"` + a + `"`
-		}
-		quoted[i] = a
-	}
-	return strings.Join(quoted, " ")
-}
-
 // Dump prints every non-empty table in iptables-save style: built-in chains first,
 // then the others sorted by name, each followed by its rules.
 func (f *Fake) Dump() string {

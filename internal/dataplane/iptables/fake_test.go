@@ -14,6 +14,37 @@ func TestBufferRefusesChainsWeDoNotOwn(t *testing.T) {
 	if err := f.Restore([]byte("*filter\n-A INPUT -j DROP\nCOMMIT\n")); err == nil {
 		t.Fatal("restoring a rule into INPUT succeeded")
 	}
+	for _, line := range []string{"-I INPUT -j DROP", "-I INPUT -m comment --comment KUBE-ROUTER-X -j ACCEPT", "-I INPUT -m set --match-set x dst"} {
+		if err := f.Restore([]byte("*filter\n" + line + "\nCOMMIT\n")); err == nil {
+			t.Errorf("restoring %q succeeded", line)
+		}
+	}
+	if _, err := (Buffer{Table: TableFilter, Jumps: []Jump{{Chain: "INPUT", Rule: "-j DROP"}}}).Bytes(); err == nil {
+		t.Error("rendering a jump to DROP succeeded")
+	}
+}
+
+func TestJumpsAreInsertedAtTheTopOfBuiltinChains(t *testing.T) {
+	f := NewFake(IPv4)
+	if _, err := f.EnsureRule(TableFilter, "INPUT", true, "-j", "ACCEPT"); err != nil {
+		t.Fatal(err)
+	}
+	rule := RuleText([]string{"-m", "comment", "--comment", "to our chain", "-j", "KUBE-ROUTER-X"})
+	data, err := Buffer{Table: TableFilter, Write: []Chain{{Name: "KUBE-ROUTER-X", Rules: []string{"-j RETURN"}}},
+		Jumps: []Jump{{Chain: "INPUT", Rule: rule}}}.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Restore(data); err != nil {
+		t.Fatal(err)
+	}
+	chains, err := f.SaveChains(TableFilter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{`-m comment --comment "to our chain" -j KUBE-ROUTER-X`, "-j ACCEPT"}; strings.Join(chains["INPUT"], "\n") != strings.Join(want, "\n") {
+		t.Errorf("INPUT is %q, want %q", chains["INPUT"], want)
+	}
 }
 
 func TestFakeRestoreRewritesOnlyNamedChains(t *testing.T) {

@@ -76,12 +76,45 @@ type Chain struct {
 	Rules []string
 }
 
-// Buffer renders iptables-restore input for one table: chains written in full, then
-// chains deleted. Write returns an error if any chain is not owned.
+// Jump is a rule inserted at the top of a chain that may not be ours (a built-in
+// one), jumping to one of ours. Rule is in iptables-save syntax (see RuleText).
+type Jump struct {
+	Chain string
+	Rule  string
+}
+
+// Buffer renders iptables-restore input for one table: chains written in full, jumps
+// inserted into them, then chains deleted. Bytes returns an error if any chain written
+// or deleted, or any jump's target, is not owned.
 type Buffer struct {
 	Table  string
 	Write  []Chain
+	Jumps  []Jump
 	Delete []string
+}
+
+// RuleText renders rule arguments as iptables-save prints them, quoting arguments
+// with spaces; it is the form SaveChains returns for arguments already canonical.
+func RuleText(args []string) string {
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		if strings.ContainsAny(a, " \t") {
+			a = `"` + a + `"`
+		}
+		quoted[i] = a
+	}
+	return strings.Join(quoted, " ")
+}
+
+// jumpTarget returns the chain a rule jumps to ("" if none).
+func jumpTarget(rule string) string {
+	f := strings.Fields(rule)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-j" || f[i] == "--jump" {
+			return f[i+1]
+		}
+	}
+	return ""
 }
 
 // Bytes renders the buffer. Chains to delete are flushed first, since rules in one of
@@ -106,6 +139,12 @@ func (b Buffer) Bytes() ([]byte, error) {
 			fmt.Fprintf(&out, "-A %s %s\n", c.Name, r)
 		}
 	}
+	for _, j := range b.Jumps {
+		if err := checkOwned(jumpTarget(j.Rule)); err != nil {
+			return nil, fmt.Errorf("jump from %s: %w", j.Chain, err)
+		}
+		fmt.Fprintf(&out, "-I %s %s\n", j.Chain, j.Rule)
+	}
 	for _, name := range b.Delete {
 		fmt.Fprintf(&out, "-X %s\n", name)
 	}
@@ -123,7 +162,8 @@ func checkOwned(chain string) error {
 	return nil
 }
 
-// checkRestoreInput verifies that a restore buffer touches only owned chains.
+// checkRestoreInput verifies that a restore buffer touches only owned chains, but for
+// rules inserted elsewhere that jump to an owned chain.
 func checkRestoreInput(data []byte) error {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -139,6 +179,9 @@ func checkRestoreInput(data []byte) error {
 				return fmt.Errorf("restore line %d: %q: missing chain", n, line)
 			}
 			chain = f[1]
+			if f[0] == "-I" && !IsOwned(chain) {
+				chain = jumpTarget(line)
+			}
 		default:
 			continue
 		}
