@@ -117,7 +117,7 @@ func realDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) 
 	}
 	dp := Dataplane{
 		Ledger:    &ipvs.IPSetLedger{Sets: sets},
-		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl},
+		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl, NS: ns},
 		Conntrack: conntrack.Kernel{Netlink: nl},
 		IPSets:    sets,
 		Sysctls:   ProcSysctls{NS: ns},

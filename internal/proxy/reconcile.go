@@ -3,7 +3,9 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"time"
 
@@ -95,10 +97,7 @@ func (r *reconciler) full(d *desiredState) error {
 		return err
 	}
 
-	var errs []error
-	for a := range d.vipUsers {
-		errs = append(errs, r.syncVIP(a, d))
-	}
+	errs := []error{r.syncVIPs(maps.Keys(d.vipUsers), d)}
 	for k, vs := range d.byKey {
 		var cur *ipvs.Service
 		if s, ok := actual[k]; ok {
@@ -120,9 +119,7 @@ func (r *reconciler) full(d *desiredState) error {
 	}
 	// Addresses come off the interface only after their services are gone.
 	errs = append(errs, r.flush())
-	for a := range r.onDummy {
-		errs = append(errs, r.syncVIP(a, d))
-	}
+	errs = append(errs, r.syncVIPs(maps.Keys(r.onDummy), d))
 	for dk := range r.draining {
 		if d.byKey[dk.vs] == nil {
 			delete(r.draining, dk)
@@ -143,11 +140,13 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 	}
 	// New VIPs go on the interface before their services exist, and old ones come off
 	// after, so a client never finds a programmed service it has no route to.
-	for a := range addrs {
-		if d.vipUsers[a] > 0 {
-			errs = append(errs, r.syncVIP(a, d))
+	errs = append(errs, r.syncVIPs(func(yield func(netip.Addr) bool) {
+		for a := range addrs {
+			if d.vipUsers[a] > 0 && !yield(a) {
+				return
+			}
 		}
-	}
+	}, d))
 	for _, k := range keys {
 		vs := d.byKey[k]
 		cur, exists, err := r.dp.IPVS.Service(k)
@@ -177,9 +176,7 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 		}
 	}
 	errs = append(errs, r.flush())
-	for a := range addrs {
-		errs = append(errs, r.syncVIP(a, d))
-	}
+	errs = append(errs, r.syncVIPs(maps.Keys(addrs), d))
 	return errors.Join(errs...)
 }
 
@@ -196,23 +193,38 @@ func (r *reconciler) drainingKeys() []ipvs.Key {
 	return out
 }
 
-func (r *reconciler) syncVIP(a netip.Addr, d *desiredState) error {
-	want := d.vipUsers[a] > 0
-	switch {
-	case want && !r.onDummy[a]:
-		if err := r.dp.Dummy.AddAddr(a); err != nil {
-			return err
+// syncVIPs puts the addresses d wants on the VIP interface and takes off those it
+// no longer wants, of the given ones.
+func (r *reconciler) syncVIPs(addrs iter.Seq[netip.Addr], d *desiredState) error {
+	var add, remove []netip.Addr
+	for a := range addrs {
+		switch want := d.vipUsers[a] > 0; {
+		case want && !r.onDummy[a]:
+			add = append(add, a)
+		case !want && r.onDummy[a]:
+			remove = append(remove, a)
 		}
-		r.onDummy[a] = true
-		r.writes++
-	case !want && r.onDummy[a]:
+	}
+	var errs []error
+	if len(add) > 0 {
+		for i, err := range r.dp.Dummy.AddAddrs(add) {
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			r.onDummy[add[i]] = true
+			r.writes++
+		}
+	}
+	for _, a := range remove {
 		if err := r.dp.Dummy.DelAddr(a); err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		delete(r.onDummy, a)
 		r.writes++
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (r *reconciler) own(k ipvs.Key) error {

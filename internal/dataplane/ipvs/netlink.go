@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/nlbatch"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
 )
 
@@ -90,12 +91,12 @@ func openWriter(ns netns.NsHandle) (*writer, error) {
 		sock.Close()
 		return nil, err
 	}
-	w, err := newWriter(sock, family.ID)
+	sender, err := nlbatch.New(sock)
 	if err != nil {
 		sock.Close()
 		return nil, err
 	}
-	return w, nil
+	return &writer{sender: sender, family: family.ID}, nil
 }
 
 // replyTimeout bounds the wait for the kernel's acks of one batch.
@@ -123,7 +124,7 @@ func Loaded() (bool, error) {
 func (k *Kernel) Close() {
 	k.h.Close()
 	if k.w != nil {
-		k.w.sock.Close()
+		k.w.sender.Close()
 	}
 	if k.table != nil {
 		k.table.Close()
