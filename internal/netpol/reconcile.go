@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -240,10 +241,8 @@ func (r *reconciler) applySet(s ipset.SetEntries) (int, error) {
 		if err := r.dp.IPSets.Create(s.Set); err != nil {
 			return 0, err
 		}
-		for _, e := range s.Entries {
-			if err := r.dp.IPSets.Add(s.Name, e); err != nil {
-				return 0, err
-			}
+		if err := errors.Join(r.dp.IPSets.AddEntries(s.Name, s.Entries)...); err != nil {
+			return 0, err
 		}
 		r.sets[s.Name] = s
 		return max(len(s.Entries), 1), nil
@@ -262,10 +261,8 @@ func (r *reconciler) applySet(s ipset.SetEntries) (int, error) {
 		}
 	} else {
 		// Adds first: while both happen, the set holds the union of old and new.
-		for _, e := range adds {
-			if err := r.dp.IPSets.Add(s.Name, e); err != nil {
-				return 0, err
-			}
+		if err := errors.Join(r.dp.IPSets.AddEntries(s.Name, adds)...); err != nil {
+			return 0, err
 		}
 		for _, e := range dels {
 			if err := r.dp.IPSets.Del(s.Name, e); err != nil {
@@ -287,10 +284,8 @@ func (r *reconciler) swapIn(s ipset.SetEntries) error {
 	if err := r.dp.IPSets.Create(tmp); err != nil {
 		return err
 	}
-	for _, e := range s.Entries {
-		if err := r.dp.IPSets.Add(tmp.Name, e); err != nil {
-			return err
-		}
+	if err := errors.Join(r.dp.IPSets.AddEntries(tmp.Name, s.Entries)...); err != nil {
+		return err
 	}
 	if err := r.dp.IPSets.Swap(s.Name, tmp.Name); err != nil {
 		return err

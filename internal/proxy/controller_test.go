@@ -348,7 +348,7 @@ func TestStaleLedgerRecordsAreDropped(t *testing.T) {
 	h := newHarness(t, newFakeKernel())
 	// A crash between recording and creating leaves a record without a service.
 	stale := ipvs.Key{Addr: netip.MustParseAddr("10.96.9.9"), Proto: ipvs.TCP, Port: 443}
-	if err := h.kernel.ledger.Add(stale); err != nil {
+	if err := h.kernel.ledger.AddAll([]ipvs.Key{stale})[0]; err != nil {
 		t.Fatal(err)
 	}
 	h.sync(true)

@@ -126,8 +126,19 @@ func (r *firewallReconciler) syncSet(s ipset.Set, want map[string]bool) error {
 	r.members[s.Name] = have
 	var errs []error
 	// Adds first: while both happen the set holds the union, so nothing is rejected.
+	var add []string
 	for e := range want {
-		errs = append(errs, r.syncEntry(s.Name, e, true))
+		if !have[e] {
+			add = append(add, e)
+		}
+	}
+	for i, err := range r.sets.AddEntries(s.Name, add) {
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		have[add[i]] = true
+		r.writes++
 	}
 	for e := range have {
 		if !want[e] {

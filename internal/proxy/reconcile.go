@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -55,20 +56,32 @@ type reconciler struct {
 	writes int
 	// queue holds IPVS changes until the next flush, which sends them in batches.
 	queue []queuedChange
+	// toOwn holds keys to record in the ledger at the next flush.
+	toOwn map[ipvs.Key]bool
 }
 
 func newReconciler(dp Dataplane, grace time.Duration) *reconciler {
-	return &reconciler{dp: dp, grace: grace, now: time.Now, draining: map[drainKey]time.Time{}}
+	return &reconciler{dp: dp, grace: grace, now: time.Now, draining: map[drainKey]time.Time{},
+		toOwn: map[ipvs.Key]bool{}}
 }
 
 // full compares every virtual service in the kernel with the desired state: it
 // repairs drift, deletes what we own and no longer want, and leaves the rest alone.
 func (r *reconciler) full(d *desiredState) error {
 	r.writes = 0
+	T := []time.Time{time.Now()}
+	defer func() {
+		T = append(T, time.Now())
+		for i := 1; i < len(T); i++ {
+			fmt.Print(" ", T[i].Sub(T[i-1]))
+		}
+		fmt.Println(" DEBUG")
+	}()
 	if err := r.dp.Dummy.Ensure(); err != nil {
 		return err
 	}
 	addrs, err := r.dp.Dummy.Addrs()
+	T = append(T, time.Now())
 	if err != nil {
 		return err
 	}
@@ -76,28 +89,35 @@ func (r *reconciler) full(d *desiredState) error {
 	for _, a := range addrs {
 		r.onDummy[a] = true
 	}
+	T = append(T, time.Now())
 	ledger, err := r.dp.Ledger.Keys()
 	if err != nil {
 		return err
 	}
+	T = append(T, time.Now())
 	r.owned = make(map[ipvs.Key]bool, len(ledger))
 	for _, k := range ledger {
 		r.owned[k] = true
 	}
+	T = append(T, time.Now())
 	list, err := r.dp.IPVS.Services()
 	if err != nil {
 		return err
 	}
+	T = append(T, time.Now())
 	actual := make(map[ipvs.Key]ipvs.Service, len(list))
 	for _, s := range list {
 		actual[s.Key] = s
 	}
+	T = append(T, time.Now())
 	dests, err := r.dp.IPVS.AllDestinations()
 	if err != nil {
 		return err
 	}
+	T = append(T, time.Now())
 
 	errs := []error{r.syncVIPs(maps.Keys(d.vipUsers), d)}
+	T = append(T, time.Now())
 	for k, vs := range d.byKey {
 		var cur *ipvs.Service
 		if s, ok := actual[k]; ok {
@@ -118,7 +138,9 @@ func (r *reconciler) full(d *desiredState) error {
 		}
 	}
 	// Addresses come off the interface only after their services are gone.
+	T = append(T, time.Now())
 	errs = append(errs, r.flush())
+	T = append(T, time.Now())
 	errs = append(errs, r.syncVIPs(maps.Keys(r.onDummy), d))
 	for dk := range r.draining {
 		if d.byKey[dk.vs] == nil {
@@ -227,15 +249,11 @@ func (r *reconciler) syncVIPs(addrs iter.Seq[netip.Addr], d *desiredState) error
 	return errors.Join(errs...)
 }
 
-func (r *reconciler) own(k ipvs.Key) error {
-	if r.owned[k] {
-		return nil
+// own queues k for the ledger; flush records it before any IPVS change.
+func (r *reconciler) own(k ipvs.Key) {
+	if !r.owned[k] {
+		r.toOwn[k] = true
 	}
-	if err := r.dp.Ledger.Add(k); err != nil {
-		return err
-	}
-	r.owned[k] = true
-	return nil
 }
 
 func (r *reconciler) disown(k ipvs.Key) error {
@@ -253,7 +271,7 @@ func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service, act
 	if vs.Frozen {
 		// Keep whatever is programmed; the Service's settings are invalid.
 		if cur != nil {
-			return r.own(vs.Key)
+			r.own(vs.Key)
 		}
 		return nil
 	}
@@ -261,10 +279,7 @@ func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service, act
 		// The API says this address and port are a Service's: take the entry over.
 		slog.Info("adopting existing IPVS service", "service", vs.Owner.String(), "vip", vs.Key.String())
 	}
-	// Record before creating: a crash in between must not leave an unowned service.
-	if err := r.own(vs.Key); err != nil {
-		return err
-	}
+	r.own(vs.Key)
 	switch {
 	case cur == nil:
 		r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpAddService, Service: vs.Service}, owner: vs.Owner})
@@ -391,19 +406,34 @@ type queuedChange struct {
 
 func (r *reconciler) enqueue(q queuedChange) { r.queue = append(r.queue, q) }
 
-// flush makes the queued IPVS changes in order, in batches, and runs what each
-// successful change was waiting for.
+// flush records the queued keys in the ledger, then makes the queued IPVS changes in
+// order, in batches, and runs what each successful change was waiting for. Changes to
+// a service the ledger could not record are not made: a crash must never leave a
+// service of ours that the ledger does not know.
 func (r *reconciler) flush() error {
-	queue := r.queue
+	var errs []error
+	unrecorded := map[ipvs.Key]bool{}
+	if len(r.toOwn) > 0 {
+		keys := slices.Collect(maps.Keys(r.toOwn))
+		clear(r.toOwn)
+		for i, err := range r.dp.Ledger.AddAll(keys) {
+			if err != nil {
+				unrecorded[keys[i]] = true
+				errs = append(errs, err)
+			} else {
+				r.owned[keys[i]] = true
+			}
+		}
+	}
+	queue := slices.DeleteFunc(r.queue, func(q queuedChange) bool { return unrecorded[q.Service.Key] })
 	r.queue = nil
 	if len(queue) == 0 {
-		return nil
+		return errors.Join(errs...)
 	}
 	changes := make([]ipvs.Change, len(queue))
 	for i, q := range queue {
 		changes[i] = q.Change
 	}
-	var errs []error
 	for i, err := range r.dp.IPVS.Apply(changes) {
 		q := queue[i]
 		if err != nil && !(q.goneIsDone && errors.Is(err, ipvs.ErrNotFound)) {

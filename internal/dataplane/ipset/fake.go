@@ -80,6 +80,15 @@ func (f *Fake) Add(name, entry string) error {
 	return nil
 }
 
+// AddEntries implements Interface.
+func (f *Fake) AddEntries(name string, entries []string) []error {
+	errs := make([]error, len(entries))
+	for i, e := range entries {
+		errs[i] = f.Add(name, e)
+	}
+	return errs
+}
+
 // Del implements Interface.
 func (f *Fake) Del(name, entry string) error {
 	f.mu.Lock()

@@ -67,6 +67,9 @@ type Interface interface {
 	Flush(name string) error
 	// Add inserts an entry; adding an entry that is present is not an error.
 	Add(name, entry string) error
+	// AddEntries inserts entries as Add does, many per kernel round trip, and returns
+	// one error per entry.
+	AddEntries(name string, entries []string) []error
 	// Del removes an entry; removing an absent entry is not an error.
 	Del(name, entry string) error
 	// Swap exchanges the contents (and types) of two existing sets atomically.

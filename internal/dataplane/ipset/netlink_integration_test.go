@@ -45,8 +45,12 @@ func TestNetlinkInNetns(t *testing.T) {
 	must(s.Del("KUBE-ROUTER-IP", "10.0.0.2"))
 	// Large sets arrive in several netlink messages.
 	must(s.Create(Set{Name: "KUBE-ROUTER-BIG", Type: HashIP, Family: IPv4}))
+	var big []string
 	for i := range 5000 {
-		must(s.Add("KUBE-ROUTER-BIG", fmt.Sprintf("10.1.%d.%d", i/256, i%256)))
+		big = append(big, fmt.Sprintf("10.1.%d.%d", i/256, i%256))
+	}
+	for _, err := range s.AddEntries("KUBE-ROUTER-BIG", big) {
+		must(err)
 	}
 	must(s.Swap("KUBE-ROUTER-IP", "KUBE-ROUTER-BIG"))
 	all, err := s.ListAll()
@@ -71,6 +75,75 @@ func TestNetlinkInNetns(t *testing.T) {
 	for _, set := range hostSets {
 		if set.Name == "KUBE-ROUTER-BIG" {
 			t.Fatal("set leaked into the host namespace")
+		}
+	}
+}
+
+// TestAddEntriesReportsEachEntry adds entries of every set type we use in batches,
+// with repeats, one entry that does not parse and one of the wrong family: only those
+// two fail, and the set holds all the others.
+func TestAddEntriesReportsEachEntry(t *testing.T) {
+	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
+	s, err := NewAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	cases := []struct {
+		set  Set
+		make func(i int) string
+	}{
+		{Set{Name: "KUBE-ROUTER-IP", Type: HashIP, Family: IPv4}, func(i int) string { return fmt.Sprintf("10.2.%d.%d", i/250, i%250+1) }},
+		{Set{Name: "KUBE-ROUTER-NET6", Type: HashNet, Family: IPv6}, func(i int) string { return fmt.Sprintf("fd00:%x::/64", i) }},
+		{Set{Name: "KUBE-ROUTER-IPPORT", Type: HashIPPort, Family: IPv4}, func(i int) string {
+			return fmt.Sprintf("10.3.0.%d,%s:%d", i%200+1, []string{"tcp", "udp", "sctp"}[i%3], 1000+i)
+		}},
+		{Set{Name: "KUBE-ROUTER-IPPORT6", Type: HashIPPort, Family: IPv6}, func(i int) string { return fmt.Sprintf("fd00::%x,tcp:%d", i+1, 80+i%7) }},
+	}
+	for _, c := range cases {
+		if err := s.Create(c.set); err != nil {
+			t.Fatal(err)
+		}
+		var entries []string
+		for i := range 600 {
+			entries = append(entries, c.make(i))
+		}
+		want, err := s.List(c.set.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			canon, err := Canonical(c.set.Type, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want.Entries = append(want.Entries, canon)
+		}
+		slices.Sort(want.Entries)
+		want.Entries = slices.Compact(want.Entries)
+		wrongFamily := "10.9.9.9"
+		if c.set.Family == IPv4 {
+			wrongFamily = "fd00::99"
+		}
+		if c.set.Type == HashIPPort {
+			wrongFamily += ",tcp:1"
+		}
+		bad, wrong := 100, 400
+		entries = slices.Insert(entries, wrong, wrongFamily)
+		entries = slices.Insert(entries, bad, "not an address")
+		entries = append(entries, entries[:50]...) // repeats are not errors
+		wrong++
+		for i, err := range s.AddEntries(c.set.Name, entries) {
+			if (i == bad || i == wrong) != (err != nil) {
+				t.Errorf("%s, entry %d (%q): error %v", c.set.Name, i, entries[i], err)
+			}
+		}
+		got, err := s.List(c.set.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got.Entries, want.Entries) {
+			t.Errorf("%s holds %d entries, want %d", c.set.Name, len(got.Entries), len(want.Entries))
 		}
 	}
 }

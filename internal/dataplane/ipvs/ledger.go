@@ -17,7 +17,8 @@ import (
 type Ledger interface {
 	// Keys lists every recorded virtual service.
 	Keys() ([]Key, error)
-	Add(k Key) error
+	// AddAll records keys, many per kernel round trip; one error per key.
+	AddAll(keys []Key) []error
 	Remove(k Key) error
 	// Destroy removes the ledger itself (cleanup).
 	Destroy() error
@@ -101,12 +102,31 @@ func (l *IPSetLedger) Keys() ([]Key, error) {
 	return keys, nil
 }
 
-// Add implements Ledger.
-func (l *IPSetLedger) Add(k Key) error {
+// AddAll implements Ledger.
+func (l *IPSetLedger) AddAll(keys []Key) []error {
+	errs := make([]error, len(keys))
 	if err := l.ensure(); err != nil {
-		return err
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
 	}
-	return l.Sets.Add(LedgerSet(k.Addr), LedgerEntry(k))
+	// One batch per set; errors go back to their keys.
+	byFamily := map[string][]int{}
+	for i, k := range keys {
+		set := LedgerSet(k.Addr)
+		byFamily[set] = append(byFamily[set], i)
+	}
+	for set, idx := range byFamily {
+		entries := make([]string, len(idx))
+		for j, i := range idx {
+			entries[j] = LedgerEntry(keys[i])
+		}
+		for j, err := range l.Sets.AddEntries(set, entries) {
+			errs[idx[j]] = err
+		}
+	}
+	return errs
 }
 
 // Remove implements Ledger.
