@@ -16,6 +16,7 @@ const (
 	cmdNewService = 1
 	cmdSetService = 2
 	cmdDelService = 3
+	cmdGetService = 4
 	cmdNewDest    = 5
 	cmdSetDest    = 6
 	cmdDelDest    = 7
@@ -27,6 +28,7 @@ const (
 	svcAttrProtocol  = 2
 	svcAttrAddr      = 3
 	svcAttrPort      = 4
+	svcAttrFWMark    = 5
 	svcAttrSchedName = 6
 	svcAttrFlags     = 7
 	svcAttrTimeout   = 8

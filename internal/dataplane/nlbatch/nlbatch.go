@@ -8,6 +8,7 @@ package nlbatch
 import (
 	"encoding/binary"
 	"fmt"
+	"iter"
 	"syscall"
 
 	"github.com/vishvananda/netlink/nl"
@@ -137,4 +138,67 @@ func BeginNested(b []byte, typ uint16) ([]byte, int) {
 func EndNested(b []byte, start int) []byte {
 	binary.NativeEndian.PutUint16(b[start:], uint16(len(b)-start))
 	return b
+}
+
+// Dump sends a dump request (NLM_F_DUMP is added) and calls each with the body of
+// every message of the answer, up to NLMSG_DONE.
+func (s *Sender) Dump(req Request, each func(body []byte) error) error {
+	s.seq++
+	seq := s.seq
+	b := binary.NativeEndian.AppendUint32(nil, uint32(unix.SizeofNlMsghdr+len(req.Body)))
+	b = binary.NativeEndian.AppendUint16(b, req.Type)
+	b = binary.NativeEndian.AppendUint16(b, req.Flags|unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
+	b = binary.NativeEndian.AppendUint32(b, seq)
+	b = binary.NativeEndian.AppendUint32(b, 0)
+	b = append(b, req.Body...)
+	if err := unix.Sendto(s.sock.GetFd(), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return fmt.Errorf("sending to the kernel: %w", err)
+	}
+	var failed error
+	for {
+		msgs, _, err := s.sock.Receive()
+		if err != nil {
+			return fmt.Errorf("reading the kernel's answer: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != seq {
+				continue // a late ack of an earlier batch that gave up waiting
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return failed
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+						return syscall.Errno(-code)
+					}
+				}
+				return failed
+			}
+			// Keep reading to the end even after a failure, so the socket is clean
+			// for the next request.
+			if failed == nil {
+				failed = each(m.Data)
+			}
+		}
+	}
+}
+
+// typeMask clears the nested and byte order flags of an attribute type.
+const typeMask = ^uint16(unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER)
+
+// Attrs iterates over the netlink attributes in b: type (flags masked off) and payload.
+func Attrs(b []byte) iter.Seq2[uint16, []byte] {
+	return func(yield func(uint16, []byte) bool) {
+		for len(b) >= unix.SizeofRtAttr {
+			n := int(binary.NativeEndian.Uint16(b))
+			if n < unix.SizeofRtAttr || n > len(b) {
+				return
+			}
+			if !yield(binary.NativeEndian.Uint16(b[2:])&typeMask, b[unix.SizeofRtAttr:n]) {
+				return
+			}
+			b = b[min(len(b), (n+unix.NLA_ALIGNTO-1)&^(unix.NLA_ALIGNTO-1)):]
+		}
+	}
 }
