@@ -12,7 +12,7 @@ import (
 
 // benchHarness loads n Services of 10 endpoints each into a controller on the fake
 // dataplane.
-func benchHarness(b *testing.B, n int) (*harness, []*discoveryv1.EndpointSlice) {
+func benchHarness(b testing.TB, n int) (*harness, []*discoveryv1.EndpointSlice) {
 	kernel := newFakeKernel()
 	h, slices := benchHarnessOn(b, kernel.dataplane(), n)
 	h.kernel = kernel
@@ -20,7 +20,7 @@ func benchHarness(b *testing.B, n int) (*harness, []*discoveryv1.EndpointSlice) 
 }
 
 // benchHarnessOn loads n Services of 10 endpoints each into a controller on dp.
-func benchHarnessOn(b *testing.B, dp Dataplane, n int) (*harness, []*discoveryv1.EndpointSlice) {
+func benchHarnessOn(b testing.TB, dp Dataplane, n int) (*harness, []*discoveryv1.EndpointSlice) {
 	h := newHarnessOn(b, dp)
 	slices := make([]*discoveryv1.EndpointSlice, n)
 	for i := range n {

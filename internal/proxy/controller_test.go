@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -354,6 +356,57 @@ func TestStaleLedgerRecordsAreDropped(t *testing.T) {
 	h.sync(true)
 	if keys, _ := h.kernel.ledger.Keys(); len(keys) != 0 {
 		t.Errorf("ledger = %v, want empty", keys)
+	}
+}
+
+// failingLedger refuses to record one key, as a full ipset would.
+type failingLedger struct {
+	ipvs.Ledger
+	refuse ipvs.Key
+}
+
+func (l failingLedger) AddAll(keys []ipvs.Key) []error {
+	errs := l.Ledger.AddAll(slices.DeleteFunc(slices.Clone(keys), func(k ipvs.Key) bool { return k == l.refuse }))
+	out := make([]error, len(keys))
+	for i, k := range keys {
+		if k == l.refuse {
+			out[i] = fmt.Errorf("recording %s: set is full", k)
+			continue
+		}
+		out[i], errs = errs[0], errs[1:]
+	}
+	return out
+}
+
+func TestServicesTheLedgerCannotRecordAreNotCreated(t *testing.T) {
+	kernel := newFakeKernel()
+	dp := kernel.dataplane()
+	refused := ipvs.Key{Addr: netip.MustParseAddr("10.96.0.20"), Proto: ipvs.TCP, Port: 80}
+	dp.Ledger = failingLedger{Ledger: kernel.ledger, refuse: refused}
+	h := newHarnessOn(t, dp)
+	h.kernel = kernel
+	h.store(namedService("web", "10.96.0.10"))
+	h.store(sliceFor("web", ep{ip: "10.1.0.1"}))
+	h.store(namedService("db", "10.96.0.20"))
+	h.store(sliceFor("db", ep{ip: "10.1.0.3"}))
+	_, err := h.c.sync(context.Background(), true)
+	if err == nil || !strings.Contains(err.Error(), refused.String()) {
+		t.Fatalf("sync: got %v, want an error naming %s", err, refused)
+	}
+	// A crash now must not leave a service of ours that the ledger does not know.
+	h.wantIPVS(`
+10.96.0.10:80/TCP rr
+  -> 10.1.0.1:8080 weight 1`)
+}
+
+func TestFullSyncSendsIPVSChangesInOneBatch(t *testing.T) {
+	h, _ := benchHarness(t, 200)
+	h.sync(true)
+	if n := len(h.kernel.ipvs.Writes()); n != 200*11 {
+		t.Fatalf("%d IPVS writes, want %d", n, 200*11)
+	}
+	if n := h.kernel.ipvs.ApplyCalls(); n != 1 {
+		t.Errorf("the writes went out in %d batches, want 1", n)
 	}
 }
 

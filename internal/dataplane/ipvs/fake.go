@@ -14,6 +14,8 @@ type Fake struct {
 	services map[Key]*fakeService
 	// writes describes each state-changing call since the last ResetWrites.
 	writes []string
+	// applies counts Apply calls.
+	applies int
 }
 
 type fakeService struct {
@@ -190,8 +192,18 @@ func (f *Fake) DeleteDestination(k Key, d DestKey) error {
 	return nil
 }
 
+// ApplyCalls counts the calls to Apply: the batches a real kernel would receive.
+func (f *Fake) ApplyCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applies
+}
+
 // Apply implements Interface, one change at a time.
 func (f *Fake) Apply(changes []Change) []error {
+	f.mu.Lock()
+	f.applies++
+	f.mu.Unlock()
 	errs := make([]error, len(changes))
 	for i, c := range changes {
 		switch c.Op {
