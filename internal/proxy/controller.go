@@ -384,12 +384,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	var err error
 	if full {
 		// IPVS first: it creates the ledger set the firewall rules refer to.
-		t0 := time.Now()
-		e1 := c.rec.full(c.desired)
-		t1 := time.Now()
-		e2 := c.fw.full(c.desired)
-		fmt.Println("DEBUG rec.full", t1.Sub(t0), "fw.full", time.Since(t1))
-		err = errors.Join(e1, e2)
+		err = errors.Join(c.rec.full(c.desired), c.fw.full(c.desired))
 		c.fullDone = err == nil
 	} else {
 		changed = append(changed, c.rec.drainingKeys()...)

@@ -69,19 +69,10 @@ func newReconciler(dp Dataplane, grace time.Duration) *reconciler {
 // repairs drift, deletes what we own and no longer want, and leaves the rest alone.
 func (r *reconciler) full(d *desiredState) error {
 	r.writes = 0
-	T := []time.Time{time.Now()}
-	defer func() {
-		T = append(T, time.Now())
-		for i := 1; i < len(T); i++ {
-			fmt.Print(" ", T[i].Sub(T[i-1]))
-		}
-		fmt.Println(" DEBUG")
-	}()
 	if err := r.dp.Dummy.Ensure(); err != nil {
 		return err
 	}
 	addrs, err := r.dp.Dummy.Addrs()
-	T = append(T, time.Now())
 	if err != nil {
 		return err
 	}
@@ -89,35 +80,28 @@ func (r *reconciler) full(d *desiredState) error {
 	for _, a := range addrs {
 		r.onDummy[a] = true
 	}
-	T = append(T, time.Now())
 	ledger, err := r.dp.Ledger.Keys()
 	if err != nil {
 		return err
 	}
-	T = append(T, time.Now())
 	r.owned = make(map[ipvs.Key]bool, len(ledger))
 	for _, k := range ledger {
 		r.owned[k] = true
 	}
-	T = append(T, time.Now())
 	list, err := r.dp.IPVS.Services()
 	if err != nil {
 		return err
 	}
-	T = append(T, time.Now())
 	actual := make(map[ipvs.Key]ipvs.Service, len(list))
 	for _, s := range list {
 		actual[s.Key] = s
 	}
-	T = append(T, time.Now())
 	dests, err := r.dp.IPVS.AllDestinations()
 	if err != nil {
 		return err
 	}
-	T = append(T, time.Now())
 
 	errs := []error{r.syncVIPs(maps.Keys(d.vipUsers), d)}
-	T = append(T, time.Now())
 	for k, vs := range d.byKey {
 		var cur *ipvs.Service
 		if s, ok := actual[k]; ok {
@@ -138,9 +122,7 @@ func (r *reconciler) full(d *desiredState) error {
 		}
 	}
 	// Addresses come off the interface only after their services are gone.
-	T = append(T, time.Now())
 	errs = append(errs, r.flush())
-	T = append(T, time.Now())
 	errs = append(errs, r.syncVIPs(maps.Keys(r.onDummy), d))
 	for dk := range r.draining {
 		if d.byKey[dk.vs] == nil {
