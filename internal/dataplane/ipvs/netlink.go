@@ -26,8 +26,10 @@ import (
 // genlFamily is the name IPVS registers its generic netlink family under.
 const genlFamily = "IPVS"
 
-// Kernel programs the host's IPVS table over generic netlink: moby/ipvs reads it, and
-// a writer of our own sends changes in batches.
+// Kernel programs the host's IPVS table over generic netlink. moby/ipvs reads single
+// services and their destinations (partial syncs); what scales with the number of
+// Services goes through nlbatch (changes in batches, the service dump) and one read
+// of /proc/net/ip_vs (every destination).
 type Kernel struct {
 	mu sync.Mutex // one request at a time on each socket
 	h  *mobyipvs.Handle
