@@ -127,7 +127,6 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 	}
 	c.metrics = m
 	c.runner = runner.New("netpol", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
-	c.runner.Observe = m.observe
 
 	podInf := env.Informers.Core().V1().Pods()
 	nsInf := env.Informers.Core().V1().Namespaces()
@@ -373,9 +372,7 @@ func CleanupDataplanes(ctx context.Context, dps []Dataplane) error {
 
 // metrics are the controller's Prometheus series.
 type metrics struct {
-	syncDuration  *prometheus.HistogramVec
 	phaseDuration *prometheus.HistogramVec
-	syncErrors    prometheus.Counter
 	driftRepairs  *prometheus.CounterVec
 	policies      prometheus.Gauge
 	pods          *prometheus.GaugeVec
@@ -387,19 +384,11 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	fam := []string{"family"}
 	m := &metrics{
-		syncDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kube_routerd_netpol_sync_duration_seconds",
-			Help:    "Time to compile and apply network policies, by sync kind.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
-		}, []string{"kind"}),
 		phaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "kube_routerd_netpol_sync_phase_duration_seconds",
 			Help:    "Time of each successful sync spent compiling (phase=compile) and writing the kernel (phase=apply).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}, []string{"phase"}),
-		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kube_routerd_netpol_sync_errors_total", Help: "Network policy syncs that failed.",
-		}),
 		driftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kube_routerd_netpol_drift_repairs_total",
 			Help: "Chains, sets and jumps of ours that a full resync found changed by someone else, and repaired.",
@@ -421,24 +410,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, fam),
 	}
 	if reg != nil {
-		for _, col := range []prometheus.Collector{m.syncDuration, m.phaseDuration, m.syncErrors, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
+		for _, col := range []prometheus.Collector{m.phaseDuration, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
 			if err := reg.Register(col); err != nil {
 				return nil, fmt.Errorf("registering network policy metrics: %w", err)
 			}
 		}
 	}
 	return m, nil
-}
-
-func (m *metrics) observe(full bool, d time.Duration, err error) {
-	kind := "partial"
-	if full {
-		kind = "full"
-	}
-	m.syncDuration.WithLabelValues(kind).Observe(d.Seconds())
-	if err != nil {
-		m.syncErrors.Inc()
-	}
 }
 
 func (m *metrics) record(family int, policies int, d *Desired) {

@@ -161,7 +161,6 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		desired:  newDesiredState(),
 	}
 	c.runner = runner.New("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
-	c.runner.Observe = c.observe
 
 	svcInformer := env.Informers.Core().V1().Services().Informer()
 	sliceInformer := env.Informers.Discovery().V1().EndpointSlices().Informer()
@@ -456,17 +455,6 @@ func (c *Controller) publish(node Node) {
 
 // writes counts the kernel changes of the last sync.
 func (c *Controller) writes() int { return c.rec.writes + c.fw.writes }
-
-func (c *Controller) observe(full bool, d time.Duration, err error) {
-	kind := "partial"
-	if full {
-		kind = "full"
-	}
-	c.metrics.syncDuration.WithLabelValues(kind).Observe(d.Seconds())
-	if err != nil {
-		c.metrics.syncErrors.Inc()
-	}
-}
 
 // Cleanup removes everything the service proxy created: the IPVS services recorded
 // in the ledger, the firewall jumps, chains and sets, the ledger itself and the dummy

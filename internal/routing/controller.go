@@ -82,7 +82,6 @@ func New(env daemon.Env, cfg config.Routing) (*Controller, error) {
 		return nil, err
 	}
 	c.metrics = m
-	c.runner.Observe = m.observeSync
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.runner.Request() },
 		UpdateFunc: func(any, any) { c.runner.Request() },
@@ -418,8 +417,6 @@ type metrics struct {
 	received     prometheus.Gauge
 	installed    prometheus.Gauge
 	flaps        prometheus.Counter
-	syncDuration prometheus.Histogram
-	syncErrors   prometheus.Counter
 	driftRepairs prometheus.Counter
 }
 
@@ -440,13 +437,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		flaps: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kube_routerd_routing_bgp_session_flaps_total", Help: "Times an established BGP session went down.",
 		}),
-		syncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "kube_routerd_routing_sync_duration_seconds", Help: "Duration of routing syncs.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
-		}),
-		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kube_routerd_routing_sync_errors_total", Help: "Routing syncs that failed.",
-		}),
 		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kube_routerd_routing_drift_repairs_total",
 			Help: "Routes and tunnels of ours that someone else removed or changed, and a sync repaired.",
@@ -455,19 +445,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, col := range []prometheus.Collector{m.peers, m.advertised, m.received, m.installed, m.flaps, m.syncDuration, m.syncErrors, m.driftRepairs} {
+	for _, col := range []prometheus.Collector{m.peers, m.advertised, m.received, m.installed, m.flaps, m.driftRepairs} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("routing: registering metrics: %w", err)
 		}
 	}
 	return m, nil
-}
-
-func (m *metrics) observeSync(_ bool, d time.Duration, err error) {
-	m.syncDuration.Observe(d.Seconds())
-	if err != nil {
-		m.syncErrors.Inc()
-	}
 }
 
 func (m *metrics) update(states map[string]PeerState, originated, installed int) {

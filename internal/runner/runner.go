@@ -27,8 +27,6 @@ type Runner struct {
 	MaxBackoff time.Duration
 	// BeatInterval is how often the idle loop reports liveness (default 1s).
 	BeatInterval time.Duration
-	// Observe, if set, is called after each sync (metrics).
-	Observe func(full bool, d time.Duration, err error)
 
 	requests chan struct{}
 	fullReq  chan struct{}
@@ -134,9 +132,6 @@ func (r *Runner) Run(ctx context.Context, hb *daemon.Heartbeat) {
 			return
 		}
 		hb.SyncDone(full, d, err, summary)
-		if r.Observe != nil {
-			r.Observe(full, d, err)
-		}
 		if err != nil {
 			backoff = min(max(2*backoff, r.MinInterval, 500*time.Millisecond), maxBackoff)
 			slog.Error("sync failed, will retry", "controller", r.Name, "full", full, "retryIn", backoff, "err", err)
