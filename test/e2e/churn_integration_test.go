@@ -236,7 +236,7 @@ func (c *churner) services() func(ctx context.Context) {
 }
 
 // watchdogWatch records the gaps between the daemon's WATCHDOG=1 pings until stopped.
-// It owns d.notify meanwhile; stop it before stop() or waitNotify.
+// It owns d.Notify meanwhile; stop it before stop() or waitNotify.
 type watchdogWatch struct {
 	done    chan struct{}
 	result  chan [2]time.Duration // {longest gap, pings}
@@ -249,7 +249,7 @@ func watchWatchdog(d *daemon) *watchdogWatch {
 		last, longest, pings := time.Now(), time.Duration(0), 0
 		for {
 			select {
-			case m, ok := <-d.notify:
+			case m, ok := <-d.Notify:
 				if !ok {
 					w.result <- [2]time.Duration{time.Hour, time.Duration(pings)}
 					return
@@ -318,8 +318,8 @@ func TestSustainedChurn(t *testing.T) {
 	ns := testenv.Namespace(t, cs)
 	nodeA, nodeB, daemonA, daemonB, podA, podB := twoNodes(t, cs, rc, ns, "")
 	podC := nodeB.AddPod(t, netns.PodOptions{Namespace: ns, Labels: map[string]string{"app": "c"}})
-	daemonA.start()
-	daemonB.start()
+	daemonA.StartReady(readyTimeout)
+	daemonB.StartReady(readyTimeout)
 	waitRoutes(t, nodeA, nodeB)
 
 	// The sentinel: pod a admits only app=b on 8080.
@@ -382,8 +382,8 @@ func TestSustainedChurn(t *testing.T) {
 		}
 	}
 	for _, d := range []*daemon{daemonA, daemonB} {
-		if strings.Contains(d.logText(t), "controller loop stuck") {
-			t.Errorf("kube-routerd on %s reported a stuck loop during churn", d.node.Name)
+		if strings.Contains(d.LogText(), "controller loop stuck") {
+			t.Errorf("kube-routerd on %s reported a stuck loop during churn", d.Node.Name)
 		}
 	}
 	rssAfter, heapAfter, goroutinesAfter := daemonMemory(t, nodeA)
@@ -400,9 +400,9 @@ func TestSustainedChurn(t *testing.T) {
 	}
 
 	// Every change applied: a clean start from the final objects computes the same state.
-	daemonA.stop()
-	daemonA.run("cleanup")
-	daemonA.start()
+	daemonA.Stop()
+	daemonA.Run("cleanup")
+	daemonA.StartReady(readyTimeout)
 	waitRoutes(t, nodeA, nodeB)
 	clean := settledState(t, nodeA, 3*time.Minute)
 	if churned != clean {

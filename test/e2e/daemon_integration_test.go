@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -16,7 +15,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -51,18 +49,11 @@ var buildDaemon = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-// daemon is one kube-routerd process running inside a node namespace under a real
-// NOTIFY_SOCKET, as systemd runs it.
-type daemon struct {
-	t      *testing.T
-	node   *netns.Node
-	bin    string
-	config string
-	cmd    *exec.Cmd
-	notify chan string
-	log    *os.File
-	exited chan error
-}
+// readyTimeout bounds a daemon's first full sync.
+const readyTimeout = 90 * time.Second
+
+// daemon is kube-routerd on a namespaced node of this machine, as systemd runs it.
+type daemon struct{ *netns.Daemon }
 
 func setupDaemon(t *testing.T, node *netns.Node, rc *rest.Config, extraConfig string) *daemon {
 	t.Helper()
@@ -89,96 +80,7 @@ level = "debug"
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return &daemon{t: t, node: node, bin: bin, config: config}
-}
-
-// start runs the daemon and waits for READY=1.
-func (d *daemon) start() {
-	t := d.t
-	t.Helper()
-	sockPath := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.notify = make(chan string, 1000)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(d.notify)
-				return
-			}
-			d.notify <- string(buf[:n])
-		}
-	}()
-	d.log, err = os.CreateTemp("", "kube-routerd-e2e-"+d.node.Name+"-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = d.node.Command(context.Background(), d.bin, "run", "--config", d.config)
-	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sockPath, "WATCHDOG_USEC=10000000")
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d.exited = make(chan error, 1)
-	go func() { d.exited <- d.cmd.Wait(); conn.Close() }()
-	t.Cleanup(func() {
-		if d.cmd.ProcessState == nil {
-			_ = d.cmd.Process.Kill()
-			<-d.exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("log of kube-routerd on %s:\n%s", d.node.Name, testenv.LastLines(string(b), 60))
-		}
-		os.Remove(d.log.Name())
-	})
-	d.waitNotify("READY=1", 90*time.Second)
-}
-
-// waitNotify waits for an sd_notify message starting with prefix.
-func (d *daemon) waitNotify(prefix string, timeout time.Duration) {
-	d.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case m, ok := <-d.notify:
-			if !ok {
-				d.t.Fatalf("kube-routerd on %s exited before %s", d.node.Name, prefix)
-			}
-			if strings.HasPrefix(m, prefix) {
-				return
-			}
-		case <-deadline:
-			d.t.Fatalf("kube-routerd on %s: no %s within %s", d.node.Name, prefix, timeout)
-		}
-	}
-}
-
-// stop sends SIGTERM, waits for STOPPING=1 and a clean exit.
-func (d *daemon) stop() {
-	d.t.Helper()
-	// nsenter passes signals on to the daemon it runs.
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		d.t.Fatal(err)
-	}
-	d.waitNotify("STOPPING=1", 30*time.Second)
-	select {
-	case err := <-d.exited:
-		if err != nil {
-			d.t.Fatalf("kube-routerd on %s exited with %v after SIGTERM", d.node.Name, err)
-		}
-	case <-time.After(30 * time.Second):
-		d.t.Fatalf("kube-routerd on %s did not exit after SIGTERM", d.node.Name)
-	}
-}
-
-func (d *daemon) run(args ...string) string {
-	d.t.Helper()
-	return d.node.Run(d.t, d.bin, append(args, "--config", d.config)...)
+	return &daemon{netns.NewDaemon(t, node, bin, config, 10*time.Second)}
 }
 
 // ourState is what kube-routerd programs in a node namespace, with packet counters
@@ -261,8 +163,8 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 
 	daemonA := setupDaemon(t, nodeA, rc, "")
 	daemonB := setupDaemon(t, nodeB, rc, "")
-	daemonA.start()
-	daemonB.start()
+	daemonA.StartReady(readyTimeout)
+	daemonB.StartReady(readyTimeout)
 
 	// BGP: each node learns the other's pod CIDR, and pods talk across nodes.
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
@@ -273,7 +175,7 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	podB.ExpectReply(t, netns.TCP, target, podA.Label)
 
 	// kube-routerd status reads the running daemon.
-	status := daemonA.run("status")
+	status := daemonA.Run("status")
 	for _, want := range []string{"kube-routerd: ready", "netpol", "routing"} {
 		if !strings.Contains(status, want) {
 			t.Errorf("status lacks %q:\n%s", want, status)
@@ -294,22 +196,22 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	}
 
 	// SIGTERM leaves the dataplane as it was: policy still enforced, routes kept.
-	daemonA.stop()
+	daemonA.Stop()
 	if after := ourState(t, nodeA); after != before {
 		t.Fatalf("stopping kube-routerd changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 	podB.ExpectBlocked(t, netns.TCP, target)
 
 	// A restart converges to the same kernel state without rewriting it.
-	daemonA.start()
+	daemonA.StartReady(readyTimeout)
 	if after := ourState(t, nodeA); after != before {
 		t.Fatalf("restarting kube-routerd changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	daemonA.stop()
+	daemonA.Stop()
 
 	// cleanup removes all of it, and nothing else (the node's own routes stay).
 	ownRoutesBefore := nodeA.Run(t, "ip", "-4", "route", "show", "proto", "kernel")
-	daemonA.run("cleanup")
+	daemonA.Run("cleanup")
 	if left := ourState(t, nodeA); left != "" {
 		t.Fatalf("cleanup left:\n%s", left)
 	}

@@ -17,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,17 +61,17 @@ func useSwitchableAPI(t *testing.T, d *daemon, rc *rest.Config) *apiForwarder {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &apiForwarder{node: d.node, upstream: api.Host, addr: "127.0.0.1:0", conns: map[net.Conn]bool{}}
+	f := &apiForwarder{node: d.Node, upstream: api.Host, addr: "127.0.0.1:0", conns: map[net.Conn]bool{}}
 	f.restore(t)
 	t.Cleanup(f.cut)
 
-	text, err := os.ReadFile(d.config)
+	text, err := os.ReadFile(d.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := regexp.MustCompile(`(?m)^kubeconfig = "(.*)"$`).FindSubmatch(text)
 	if m == nil {
-		t.Fatalf("no kubeconfig in %s", d.config)
+		t.Fatalf("no kubeconfig in %s", d.Config)
 	}
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: "https://" + f.addr, CertificateAuthorityData: rc.CAData}
@@ -191,14 +190,12 @@ func metric(t *testing.T, n *netns.Node, name string) float64 {
 // expectHealthy fails unless /healthz says every loop is alive and the process runs.
 func (d *daemon) expectHealthy(t *testing.T) {
 	t.Helper()
-	select {
-	case err := <-d.exited:
-		t.Fatalf("kube-routerd on %s exited: %v", d.node.Name, err)
-	default:
+	if !d.Running() {
+		t.Fatalf("kube-routerd on %s exited", d.Node.Name)
 	}
-	code, body, err := nodeHTTP(d.node, "/healthz", healthAddr)
+	code, body, err := nodeHTTP(d.Node, "/healthz", healthAddr)
 	if err != nil || code != http.StatusOK {
-		t.Fatalf("/healthz on %s: %d %q %v", d.node.Name, code, body, err)
+		t.Fatalf("/healthz on %s: %d %q %v", d.Node.Name, code, body, err)
 	}
 }
 
@@ -224,16 +221,6 @@ func fullState(t *testing.T, n *netns.Node) string {
 		}
 	}
 	return b.String()
-}
-
-// daemonLog returns what the daemon logged so far.
-func (d *daemon) logText(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(d.log.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 func probeOK(p *netns.Pod, target netip.AddrPort) bool {
@@ -276,8 +263,8 @@ func TestAPIServerOutageKeepsForwardingAndCatchesUp(t *testing.T) {
 	nodeA, nodeB, daemonA, daemonB, podA, podB := twoNodes(t, cs, rc, ns, "")
 	fwdA := useSwitchableAPI(t, daemonA, rc)
 	fwdB := useSwitchableAPI(t, daemonB, rc)
-	daemonA.start()
-	daemonB.start()
+	daemonA.StartReady(readyTimeout)
+	daemonB.StartReady(readyTimeout)
 	waitRoutes(t, nodeA, nodeB)
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
 	createDenyPolicy(t, cs, ns)
@@ -406,7 +393,7 @@ func TestKillDuringLargeSyncConverges(t *testing.T) {
 	apiPods(t, cs, node, ns, pods, apps)
 	others := existingPolicies(t, cs)
 	d := setupDaemon(t, node, rc, "")
-	d.start()
+	d.StartReady(readyTimeout)
 
 	created := make(chan error, 1)
 	go func() { created <- manyPolicies(cs, ns, policies, apps) }()
@@ -414,26 +401,23 @@ func TestKillDuringLargeSyncConverges(t *testing.T) {
 		n := chainCount(t, node) - others
 		return n > 20 && n < policies
 	})
-	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	<-d.exited
+	d.Kill()
 	if err := <-created; err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("killed with %d of %d policy chains programmed", chainCount(t, node)-others, policies)
 
 	start := time.Now()
-	d.start()
+	d.StartReady(readyTimeout)
 	afterKill := settle(t, node, others+policies, 120*time.Second)
 	t.Logf("recovery: converged %s after restart (300 policies, 60 local pods)", time.Since(start).Round(100*time.Millisecond))
-	d.stop()
+	d.Stop()
 
-	d.run("cleanup")
+	d.Run("cleanup")
 	if left := fullState(t, node); left != "" {
 		t.Fatalf("cleanup left:\n%s", left)
 	}
-	d.start()
+	d.StartReady(readyTimeout)
 	clean := settle(t, node, others+policies, 120*time.Second)
 	if afterKill != clean {
 		t.Fatalf("state after kill -9 and restart differs from a clean start:\nafter kill:\n%s\nclean:\n%s", afterKill, clean)
@@ -452,8 +436,8 @@ func TestDriftIsRepairedAndCounted(t *testing.T) {
 	const resync = "3s"
 	extra := fmt.Sprintf("sync_period = %q\n\n[network_policy]\nsync_period = %q\n", resync, resync)
 	nodeA, nodeB, daemonA, daemonB, podA, podB := twoNodes(t, cs, rc, ns, extra)
-	daemonA.start()
-	daemonB.start()
+	daemonA.StartReady(readyTimeout)
+	daemonB.StartReady(readyTimeout)
 	waitRoutes(t, nodeA, nodeB)
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
 	// Pod a admits only app=c on 8080: a peer set, a policy chain, a pod chain.
@@ -518,7 +502,7 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 	node := netns.NewNode(t, netns.NodeOptions{Client: cs})
 	others := existingPolicies(t, cs)
 	d := setupDaemon(t, node, rc, "advertise_cluster_ips = true\n")
-	d.start()
+	d.StartReady(readyTimeout)
 	ctx := context.Background()
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
 
@@ -593,7 +577,7 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 		return strings.Count(node.Run(t, "iptables-save", "-t", "filter"), "--dport ") >= 3000
 	})
 	testenv.Eventually(t, "the bad annotations to be logged with their objects", 30*time.Second, func() bool {
-		log := d.logText(t)
+		log := d.LogText()
 		return strings.Contains(log, "node="+node.Name) && strings.Contains(log, "ignoring invalid peer annotations") &&
 			strings.Contains(log, "service="+ns+"/weird")
 	})
@@ -603,7 +587,7 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 		return chainCount(t, node) == others+3
 	})
 	d.expectHealthy(t)
-	if log := d.logText(t); strings.Contains(log, "panic") || strings.Contains(log, "goroutine ") {
+	if log := d.LogText(); strings.Contains(log, "panic") || strings.Contains(log, "goroutine ") {
 		t.Fatalf("kube-routerd panicked:\n%s", testenv.LastLines(log, 40))
 	}
 	// Nothing was opened: the IPv6-only pod has no IPv4 chain, and the IPv4 rules of the

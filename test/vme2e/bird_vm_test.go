@@ -121,7 +121,7 @@ advertise_cluster_ips = true
 address = %q
 asn = %d
 `, router.IPv4, routerASN))
-	t.Logf("READY after %s", d.startReady().Round(time.Millisecond))
+	t.Logf("READY after %s", d.StartReady(readyTimeout).Round(time.Millisecond))
 
 	vip := createService(t, cs, ns, "web", webA, webB)
 	target := netip.AddrPortFrom(vip, probePort)

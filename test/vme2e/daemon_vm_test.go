@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -73,18 +72,10 @@ func installCopy(t *testing.T, bin, dir string) string {
 	return dst
 }
 
-// daemon is one kube-routerd process at a time inside a node namespace, started with
-// its own config.toml and a NOTIFY_SOCKET as systemd starts it. Its log collects
-// every run and is shown when the test fails.
+// daemon is kube-routerd on a namespaced node in the VM, with its own config.toml.
 type daemon struct {
-	t      *testing.T
-	node   *netns.Node
-	bin    string
-	config string
-	log    *os.File
-	proc   *os.Process
-	notify chan string
-	exited chan error
+	*netns.Daemon
+	kubeconfig string
 }
 
 // newDaemon writes config.toml for node (body follows the [kubernetes] table) and a
@@ -92,151 +83,26 @@ type daemon struct {
 func newDaemon(t *testing.T, node *netns.Node, rc *rest.Config, bin, body string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
-	kubeconfig := node.ForwardAPIServer(t, rc, dir)
-	config := filepath.Join(dir, "config.toml")
-	d := &daemon{t: t, node: node, bin: bin, config: config}
-	d.writeConfig(kubeconfig, body)
-	var err error
-	if d.log, err = os.Create(filepath.Join(dir, "kube-routerd.log")); err != nil {
-		t.Fatal(err)
+	d := &daemon{
+		Daemon:     netns.NewDaemon(t, node, bin, filepath.Join(dir, "config.toml"), 30*time.Second),
+		kubeconfig: node.ForwardAPIServer(t, rc, dir),
 	}
-	t.Cleanup(func() {
-		if d.running() {
-			_ = d.proc.Kill()
-			<-d.exited
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(d.log.Name())
-			t.Logf("log of kube-routerd on %s:\n%s", node.Name, testenv.LastLines(string(b), 80))
-		}
-		d.log.Close()
-	})
+	d.reconfigure(body)
 	return d
 }
 
-func (d *daemon) writeConfig(kubeconfig, body string) {
-	d.t.Helper()
+// reconfigure writes the config with a new body; it takes effect at the next start.
+func (d *daemon) reconfigure(body string) {
 	text := fmt.Sprintf(`[kubernetes]
 kubeconfig = %q
 node_name = %q
 %s
 [logging]
 level = "debug"
-`, kubeconfig, d.node.Name, body)
-	if err := os.WriteFile(d.config, []byte(text), 0o600); err != nil {
-		d.t.Fatal(err)
+`, d.kubeconfig, d.Node.Name, body)
+	if err := os.WriteFile(d.Config, []byte(text), 0o600); err != nil {
+		panic(err) // t.TempDir is writable
 	}
-}
-
-// reconfigure replaces the config body; it takes effect at the next start.
-func (d *daemon) reconfigure(body string) {
-	d.t.Helper()
-	d.writeConfig(filepath.Join(filepath.Dir(d.config), "kubeconfig"), body)
-}
-
-func (d *daemon) running() bool {
-	if d.exited == nil {
-		return false
-	}
-	select {
-	case err := <-d.exited:
-		d.exited <- err
-		return false
-	default:
-		return true
-	}
-}
-
-// start runs the daemon (without waiting for READY=1).
-func (d *daemon) start() {
-	t := d.t
-	t.Helper()
-	sock := filepath.Join(t.TempDir(), "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	notify := make(chan string, 1000)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := conn.Read(buf)
-			if err != nil {
-				close(notify)
-				return
-			}
-			notify <- string(buf[:n])
-		}
-	}()
-	fmt.Fprintf(d.log, "=== test: starting %s\n", d.bin)
-	cmd := d.node.Command(context.Background(), d.bin, "run", "--config", d.config)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=30000000")
-	cmd.Stdout, cmd.Stderr = d.log, d.log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait(); conn.Close() }()
-	d.proc, d.notify, d.exited = cmd.Process, notify, exited
-}
-
-// startReady runs the daemon and waits for READY=1, returning how long that took.
-func (d *daemon) startReady() time.Duration {
-	d.t.Helper()
-	start := time.Now()
-	d.start()
-	d.waitNotify("READY=1", readyTimeout)
-	return time.Since(start)
-}
-
-// waitNotify waits for an sd_notify message starting with prefix.
-func (d *daemon) waitNotify(prefix string, timeout time.Duration) {
-	d.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case m, ok := <-d.notify:
-			if !ok {
-				d.t.Fatalf("kube-routerd on %s exited before %s", d.node.Name, prefix)
-			}
-			if strings.HasPrefix(m, prefix) {
-				return
-			}
-		case <-deadline:
-			d.t.Fatalf("kube-routerd on %s: no %s within %s", d.node.Name, prefix, timeout)
-		}
-	}
-}
-
-// stop sends SIGTERM, as `systemctl stop` does, and waits for STOPPING=1 and a clean
-// exit.
-func (d *daemon) stop() {
-	d.t.Helper()
-	// nsenter execs the daemon without forking, so the signal reaches it directly.
-	if err := d.proc.Signal(syscall.SIGTERM); err != nil {
-		d.t.Fatal(err)
-	}
-	d.waitNotify("STOPPING=1", time.Minute)
-	select {
-	case err := <-d.exited:
-		d.exited <- err
-		if err != nil {
-			d.t.Fatalf("kube-routerd on %s exited with %v after SIGTERM", d.node.Name, err)
-		}
-	case <-time.After(time.Minute):
-		d.t.Fatalf("kube-routerd on %s did not exit after SIGTERM", d.node.Name)
-	}
-}
-
-// kill ends the daemon with SIGKILL, as a crash or the OOM killer would.
-func (d *daemon) kill() {
-	d.t.Helper()
-	if err := d.proc.Kill(); err != nil {
-		d.t.Fatal(err)
-	}
-	err := <-d.exited
-	d.exited <- err
-	fmt.Fprintf(d.log, "=== test: killed (%v)\n", err)
 }
 
 // ourRoutes lists the routes kube-routerd installed in the node (protocol

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -151,10 +150,10 @@ overlay = %q
 	startAll := func() {
 		t.Helper()
 		for _, d := range daemons {
-			d.start()
+			d.Start()
 		}
 		for _, d := range daemons {
-			d.waitNotify("READY=1", readyTimeout)
+			d.WaitNotify("READY=1", readyTimeout)
 		}
 	}
 	start := time.Now()
@@ -224,7 +223,7 @@ overlay = %q
 
 	// overlay "always": a restart with the new setting turns every route into a tunnel.
 	for _, d := range daemons {
-		d.stop()
+		d.Stop()
 		d.reconfigure(config("always"))
 	}
 	start = time.Now()
@@ -241,7 +240,7 @@ overlay = %q
 	// connected network). Each daemon still becomes READY, warns once naming the node
 	// it cannot reach, keeps no tunnel, and pods within subnet A still talk directly.
 	for _, d := range daemons {
-		d.stop()
+		d.Stop()
 		d.reconfigure(config("never"))
 	}
 	start = time.Now()
@@ -258,8 +257,8 @@ overlay = %q
 		}
 	}
 	testenv.Eventually(t, "a warning naming the unreachable node on a1", time.Minute, func() bool {
-		b, err := os.ReadFile(daemons[0].log.Name())
-		return err == nil && strings.Contains(string(b), "route not installed") && strings.Contains(string(b), b1.Name)
+		log := daemons[0].LogText()
+		return strings.Contains(log, "route not installed") && strings.Contains(log, b1.Name)
 	})
 	probeTarget(t, pods[0].NS, netip.AddrPortFrom(pods[1].IPv4, 8080))
 	probeTarget(t, pods[1].NS, netip.AddrPortFrom(pods[0].IPv4, 8080))

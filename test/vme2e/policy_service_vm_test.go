@@ -47,7 +47,7 @@ cluster_cidrs = [%q]
 [routing]
 router_id = %q
 `, netip.PrefixFrom(node.PodCIDRv4.Addr(), 16).Masked(), node.IPv4))
-	t.Logf("READY after %s", d.startReady().Round(time.Millisecond))
+	t.Logf("READY after %s", d.StartReady(readyTimeout).Round(time.Millisecond))
 
 	vip := createService(t, cs, ns, "web", backend)
 	viaVIP := netip.AddrPortFrom(vip, probePort)

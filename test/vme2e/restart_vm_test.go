@@ -210,7 +210,7 @@ cluster_cidrs = [%q]
 [routing]
 router_id = %q
 `, netip.PrefixFrom(node.PodCIDRv4.Addr(), 16).Masked(), node.IPv4))
-	t.Logf("first start: READY after %s", d.startReady().Round(time.Millisecond))
+	t.Logf("first start: READY after %s", d.StartReady(readyTimeout).Round(time.Millisecond))
 
 	vip := createService(t, cs, ns, "echo", backendA, backendB)
 	probe, echo := netip.AddrPortFrom(vip, probePort), netip.AddrPortFrom(vip, echoPort)
@@ -237,7 +237,7 @@ router_id = %q
 		stream.waitEchoes(t, 5, "while kube-routerd is down after "+how)
 		gapServers := []string{probeTarget(t, client.NS, probe), probeTarget(t, client.NS, probe)}
 		echoesDown := stream.echoed.Load() - echoesBefore
-		ready := d.startReady()
+		ready := d.StartReady(readyTimeout)
 		gap := time.Since(downAt)
 		sameState("by the restart after " + how)
 		stream.waitEchoes(t, 5, "after the restart after "+how)
@@ -248,10 +248,10 @@ router_id = %q
 
 	// The package upgrade: systemctl stop, a new binary replaces the old, systemctl start.
 	restartUnderTraffic("SIGTERM and an upgrade", func() {
-		d.stop()
-		d.bin = installCopy(t, bin, t.TempDir())
+		d.Stop()
+		d.Bin = installCopy(t, bin, t.TempDir())
 	})
-	restartUnderTraffic("SIGKILL", d.kill)
+	restartUnderTraffic("SIGKILL", d.Kill)
 
 	echoed, err := stream.finish()
 	if err != nil {
