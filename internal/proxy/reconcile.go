@@ -108,6 +108,9 @@ func (r *reconciler) full(d *desiredState) error {
 			cur = &s
 		}
 		errs = append(errs, r.syncVirtualServer(vs, cur, dests[k]))
+		if len(r.queue) >= flushThreshold {
+			errs = append(errs, r.flush())
+		}
 	}
 	for k := range actual {
 		if d.byKey[k] == nil && r.owned[k] {
@@ -374,6 +377,10 @@ func (r *reconciler) deleteVirtualServer(k ipvs.Key, dests []ipvs.Destination) {
 		},
 	})
 }
+
+// flushThreshold bounds the changes a full sync holds before sending them: a first
+// sync of 10,000 Services makes over 100,000, and holding them all cost tens of MiB.
+const flushThreshold = 8192
 
 // queuedChange is an IPVS change waiting for the next flush.
 type queuedChange struct {
