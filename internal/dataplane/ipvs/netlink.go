@@ -11,7 +11,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	mobyipvs "github.com/moby/ipvs"
 	vnetlink "github.com/vishvananda/netlink"
@@ -90,11 +89,6 @@ func openWriter(ns netns.NsHandle) (*writer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening IPVS netlink socket: %w", err)
 	}
-	timeout := unix.NsecToTimeval(replyTimeout.Nanoseconds())
-	if err := sock.SetReceiveTimeout(&timeout); err != nil {
-		sock.Close()
-		return nil, err
-	}
 	sender, err := nlbatch.New(sock)
 	if err != nil {
 		sock.Close()
@@ -102,9 +96,6 @@ func openWriter(ns netns.NsHandle) (*writer, error) {
 	}
 	return &writer{sender: sender, family: family.ID}, nil
 }
-
-// replyTimeout bounds the wait for the kernel's acks of one batch.
-const replyTimeout = 30 * time.Second
 
 // Loaded reports whether the running kernel has IPVS (its generic netlink family is
 // registered: module ip_vs loaded or built in). It loads nothing and logs nothing;

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"iter"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -20,6 +21,8 @@ const (
 	// the socket's receive buffer.
 	batchSize     = 256
 	receiveBuffer = 4 << 20
+	// replyTimeout bounds the wait for the kernel's answer to one batch or dump.
+	replyTimeout = 30 * time.Second
 )
 
 // Request is one netlink request: its message type, flags beyond NLM_F_REQUEST and
@@ -37,9 +40,13 @@ type Sender struct {
 	buf  []byte
 }
 
-// New prepares sock for batches: a receive buffer for a batch of acks, and acks for
-// failed requests that carry only the request's header.
+// New prepares sock for batches: a receive buffer for a batch of acks, acks for
+// failed requests that carry only the request's header, and a bounded wait for them.
 func New(sock *nl.NetlinkSocket) (*Sender, error) {
+	timeout := unix.NsecToTimeval(replyTimeout.Nanoseconds())
+	if err := sock.SetReceiveTimeout(&timeout); err != nil {
+		return nil, fmt.Errorf("setting the netlink receive timeout: %w", err)
+	}
 	if err := sock.SetReceiveBufferSize(receiveBuffer, true); err != nil {
 		return nil, fmt.Errorf("sizing the netlink receive buffer: %w", err)
 	}
