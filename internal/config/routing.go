@@ -16,7 +16,7 @@ type Routing struct {
 	RouterID Addr `toml:"router_id"`
 	// ListenPort is the BGP port the speaker listens on.
 	ListenPort int `toml:"listen_port"`
-	// Overlay chooses when pod traffic to another node is tunnelled (IPIP):
+	// Overlay chooses when pod traffic to another node is tunnelled (IPIP, ip6ip6):
 	// "always", "cross-subnet" (only to nodes outside our subnet) or "never".
 	Overlay string `toml:"overlay"`
 	// HoldTime is the BGP hold time offered to peers.

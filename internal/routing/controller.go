@@ -472,8 +472,8 @@ func (m *metrics) update(states map[string]PeerState, originated, installed int)
 }
 
 // reportUnreachable warns once about each route the kernel refused because its next
-// hop is on no connected network (a node in another subnet with overlay = "never", or
-// an IPv6 node in another subnet, which has no tunnel), naming the node behind it.
+// hop is on no connected network (a node in another subnet with overlay = "never"),
+// naming the node behind it.
 func (c *Controller) reportUnreachable(routes []route.Route, nodes []NodeInfo) {
 	now := make(map[netip.Prefix]route.Route, len(routes))
 	for _, r := range routes {

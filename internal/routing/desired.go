@@ -1,8 +1,8 @@
 // Package routing is the routing controller: it runs a BGP speaker inside the daemon,
 // peers with the other nodes (iBGP full mesh or route reflectors) and with external
 // routers, announces this node's pod CIDRs and chosen Service IPs, and installs the
-// pod CIDRs learned from other nodes as kernel routes (through IPIP tunnels when the
-// overlay asks for it).
+// pod CIDRs learned from other nodes as kernel routes (through IPIP or ip6ip6 tunnels
+// when the overlay asks for it).
 package routing
 
 import (
@@ -453,14 +453,20 @@ type LearnedRoute struct {
 
 // DesiredKernel turns learned routes into kernel routes and the tunnels they need.
 // Routes into our own pod CIDRs, via ourselves or with a next hop of the other IP
-// family are skipped. An IPv4 route whose next hop is another node goes through an
-// IPIP tunnel to it when overlay is "always", or "cross-subnet" and the node is
-// outside localPrefixes; every other route goes via its next hop (IPv6 has no tunnel).
+// family are skipped. A route whose next hop is another node goes through a tunnel to
+// it (IPIP for IPv4, ip6ip6 for IPv6, from our address of that family) when overlay is
+// "always", or "cross-subnet" and the node is outside localPrefixes; every other route
+// goes via its next hop.
 func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
 	isNode := map[netip.Addr]bool{}
 	for _, n := range nodes {
-		if n.Address.IsValid() && n.Name != self.Name {
-			isNode[n.Address] = true
+		if n.Name == self.Name {
+			continue
+		}
+		for _, a := range []netip.Addr{n.Address, n.AddressV6} {
+			if a.IsValid() {
+				isNode[a] = true
+			}
 		}
 	}
 	routes := map[netip.Prefix]route.Route{}
@@ -470,10 +476,14 @@ func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []Le
 			continue
 		}
 		onLink := slices.ContainsFunc(localPrefixes, func(p netip.Prefix) bool { return p.Contains(l.NextHop) })
-		tunnel := isNode[l.NextHop] && self.Address.IsValid() &&
+		local := self.Address
+		if l.NextHop.Is6() {
+			local = self.AddressV6
+		}
+		tunnel := isNode[l.NextHop] && local.IsValid() &&
 			(overlay == "always" || (overlay == "cross-subnet" && !onLink))
 		if tunnel {
-			t := route.Tunnel{Name: route.TunnelName(l.NextHop), Local: self.Address, Remote: l.NextHop}
+			t := route.Tunnel{Name: route.TunnelName(l.NextHop), Local: local, Remote: l.NextHop}
 			tunnels[t.Name] = t
 			routes[l.Prefix] = route.Route{Dst: l.Prefix, Device: t.Name}
 			continue

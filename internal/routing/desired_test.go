@@ -403,15 +403,45 @@ func TestDesiredKernelDualStack(t *testing.T) {
 		{Prefix: netip.MustParsePrefix("fd00:244:9::/64"), NextHop: netip.MustParseAddr("fd00::1")},  // via ourselves
 		{Prefix: netip.MustParsePrefix("fd00:244:8::/64"), NextHop: netip.MustParseAddr("10.0.0.2")}, // next hop of the other family
 	}
-	want := `tunnel krt-0a000002 ipip local 10.0.0.1 remote 10.0.0.2
+	v6Tunnel := route.TunnelName(netip.MustParseAddr("fd00::2"))
+	for _, tc := range []struct {
+		overlay string
+		local   []netip.Prefix
+		want    string
+	}{
+		{"always", pfx("10.0.0.0/24", "fd00::/64"), `tunnel krt-0a000002 ipip local 10.0.0.1 remote 10.0.0.2
+tunnel ` + v6Tunnel + ` ip6ip6 local fd00::1 remote fd00::2
 route 10.244.2.0/24 dev krt-0a000002
+route fd00:244:2::/64 dev ` + v6Tunnel + `
+`},
+		// Same IPv4 subnet, IPv6 subnets apart: only IPv6 is tunnelled.
+		{"cross-subnet", pfx("10.0.0.0/24", "fd00:1::/64"), `tunnel ` + v6Tunnel + ` ip6ip6 local fd00::1 remote fd00::2
+route 10.244.2.0/24 via 10.0.0.2
+route fd00:244:2::/64 dev ` + v6Tunnel + `
+`},
+		{"cross-subnet", pfx("10.0.0.0/24", "fd00::/64"), `route 10.244.2.0/24 via 10.0.0.2
 route fd00:244:2::/64 via fd00::2
-`
-	// With overlay "always" IPv4 goes through the tunnel and IPv6, which has none,
-	// via the node's IPv6 address.
-	rs, ts := DesiredKernel("always", self, []NodeInfo{self, b}, learned, pfx("10.0.0.0/24", "fd00::/64"))
-	if got := route.Dump(rs, ts); got != want {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
+`},
+	} {
+		rs, ts := DesiredKernel(tc.overlay, self, []NodeInfo{self, b}, learned, tc.local)
+		if got := route.Dump(rs, ts); got != tc.want {
+			t.Errorf("overlay %s, local %v: got\n%s\nwant\n%s", tc.overlay, tc.local, got, tc.want)
+		}
+	}
+}
+
+func TestTunnelNamesFitAndDiffer(t *testing.T) {
+	seen := map[string]netip.Addr{}
+	for _, a := range []string{"10.0.0.2", "10.0.0.3", "fd00::2", "fd00::3", "2001:db8:ffff::2", "::ffff:10.0.0.2"} {
+		addr := netip.MustParseAddr(a)
+		name := route.TunnelName(addr)
+		if len(name) > 15 || !strings.HasPrefix(name, route.TunnelNamePrefix) {
+			t.Errorf("%s: name %q does not fit an interface name or lacks our prefix", a, name)
+		}
+		if other, dup := seen[name]; dup {
+			t.Errorf("%s and %s share tunnel name %q", a, other, name)
+		}
+		seen[name] = addr
 	}
 }
 

@@ -110,7 +110,7 @@ level = "debug"
 func ourRoutes(t *testing.T, n *netns.Node) string {
 	t.Helper()
 	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: route.Protocol}
-	routes, err := n.Netlink.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	routes, err := n.Netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		t.Fatalf("list routes of %s: %v", n.Name, err)
 	}

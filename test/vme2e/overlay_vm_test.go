@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
@@ -25,8 +26,10 @@ import (
 func joinSubnets(t *testing.T, a, b *netns.Link) *netns.NS {
 	t.Helper()
 	router := netns.NewNS(t, "router", "router")
-	if err := router.Sysctl("net/ipv4/ip_forward", "1"); err != nil {
-		t.Fatal(err)
+	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err := router.Sysctl(key, "1"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for i, l := range []*netns.Link{a, b} {
 		name := fmt.Sprintf("eth%d", i)
@@ -48,10 +51,12 @@ func joinSubnets(t *testing.T, a, b *netns.Link) *netns.NS {
 		if err := l.Netlink.LinkSetUp(port); err != nil {
 			t.Fatal(err)
 		}
-		gw := l.V4.Masked().Addr().Next()
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.AsSlice(), Mask: net.CIDRMask(l.V4.Bits(), 32)}}
-		if err := router.Netlink.AddrAdd(veth, addr); err != nil {
-			t.Fatalf("router: address %s on %s: %v", gw, name, err)
+		gw, gw6 := l.V4.Masked().Addr().Next(), l.V6.Masked().Addr().Next()
+		for _, a := range []netip.Prefix{netip.PrefixFrom(gw, l.V4.Bits()), netip.PrefixFrom(gw6, l.V6.Bits())} {
+			addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}, Flags: unix.IFA_F_NODAD}
+			if err := router.Netlink.AddrAdd(veth, addr); err != nil {
+				t.Fatalf("router: address %s on %s: %v", a, name, err)
+			}
 		}
 		if err := router.Netlink.LinkSetUp(veth); err != nil {
 			t.Fatal(err)
@@ -62,12 +67,13 @@ func joinSubnets(t *testing.T, a, b *netns.Link) *netns.NS {
 		}
 		for _, n := range l.Nodes() {
 			n.AddRoute(t, other.V4.Masked(), gw)
+			n.AddRoute(t, other.V6.Masked(), gw6)
 		}
 	}
 	return router
 }
 
-// tunnelPackets is how many packets the node sent into its IPIP tunnels so far.
+// tunnelPackets is how many packets the node sent into its tunnels so far.
 func tunnelPackets(t *testing.T, n *netns.Node) uint64 {
 	t.Helper()
 	links, err := n.Netlink.LinkList()
@@ -94,19 +100,19 @@ func routeTo(t *testing.T, n *netns.Node, dst netip.Prefix) string {
 	return ""
 }
 
-// isTunnelRoute reports whether a line of ourRoutes points into one of our IPIP
-// tunnels; otherwise it is a direct route via the other node.
+// isTunnelRoute reports whether a line of ourRoutes points into one of our tunnels;
+// otherwise it is a direct route via the other node.
 func isTunnelRoute(line string) bool {
 	return strings.Contains(line, " dev "+route.TunnelNamePrefix)
 }
 
 // TestCrossSubnetOverlayTunnelsOnlyBetweenSubnets runs three nodes with the real
-// binary: two in subnet A, one in subnet B behind a router that knows no pod CIDR.
-// With overlay "cross-subnet" the nodes of A route each other's pods directly and
-// tunnel (IPIP) to the node in B, and every pod reaches every other pod; with overlay
-// "always" every pod route is a tunnel and traffic still flows; with "never" the
-// subnets cannot reach each other's pods, which each daemon reports while still
-// serving the routes it can install.
+// binary: two in subnet A, one in subnet B behind a router that knows no pod CIDR,
+// all dual-stack. With overlay "cross-subnet" the nodes of A route each other's pods
+// directly and tunnel to the node in B (IPIP for IPv4, ip6ip6 for IPv6), and every pod
+// reaches every other pod over both families; with overlay "always" every pod route is
+// a tunnel and traffic still flows; with "never" the subnets cannot reach each other's
+// pods, which each daemon reports while still serving the routes it can install.
 func TestCrossSubnetOverlayTunnelsOnlyBetweenSubnets(t *testing.T) {
 	testenv.RequireVM(t)
 	bin := daemonBinary(t)
@@ -182,9 +188,11 @@ overlay = %q
 					if from == to {
 						continue
 					}
-					r := routeTo(t, from, to.PodCIDRv4)
-					if r == "" || isTunnelRoute(r) != tunnel(from, to) {
-						return false
+					for _, dst := range []netip.Prefix{to.PodCIDRv4, to.PodCIDRv6} {
+						r := routeTo(t, from, dst)
+						if r == "" || isTunnelRoute(r) != tunnel(from, to) {
+							return false
+						}
 					}
 				}
 			}
@@ -202,12 +210,14 @@ overlay = %q
 				if from == to {
 					continue
 				}
-				before := tunnelPackets(t, from.Node)
-				probeTarget(t, from.NS, netip.AddrPortFrom(to.IPv4, 8080))
-				sent := tunnelPackets(t, from.Node) - before
-				if tunnel(from.Node, to.Node) != (sent > 0) {
-					t.Errorf("overlay %s: %s -> %s sent %d packets into tunnels (route %q)",
-						overlay, from.Name, to.Name, sent, routeTo(t, from.Node, to.Node.PodCIDRv4))
+				for _, target := range []netip.Addr{to.IPv4, to.IPv6} {
+					before := tunnelPackets(t, from.Node)
+					probeTarget(t, from.NS, netip.AddrPortFrom(target, 8080))
+					sent := tunnelPackets(t, from.Node) - before
+					if tunnel(from.Node, to.Node) != (sent > 0) {
+						t.Errorf("overlay %s: %s -> %s (%s) sent %d packets into tunnels (route %q)",
+							overlay, from.Name, to.Name, target, sent, routeTo(t, from.Node, netip.PrefixFrom(target, target.BitLen())))
+					}
 				}
 			}
 		}
@@ -216,8 +226,10 @@ overlay = %q
 	inB := func(n *netns.Node) bool { return n == b1 }
 	crossSubnet := func(from, to *netns.Node) bool { return inB(from) != inB(to) }
 	allRoutes("cross-subnet", crossSubnet)
-	if r := routeTo(t, a1, a2.PodCIDRv4); !strings.Contains(r, "via "+a2.IPv4.String()) {
-		t.Errorf("%s routes %s's pods %q, want directly via %s", a1.Name, a2.Name, r, a2.IPv4)
+	for _, want := range [][2]string{{routeTo(t, a1, a2.PodCIDRv4), a2.IPv4.String()}, {routeTo(t, a1, a2.PodCIDRv6), a2.IPv6.String()}} {
+		if !strings.Contains(want[0], "via "+want[1]) {
+			t.Errorf("%s routes %s's pods %q, want directly via %s", a1.Name, a2.Name, want[0], want[1])
+		}
 	}
 	allPairs("cross-subnet", crossSubnet)
 
@@ -252,8 +264,10 @@ overlay = %q
 			len(tunnelNames(t, a1)) == 0 && len(tunnelNames(t, a2)) == 0 && len(tunnelNames(t, b1)) == 0
 	})
 	for _, pair := range [][2]*netns.Node{{a1, b1}, {a2, b1}, {b1, a1}, {b1, a2}} {
-		if r := routeTo(t, pair[0], pair[1].PodCIDRv4); r != "" {
-			t.Errorf("overlay never: %s has a route to %s's pods across subnets: %q", pair[0].Name, pair[1].Name, r)
+		for _, dst := range []netip.Prefix{pair[1].PodCIDRv4, pair[1].PodCIDRv6} {
+			if r := routeTo(t, pair[0], dst); r != "" {
+				t.Errorf("overlay never: %s has a route to %s's pods across subnets: %q", pair[0].Name, pair[1].Name, r)
+			}
 		}
 	}
 	testenv.Eventually(t, "a warning naming the unreachable node on a1", time.Minute, func() bool {
@@ -262,9 +276,10 @@ overlay = %q
 	})
 	probeTarget(t, pods[0].NS, netip.AddrPortFrom(pods[1].IPv4, 8080))
 	probeTarget(t, pods[1].NS, netip.AddrPortFrom(pods[0].IPv4, 8080))
+	probeTarget(t, pods[0].NS, netip.AddrPortFrom(pods[1].IPv6, 8080))
 }
 
-// tunnelNames lists the node's IPIP tunnels of ours with their remote ends.
+// tunnelNames lists the node's tunnels of ours (IPIP and ip6ip6) with their remote ends.
 func tunnelNames(t *testing.T, n *netns.Node) []string {
 	t.Helper()
 	links, err := n.Netlink.LinkList()
@@ -273,8 +288,17 @@ func tunnelNames(t *testing.T, n *netns.Node) []string {
 	}
 	var names []string
 	for _, l := range links {
-		if ip, ok := l.(*netlink.Iptun); ok && strings.HasPrefix(ip.Name, route.TunnelNamePrefix) {
-			names = append(names, ip.Name+"->"+ip.Remote.String()+"(mtu "+strconv.Itoa(ip.MTU)+")")
+		var remote net.IP
+		switch tun := l.(type) {
+		case *netlink.Iptun:
+			remote = tun.Remote
+		case *netlink.Ip6tnl:
+			remote = tun.Remote
+		default:
+			continue
+		}
+		if strings.HasPrefix(l.Attrs().Name, route.TunnelNamePrefix) {
+			names = append(names, l.Attrs().Name+"->"+remote.String()+"(mtu "+strconv.Itoa(l.Attrs().MTU)+")")
 		}
 	}
 	return names

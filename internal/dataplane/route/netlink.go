@@ -96,36 +96,59 @@ func (Netlink) Tunnels() ([]Tunnel, error) {
 	}
 	var out []Tunnel
 	for _, l := range links {
-		t, ok := l.(*netlink.Iptun)
-		if !ok || !strings.HasPrefix(t.Alias, TunnelAliasPrefix) {
-			continue
+		if t, ok := ourTunnel(l); ok {
+			out = append(out, t)
 		}
-		local, _ := netip.AddrFromSlice(t.Local.To4())
-		remote, _ := netip.AddrFromSlice(t.Remote.To4())
-		out = append(out, Tunnel{Name: t.Name, Local: local, Remote: remote})
 	}
 	return out, nil
+}
+
+// ourTunnel returns l as a Tunnel if it is an IPIP or ip6ip6 tunnel of ours.
+func ourTunnel(l netlink.Link) (Tunnel, bool) {
+	if !strings.HasPrefix(l.Attrs().Alias, TunnelAliasPrefix) {
+		return Tunnel{}, false
+	}
+	var local, remote net.IP
+	switch t := l.(type) {
+	case *netlink.Iptun:
+		local, remote = t.Local.To4(), t.Remote.To4()
+	case *netlink.Ip6tnl:
+		local, remote = t.Local.To16(), t.Remote.To16()
+	default:
+		return Tunnel{}, false
+	}
+	l4, _ := netip.AddrFromSlice(local)
+	r4, _ := netip.AddrFromSlice(remote)
+	return Tunnel{Name: l.Attrs().Name, Local: l4, Remote: r4}, true
 }
 
 // EnsureTunnel implements Interface.
 func (n Netlink) EnsureTunnel(t Tunnel) error {
 	if l, err := netlink.LinkByName(t.Name); err == nil {
-		ip, ok := l.(*netlink.Iptun)
-		if !ok || !strings.HasPrefix(ip.Alias, TunnelAliasPrefix) {
+		have, ok := ourTunnel(l)
+		if !ok {
 			return fmt.Errorf("tunnel %s: an interface of that name exists and is not ours", t.Name)
 		}
-		if ip.Local.Equal(t.Local.AsSlice()) && ip.Remote.Equal(t.Remote.AsSlice()) {
+		if have == t {
 			return netlink.LinkSetUp(l)
 		}
 		if err := netlink.LinkDel(l); err != nil {
 			return fmt.Errorf("tunnel %s: removing outdated link: %w", t.Name, err)
 		}
 	}
-	link := &netlink.Iptun{
+	var link netlink.Link = &netlink.Iptun{
 		LinkAttrs: netlink.LinkAttrs{Name: t.Name},
 		Local:     t.Local.AsSlice(),
 		Remote:    t.Remote.AsSlice(),
 		PMtuDisc:  1,
+	}
+	if t.Remote.Is6() {
+		link = &netlink.Ip6tnl{
+			LinkAttrs: netlink.LinkAttrs{Name: t.Name},
+			Local:     t.Local.AsSlice(),
+			Remote:    t.Remote.AsSlice(),
+			Proto:     unix.IPPROTO_IPV6,
+		}
 	}
 	if err := netlink.LinkAdd(link); err != nil {
 		return fmt.Errorf("creating tunnel %s: %w", t, err)

@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,7 +49,7 @@ func (r Route) String() string {
 	return fmt.Sprintf("%s via %s", r.Dst, r.Gateway)
 }
 
-// Tunnel is an IPIP tunnel to one remote node.
+// Tunnel is a tunnel to one remote node: IPIP for IPv4 addresses, ip6ip6 for IPv6.
 type Tunnel struct {
 	// Name is the interface name (TunnelName of Remote).
 	Name string
@@ -59,14 +60,27 @@ type Tunnel struct {
 }
 
 func (t Tunnel) String() string {
-	return fmt.Sprintf("%s ipip local %s remote %s", t.Name, t.Local, t.Remote)
+	mode := "ipip"
+	if t.Remote.Is6() {
+		mode = "ip6ip6"
+	}
+	return fmt.Sprintf("%s %s local %s remote %s", t.Name, mode, t.Local, t.Remote)
 }
 
-// TunnelName is the interface name of the tunnel to remote: the prefix and the IPv4
-// address in hex, e.g. "krt-0a000102" for 10.0.1.2 (12 bytes, unique per remote).
+// TunnelName is the interface name of the tunnel to remote. For IPv4 it is the prefix
+// and the address in hex, e.g. "krt-0a000102" for 10.0.1.2 (unique per remote). An
+// IPv6 address does not fit the 15 bytes of an interface name, so it is the prefix and
+// 44 bits of a hash of the address, e.g. "krt-3f09a1c2e4b"; the lengths differ, so the
+// two kinds never share a name.
 func TunnelName(remote netip.Addr) string {
-	b := remote.As4()
-	return fmt.Sprintf("%s%02x%02x%02x%02x", TunnelNamePrefix, b[0], b[1], b[2], b[3])
+	if remote.Is4() {
+		b := remote.As4()
+		return fmt.Sprintf("%s%02x%02x%02x%02x", TunnelNamePrefix, b[0], b[1], b[2], b[3])
+	}
+	h := fnv.New64a()
+	b := remote.As16()
+	h.Write(b[:])
+	return fmt.Sprintf("%s%011x", TunnelNamePrefix, h.Sum64()>>20)
 }
 
 // Interface is what the routing controller needs from the kernel.

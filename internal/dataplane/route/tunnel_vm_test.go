@@ -9,13 +9,30 @@ import (
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 )
 
-// IPIP tunnels need the ipip module, which only the VM's kernel has.
+// IPIP and ip6ip6 tunnels need the ipip and ip6_tunnel modules, which only the VM's
+// kernel has.
 func TestNetlinkTunnelsAreCreatedRecreatedAndDeletedOnlyWhenOurs(t *testing.T) {
 	testenv.RequireVM(t)
+	for _, f := range []tunnelFamily{
+		{name: "ipv4", local: "10.0.0.1", moved: "10.0.0.2", subnet: "10.0.0.1/24", remote: "10.0.1.3", foreignRemote: "10.0.5.5", pods: "10.244.3.0/24"},
+		{name: "ipv6", local: "fd00::1", moved: "fd00::2", subnet: "fd00::1/64", remote: "fd00:1::3", foreignRemote: "fd00:5::5", pods: "fd00:10:244:3::/64"},
+	} {
+		t.Run(f.name, func(t *testing.T) { inPrivateNetns(t, func() error { return tunnelScenario(t, f) }) })
+	}
+}
+
+// tunnelFamily holds the addresses of one run of tunnelScenario.
+type tunnelFamily struct {
+	name, local, moved, subnet, remote, foreignRemote, pods string
+}
+
+// inPrivateNetns runs fn in a new network namespace.
+func inPrivateNetns(t *testing.T, fn func() error) {
 	// A private namespace entered by a locked thread that never returns to the scheduler
 	// (the package-level netlink calls act in the calling thread's namespace).
 	errc := make(chan error, 1)
@@ -27,14 +44,14 @@ func TestNetlinkTunnelsAreCreatedRecreatedAndDeletedOnlyWhenOurs(t *testing.T) {
 			return
 		}
 		defer ns.Close()
-		errc <- tunnelScenario(t)
+		errc <- fn()
 	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
 }
 
-func tunnelScenario(t *testing.T) error {
+func tunnelScenario(t *testing.T, f tunnelFamily) error {
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}
 	if err := netlink.LinkAdd(veth); err != nil {
 		return err
@@ -42,18 +59,23 @@ func tunnelScenario(t *testing.T) error {
 	if err := netlink.LinkSetUp(veth); err != nil {
 		return err
 	}
-	addr, _ := netlink.ParseAddr("10.0.0.1/24")
+	addr, _ := netlink.ParseAddr(f.subnet)
+	addr.Flags = unix.IFA_F_NODAD
 	if err := netlink.AddrAdd(veth, addr); err != nil {
 		return err
 	}
-	foreign := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: "foreign0"}, Local: netip.MustParseAddr("10.0.0.1").AsSlice(), Remote: netip.MustParseAddr("10.0.5.5").AsSlice()}
+	local, foreignRemote := netip.MustParseAddr(f.local), netip.MustParseAddr(f.foreignRemote)
+	var foreign netlink.Link = &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: "foreign0"}, Local: local.AsSlice(), Remote: foreignRemote.AsSlice()}
+	if local.Is6() {
+		foreign = &netlink.Ip6tnl{LinkAttrs: netlink.LinkAttrs{Name: "foreign0"}, Local: local.AsSlice(), Remote: foreignRemote.AsSlice(), Proto: unix.IPPROTO_IPV6}
+	}
 	if err := netlink.LinkAdd(foreign); err != nil {
 		return err
 	}
 	k := Netlink{}
-	remote := netip.MustParseAddr("10.0.1.3")
-	tun := Tunnel{Name: TunnelName(remote), Local: netip.MustParseAddr("10.0.0.1"), Remote: remote}
-	r := Route{Dst: netip.MustParsePrefix("10.244.3.0/24"), Device: tun.Name}
+	remote := netip.MustParseAddr(f.remote)
+	tun := Tunnel{Name: TunnelName(remote), Local: local, Remote: remote}
+	r := Route{Dst: netip.MustParsePrefix(f.pods), Device: tun.Name}
 	if err := k.EnsureTunnel(tun); err != nil {
 		return err
 	}
@@ -75,7 +97,7 @@ func tunnelScenario(t *testing.T) error {
 		t.Errorf("routes = %v, want %v", rs, r)
 	}
 	moved := tun
-	moved.Local = netip.MustParseAddr("10.0.0.2")
+	moved.Local = netip.MustParseAddr(f.moved)
 	if err := k.EnsureTunnel(moved); err != nil {
 		return err
 	}
