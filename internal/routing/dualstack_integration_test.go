@@ -163,3 +163,47 @@ func TestDualStackMeshCarriesIPv6PodTrafficAndReportsPeerMetrics(t *testing.T) {
 		})
 	})
 }
+
+// TestIPv6OnlyNodesMeshAndCarryPodTraffic registers three nodes with only an IPv6
+// InternalIP and pod CIDR: each speaker derives its router id from its IPv6 address,
+// peers over IPv6 only, installs the other nodes' IPv6 pod CIDRs, and pods talk across
+// nodes over IPv6.
+func TestIPv6OnlyNodesMeshAndCarryPodTraffic(t *testing.T) {
+	testenv.RequireRoot(t)
+	rc, cs := testenv.APIServer(t)
+	api := forwardAPIServer(t, rc)
+	link := netns.NewLink(t)
+	var nodes []*netns.Node
+	var pods []*netns.Pod
+	var procs []*nodeProcess
+	for range 3 {
+		n := link.AddNode(t, netns.NodeOptions{Name: testenv.UniqueName("v6only"), Client: cs, IPv6Only: true})
+		nodes = append(nodes, n)
+		pods = append(pods, n.AddPod(t, netns.PodOptions{}))
+	}
+	start := time.Now()
+	for _, n := range nodes {
+		procs = append(procs, startController(t, n, api, meshConfig))
+	}
+	testenv.Eventually(t, "every node to install the other nodes' IPv6 pod CIDRs and no IPv4 route", 90*time.Second, func() bool {
+		for i, n := range nodes {
+			others := slices.Delete(slices.Clone(nodes), i, i+1)
+			if len(ourRoutesVia(t, n, "-4")) != 0 || !slices.Equal(ourRoutesVia(t, n, "-6"), podRoutesTo("-6", others...)) {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("3 IPv6-only nodes: all 6 pod routes installed %s after the controllers started", time.Since(start).Round(time.Millisecond))
+	for _, pair := range [][2]int{{0, 2}, {2, 1}} {
+		from, to := pods[pair[0]], pods[pair[1]]
+		srv := to.Serve(t, netns.TCP, 0)
+		from.ExpectReply(t, netns.TCP, netip.AddrPortFrom(to.IPv6, uint16(srv.Port)), to.Label)
+	}
+	// One IPv6 session to each other node, our one pod CIDR announced, theirs installed.
+	testenv.Eventually(t, "node 0's metrics to show an IPv6-only mesh", 60*time.Second, func() bool {
+		return metricsAre(t, procs[0], map[string]float64{
+			metricEstablished: 2, metricAdvertised: 1, metricReceived: 2, metricInstalled: 2,
+		})
+	})
+}

@@ -71,6 +71,9 @@ type NodeOptions struct {
 	Client kubernetes.Interface
 	// Labels of the Node object.
 	Labels map[string]string
+	// IPv6Only registers the Node with only its IPv6 InternalIP and pod CIDR; the
+	// namespace keeps its IPv4 addresses, which then no controller should use.
+	IPv6Only bool
 }
 
 // Node is a test node: a namespace that forwards IPv4 and IPv6, with a pod bridge
@@ -231,12 +234,16 @@ func (n *Node) register(t testing.TB, opts NodeOptions) {
 	if n.client == nil {
 		return
 	}
-	n.Object = testenv.CreateNode(t, n.client, testenv.NodeSpec{
+	spec := testenv.NodeSpec{
 		Name:        n.Name,
 		PodCIDRs:    []string{n.PodCIDRv4.String(), n.PodCIDRv6.String()},
 		InternalIPs: []string{n.IPv4.String(), n.IPv6.String()},
 		Labels:      opts.Labels,
-	})
+	}
+	if opts.IPv6Only {
+		spec.PodCIDRs, spec.InternalIPs = spec.PodCIDRs[1:], spec.InternalIPs[1:]
+	}
+	n.Object = testenv.CreateNode(t, n.client, spec)
 }
 
 // PodOptions says how to build a pod. Zero values pick defaults.
