@@ -11,9 +11,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -43,20 +40,16 @@ type faultLab struct {
 	nodes                           []*netns.Node
 	proc                            *nodeProcess // the controller of nodes[0]
 	flappy, greedy, locked, garbage *netns.Node
-	birdc                           map[string]func(args ...string) string
-	birdLog                         map[string]*syncBuffer
+	bird                            map[string]*netns.BIRD
 }
 
 func newFaultLab(t *testing.T) *faultLab {
 	t.Helper()
 	testenv.RequireRoot(t)
-	if _, err := exec.LookPath("bird"); err != nil {
-		testenv.Unavailable(t, "bird not installed (apt-get install -y bird2)")
-	}
 	rc, cs := testenv.APIServer(t)
 	api := forwardAPIServer(t, rc)
 	link := netns.NewLink(t)
-	lab := &faultLab{birdc: map[string]func(args ...string) string{}, birdLog: map[string]*syncBuffer{}}
+	lab := &faultLab{bird: map[string]*netns.BIRD{}}
 	for range 3 {
 		lab.nodes = append(lab.nodes, link.AddNode(t, netns.NodeOptions{Name: testenv.UniqueName("fault"), Client: cs}))
 	}
@@ -102,14 +95,7 @@ password = "right"
 // as AS 65000. Short retry and error wait times keep the flaps of the test quick.
 func startBIRD(t *testing.T, lab *faultLab, router *netns.Node, routes, auth string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "krt-bird")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	conf := filepath.Join(dir, "bird.conf")
-	sock := filepath.Join(dir, "bird.ctl")
-	birdConf := fmt.Sprintf(`
+	lab.bird[router.Name] = netns.StartBIRD(t, router.NS, fmt.Sprintf(`
 router id %[1]s;
 log stderr all;
 protocol device {}
@@ -119,33 +105,12 @@ protocol bgp %[3]s {
 	hold time 9; connect retry time 2; connect delay time 1; error wait time 1, 5;
 	ipv4 { import all; export where source = RTS_STATIC; };
 }
-`, router.IPv4, routes, router.Name, lab.nodes[0].IPv4, auth)
-	if err := os.WriteFile(conf, []byte(birdConf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bird := router.Command(context.Background(), "bird", "-c", conf, "-s", sock, "-f")
-	birdLog := &syncBuffer{}
-	lab.birdLog[router.Name] = birdLog
-	bird.Stdout, bird.Stderr = birdLog, birdLog
-	if err := bird.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = bird.Process.Signal(syscall.SIGTERM)
-		_ = bird.Wait()
-		if t.Failed() {
-			t.Logf("log of BIRD %s:\n%s", router.Name, birdLog)
-		}
-	})
-	lab.birdc[router.Name] = func(args ...string) string {
-		out, _ := router.Command(context.Background(), "birdc", append([]string{"-s", sock}, args...)...).CombinedOutput()
-		return string(out)
-	}
+`, router.IPv4, routes, router.Name, lab.nodes[0].IPv4, auth))
 }
 
 // birdEstablished reports whether a BIRD protocol's session is up.
 func (lab *faultLab) birdEstablished(name string) bool {
-	return strings.Contains(lab.birdc[name]("show", "protocols", name), "Established")
+	return strings.Contains(lab.bird[name].Ctl("show", "protocols", name), "Established")
 }
 
 // meshSessions lists node 0's established BGP connections to the other nodes as
@@ -267,11 +232,11 @@ func TestBGPFaultsLeaveTheOtherSessionsAndRoutesAlone(t *testing.T) {
 			return strings.Contains(log.String(), warning)
 		})
 		if lab.birdEstablished("locked") {
-			t.Errorf("the session with the wrong password is established:\n%s", lab.birdc["locked"]("show", "protocols", "locked"))
+			t.Errorf("the session with the wrong password is established:\n%s", lab.bird["locked"].Ctl("show", "protocols", "locked"))
 		}
 		// The right password on the same router works: MD5 itself is fine.
 		if !lab.birdEstablished("flappy") {
-			t.Errorf("the session with the right password is not established:\n%s", lab.birdc["flappy"]("show", "protocols", "flappy"))
+			t.Errorf("the session with the right password is not established:\n%s", lab.bird["flappy"].Ctl("show", "protocols", "flappy"))
 		}
 		mon.expectUndisturbed(t)
 	})
@@ -287,7 +252,7 @@ func TestBGPFaultsLeaveTheOtherSessionsAndRoutesAlone(t *testing.T) {
 			return logLine(log, 0, `msg="sent notification"`, peer, "Code=6", "Subcode=1") != ""
 		})
 		testenv.Eventually(t, "BIRD to log the Cease it received", 30*time.Second, func() bool {
-			return strings.Contains(lab.birdLog["greedy"].String(), "Received: Maximum number of prefixes reached")
+			return strings.Contains(lab.bird["greedy"].Log(), "Received: Maximum number of prefixes reached")
 		})
 		testenv.Eventually(t, "no route of the greedy peer in node 0's kernel", 30*time.Second, func() bool {
 			return !strings.Contains(strings.Join(ourRoutesVia(t, lab.nodes[0], "-4"), "\n"), "172.30.")
@@ -349,13 +314,13 @@ func TestBGPFaultsLeaveTheOtherSessionsAndRoutesAlone(t *testing.T) {
 	t.Run("a peer flapping every few seconds disturbs no other session or route", func(t *testing.T) {
 		want := fmt.Sprintf("%s via %s", flappyRoute, lab.flappy.IPv4)
 		for i := range 5 {
-			lab.birdc["flappy"]("disable", "flappy")
+			lab.bird["flappy"].Ctl("disable", "flappy")
 			testenv.Eventually(t, "the flapping peer's route to go", 30*time.Second, func() bool {
 				return !slices.Contains(ourRoutesVia(t, lab.nodes[0], "-4"), want)
 			})
 			time.Sleep(2 * time.Second) // the flap's down time, not a synchronisation
 			enabled := time.Now()
-			lab.birdc["flappy"]("enable", "flappy")
+			lab.bird["flappy"].Ctl("enable", "flappy")
 			testenv.Eventually(t, "the flapping peer's route to come back", 60*time.Second, func() bool {
 				return slices.Contains(ourRoutesVia(t, lab.nodes[0], "-4"), want)
 			})

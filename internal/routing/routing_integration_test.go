@@ -395,9 +395,6 @@ func TestFullMeshInstallsPodRoutesAndCarriesPodTraffic(t *testing.T) {
 
 func TestBIRDPeerLearnsPodCIDRsAndServiceIPsAndCannotInjectIntoThePodRange(t *testing.T) {
 	testenv.RequireRoot(t)
-	if _, err := exec.LookPath("bird"); err != nil {
-		testenv.Unavailable(t, "bird not installed (apt-get install -y bird2)")
-	}
 	rc, cs := testenv.APIServer(t)
 	api := forwardAPIServer(t, rc)
 	ns := testenv.Namespace(t, cs)
@@ -419,10 +416,7 @@ func TestBIRDPeerLearnsPodCIDRsAndServiceIPsAndCannotInjectIntoThePodRange(t *te
 	// Inside the first node's pod CIDR: the node must refuse it.
 	injected := netip.PrefixFrom(n1.PodCIDRv4.Addr(), 25).Masked()
 	outside := netip.MustParsePrefix("172.20.0.0/16")
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "bird.conf")
-	sock := filepath.Join(dir, "bird.ctl")
-	birdConf := fmt.Sprintf(`
+	bird := netns.StartBIRD(t, router.NS, fmt.Sprintf(`
 router id %[1]s;
 log stderr all;
 protocol device {}
@@ -432,23 +426,7 @@ template bgp nodes { local as 65000; hold time 9; ipv4 { import all; export wher
 protocol bgp node1 from nodes { neighbor %[4]s as 64512; }
 protocol bgp node2 from nodes { neighbor %[5]s as 64512; }
 protocol bgp node1v6 { local as 65000; hold time 9; neighbor %[6]s as 64512; ipv6 { import all; export none; }; }
-`, router.IPv4, injected, outside, n1.IPv4, n2.IPv4, n1.IPv6)
-	if err := os.WriteFile(conf, []byte(birdConf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bird := router.Command(context.Background(), "bird", "-c", conf, "-s", sock, "-f")
-	var birdLog bytes.Buffer
-	bird.Stdout, bird.Stderr = &birdLog, &birdLog
-	if err := bird.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = bird.Process.Signal(syscall.SIGTERM)
-		_ = bird.Wait()
-		if t.Failed() {
-			t.Logf("bird log:\n%s", birdLog.String())
-		}
-	})
+`, router.IPv4, injected, outside, n1.IPv4, n2.IPv4, n1.IPv6))
 
 	// One node gets its peer from the config, the other from its annotations.
 	cfgWithPeer := fmt.Sprintf(`
@@ -468,19 +446,15 @@ asn = 65000
 	startController(t, n1, api, cfgWithPeer)
 	startController(t, n2, api, meshConfig+"advertise_cluster_ips = true\n")
 
-	birdc := func(args ...string) string {
-		out, _ := router.Command(context.Background(), "birdc", append([]string{"-s", sock}, args...)...).CombinedOutput()
-		return string(out)
-	}
 	waitFor(t, "BIRD to learn both pod CIDRs and the cluster IP", func() bool {
-		out := birdc("show", "route", "protocol", "node1") + birdc("show", "route", "protocol", "node2")
+		out := bird.Ctl("show", "route", "protocol", "node1") + bird.Ctl("show", "route", "protocol", "node2")
 		return strings.Contains(out, n1.PodCIDRv4.String()) && strings.Contains(out, n2.PodCIDRv4.String()) && strings.Contains(out, vip.String())
 	})
 	waitFor(t, "BIRD to learn the IPv6 pod CIDR over the IPv6 session, via the node's IPv6 address", func() bool {
-		out := birdc("show", "route", "protocol", "node1v6")
+		out := bird.Ctl("show", "route", "protocol", "node1v6")
 		return strings.Contains(out, n1.PodCIDRv6.String()) && strings.Contains(out, "via "+n1.IPv6.String())
 	})
-	if out := birdc("show", "route", "all", n1.PodCIDRv4.String()); !strings.Contains(out, "(64512,100)") {
+	if out := bird.Ctl("show", "route", "all", n1.PodCIDRv4.String()); !strings.Contains(out, "(64512,100)") {
 		t.Errorf("the community is missing on %s at BIRD:\n%s", n1.PodCIDRv4, out)
 	}
 	waitFor(t, "the nodes to install the router's outside route", func() bool {

@@ -6,11 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,70 +14,19 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
-// birdRouter is BIRD 2 running in a router namespace as an outside BGP router that
-// peers with nodes and puts what it learns into its kernel table.
-type birdRouter struct {
-	ns   *netns.NS
-	sock string
-}
-
-func startBIRD(t *testing.T, router *netns.Node, asn int, nodes ...*netns.Node) *birdRouter {
+// startBIRD runs BIRD 2 in a router namespace as an outside BGP router that peers with
+// nodes and puts what it learns into its kernel table.
+func startBIRD(t *testing.T, router *netns.Node, asn int, nodes ...*netns.Node) *netns.BIRD {
 	t.Helper()
-	if _, err := exec.LookPath("bird"); err != nil {
-		testenv.Unavailable(t, "no bird in the VM image (hack/vm/image.sh copies the host's bird2): %v", err)
-	}
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "bird.conf")
 	var neighbors strings.Builder
 	for i, n := range nodes {
 		fmt.Fprintf(&neighbors, "protocol bgp node%d from k8s_node { neighbor %s as 64512; }\n", i, n.IPv4)
 	}
-	text := fmt.Sprintf(`router id %s;
+	return netns.StartBIRD(t, router.NS, fmt.Sprintf(`router id %s;
 protocol device {}
 protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }
 template bgp k8s_node { local as %d; ipv4 { import all; export none; }; }
-%s`, router.IPv4, asn, neighbors.String())
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := &birdRouter{ns: router.NS, sock: filepath.Join(dir, "bird.ctl")}
-	logFile, err := os.Create(filepath.Join(dir, "bird.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := router.Command(context.Background(), "bird", "-c", conf, "-s", b.sock, "-f")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("birdcl show protocols all:\n%s", b.birdcl("show", "protocols", "all"))
-			out, _ := os.ReadFile(logFile.Name())
-			t.Logf("bird log:\n%s", testenv.LastLines(string(out), 30))
-		}
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
-		logFile.Close()
-	})
-	testenv.Eventually(t, "BIRD to answer on its control socket", time.Minute, func() bool {
-		select {
-		case err := <-exited:
-			exited <- err
-			out, _ := os.ReadFile(logFile.Name())
-			t.Fatalf("bird exited (%v):\n%s", err, out)
-		default:
-		}
-		return strings.Contains(b.birdcl("show", "status"), "Daemon is up and running")
-	})
-	return b
-}
-
-func (b *birdRouter) birdcl(args ...string) string {
-	out, _ := b.ns.Command(context.Background(), "birdcl", append([]string{"-s", b.sock}, args...)...).CombinedOutput()
-	return string(out)
+%s`, router.IPv4, asn, neighbors.String()))
 }
 
 // TestOutsideRouterReachesAServiceVIPThroughBGPAndIPVS: a node runs the real binary
@@ -131,7 +76,7 @@ asn = %d
 		return strings.Contains(router.Run(t, "ip", "-4", "route", "show", "proto", "bird"), vip.String()+" via "+node.IPv4.String())
 	})
 	t.Logf("the router installed %s/32 via %s %s after the Service was created", vip, node.IPv4, time.Since(created).Round(time.Millisecond))
-	t.Logf("birdcl show route:\n%s", bird.birdcl("show", "route"))
+	t.Logf("birdcl show route:\n%s", bird.Ctl("show", "route"))
 	t.Logf("router: ip route show proto bird\n%s", router.Run(t, "ip", "-4", "route", "show", "proto", "bird"))
 
 	seen := map[string]int{}
