@@ -62,10 +62,10 @@ router_id = %q
 	for _, c := range clients {
 		sources = append(sources, source{c.Name, c.NS})
 	}
-	// verdicts probes the backend from every source through the cluster IP and, for
-	// pods, directly, one line each. The node connects with the source address the
-	// kernel picks, which for a cluster IP is the cluster IP itself.
-	verdicts := func() string {
+	// table has a line for each source and target: every source probes the backend
+	// through the cluster IP and pods also directly. The node connects with the source
+	// address the kernel picks, which for a cluster IP is the cluster IP itself.
+	table := func(verdict func(s source, target netip.AddrPort) string) string {
 		var out []string
 		for _, s := range sources {
 			targets := []netip.AddrPort{viaVIP, direct}
@@ -73,31 +73,28 @@ router_id = %q
 				targets = targets[:1]
 			}
 			for _, target := range targets {
-				verdict := "blocked"
-				if r, err := s.ns.Probe(context.Background(), netns.TCP, target); err == nil {
-					verdict = "answered by " + r.Server
-				}
-				out = append(out, fmt.Sprintf("%s -> %s: %s", s.label, target, verdict))
+				out = append(out, fmt.Sprintf("%s -> %s: %s", s.label, target, verdict(s, target)))
 			}
 		}
 		return strings.Join(out, "\n")
 	}
+	// verdicts is the table as probed now.
+	verdicts := func() string {
+		return table(func(s source, target netip.AddrPort) string {
+			if r, err := s.ns.Probe(context.Background(), netns.TCP, target); err == nil {
+				return "answered by " + r.Server
+			}
+			return "blocked"
+		})
+	}
+	// want is the table when the sources allowed says reach the backend.
 	want := func(allowed func(from string) bool) string {
-		var out []string
-		for _, s := range sources {
-			targets := []netip.AddrPort{viaVIP, direct}
-			if s.ns == node.NS {
-				targets = targets[:1]
+		return table(func(s source, _ netip.AddrPort) string {
+			if allowed(s.label) {
+				return "answered by " + backend.Name
 			}
-			for _, target := range targets {
-				verdict := "blocked"
-				if allowed(s.label) {
-					verdict = "answered by " + backend.Name
-				}
-				out = append(out, fmt.Sprintf("%s -> %s: %s", s.label, target, verdict))
-			}
-		}
-		return strings.Join(out, "\n")
+			return "blocked"
+		})
 	}
 	waitFor := func(step, expected string) {
 		t.Helper()
