@@ -18,6 +18,8 @@ needed=(
   openssl:openssl        # certificates for the external control plane of the VM tier
   curl:curl              # control-plane readiness probes
   systemd:systemd-analyze  # the packaging test verifies the unit file
+  rpm:rpm                # the packaging test reads the .rpm's files, config flags and scriptlets
+  dpkg-dev:dpkg-scanpackages  # the node tier's local apt repository for the .deb's dependencies
 )
 
 missing=()
