@@ -7,6 +7,10 @@ TOOLS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kube-routerd-tools
 NFPM_VERSION := v2.45.2
 STATICCHECK_VERSION := v0.8.2
 LDFLAGS := -s -w -X main.version=$(VERSION)+$(GIT_SHA)
+# Where `make build` puts the binary and `make package` the packages; the node tier
+# builds its two package versions elsewhere so it never races another run's bin/ or dist/.
+BIN ?= bin/kube-routerd
+DIST ?= dist
 
 export GOTOOLCHAIN := local
 # One set of compile flags for builds, tests and the VM's static test binaries, so
@@ -17,17 +21,17 @@ export GOFLAGS := -trimpath
 .PHONY: help build test demo bench package lint clean kube-bin
 
 help:
-	@echo "make build     build bin/kube-routerd (static)"
+	@echo "make build     build bin/kube-routerd (static; BIN=path elsewhere)"
 	@echo "make test      every test tier: unit, host namespaces + real API server, VM (IPVS)"
 	@echo "make demo      a real control plane and a small simulated cluster, each controller working"
 	@echo "make bench     speed and memory figures of each controller"
-	@echo "make package   dist/kube-routerd_<version>_<arch>.deb and .rpm"
+	@echo "make package   dist/kube-routerd_<version>_<arch>.deb and .rpm (VERSION=, DIST=dir)"
 	@echo "make lint      gofmt, go vet, staticcheck"
 	@echo "make kube-bin  build the cached kube-apiserver + etcd for tests; prints their dir"
 	@echo "make clean     remove build outputs"
 
 build:
-	go build -ldflags "$(LDFLAGS)" -o bin/kube-routerd ./cmd/kube-routerd
+	go build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/kube-routerd
 
 test:
 	bash hack/test.sh
@@ -47,10 +51,10 @@ $(TOOLS)/nfpm-$(NFPM_VERSION):
 	mv $(TOOLS)/nfpm $@
 
 package: build $(TOOLS)/nfpm-$(NFPM_VERSION)
-	mkdir -p dist
-	VERSION=$(VERSION) ARCH=$(ARCH) $(TOOLS)/nfpm-$(NFPM_VERSION) pkg --config nfpm.yaml --packager deb --target dist/
-	VERSION=$(VERSION) ARCH=$(ARCH) $(TOOLS)/nfpm-$(NFPM_VERSION) pkg --config nfpm.yaml --packager rpm --target dist/
-	@ls -l dist/
+	mkdir -p $(DIST)
+	BINARY=$(BIN) VERSION=$(VERSION) ARCH=$(ARCH) $(TOOLS)/nfpm-$(NFPM_VERSION) pkg --config nfpm.yaml --packager deb --target $(DIST)/
+	BINARY=$(BIN) VERSION=$(VERSION) ARCH=$(ARCH) $(TOOLS)/nfpm-$(NFPM_VERSION) pkg --config nfpm.yaml --packager rpm --target $(DIST)/
+	@ls -l $(DIST)/
 
 $(TOOLS)/staticcheck-$(STATICCHECK_VERSION):
 	mkdir -p $(TOOLS)
