@@ -13,6 +13,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -210,4 +211,23 @@ func ownerPID(name string) (int, bool) {
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || err == syscall.EPERM
+}
+
+// FlushNeighbours empties the namespace's neighbour tables, IPv4 and IPv6, as
+// `ip neigh flush all` does: the next packet to each neighbour resolves its link
+// address again, as after a pod starts or an entry went stale.
+func (ns *NS) FlushNeighbours(t testing.TB) {
+	t.Helper()
+	neighs, err := ns.Netlink.NeighList(0, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatalf("list neighbours in %s: %v", ns.Label, err)
+	}
+	for _, n := range neighs {
+		if n.State&(netlink.NUD_NOARP|netlink.NUD_PERMANENT) != 0 {
+			continue // multicast and static entries, which ip neigh flush keeps too
+		}
+		if err := ns.Netlink.NeighDel(&n); err != nil && !errors.Is(err, unix.ENOENT) {
+			t.Fatalf("delete neighbour %s in %s: %v", n.IP, ns.Label, err)
+		}
+	}
 }

@@ -5,6 +5,7 @@ package netns
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
@@ -140,4 +142,69 @@ func logProbeLatency(t *testing.T, from *Pod, target netip.AddrPort) {
 		}
 	}
 	t.Logf("TCP probe %s -> %s: %v per probe (mean of %d; includes entering the namespace and connect)", from.Label, target, time.Since(start)/n, n)
+}
+
+// A Linux bridge whose address was never set takes the lowest address of its ports.
+// The pods' gateway must keep its address when a pod joins, or routed IPv6 breaks
+// until each pod's neighbour entry for the gateway goes stale (no unsolicited
+// neighbour advertisement tells them).
+func TestPodBridgeKeepsItsAddressWhenAPortWithALowerOneJoins(t *testing.T) {
+	node := NewNode(t, NodeOptions{})
+	node.AddPod(t, PodOptions{})
+	before := node.bridgeMAC(t)
+
+	lowest := net.HardwareAddr{0, 0, 0, 0, 0, 1} // no unicast address is lower
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vlow", HardwareAddr: lowest}, PeerName: "vlow-peer"}
+	if err := node.Netlink.LinkAdd(veth); err != nil {
+		t.Fatalf("create veth vlow: %v", err)
+	}
+	if err := node.Netlink.LinkSetMasterByIndex(veth, node.bridgeIndex); err != nil {
+		t.Fatalf("attach vlow to %s: %v", node.Bridge, err)
+	}
+	node.AddPod(t, PodOptions{})
+	if after := node.bridgeMAC(t); after.String() != before.String() {
+		t.Errorf("%s changed its address from %s to %s when ports joined", node.Bridge, before, after)
+	}
+}
+
+func (n *Node) bridgeMAC(t *testing.T) net.HardwareAddr {
+	t.Helper()
+	br, err := n.Netlink.LinkByIndex(n.bridgeIndex)
+	if err != nil {
+		t.Fatalf("read %s: %v", n.Bridge, err)
+	}
+	return br.Attrs().HardwareAddr
+}
+
+func TestFlushNeighboursEmptiesBothFamilies(t *testing.T) {
+	node := NewNode(t, NodeOptions{})
+	a := node.AddPod(t, PodOptions{})
+	b := node.AddPod(t, PodOptions{})
+	srv := b.Serve(t, UDP, 0)
+	for _, dst := range []netip.Addr{b.IPv4, b.IPv6} {
+		a.ExpectReply(t, UDP, netip.AddrPortFrom(dst, uint16(srv.Port)), b.Label)
+	}
+	if n := len(a.neighbours(t)); n < 2 {
+		t.Fatalf("after probes in both families, want entries for b in both, got %d", n)
+	}
+	a.FlushNeighbours(t)
+	if left := a.neighbours(t); len(left) > 0 {
+		t.Errorf("entries left after the flush: %v", left)
+	}
+}
+
+// neighbours returns the namespace's resolvable neighbour entries (no multicast).
+func (ns *NS) neighbours(t *testing.T) []string {
+	t.Helper()
+	all, err := ns.Netlink.NeighList(0, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range all {
+		if n.State&(netlink.NUD_NOARP|netlink.NUD_PERMANENT) == 0 {
+			out = append(out, n.IP.String())
+		}
+	}
+	return out
 }

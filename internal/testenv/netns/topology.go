@@ -217,8 +217,24 @@ func newNode(t testing.TB, opts NodeOptions, index int) *Node {
 		t.Fatalf("node %s: create bridge %s: %v", n.Name, n.Bridge, err)
 	}
 	n.bridgeIndex = br.Attrs().Index
+	pinBridgeAddress(t, n)
 	n.configure(t, n.Bridge, netip.PrefixFrom(n.GatewayV4, n.PodCIDRv4.Bits()), netip.PrefixFrom(n.GatewayV6, n.PodCIDRv6.Bits()))
 	return n
+}
+
+// pinBridgeAddress sets the pod bridge's address to the one the kernel gave it, as
+// the CNI bridge plugin does. A bridge whose address was never set takes the lowest
+// address of its ports, so a pod joining with a lower one would change every pod's
+// gateway address; IPv6 pods would not learn of it until their entries go stale.
+func pinBridgeAddress(t testing.TB, n *Node) {
+	t.Helper()
+	br, err := n.Netlink.LinkByIndex(n.bridgeIndex)
+	if err == nil {
+		err = n.Netlink.LinkSetHardwareAddr(br, br.Attrs().HardwareAddr)
+	}
+	if err != nil {
+		t.Fatalf("node %s: pin the address of %s: %v", n.Name, n.Bridge, err)
+	}
 }
 
 // configure gives an interface of the node its addresses and sets it up.
