@@ -8,6 +8,7 @@
 //	FORWARD -> KUBE-ROUTER-FORWARD
 //	OUTPUT, source not a node address (what IPVS forwards) -> KUBE-ROUTER-FORWARD
 //	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
+//	  IPv6 neighbour solicitation and advertisement on the link -> RETURN
 //	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
 //	  -d <pod IP> -> KUBE-ROUTER-PI-<pod>  (pods isolated for ingress)
 //	KUBE-ROUTER-PI-<pod>: node's own addresses RETURN; jump to each selecting policy's
@@ -602,8 +603,34 @@ func Assemble(policies []*CompiledPolicy, idx *Index, o Options) *Desired {
 	return NewAssembler(o).Assemble(policies, idx)
 }
 
-// repliesRule opens the top chain: replies to connections policy allowed pass.
+// repliesRule opens the top chain: replies to connections policy allowed pass, and
+// so do the ICMP and ICMPv6 errors about them (Packet Too Big, Port Unreachable),
+// which conntrack marks RELATED. Errors about no allowed connection stay under
+// policy, as in Calico and OVN.
 const repliesRule = `-m comment --comment "kube-routerd: replies to allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`
+
+// neighbourDiscoveryRules follow repliesRule in the IPv6 top chain. Neighbour
+// discovery is IPv6's ARP: pods on one bridge resolve each other with solicitations
+// (135) and advertisements (136) that bridge netfilter sends through FORWARD and
+// conntrack ties to no connection, so without these rules an isolated pod could not
+// resolve its allowed peers. Cilium, OVN and kube-router exempt them from policy
+// too. Only hop limit 255 passes, which is all a receiver accepts (RFC 4861), so
+// nothing routed rides on the exemption. Router solicitations and advertisements
+// stay under policy: a pod's router is the node, whose exchanges with its pods never
+// reach these chains, and an advertisement from another pod is a rogue router.
+var neighbourDiscoveryRules = []string{
+	`-m comment --comment "kube-routerd: neighbour solicitation" -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN`,
+	`-m comment --comment "kube-routerd: neighbour advertisement" -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN`,
+}
+
+// topChainHead is the start of the top chain, before the dispatch to pod chains.
+func (o Options) topChainHead() []string {
+	head := []string{repliesRule}
+	if o.Family == 6 {
+		head = append(head, neighbourDiscoveryRules...)
+	}
+	return head
+}
 
 // Assembler is Assemble with a memory of its last result, for the controller's
 // syncs. It keeps which policies select each local pod up to date from the policies
@@ -691,7 +718,7 @@ func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
 		d.Chains = make([]iptables.Chain, 0, len(a.last.Chains)+2)
 		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))
 	}
-	top := iptables.Chain{Name: TopChain, Rules: []string{repliesRule}}
+	top := iptables.Chain{Name: TopChain, Rules: o.topChainHead()}
 	if !dispatchChanged && a.last != nil {
 		top = a.last.Chains[len(a.last.Chains)-1]
 	} else {

@@ -124,12 +124,16 @@ var (
 // apply compiles policies over idx and applies them to fresh fakes.
 func apply(t *testing.T, idx *Index, o Options, policies ...*networkingv1.NetworkPolicy) (*kernel, *iptables.Fake, *ipset.Fake, []*CompiledPolicy) {
 	t.Helper()
-	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	proto := iptables.IPv4
+	if o.Family == 6 {
+		proto = iptables.IPv6
+	}
+	ipt, sets := iptables.NewFake(proto), ipset.NewFake()
 	var compiled []*CompiledPolicy
 	for _, p := range policies {
 		compiled = append(compiled, CompilePolicy(p, idx, o))
 	}
-	rec := newReconciler(Dataplane{Family: 4, IPTables: ipt, IPSets: sets})
+	rec := newReconciler(Dataplane{Family: o.Family, IPTables: ipt, IPSets: sets})
 	if _, err := rec.apply(Assemble(compiled, idx, o), true); err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +309,52 @@ func TestPolicySemantics(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Neighbour discovery passes isolated pods as ARP does, but only on the link; router
+// discovery and ICMPv6 errors about no allowed connection stay under policy.
+func TestIPv6NeighbourDiscoveryPassesIsolation(t *testing.T) {
+	idx := NewIndex()
+	for _, ns := range []string{"x", "y"} {
+		idx.Namespaces[ns] = &Namespace{Name: ns}
+	}
+	a, b := mustAddr("fd00:10::a"), mustAddr("fd00:10::b")
+	idx.SetPod(&Pod{Namespace: "x", Name: "a", NodeName: node, IPs: []netip.Addr{mustAddr("10.0.1.1"), a}})
+	idx.SetPod(&Pod{Namespace: "y", Name: "b", NodeName: node, IPs: []netip.Addr{mustAddr("10.0.2.1"), b}})
+	o := opts()
+	o.Family = 6
+	both := types(networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress)
+	k, _, _, _ := apply(t, idx, o, policy("x", "deny", nil, both), policy("y", "deny", nil, both))
+
+	solicitedNode := mustAddr("ff02::1:ff00:b")
+	icmp := func(typ int, src, dst netip.Addr, hopLimit int) packet {
+		return packet{src: src, dst: dst, proto: "ipv6-icmp", icmpType: typ, hopLimit: hopLimit}
+	}
+	related := icmp(2, b, a, 64)
+	related.established = true
+	for _, tc := range []struct {
+		name string
+		p    packet
+		want bool
+	}{
+		{"multicast neighbour solicitation", icmp(135, a, solicitedNode, 255), true},
+		{"unicast neighbour solicitation (reachability probe)", icmp(135, a, b, 255), true},
+		{"neighbour advertisement", icmp(136, b, a, 255), true},
+		{"neighbour advertisement that was routed", icmp(136, b, a, 254), false},
+		{"router solicitation", icmp(133, a, mustAddr("ff02::2"), 255), false},
+		{"router advertisement from a pod", icmp(134, b, a, 255), false},
+		{"packet too big about no allowed connection", icmp(2, b, a, 64), false},
+		{"packet too big about an allowed connection", related, true},
+		{"echo request", icmp(128, a, b, 64), false},
+		{"TCP", packet{src: a, dst: b, proto: "tcp", dport: 80, hopLimit: 64}, false},
+	} {
+		if got := k.allowed(t, tc.p); got != tc.want {
+			t.Errorf("%s: allowed=%v, want %v", tc.name, got, tc.want)
+		}
+		if got := k.allowedOut(t, tc.p); got != tc.want {
+			t.Errorf("%s in OUTPUT (what IPVS forwards): allowed=%v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

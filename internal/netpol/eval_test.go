@@ -15,10 +15,12 @@ import (
 // packet is what the evaluator needs to know about one forwarded packet.
 type packet struct {
 	src, dst    netip.Addr
-	proto       string // tcp, udp, sctp
+	proto       string // tcp, udp, sctp, ipv6-icmp
 	dport       int
+	icmpType    int // for ipv6-icmp
+	hopLimit    int
 	srcLocal    bool // source is one of the node's own addresses
-	established bool
+	established bool // conntrack says ESTABLISHED or RELATED
 }
 
 // kernel evaluates packets against the FORWARD chain of a fake dataplane, interpreting
@@ -115,7 +117,7 @@ func (k *kernel) match(t *testing.T, rule string, p packet, mark uint32) (string
 			return strings.Join(f[i+1:], " "), ok
 		case "-m":
 			switch f[i+1] {
-			case "comment", "limit", "tcp", "udp", "sctp":
+			case "comment", "limit", "tcp", "udp", "sctp", "icmp6", "hl":
 				i++
 				continue
 			case "conntrack":
@@ -162,6 +164,10 @@ func (k *kernel) match(t *testing.T, rule string, p packet, mark uint32) (string
 				h, _ = strconv.Atoi(hi)
 			}
 			m, i = p.dport >= l && p.dport <= h, i+1
+		case "--icmpv6-type":
+			m, i = p.proto == "ipv6-icmp" && strconv.Itoa(p.icmpType) == f[i+1], i+1
+		case "--hl-eq":
+			m, i = strconv.Itoa(p.hopLimit) == f[i+1], i+1
 		case "--comment", "--limit", "--limit-burst":
 			i++
 			continue
