@@ -28,6 +28,11 @@ func TestAffects(t *testing.T) {
 		{"a relabel in another namespace that keeps the peer match", policy("x", "p", nil, ingress(nil, both(l("app", "b"), l("team", "b")))), pod("y", l("app", "b", "v", "1")), pod("y", l("app", "b", "v", "2")), false},
 		{"a relabel in another namespace into the peer selector", policy("x", "p", nil, ingress(nil, both(l("app", "b"), l("team", "b")))), pod("y", l("app", "c")), pod("y", l("app", "b")), true},
 		{"a relabel in a namespace a namespace-wide peer selects", policy("x", "p", nil, ingress(nil, nss(l("team", "b")))), pod("y", l("app", "b")), pod("y", l("app", "c")), false},
+		{"a new pod inside an egress ipBlock with a named port", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), block("10.0.9.0/24"))), nil, pod("y", nil), true},
+		{"a deleted pod inside an egress ipBlock with a named port", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), block("10.0.9.0/24"))), pod("y", nil), nil, true},
+		{"a new pod outside an egress ipBlock with a named port", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), block("10.0.8.0/24"))), nil, pod("y", nil), false},
+		{"a relabel inside an egress ipBlock with a named port", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), block("10.0.9.0/24"))), pod("y", l("v", "1")), pod("y", l("v", "2")), false},
+		{"a new pod inside an egress ipBlock with numeric ports", policy("x", "p", nil, types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromInt32(80)), block("10.0.9.0/24"))), nil, pod("y", nil), false},
 		{"a deleted pod its podSelector selected", policy("x", "p", l("app", "a")), pod("x", l("app", "a")), nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

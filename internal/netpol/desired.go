@@ -251,12 +251,12 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	// Peer pods (selector peers), ipBlocks, or "anyone" when the rule lists no peers.
 	var peerPods []*Pod
 	selectorPeers := false
-	var blockMatches []string
+	var blocks []ipBlockPeer
 	for j, peer := range peers {
 		peerID := ruleID + "/peer/" + strconv.Itoa(j)
 		if peer.IPBlock != nil {
-			if m, ok := b.ipBlock(peer.IPBlock, peerID, peerSide, addrFlag); ok {
-				blockMatches = append(blockMatches, m)
+			if blk, ok := b.ipBlock(peer.IPBlock, peerID, peerSide, addrFlag); ok {
+				blocks = append(blocks, blk)
 			}
 			continue
 		}
@@ -284,18 +284,15 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 		set := b.addSet(peerSetKind, ipset.HashIP, entries, ruleID)
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}
-	peerMatches = append(peerMatches, blockMatches...)
+	for _, blk := range blocks {
+		peerMatches = append(peerMatches, blk.match)
+	}
 
-	type portMatch struct {
-		match string
-		// named is a named-port set that also matches the peer (egress); the rule then
-		// replaces the selector-peer set match.
-		namedEgress bool
-	}
-	var portMatches []portMatch
+	var portMatches []string
 	if len(ports) == 0 {
-		portMatches = []portMatch{{}}
+		portMatches = []string{""}
 	}
+	namedPortHolders := sync.OnceValues(func() ([]*Pod, string) { return b.namedPortHolders(dir, anyPeer, peerPods, blocks) })
 	for j, port := range ports {
 		proto := corev1.ProtocolTCP
 		if port.Protocol != nil {
@@ -310,7 +307,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 		}
 		switch {
 		case port.Port == nil:
-			portMatches = append(portMatches, portMatch{match: "-p " + protoName})
+			portMatches = append(portMatches, "-p "+protoName)
 		case port.Port.Type == 0: // numeric
 			dport := strconv.Itoa(int(port.Port.IntVal))
 			if port.EndPort != nil {
@@ -320,32 +317,11 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 				}
 				dport += ":" + strconv.Itoa(int(*port.EndPort))
 			}
-			portMatches = append(portMatches, portMatch{match: fmt.Sprintf("-p %s -m %s --dport %s", protoName, protoName, dport)})
+			portMatches = append(portMatches, fmt.Sprintf("-p %s -m %s --dport %s", protoName, protoName, dport))
 		default:
-			// Named port: resolved on the pods the traffic goes to; the ingress targets,
-			// or the egress peer pods.
-			named := port.Port.StrVal
-			holders := b.targets
-			switch {
-			case dir == "egress" && anyPeer:
-				holders = b.allPods()
-			case dir == "egress":
-				holders = peerPods
-			}
-			entries := map[string]struct{}{}
-			for _, p := range holders {
-				ip, _ := b.o.podIP(p)
-				for _, np := range p.Ports {
-					if np.Name == named && np.Protocol == proto {
-						entries[fmt.Sprintf("%s,%s:%d", ip, protoName, np.Port)] = struct{}{}
-					}
-				}
-			}
-			if len(entries) == 0 {
-				b.problem("%s rule %d port %d: no pod exposes named port %s/%s (matches nothing yet)", dir, i, j, proto, named)
-			}
-			set := b.addSet(namedPortKind, ipset.HashIPPort, entries, ruleID, "port", strconv.Itoa(j))
-			portMatches = append(portMatches, portMatch{match: "-m set --match-set " + set + " " + portSide + "," + portSide, namedEgress: dir == "egress"})
+			holders, what := namedPortHolders()
+			set := b.namedPortSet(dir, i, j, proto, port.Port.StrVal, holders, what)
+			portMatches = append(portMatches, "-m set --match-set "+set+" "+portSide+","+portSide)
 		}
 	}
 
@@ -354,30 +330,85 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	var out []string
 	for _, pm := range portMatches {
 		for _, peer := range peerMatches {
-			if pm.namedEgress && !anyPeer && !strings.HasPrefix(peer, "-m set") {
-				// An egress named port cannot be resolved for an ipBlock peer.
-				continue
-			}
-			out = append(out, joinNonEmpty(comment, peer, pm.match, mark))
+			out = append(out, joinNonEmpty(comment, peer, pm, mark))
 		}
 	}
 	return out
 }
 
-// ipBlock returns the match for one ipBlock peer, or false if it does not apply to
-// this family or cannot be compiled.
-func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrFlag string) (string, bool) {
+// namedPortHolders returns the pods a rule's named ports resolve on, those the
+// traffic goes to, and what they are for reports ("" when finding none is no
+// problem). For ingress they are the policy's targets on this node; a node without
+// targets has nothing to enforce. For egress they are every pod when the rule has no
+// peers, else the selected peer pods and the pods inside the rule's ipBlocks: a named
+// port is a port of a pod, so an address that is no pod has none. Each row of the
+// rule also matches its own peer, so one set serves all of the rule's peers.
+func (b *policyBuilder) namedPortHolders(dir string, anyPeer bool, peerPods []*Pod, blocks []ipBlockPeer) ([]*Pod, string) {
+	switch {
+	case dir == "ingress" && len(b.targets) == 0:
+		return nil, ""
+	case dir == "ingress":
+		return b.targets, "target on this node"
+	case anyPeer:
+		return b.allPods(), "pod"
+	case len(blocks) == 0:
+		return peerPods, "peer pod"
+	}
+	holders := slices.Clone(peerPods)
+	for _, p := range b.allPods() {
+		ip, _ := b.o.podIP(p)
+		if slices.ContainsFunc(blocks, func(blk ipBlockPeer) bool { return blk.contains(ip) }) {
+			holders = append(holders, p)
+		}
+	}
+	return uniquePods(holders), "peer pod"
+}
+
+// namedPortSet adds the hash:ip,port set of the holders' ports called name on proto,
+// for port j of rule i, and returns the set's name.
+func (b *policyBuilder) namedPortSet(dir string, i, j int, proto corev1.Protocol, name string, holders []*Pod, what string) string {
+	protoName := strings.ToLower(string(proto))
+	entries := map[string]struct{}{}
+	for _, p := range holders {
+		ip, _ := b.o.podIP(p)
+		for _, np := range p.Ports {
+			if np.Name == name && np.Protocol == proto {
+				entries[fmt.Sprintf("%s,%s:%d", ip, protoName, np.Port)] = struct{}{}
+			}
+		}
+	}
+	if len(entries) == 0 && what != "" {
+		b.problem("%s rule %d port %d: no %s exposes named port %s/%s (matches nothing yet)", dir, i, j, what, proto, name)
+	}
+	return b.addSet(namedPortKind, ipset.HashIPPort, entries, dir+"/"+strconv.Itoa(i), "port", strconv.Itoa(j))
+}
+
+// ipBlockPeer is an ipBlock peer compiled for one family.
+type ipBlockPeer struct {
+	match  string // iptables match: in cidr and in none of the excepts
+	cidr   netip.Prefix
+	except []netip.Prefix
+}
+
+// contains reports whether addr is in the block and outside its excepts.
+func (blk ipBlockPeer) contains(addr netip.Addr) bool {
+	return blk.cidr.Contains(addr) && !slices.ContainsFunc(blk.except, func(e netip.Prefix) bool { return e.Contains(addr) })
+}
+
+// ipBlock compiles one ipBlock peer, or returns false if it does not apply to this
+// family or cannot be compiled.
+func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrFlag string) (ipBlockPeer, bool) {
 	cidr, err := netip.ParsePrefix(block.CIDR)
 	if err != nil {
 		b.problem("%s: ipBlock cidr %q: %v (matches nothing)", peerID, block.CIDR, err)
-		return "", false
+		return ipBlockPeer{}, false
 	}
 	if cidr.Addr().Is4() != (b.o.Family == 4) {
-		return "", false
+		return ipBlockPeer{}, false
 	}
-	match := addrFlag + " " + cidr.Masked().String()
+	blk := ipBlockPeer{match: addrFlag + " " + cidr.Masked().String(), cidr: cidr.Masked()}
 	if len(block.Except) == 0 {
-		return match, true
+		return blk, true
 	}
 	entries := map[string]struct{}{}
 	for _, e := range block.Except {
@@ -385,14 +416,16 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 		if err != nil {
 			// Leaving out an except would widen the peer, so drop the whole peer.
 			b.problem("%s: ipBlock except %q: %v (peer matches nothing)", peerID, e, err)
-			return "", false
+			return ipBlockPeer{}, false
 		}
 		if p.Addr().Is4() == cidr.Addr().Is4() {
 			entries[p.Masked().String()] = struct{}{}
+			blk.except = append(blk.except, p.Masked())
 		}
 	}
 	set := b.addSet(exceptSetKind, ipset.HashNet, entries, peerID)
-	return match + " -m set ! --match-set " + set + " " + side, true
+	blk.match += " -m set ! --match-set " + set + " " + side
+	return blk, true
 }
 
 // selectPeers returns the pods a podSelector/namespaceSelector peer selects, in every
@@ -539,10 +572,14 @@ func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 		}
 	}
 	for _, r := range p.Spec.Egress {
-		if len(r.To) == 0 && hasNamedPort(r.Ports) && !labelsOnly {
+		namedPorts := hasNamedPort(r.Ports) && !labelsOnly
+		if len(r.To) == 0 && namedPorts {
 			return true // named ports resolve on every pod of the cluster
 		}
 		for _, peer := range r.To {
+			if namedPorts && peer.IPBlock != nil && (inBlock(peer.IPBlock, old) || inBlock(peer.IPBlock, new)) {
+				return true // named ports resolve on the pods inside the block
+			}
 			if peerChanged(peer) {
 				return true
 			}
@@ -551,9 +588,16 @@ func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 	return false
 }
 
+// inBlock reports whether one of pod's addresses is in the block's CIDR (excepts
+// aside: a pod in them costs a recompile, no more). A malformed CIDR holds no pod.
+func inBlock(block *networkingv1.IPBlock, pod *Pod) bool {
+	cidr, err := netip.ParsePrefix(block.CIDR)
+	return err == nil && pod != nil && slices.ContainsFunc(pod.IPs, cidr.Contains)
+}
+
 // reachesOtherNamespaces reports whether pods outside p's namespace can change what
 // p compiles to: through a namespaceSelector peer, or a named port of an egress rule
-// to everyone.
+// to everyone or to an ipBlock.
 func reachesOtherNamespaces(p *networkingv1.NetworkPolicy) bool {
 	for _, r := range p.Spec.Ingress {
 		for _, peer := range r.From {
@@ -567,7 +611,7 @@ func reachesOtherNamespaces(p *networkingv1.NetworkPolicy) bool {
 			return true
 		}
 		for _, peer := range r.To {
-			if peer.NamespaceSelector != nil {
+			if peer.NamespaceSelector != nil || (peer.IPBlock != nil && hasNamedPort(r.Ports)) {
 				return true
 			}
 		}

@@ -243,6 +243,22 @@ func TestPolicySemantics(t *testing.T) {
 		{name: "egress named port resolves on the destination pods",
 			policies: []*networkingv1.NetworkPolicy{policy("y", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), nss(l("ns", "x"))))},
 			probes:   []probe{{"y/a", "x/a", "tcp", 80, true}, {"y/a", "x/b", "tcp", 8080, true}, {"y/a", "x/b", "tcp", 80, false}}},
+		{name: "egress named port to an ipBlock resolves on the pods inside it",
+			policies: []*networkingv1.NetworkPolicy{policy("y", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString("http")), block("10.0.0.0/16", "10.0.1.2/32")))},
+			probes: []probe{
+				{"y/a", "x/a", "tcp", 80, true}, {"y/a", "x/a", "tcp", 8080, false}, {"y/a", "x/a", "udp", 80, false},
+				{"y/a", "x/b", "tcp", 8080, false}, // in the except
+				{"y/a", "z/a", "tcp", 80, false},   // exposes no such port
+				{"y/a", "10.0.9.9", "tcp", 80, false},
+			}},
+		{name: "egress named port to selector and ipBlock peers allows each peer's own ports",
+			policies: []*networkingv1.NetworkPolicy{policy("y", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress),
+				egress(port(tcp, intstr.FromString("http")), both(l("app", "b"), l("ns", "x")), block("10.0.1.0/24", "10.0.1.2/32")))},
+			probes: []probe{
+				{"y/a", "x/b", "tcp", 8080, true}, // the selector's, though in the block's except
+				{"y/a", "x/a", "tcp", 80, true},   // the block's
+				{"y/a", "x/a", "tcp", 8080, false}, {"y/a", "x/b", "tcp", 80, false},
+			}},
 		{name: "egress ipBlock to anywhere but one range",
 			policies: []*networkingv1.NetworkPolicy{policy("x", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(nil, block("0.0.0.0/0", "10.0.0.0/8")))},
 			probes:   []probe{{"x/a", "203.0.113.1", "tcp", 443, true}, {"x/a", "y/a", "tcp", 80, false}}},
@@ -355,6 +371,44 @@ func TestIPv6NeighbourDiscoveryPassesIsolation(t *testing.T) {
 		if got := k.allowedOut(t, tc.p); got != tc.want {
 			t.Errorf("%s in OUTPUT (what IPVS forwards): allowed=%v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// A named port that matches nothing is reported where that is true: ingress names on
+// this node's targets, egress names on the rule's destinations.
+func TestNamedPortProblems(t *testing.T) {
+	httpFrom := func(ns string, sel map[string]string, name string) *networkingv1.NetworkPolicy {
+		return policy(ns, "p", sel, ingress(port(tcp, intstr.FromString(name))))
+	}
+	httpTo := func(name string, peers ...networkingv1.NetworkPolicyPeer) *networkingv1.NetworkPolicy {
+		return policy("y", "p", l("app", "a"), types(networkingv1.PolicyTypeEgress), egress(port(tcp, intstr.FromString(name)), peers...))
+	}
+	for _, tc := range []struct {
+		name   string
+		node   string
+		policy *networkingv1.NetworkPolicy
+		want   string
+	}{
+		{"ingress name a local target exposes", node, httpFrom("x", l("app", "a"), "http"), ""},
+		{"ingress name on a node without targets", "n2", httpFrom("x", l("app", "a"), "http"), ""},
+		{"ingress name no local target exposes", node, httpFrom("x", l("app", "a"), "nope"),
+			"ingress rule 0 port 0: no target on this node exposes named port TCP/nope (matches nothing yet)"},
+		{"ingress name the node's only target lacks", "n2", httpFrom("y", l("app", "c"), "http"),
+			"ingress rule 0 port 0: no target on this node exposes named port TCP/http (matches nothing yet)"},
+		{"egress name pods inside the ipBlock expose", node, httpTo("http", block("10.0.1.0/24")), ""},
+		{"egress name no pod inside the ipBlock exposes", node, httpTo("http", block("10.0.3.0/24")),
+			"egress rule 0 port 0: no peer pod exposes named port TCP/http (matches nothing yet)"},
+		{"egress name no pod exposes", node, httpTo("nope"),
+			"egress rule 0 port 0: no pod exposes named port TCP/nope (matches nothing yet)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := opts()
+			o.NodeName = tc.node
+			got := strings.Join(CompilePolicy(tc.policy, fixture(), o).Problems, "\n")
+			if got != tc.want {
+				t.Errorf("problems:\n%s\nwant:\n%s", got, tc.want)
+			}
+		})
 	}
 }
 
