@@ -26,6 +26,7 @@ type Config struct {
 	ServiceProxy  ServiceProxy  `toml:"service_proxy"`
 	NetworkPolicy NetworkPolicy `toml:"network_policy"`
 	Routing       Routing       `toml:"routing"`
+	PodNetwork    PodNetwork    `toml:"pod_network"`
 	Health        Health        `toml:"health"`
 	Metrics       Metrics       `toml:"metrics"`
 	Logging       Logging       `toml:"logging"`
@@ -79,6 +80,7 @@ func Default() Config {
 		ServiceProxy:  defaultServiceProxy(),
 		NetworkPolicy: defaultNetworkPolicy(),
 		Routing:       defaultRouting(),
+		PodNetwork:    defaultPodNetwork(),
 		Health:        Health{Listen: "127.0.0.1:20244", StallTimeout: Duration{2 * time.Minute}},
 		Metrics:       Metrics{Listen: "127.0.0.1:20245"},
 		Logging:       Logging{Level: "info", Format: "text"},
@@ -125,12 +127,13 @@ func Load(path string) (Config, error) {
 }
 
 // Parse decodes data strictly over the defaults and validates the result. Every
-// problem is reported at once, each with its key and line.
+// problem is reported at once, each with its key and line: a value of the wrong type
+// or format is reported and left at its default, so the keys after it are still
+// checked.
 func Parse(path string, data []byte) (Config, error) {
-	cfg := Default()
 	lines := indexKeyLines(data)
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
-	if err != nil {
+	var tree map[string]any
+	if _, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&tree); err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			return Config{}, &Error{Path: path, Problems: []Problem{{
@@ -139,8 +142,11 @@ func Parse(path string, data []byte) (Config, error) {
 		}
 		return Config{}, &Error{Path: path, Problems: []Problem{decodeProblem(err)}}
 	}
+	cfg, md, problems, err := decodeTree(tree, lines)
+	if err != nil {
+		return Config{}, &Error{Path: path, Problems: problems}
+	}
 	cfg.normalize()
-	var problems []Problem
 	undecoded := map[string]bool{}
 	for _, k := range md.Undecoded() {
 		undecoded[k.String()] = true
@@ -157,13 +163,84 @@ func Parse(path string, data []byte) (Config, error) {
 	}
 	v := &validator{lines: lines}
 	cfg.validate(v)
-	problems = append(problems, v.problems...)
+	// A value dropped for its type is already reported; its default may not be valid
+	// in this file's context, but that is no second problem.
+	dropped := map[string]bool{}
+	for _, p := range problems {
+		dropped[p.Key] = true
+	}
+	for _, p := range v.problems {
+		if !dropped[indexRE.ReplaceAllString(p.Key, "")] {
+			problems = append(problems, p)
+		}
+	}
 	if len(problems) > 0 {
 		sort.SliceStable(problems, func(i, j int) bool { return problems[i].Line < problems[j].Line })
 		return Config{}, &Error{Path: path, Problems: problems}
 	}
 	return cfg, nil
 }
+
+// decodeTree decodes the parsed file over the defaults. The decoder stops at the
+// first value it cannot take, so each such value is recorded as a problem (with its
+// line in the file) and dropped, and the rest decoded again. err is set only when a
+// problem cannot be attributed to a key, which would stop the loop.
+func decodeTree(tree map[string]any, lines keyLines) (Config, toml.MetaData, []Problem, error) {
+	var problems []Problem
+	for {
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(tree); err != nil {
+			return Config{}, toml.MetaData{}, append(problems, Problem{Key: "(file)", Message: err.Error()}), err
+		}
+		cfg := Default()
+		md, err := toml.NewDecoder(&buf).Decode(&cfg)
+		if err == nil {
+			return cfg, md, problems, nil
+		}
+		p := decodeProblem(err)
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			p = Problem{Key: pe.LastKey, Message: pe.Message}
+		}
+		p.Line = lines.find(p.Key)
+		problems = append(problems, p)
+		if !deleteKey(tree, strings.Split(p.Key, ".")) {
+			return Config{}, toml.MetaData{}, problems, err
+		}
+	}
+}
+
+// deleteKey removes a dotted key from a decoded TOML tree, from every table of an
+// array of tables on its path; it reports whether it found the key.
+func deleteKey(tree map[string]any, path []string) bool {
+	if len(path) == 0 || path[0] == "" {
+		return false
+	}
+	v, ok := tree[path[0]]
+	if !ok {
+		return false
+	}
+	if len(path) == 1 {
+		delete(tree, path[0])
+		return true
+	}
+	switch sub := v.(type) {
+	case map[string]any:
+		return deleteKey(sub, path[1:])
+	case []map[string]any:
+		found := false
+		for _, t := range sub {
+			found = deleteKey(t, path[1:]) || found
+		}
+		return found
+	}
+	// A scalar where a table was expected: drop the whole value.
+	delete(tree, path[0])
+	return true
+}
+
+// indexRE matches the "[1]" of "routing.peers[1].asn".
+var indexRE = regexp.MustCompile(`\[\d+\]`)
 
 // typeErrorRE matches the decoder's type errors, which are plain errors that carry
 // the line and key only in their text.
@@ -179,7 +256,7 @@ func decodeProblem(err error) Problem {
 
 // normalize makes lists the file wrote as [] equal to lists it left out.
 func (c *Config) normalize() {
-	for _, l := range []*[]Prefix{&c.ServiceProxy.ClusterCIDRs, &c.ServiceProxy.NodePortAddresses} {
+	for _, l := range []*[]Prefix{&c.ServiceProxy.ClusterCIDRs, &c.ServiceProxy.NodePortAddresses, &c.PodNetwork.ServiceCIDRs} {
 		if len(*l) == 0 {
 			*l = nil
 		}
@@ -228,6 +305,7 @@ func (c Config) validate(v *validator) {
 	c.ServiceProxy.validate(v)
 	c.NetworkPolicy.validate(v)
 	c.Routing.validate(v)
+	c.PodNetwork.validate(v)
 }
 
 // SlogLevel maps the configured level name to a slog.Level.

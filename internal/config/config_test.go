@@ -153,6 +153,35 @@ level = "loud"
 			},
 		},
 		{
+			name: "values of the wrong type or format do not hide the problems after them",
+			toml: `[kubernetes]
+qps = "fast"
+[service_proxy]
+cluster_cidrs = ["10.244.0.0/33"]
+schduler = "rr"
+scheduler = "fastest"
+[routing]
+router_id = "not-an-ip"
+[[routing.peers]]
+address = "192.0.2.1"
+asn = "65000"
+[pod_network]
+mtu = 100
+[health]
+listen = "127.0.0.1"
+`,
+			want: []string{
+				`line 2: kubernetes.qps: incompatible types: TOML value has type string; destination has type float`,
+				`line 4: service_proxy.cluster_cidrs: invalid CIDR "10.244.0.0/33"`,
+				`line 5: service_proxy.schduler: unknown key`,
+				`line 6: service_proxy.scheduler: unknown IPVS scheduler "fastest"`,
+				`line 8: routing.router_id: invalid IP address "not-an-ip"`,
+				`line 11: routing.peers.asn: incompatible types: TOML value has type string; destination has type integer`,
+				`line 13: pod_network.mtu: invalid MTU 100 (want 0 for automatic, or 576-65535)`,
+				`line 15: health.listen: invalid listen address "127.0.0.1": want host:port`,
+			},
+		},
+		{
 			name: "an ASN above the 4-byte range is rejected",
 			toml: "[routing]\nasn = 4294967295\n",
 			want: []string{`line 2: routing.asn: invalid AS number 4294967295 (want 1-4294967294)`},
