@@ -10,6 +10,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
+	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
 	"github.com/kube-routerd/kube-routerd/internal/routing"
 )
@@ -43,7 +44,30 @@ func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, e
 		}
 		out = append(out, c)
 	}
+	if cfg.PodNetwork.Enabled() {
+		k, err := podnet.KernelAt(netns.None())
+		if err != nil {
+			return nil, fmt.Errorf("pod network dataplane: %w", err)
+		}
+		c, err := podnet.New(env, podNetworkOptions(cfg), k)
+		if err != nil {
+			return nil, fmt.Errorf("pod network: %w", err)
+		}
+		out = append(out, c)
+	}
 	return out, nil
+}
+
+// podNetworkOptions gathers what the pod network depends on from every section.
+func podNetworkOptions(cfg config.Config) podnet.Options {
+	opts := podnet.Options{
+		Config:    cfg.PodNetwork,
+		MayTunnel: cfg.Routing.Enabled && cfg.Routing.Overlay != "never",
+	}
+	for _, p := range cfg.ServiceProxy.ClusterCIDRs {
+		opts.ClusterCIDRs = append(opts.ClusterCIDRs, p.Prefix)
+	}
+	return opts
 }
 
 // cleanup removes everything each controller programs, whether or not it is enabled
@@ -58,6 +82,9 @@ func cleanup(ctx context.Context, cfg config.Config) error {
 	}
 	if err := routing.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("routing: %w", err))
+	}
+	if err := podnet.Cleanup(ctx, cfg.PodNetwork.CNIConfigFile); err != nil {
+		errs = append(errs, fmt.Errorf("pod network: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
+	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
 	"github.com/kube-routerd/kube-routerd/internal/routing"
 )
@@ -137,6 +138,12 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 			return false
 		}
 		writeRouting(w, d)
+	case "podnet":
+		var d podnet.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		writePodNetwork(w, d)
 	default:
 		return false
 	}
@@ -175,6 +182,28 @@ func writeRouting(w io.Writer, d routing.Details) {
 	}
 	for _, t := range d.Tunnels {
 		fmt.Fprintf(w, "  tunnel: %s\n", t)
+	}
+}
+
+func writePodNetwork(w io.Writer, d podnet.Details) {
+	fmt.Fprintf(w, "pod network: pod CIDRs %s, pod MTU %d (link %d)\n", listOrNone(d.PodCIDRs), d.MTU, d.LinkMTU)
+	switch d.CNIState {
+	case podnet.CNIForeign:
+		fmt.Fprintf(w, "  CNI config %s: NOT WRITTEN, the file there is not kube-routerd's\n", d.CNIFile)
+	default:
+		fmt.Fprintf(w, "  CNI config %s: %s\n", d.CNIFile, d.CNIState)
+	}
+	for _, f := range d.Shadowed {
+		fmt.Fprintf(w, "  CNI config %s sorts first: the container runtime uses it, not ours\n", f)
+	}
+	if len(d.Egress) == 0 {
+		fmt.Fprintln(w, "  egress masquerade: off")
+	}
+	for _, e := range d.Egress {
+		fmt.Fprintf(w, "  egress masquerade %s: from %s to outside %d cluster destinations\n", e.Family, strings.Join(e.Sources, ", "), e.ClusterDestinations)
+	}
+	if d.Error != "" {
+		fmt.Fprintf(w, "  last error: %s\n", d.Error)
 	}
 }
 

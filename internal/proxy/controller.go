@@ -32,6 +32,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/runner"
 )
 
@@ -120,7 +121,7 @@ func realDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) 
 		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl, NS: ns},
 		Conntrack: conntrack.Kernel{Netlink: nl},
 		IPSets:    sets,
-		Sysctls:   ProcSysctls{NS: ns},
+		Sysctls:   sysctl.Proc{NS: ns},
 	}
 	if withIPVS {
 		if dp.IPVS, err = ipvs.NewKernelAt(nsPath); err != nil {

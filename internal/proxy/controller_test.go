@@ -25,6 +25,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
 // fakeKernel is the fake dataplane; it outlives controllers to model restarts.
@@ -35,14 +36,14 @@ type fakeKernel struct {
 	dummy      *dummy.Fake
 	conntrack  *conntrack.Fake
 	ipt4, ipt6 *iptables.Fake
-	sysctls    *FakeSysctls
+	sysctls    *sysctl.Fake
 }
 
 func newFakeKernel() *fakeKernel {
 	sets := ipset.NewFake()
 	return &fakeKernel{ipvs: ipvs.NewFake(), ipsets: sets, ledger: &ipvs.IPSetLedger{Sets: sets},
 		dummy: dummy.NewFake(), conntrack: &conntrack.Fake{},
-		ipt4: iptables.NewFake(iptables.IPv4), ipt6: iptables.NewFake(iptables.IPv6), sysctls: &FakeSysctls{}}
+		ipt4: iptables.NewFake(iptables.IPv4), ipt6: iptables.NewFake(iptables.IPv6), sysctls: &sysctl.Fake{}}
 }
 
 func (k *fakeKernel) dataplane() Dataplane {

@@ -10,6 +10,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
 // firewallReconciler keeps our sets, chains and jumps in line with the desired state.
@@ -18,7 +19,7 @@ import (
 type firewallReconciler struct {
 	sets    ipset.Interface
 	tables  map[iptables.Protocol]iptables.Interface
-	sysctls Sysctls
+	sysctls sysctl.Interface
 	opts    FirewallOptions
 	// members mirrors the entries of our sets, by set name.
 	members map[string]map[string]bool
@@ -47,7 +48,7 @@ func newFirewallReconciler(dp Dataplane, opts FirewallOptions) *firewallReconcil
 // the jumps into them.
 func (r *firewallReconciler) full(d *desiredState) error {
 	r.writes = 0
-	n, err := ensureSysctls(r.sysctls)
+	n, err := sysctl.Ensure(r.sysctls, requiredSysctls)
 	r.writes += n
 	if err != nil {
 		return err

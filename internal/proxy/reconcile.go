@@ -17,6 +17,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
 // Dataplane is the kernel state the service proxy programs, all in one network
@@ -31,7 +32,7 @@ type Dataplane struct {
 	IPSets ipset.Interface
 	// IPTables has one instance per IP family served.
 	IPTables []iptables.Interface
-	Sysctls  Sysctls
+	Sysctls  sysctl.Interface
 }
 
 // drainKey identifies a destination being drained.

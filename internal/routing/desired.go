@@ -20,6 +20,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // Node annotations read by the routing controller.
@@ -67,38 +68,9 @@ type NodeInfo struct {
 // ParseNode extracts NodeInfo from a Node. Invalid annotations are logged with the
 // node's name and ignored; the rest of the node still counts.
 func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
-	info := NodeInfo{Name: n.Name}
+	addrs := k8s.ParseNodeAddresses(n, log)
+	info := NodeInfo{Name: n.Name, Address: addrs.IPv4, AddressV6: addrs.IPv6, PodCIDRs: addrs.PodCIDRs}
 	log = log.With("node", n.Name)
-	for _, a := range n.Status.Addresses {
-		if a.Type != corev1.NodeInternalIP {
-			continue
-		}
-		ip, err := netip.ParseAddr(a.Address)
-		switch {
-		case err != nil:
-			log.Warn("ignoring invalid InternalIP", "address", a.Address)
-		case ip.Is4() && !info.Address.IsValid():
-			info.Address = ip
-		case ip.Is6() && !ip.Is4In6() && ip.IsGlobalUnicast() && !info.AddressV6.IsValid():
-			info.AddressV6 = ip
-		}
-	}
-	cidrs := n.Spec.PodCIDRs
-	if len(cidrs) == 0 && n.Spec.PodCIDR != "" {
-		cidrs = []string{n.Spec.PodCIDR}
-	}
-	for _, c := range cidrs {
-		p, err := netip.ParsePrefix(c)
-		if err != nil {
-			log.Warn("ignoring invalid pod CIDR", "podCIDR", c)
-			continue
-		}
-		if p.Addr().Is4In6() {
-			log.Warn("ignoring IPv4-mapped pod CIDR", "podCIDR", c)
-			continue
-		}
-		info.PodCIDRs = append(info.PodCIDRs, p.Masked())
-	}
 	for ann, dst := range map[string]*string{AnnotationRRServer: &info.RRServer, AnnotationRRClient: &info.RRClient} {
 		v, ok := n.Annotations[ann]
 		if !ok {
