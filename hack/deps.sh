@@ -4,8 +4,9 @@
 # busybox) are installed by hack/vm/run-tests.sh and hack/vm/image.sh.
 set -euo pipefail
 
-# package:command pairs; a package counts as present when its command is on PATH, so
-# the check also holds where a tool came from somewhere other than apt.
+# package:command pairs; a package counts as present when its command is on PATH (or,
+# for an absolute path, is there), so the check also holds where a tool came from
+# somewhere other than apt.
 needed=(
   iproute2:ip            # netlink-driven namespaces are inspected and entered with it
   util-linux:nsenter     # netns.NS.Command runs commands inside test namespaces
@@ -20,12 +21,17 @@ needed=(
   systemd:systemd-analyze  # the packaging test verifies the unit file
   rpm:rpm                # the packaging test reads the .rpm's files, config flags and scriptlets
   dpkg-dev:dpkg-scanpackages  # the node tier's local apt repository for the .deb's dependencies
+  containernetworking-plugins:/usr/lib/cni/bridge  # pods made by the standard CNI plugins, as kubelet makes them
 )
 
 missing=()
 for pair in "${needed[@]}"; do
   pkg=${pair%%:*} cmd=${pair#*:}
-  PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  if [[ $cmd == /* ]]; then
+    [[ -x $cmd ]] || missing+=("$pkg")
+  else
+    PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  fi
 done
 if ((${#missing[@]} == 0)); then
   echo "deps: all present" >&2

@@ -157,7 +157,10 @@ func writeDaemonConfig(t testing.TB, node *netns.Node, rc *rest.Config, dir, bod
 [kubernetes]
 kubeconfig = %q
 node_name = %q
-%s`, node.Name, kubeconfig, node.Name, body)
+%s
+[pod_network]
+cni_config_file = %q
+`, node.Name, kubeconfig, node.Name, body, filepath.Join(dir, "10-kube-routerd.conflist"))
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

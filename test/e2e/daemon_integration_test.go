@@ -74,9 +74,12 @@ enabled = false   # IPVS is tested in the VM tier: this kernel has none
 [routing]
 router_id = %q
 %s
+[pod_network]
+cni_config_file = %q   # not the host's /etc/cni/net.d
+
 [logging]
 level = "debug"
-`, kubeconfig, node.Name, node.IPv4, extraConfig)
+`, kubeconfig, node.Name, node.IPv4, extraConfig, filepath.Join(dir, "10-kube-routerd.conflist"))
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
