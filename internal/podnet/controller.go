@@ -254,4 +254,3 @@ func egressFamilies(fs []EgressFamily) string {
 	}
 	return strings.Join(names, "+")
 }
-
