@@ -13,6 +13,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
 	"github.com/kube-routerd/kube-routerd/internal/routing"
+	"github.com/kube-routerd/kube-routerd/internal/takeover"
 )
 
 // buildControllers constructs the controllers the config enables. Each registers its
@@ -56,6 +57,24 @@ func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, e
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// newTakeover returns the takeover from kube-router, which knows which of the
+// controllers replace kube-router's objects.
+func newTakeover(cfg config.Config, env daemon.Env) (*takeover.Controller, error) {
+	k, err := takeover.KernelAt(netns.None(), cfg.PodNetwork.CNIConfigFile)
+	if err != nil {
+		return nil, fmt.Errorf("takeover from kube-router: %w", err)
+	}
+	return takeover.New(env, takeover.Options{
+		Enabled: map[takeover.Domain]bool{
+			takeover.DomainProxy:   cfg.ServiceProxy.Enabled,
+			takeover.DomainNetpol:  cfg.NetworkPolicy.Enabled,
+			takeover.DomainRouting: cfg.Routing.Enabled,
+			takeover.DomainPodNet:  cfg.PodNetwork.Enabled(),
+		},
+		DummyInterface: cfg.ServiceProxy.DummyInterface,
+	}, k), nil
 }
 
 // podNetworkOptions gathers what the pod network depends on from every section.

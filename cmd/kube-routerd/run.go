@@ -37,6 +37,11 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return err
 	}
+	tk, err := newTakeover(cfg, env)
+	if err != nil {
+		return err
+	}
+	controllers = append(controllers, tk)
 	names := make([]string, 0, len(controllers))
 	for _, c := range controllers {
 		names = append(names, c.Name())
@@ -50,9 +55,13 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 		Notifier:      daemon.SystemdNotifier{},
 		Registry:      registry,
 		BeforeControllers: func(ctx context.Context) error {
-			return startInformers(ctx, env)
+			if err := startInformers(ctx, env); err != nil {
+				return err
+			}
+			return tk.Adopt(ctx)
 		},
 	}, controllers...)
+	tk.StartAfter(d.Ready())
 	return d.Run(ctx)
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
 	"github.com/kube-routerd/kube-routerd/internal/routing"
+	"github.com/kube-routerd/kube-routerd/internal/takeover"
 )
 
 // printStatus asks the running daemon (its health listener) for its status report
@@ -144,10 +145,33 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 			return false
 		}
 		writePodNetwork(w, d)
+	case "takeover":
+		var d takeover.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		writeTakeover(w, d)
 	default:
 		return false
 	}
 	return true
+}
+
+// writeTakeover prints what became of kube-router's objects, one line each.
+func writeTakeover(w io.Writer, d takeover.Details) {
+	if !d.Found {
+		fmt.Fprintln(w, "takeover from kube-router: nothing of kube-router's found")
+		return
+	}
+	fmt.Fprintf(w, "takeover from kube-router: %d adopted, %d removed, %d still kept\n", len(d.Adopted), len(d.Removed), len(d.Waiting))
+	for _, group := range []struct {
+		what  string
+		items []string
+	}{{"adopted", d.Adopted}, {"removed", d.Removed}, {"kept for now", d.Waiting}, {"failed", d.Errors}} {
+		for _, item := range group.items {
+			fmt.Fprintf(w, "  %s: %s\n", group.what, item)
+		}
+	}
 }
 
 func writeRouting(w io.Writer, d routing.Details) {

@@ -210,3 +210,9 @@ func (r *egressReconciler) remove(ipt iptables.Interface, a *egressApplied) erro
 	}
 	return nil
 }
+
+// OwnsChain reports whether chain is one the pod network creates.
+func OwnsChain(chain string) bool { return chain == ChainEgress }
+
+// OwnsSet reports whether set is one the pod network creates.
+func OwnsSet(set string) bool { return set == clusterDstV4 || set == clusterDstV6 }

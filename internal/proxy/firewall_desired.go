@@ -143,3 +143,15 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[ta
 func keepsClientAddr(vs *VirtualServer) bool {
 	return vs != nil && vs.LocalOnly && vs.Kind != ClusterIP
 }
+
+// OwnsChain reports whether chain is one the service proxy creates.
+func OwnsChain(chain string) bool { return chain == ChainServices || chain == ChainPostrouting }
+
+// OwnsSet reports whether set is one the service proxy creates (the IPVS ledger too).
+func OwnsSet(set string) bool {
+	switch set {
+	case setVIPsV4, setVIPsV6, setLocalV4, setLocalV6, ipvs.LedgerSetV4, ipvs.LedgerSetV6:
+		return true
+	}
+	return false
+}
