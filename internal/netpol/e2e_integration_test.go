@@ -70,6 +70,13 @@ func TestReachabilityMatrix(t *testing.T) {
 		return nsOf(from) != "B"
 	}))
 
+	toPodsNamedHTTP := policy(c.nsB, "to-http-in-pod-cidrs", nil, types(networkingv1.PolicyTypeEgress),
+		egress(port(tcp, intstr.FromString("http")), block(c.node.PodCIDRv4.String()), block(c.node.PodCIDRv6.String())))
+	c.setPolicies(t, toPodsNamedHTTP)
+	c.waitMatrix(t, "egress named port to ipBlocks of the pod CIDRs", c.expect(func(from, to string, tg target) bool {
+		return nsOf(from) != "B" || (to == "A/a" && tg.proto == tnetns.TCP && tg.port == 80)
+	}))
+
 	c.setPolicies(t)
 	c.waitMatrix(t, "policies deleted", c.expect(all))
 
@@ -78,6 +85,28 @@ func TestReachabilityMatrix(t *testing.T) {
 
 	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, "")
 	c.waitMatrix(t, "beta annotation removed", c.expect(all))
+}
+
+// TestReachabilityOfPodsAddedMidTest adds pods to a node whose neighbours are already
+// isolated: a new pod knows no neighbour, so its first packets to each peer on the
+// bridge depend on IPv6 neighbour discovery passing the policies.
+func TestReachabilityOfPodsAddedMidTest(t *testing.T) {
+	c := startCluster(t)
+	nsOf := func(key string) string { return key[:1] }
+	notToA := func(_, to string, _ target) bool { return nsOf(to) != "A" }
+	c.setPolicies(t, policy(c.nsA, "deny", nil))
+	c.waitMatrix(t, "default deny ingress in A", c.expect(notToA))
+	c.addPod(t, "A/d", map[string]string{"app": "d"})
+	c.waitMatrix(t, "pod added to A under default deny ingress", c.expect(notToA))
+
+	c.setPolicies(t, policy(c.nsB, "to-a-http", nil, types(networkingv1.PolicyTypeEgress),
+		egress(port(tcp, intstr.FromInt32(80)), both(map[string]string{"app": "a"}, map[string]string{"team": "a"}))))
+	fromBOnlyToAHTTP := func(from, to string, tg target) bool {
+		return nsOf(from) != "B" || (to == "A/a" && tg.proto == tnetns.TCP && tg.port == 80)
+	}
+	c.waitMatrix(t, "B isolated for egress, allowed to A/a TCP 80", c.expect(fromBOnlyToAHTTP))
+	c.addPod(t, "B/e", map[string]string{"app": "e"})
+	c.waitMatrix(t, "pod added to B under egress isolation", c.expect(fromBOnlyToAHTTP))
 }
 
 // TestDroppedPacketsAreLoggedToNFLOG checks that with log_drops a blocked probe really
@@ -117,46 +146,61 @@ func (c *cluster) relabelPod(t *testing.T, key string, labels map[string]string)
 	}
 }
 
-// matrix probes every source (the pods and the node) against every pod and target
-// port at once and returns "from -> to proto/port: ok|blocked" lines, sorted.
-func (c *cluster) matrix() []string {
+// matrix probes from every source (the pods and the node) every pod and target port
+// and returns "from -> to proto/port: ok|blocked" lines, sorted. One source probes at
+// a time, all its targets at once, after every namespace forgot its neighbours: so
+// each probe also proves that its neighbour resolution passes the policies, which
+// neither warm caches nor a peer probing back at the same time (its solicitation
+// teaches the address) would show.
+func (c *cluster) matrix(t *testing.T) []string {
+	t.Helper()
 	sources := map[string]*tnetns.NS{"node": c.node.NS}
 	for k, p := range c.pods {
 		sources[k] = p.NS
 	}
+	var lines []string
+	for _, from := range sortedKeys(sources) {
+		for _, ns := range sources {
+			ns.FlushNeighbours(t)
+		}
+		lines = append(lines, c.probeFrom(from, sources[from])...)
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+// probeFrom probes every other pod and target port from src at once.
+func (c *cluster) probeFrom(from string, src *tnetns.NS) []string {
 	var (
 		mu    sync.Mutex
 		lines []string
 		wg    sync.WaitGroup
 	)
-	for from, src := range sources {
-		for to, dst := range c.pods {
-			if from == to {
-				continue
-			}
-			for _, tg := range matrixTargets {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-					defer cancel()
-					verdict := "ok"
-					addr := dst.IPv4
-					if tg.v6 {
-						addr = dst.IPv6
-					}
-					if _, err := src.Probe(ctx, tg.proto, netip.AddrPortFrom(addr, uint16(tg.port))); err != nil {
-						verdict = "blocked"
-					}
-					mu.Lock()
-					lines = append(lines, fmt.Sprintf("%s -> %s %s: %s", from, to, tg, verdict))
-					mu.Unlock()
-				}()
-			}
+	for to, dst := range c.pods {
+		if from == to {
+			continue
+		}
+		for _, tg := range matrixTargets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				verdict := "ok"
+				addr := dst.IPv4
+				if tg.v6 {
+					addr = dst.IPv6
+				}
+				if _, err := src.Probe(ctx, tg.proto, netip.AddrPortFrom(addr, uint16(tg.port))); err != nil {
+					verdict = "blocked"
+				}
+				mu.Lock()
+				lines = append(lines, fmt.Sprintf("%s -> %s %s: %s", from, to, tg, verdict))
+				mu.Unlock()
+			}()
 		}
 	}
 	wg.Wait()
-	sort.Strings(lines)
 	return lines
 }
 
@@ -190,7 +234,7 @@ func (c *cluster) waitMatrix(t *testing.T, step string, want []string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		got := c.matrix()
+		got := c.matrix(t)
 		if strings.Join(got, "\n") == strings.Join(want, "\n") {
 			t.Logf("%s: matrix as expected (%d probes)", step, len(got))
 			return

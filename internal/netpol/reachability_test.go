@@ -82,16 +82,9 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	c.labelNamespace(t, c.nsA, map[string]string{"team": "a"})
 	c.labelNamespace(t, c.nsB, map[string]string{"team": "b"})
 	c.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs})
-	add := func(key, ns, name string, labels map[string]string, ports ...corev1.ContainerPort) {
-		p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: name, Labels: labels, Ports: ports})
-		for _, tg := range servedTargets() {
-			p.Serve(t, tg.proto, tg.port)
-		}
-		c.pods[key] = p
-	}
-	add("A/a", c.nsA, "a", map[string]string{"app": "a"}, corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP})
-	add("A/b", c.nsA, "b", map[string]string{"app": "b"})
-	add("B/c", c.nsB, "c", map[string]string{"app": "c"})
+	c.addPod(t, "A/a", map[string]string{"app": "a"}, corev1.ContainerPort{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP})
+	c.addPod(t, "A/b", map[string]string{"app": "b"})
+	c.addPod(t, "B/c", map[string]string{"app": "c"})
 
 	dps, err := KernelDataplanes(c.node.Handle)
 	if err != nil {
@@ -141,6 +134,22 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 		}
 	})
 	return c
+}
+
+// addPod starts a pod on the node that serves every matrix target. key is "A/<name>"
+// or "B/<name>": the pod's name in namespace nsA or nsB.
+func (c *cluster) addPod(t *testing.T, key string, labels map[string]string, ports ...corev1.ContainerPort) *tnetns.Pod {
+	t.Helper()
+	ns := c.nsA
+	if key[:1] == "B" {
+		ns = c.nsB
+	}
+	p := c.node.AddPod(t, tnetns.PodOptions{Namespace: ns, Name: key[2:], Labels: labels, Ports: ports})
+	for _, tg := range servedTargets() {
+		p.Serve(t, tg.proto, tg.port)
+	}
+	c.pods[key] = p
+	return p
 }
 
 func (c *cluster) labelNamespace(t *testing.T, name string, labels map[string]string) {
