@@ -133,7 +133,8 @@ func (c *Controller) adoptServices() ([]ipvs.Key, error) {
 
 // Run implements daemon.Controller. It counts as synced at once (the node's
 // dataplane does not depend on it), waits for the other controllers' first syncs,
-// then removes kube-router's objects, looking again while some are still needed.
+// then removes kube-router's objects, looking again while some are still needed
+// and may become removable.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	hb.SyncDone(true, 0, nil, c.summary())
 	select {
@@ -203,6 +204,7 @@ func (c *Controller) pass() (more bool, err error) {
 	var waiting []string
 	for _, w := range plan.Wait {
 		waiting = append(waiting, w.String())
+		more = more || w.Retry
 		if !c.waitLogged[w.Object.String()] {
 			c.waitLogged[w.Object.String()] = true
 			slog.Info("keeping kube-router's object for now", "object", w.Object.String(), "reason", w.Reason)
@@ -212,7 +214,7 @@ func (c *Controller) pass() (more bool, err error) {
 	if len(errs) > 0 {
 		return true, fmt.Errorf("%d of kube-router's objects could not be removed; first: %w", len(errs), errs[0])
 	}
-	return len(plan.Wait) > 0, nil
+	return more, nil
 }
 
 // withPodCIDRs adds every Node's pod CIDRs to v.
@@ -227,9 +229,13 @@ func (c *Controller) withPodCIDRs(v View) View {
 	return v
 }
 
+// adopted records and logs o the first time it is adopted.
 func (c *Controller) adopted(o Object, how string) {
-	slog.Info("adopted kube-router's object", "object", o.String(), "how", how)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if slices.Contains(c.details.Adopted, o.String()) {
+		return
+	}
+	slog.Info("adopted kube-router's object", "object", o.String(), "how", how)
 	c.details.Adopted = append(c.details.Adopted, o.String())
 }

@@ -85,6 +85,9 @@ type View struct {
 type Waiting struct {
 	Object
 	Reason string
+	// Retry says a later look may find it removable; without it only a restart with
+	// another config can.
+	Retry bool
 }
 
 func (w Waiting) String() string { return w.Object.String() + ": " + w.Reason }
@@ -110,7 +113,7 @@ func Compute(v View, enabled map[Domain]bool) Plan {
 		if enabled[o.Domain] {
 			p.Remove = append(p.Remove, o)
 		} else {
-			p.Wait = append(p.Wait, Waiting{o, fmt.Sprintf("kube-routerd's %s controller is off, so nothing replaces it", o.Domain)})
+			p.Wait = append(p.Wait, Waiting{Object: o, Reason: fmt.Sprintf("kube-routerd's %s controller is off, so nothing replaces it", o.Domain)})
 		}
 	}
 	planIPTables(v, &p, remove)
@@ -125,7 +128,7 @@ func Compute(v View, enabled map[Domain]bool) Plan {
 		if v.OurCNIWritten {
 			remove(o)
 		} else {
-			p.Wait = append(p.Wait, Waiting{o, "kube-routerd's CNI configuration is not written yet"})
+			p.Wait = append(p.Wait, Waiting{Object: o, Reason: "kube-routerd's CNI configuration is not written yet", Retry: true})
 		}
 	}
 	return p
@@ -198,7 +201,7 @@ func planRouting(v View, p *Plan, remove func(Object)) {
 		}
 		o := Object{Kind: KindRoute, Domain: DomainRouting, Route: r}
 		if slices.Contains(v.PodCIDRs, r.Dst) {
-			p.Wait = append(p.Wait, Waiting{o, "kube-routerd replaces it in place once it learns a route to " + r.Dst.String()})
+			p.Wait = append(p.Wait, Waiting{Object: o, Reason: "kube-routerd replaces it in place once it learns a route to " + r.Dst.String(), Retry: true})
 			inUse[r.Device] = r.String()
 			continue
 		}
@@ -210,7 +213,7 @@ func planRouting(v View, p *Plan, remove func(Object)) {
 		}
 		o := Object{Kind: KindTunnel, Domain: DomainRouting, Link: l}
 		if r, ok := inUse[l.Name]; ok {
-			p.Wait = append(p.Wait, Waiting{o, "route " + r + " still uses it"})
+			p.Wait = append(p.Wait, Waiting{Object: o, Reason: "route " + r + " still uses it", Retry: true})
 			continue
 		}
 		remove(o)

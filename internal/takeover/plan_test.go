@@ -94,7 +94,7 @@ func kubeRouterNode() View {
 			{Priority: 200, Src: netip.MustParsePrefix("172.16.0.0/24"), Table: 77},
 			{Priority: 32766, Table: 254},
 		},
-		Links:    []route.Link{{"tun-0123456789a", "ipip"}, {"tun-bbbbbbbbbbb", "ipip"}, {"tun-foreign", "ipip"}, {"kube-bridge", "bridge"}},
+		Links:    []route.Link{{Name: "tun-0123456789a", Kind: "ipip"}, {Name: "tun-bbbbbbbbbbb", Kind: "ipip"}, {Name: "tun-foreign", Kind: "ipip"}, {Name: "kube-bridge", Kind: "bridge"}},
 		CNIFiles: []string{"/etc/cni/net.d/10-kuberouter.conflist"}, OurCNIWritten: true,
 		// 10.244.9.0/24 belonged to a node that left the cluster.
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("10.244.1.0/24")},
@@ -150,7 +150,7 @@ func TestANodeWithoutKubeRouterHasAnEmptyPlan(t *testing.T) {
 			"KUBE-ROUTER-FORWARD": nil,
 		}}},
 		Sets:  []string{"kube-router-svip", "kube-router-svc-ports"},
-		Links: []route.Link{{"kube-bridge", "bridge"}, {"krt-0a000102", "ipip"}},
+		Links: []route.Link{{Name: "kube-bridge", Kind: "bridge"}, {Name: "krt-0a000102", Kind: "ipip"}},
 		ZebraRoutes: []route.TableRoute{ // Quagga's, not to a pod CIDR
 			{Route: route.Route{Dst: netip.MustParsePrefix("192.0.2.0/24"), Gateway: netip.MustParseAddr("10.0.0.9")}, Table: 254, Protocol: 17}},
 		PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")},

@@ -92,17 +92,10 @@ func (Netlink) TableRoutes(table, protocol int) ([]TableRoute, error) {
 	return out, nil
 }
 
-// DeleteTableRoute removes the route to r.Dst of r's table and protocol; an absent one
-// is not an error.
+// DeleteTableRoute removes the route to r.Dst of r's table and protocol, of any scope
+// and type; an absent one is not an error.
 func (Netlink) DeleteTableRoute(r TableRoute) error {
-	nr := &netlink.Route{Dst: ipNet(r.Dst), Table: r.Table, Protocol: netlink.RouteProtocol(r.Protocol)}
-	if r.Dst.Bits() == 0 {
-		nr.Dst = nil
-		nr.Family = netlink.FAMILY_V4
-		if r.Dst.Addr().Is6() {
-			nr.Family = netlink.FAMILY_V6
-		}
-	}
+	nr := &netlink.Route{Dst: ipNet(r.Dst), Table: r.Table, Protocol: netlink.RouteProtocol(r.Protocol), Scope: netlink.SCOPE_NOWHERE}
 	if err := netlink.RouteDel(nr); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("deleting route %s: %w", r, err)
 	}
