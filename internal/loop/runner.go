@@ -1,21 +1,27 @@
-// Package runner coalesces sync requests into a bounded-frequency loop: event handlers
-// call Request (cheap, never blocks, never touches the kernel); the loop runs the sync
-// at most once per MinInterval and at least once per FullInterval, retrying failures
-// with backoff.
-package runner
+// Package loop is the kit every controller is built from: a Tracker collects what
+// changed from informer events, and a Runner coalesces sync requests into a
+// bounded-frequency loop. Event handlers mark keys and call Request (cheap, never
+// blocks, never touches the kernel); the loop runs the sync at most once per
+// MinInterval and at least once per FullInterval, retrying failures with backoff.
+package loop
 
 import (
 	"context"
 	"log/slog"
 	"time"
-
-	"github.com/kube-routerd/kube-routerd/internal/daemon"
 )
 
 // SyncFunc does one sync. full is true for the first sync, the periodic resync and
 // retries after an error: it must then compare the whole desired state with the
 // kernel, not just what changed since the last sync.
 type SyncFunc func(ctx context.Context, full bool) (summary string, err error)
+
+// Heartbeat is where a loop reports liveness and sync results (the daemon's
+// supervisor implements it).
+type Heartbeat interface {
+	Beat()
+	SyncDone(full bool, d time.Duration, err error, summary string)
+}
 
 // Runner is one controller's sync loop.
 type Runner struct {
@@ -32,8 +38,8 @@ type Runner struct {
 	fullReq  chan struct{}
 }
 
-// New returns a runner; call Request from event handlers and Run from the controller.
-func New(name string, sync SyncFunc, minInterval, fullInterval time.Duration) *Runner {
+// NewRunner returns a runner; call Request from event handlers and Run from the controller.
+func NewRunner(name string, sync SyncFunc, minInterval, fullInterval time.Duration) *Runner {
 	return &Runner{
 		Name:         name,
 		Sync:         sync,
@@ -61,7 +67,7 @@ func (r *Runner) RequestFull() {
 }
 
 // Run loops until ctx is done. The first sync is full and runs at once.
-func (r *Runner) Run(ctx context.Context, hb *daemon.Heartbeat) {
+func (r *Runner) Run(ctx context.Context, hb Heartbeat) {
 	beatEvery := r.BeatInterval
 	if beatEvery <= 0 {
 		beatEvery = time.Second

@@ -1,4 +1,4 @@
-package runner
+package loop
 
 import (
 	"context"
@@ -6,11 +6,14 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/kube-routerd/kube-routerd/internal/daemon"
 )
 
 type call struct{ full bool }
+
+type nopHeartbeat struct{}
+
+func (nopHeartbeat) Beat()                                       {}
+func (nopHeartbeat) SyncDone(bool, time.Duration, error, string) {}
 
 // recorder is a SyncFunc that records calls and can be made to fail.
 type recorder struct {
@@ -33,11 +36,11 @@ func (r *recorder) sync(_ context.Context, full bool) (string, error) {
 }
 
 func start(t *testing.T, rec *recorder, min, full time.Duration) *Runner {
-	r := New("test", rec.sync, min, full)
+	r := NewRunner("test", rec.sync, min, full)
 	r.MaxBackoff = 50 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { r.Run(ctx, daemon.NewHeartbeat("test", nil)); close(done) }()
+	go func() { r.Run(ctx, nopHeartbeat{}); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return r
 }

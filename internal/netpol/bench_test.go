@@ -118,7 +118,7 @@ func (bc *benchController) relabelPod(b testing.TB, n int) {
 		pod.Labels["app"] = "app-7"
 	}
 	must(b, bc.factory.Core().V1().Pods().Informer().GetIndexer().Update(pod))
-	bc.c.dirtyPods[pod.Namespace+"/"+pod.Name] = true
+	bc.c.changes.Mark(changed{key: pod.Namespace + "/" + pod.Name})
 }
 
 // changePolicy moves one policy's port range and marks it dirty.
@@ -126,7 +126,7 @@ func (bc *benchController) changePolicy(b testing.TB, n int) {
 	p := benchPolicy(n%bc.namespaces, 1)
 	p.Spec.Ingress[0].Ports[1].Port = ptrIntStr(intstr.FromInt32(int32(9000 + (n/bc.namespaces)%2 + 1)))
 	must(b, bc.factory.Networking().V1().NetworkPolicies().Informer().GetIndexer().Update(p))
-	bc.c.dirtyPolicies[p.Namespace+"/"+p.Name] = true
+	bc.c.changes.Mark(changed{policy: true, key: p.Namespace + "/" + p.Name})
 }
 
 func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }

@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -20,14 +21,14 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
-	"github.com/kube-routerd/kube-routerd/internal/runner"
+	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
 // Controller enforces NetworkPolicies for the pods on this node.
 type Controller struct {
 	opts     Options
 	cfg      config.NetworkPolicy
-	runner   *runner.Runner
+	runner   *loop.Runner
 	families []*familyState
 	metrics  *metrics
 
@@ -35,15 +36,9 @@ type Controller struct {
 	namespaces corelisters.NamespaceLister
 	policies   netlisters.NetworkPolicyLister
 
-	mu            sync.Mutex // guards the dirty marks
-	dirtyPods     map[string]bool
-	dirtyPolicies map[string]bool
-	dirtyNS       bool
-	// started is set when the first sync takes the dirty marks. Events before it are
-	// covered by that sync (always full) and neither mark anything nor ask for a sync.
-	started bool
-	// handlers are the informer handler registrations Run waits for.
-	handlers []cache.ResourceEventHandlerRegistration
+	// changes collects the pods and policies that changed; "all" when a namespace
+	// changed (selectors and the beta annotation read them) or the last apply failed.
+	changes *loop.Tracker[changed]
 
 	// Owned by the sync loop.
 	idx *Index
@@ -53,6 +48,12 @@ type Controller struct {
 
 	detailsMu sync.Mutex
 	details   Details
+}
+
+// changed names one changed object: a pod or a policy, by "namespace/name".
+type changed struct {
+	policy bool
+	key    string
 }
 
 // familyState is the compiled policies and reconciler of one IP family.
@@ -112,9 +113,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
 		},
-		dirtyPods:     map[string]bool{},
-		dirtyPolicies: map[string]bool{},
-		idx:           NewIndex(),
+		idx: NewIndex(),
 	}
 	for _, dp := range dataplanes {
 		o := c.opts
@@ -126,50 +125,29 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 		return nil, err
 	}
 	c.metrics = m
-	c.runner = runner.New("netpol", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	c.runner = loop.NewRunner("netpol", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+
+	c.changes = loop.NewTracker[changed](c.runner.Request)
 
 	podInf := env.Informers.Core().V1().Pods()
 	nsInf := env.Informers.Core().V1().Namespaces()
 	polInf := env.Informers.Networking().V1().NetworkPolicies()
 	c.pods, c.namespaces, c.policies = podInf.Lister(), nsInf.Lister(), polInf.Lister()
-	for _, h := range []struct {
-		inf  cache.SharedIndexInformer
-		mark func(key string)
-	}{
-		{podInf.Informer(), func(key string) { c.dirtyPods[key] = true }},
-		{polInf.Informer(), func(key string) { c.dirtyPolicies[key] = true }},
-		{nsInf.Informer(), func(string) { c.dirtyNS = true }},
-	} {
-		reg, err := h.inf.AddEventHandler(c.handler(h.mark))
-		if err != nil {
-			return nil, err
-		}
-		c.handlers = append(c.handlers, reg)
+	if err := errors.Join(
+		c.changes.Watch(podInf.Informer(), loop.Both(keyOf(false))),
+		c.changes.Watch(polInf.Informer(), loop.Both(keyOf(true))),
+		c.changes.WatchAll(nsInf.Informer(), func(loop.Change) bool { return true }),
+	); err != nil {
+		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
 	return c, nil
 }
 
-// handler marks the changed object dirty and asks for a sync; it never touches the kernel.
-func (c *Controller) handler(mark func(key string)) cache.ResourceEventHandler {
-	on := func(obj any) {
-		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-		if err != nil {
-			return
-		}
-		c.mu.Lock()
-		started := c.started
-		if started {
-			mark(key)
-		}
-		c.mu.Unlock()
-		if started {
-			c.runner.Request()
-		}
-	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    on,
-		UpdateFunc: func(_, obj any) { on(obj) },
-		DeleteFunc: on,
+// keyOf names a pod or policy object for the change tracker.
+func keyOf(policy bool) func(obj any) (changed, bool) {
+	return func(obj any) (changed, bool) {
+		key, err := cache.MetaNamespaceKeyFunc(obj)
+		return changed{policy: policy, key: key}, err == nil
 	}
 }
 
@@ -178,14 +156,7 @@ func (c *Controller) Name() string { return "netpol" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
-	// Synced caches do not mean delivered events: let the handlers finish the initial
-	// adds (dropped, see started) before the first full sync, which covers them, rather
-	// than mark every pod dirty after it and make the next sync recompile everything.
-	checks := make([]cache.DoneChecker, len(c.handlers))
-	for i, h := range c.handlers {
-		checks[i] = h.HasSyncedChecker()
-	}
-	if !cache.WaitFor(ctx, "", checks...) {
+	if !c.changes.WaitForInitialObjects(ctx) {
 		return nil
 	}
 	c.runner.Run(ctx, hb)
@@ -202,22 +173,21 @@ func (c *Controller) Details() any {
 // sync recompiles what changed and applies it. A full sync (first, periodic, after an
 // error, or after a namespace changed) recompiles every policy and rewrites every chain.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
-	c.mu.Lock()
-	dirtyPods, dirtyPolicies, dirtyNS := c.dirtyPods, c.dirtyPolicies, c.dirtyNS
-	c.dirtyPods, c.dirtyPolicies, c.dirtyNS = map[string]bool{}, map[string]bool{}, false
-	c.started = true
-	c.mu.Unlock()
-
+	dirty, all := c.changes.Take()
 	compileStart := time.Now()
 	var applyTime time.Duration
-	recompileAll := full || dirtyNS
+	recompileAll := full || all
 	var changedPods []podChange
 	if recompileAll {
 		if err := c.rebuildIndex(); err != nil {
 			return "", err
 		}
 	} else {
-		for key := range dirtyPods {
+		for ch := range dirty {
+			if ch.policy {
+				continue
+			}
+			key := ch.key
 			ns, name, _ := cache.SplitMetaNamespaceKey(key)
 			change := podChange{old: c.idx.Pod(ns, name)}
 			if obj, err := c.pods.Pods(ns).Get(name); err == nil {
@@ -250,7 +220,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 		for key, p := range byKey {
 			old := fs.compiled[key]
-			if !recompileAll && old != nil && !dirtyPolicies[key] && !c.touches(p, changedPods) {
+			if _, marked := dirty[changed{policy: true, key: key}]; !recompileAll && old != nil && !marked && !c.touches(p, changedPods) {
 				continue
 			}
 			cp := CompilePolicy(p, c.idx, fs.opts)
@@ -278,10 +248,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			c.metrics.driftRepairs.WithLabelValues(fmt.Sprint(fs.opts.Family)).Add(float64(st.Drifted))
 		}
 		if err != nil {
-			// Recompile everything next time, with a kernel re-read.
-			c.mu.Lock()
-			c.dirtyNS = true
-			c.mu.Unlock()
+			// Recompile everything next time (the runner retries with a kernel re-read).
+			c.changes.MarkAll()
 			return "", err
 		}
 		c.metrics.record(fs.opts.Family, len(list), desired)

@@ -15,12 +15,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
-	"github.com/kube-routerd/kube-routerd/internal/runner"
+	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
 // Kernel is what the controller reads and sets in the node's kernel besides
@@ -49,9 +48,11 @@ type Controller struct {
 	log      *slog.Logger
 	kernel   Kernel
 	cni      CNIFile
-	runner   *runner.Runner
+	runner   *loop.Runner
 	nodes    corelisters.NodeLister
-	handler  cache.ResourceEventHandlerRegistration
+	// changes records that some node's addresses or pod CIDRs changed; the sync then
+	// recomputes from every node (cheap: a set diff).
+	changes *loop.Tracker[struct{}]
 
 	// Owned by the sync loop.
 	egress  *egressReconciler
@@ -83,25 +84,21 @@ func New(env daemon.Env, opts Options, kernel Kernel) (*Controller, error) {
 		parsed:   map[string]parsedNode{},
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
 	}
-	// Node status changes often (conditions, images); only addresses and pod CIDRs matter.
-	reg, err := env.Informers.Core().V1().Nodes().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { c.runner.Request() },
-		UpdateFunc: func(oldObj, newObj any) {
-			o, ok1 := oldObj.(*corev1.Node)
-			n, ok2 := newObj.(*corev1.Node)
-			if !ok1 || !ok2 || !equality.Semantic.DeepEqual(o.Status.Addresses, n.Status.Addresses) ||
-				!slices.Equal(o.Spec.PodCIDRs, n.Spec.PodCIDRs) || o.Spec.PodCIDR != n.Spec.PodCIDR {
-				c.runner.Request()
-			}
-		},
-		DeleteFunc: func(any) { c.runner.Request() },
-	})
-	if err != nil {
+	c.runner = loop.NewRunner("podnet", c.sync, minSyncInterval, syncPeriod)
+	c.changes = loop.NewTracker[struct{}](c.runner.Request)
+	if err := c.changes.WatchAll(env.Informers.Core().V1().Nodes().Informer(), placesANode); err != nil {
 		return nil, fmt.Errorf("podnet: registering node handler: %w", err)
 	}
-	c.handler = reg
-	c.runner = runner.New("podnet", c.sync, minSyncInterval, syncPeriod)
 	return c, nil
+}
+
+// placesANode reports whether a Node event changes what this controller reads: a
+// node's addresses or pod CIDRs (its status changes often, in conditions and images).
+func placesANode(ch loop.Change) bool {
+	o, ok1 := ch.Old.(*corev1.Node)
+	n, ok2 := ch.New.(*corev1.Node)
+	return !ok1 || !ok2 || !equality.Semantic.DeepEqual(o.Status.Addresses, n.Status.Addresses) ||
+		!slices.Equal(o.Spec.PodCIDRs, n.Spec.PodCIDRs) || o.Spec.PodCIDR != n.Spec.PodCIDR
 }
 
 // Name implements daemon.Controller.
@@ -109,7 +106,7 @@ func (c *Controller) Name() string { return "podnet" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
-	if !cache.WaitFor(ctx, "", c.handler.HasSyncedChecker()) {
+	if !c.changes.WaitForInitialObjects(ctx) {
 		return nil
 	}
 	c.runner.Run(ctx, hb)
@@ -131,6 +128,7 @@ var bridgeSysctls = []sysctl.KV{
 }
 
 func (c *Controller) sync(_ context.Context, full bool) (string, error) {
+	c.changes.Take()
 	self, nodes, err := c.readNodes()
 	if err != nil {
 		return "", err

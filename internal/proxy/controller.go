@@ -33,7 +33,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
-	"github.com/kube-routerd/kube-routerd/internal/runner"
+	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
 // sliceIndex indexes EndpointSlices by the "namespace/name" of their Service.
@@ -49,20 +49,17 @@ type Controller struct {
 	services corelisters.ServiceLister
 	slices   cache.Indexer
 	nodes    corelisters.NodeLister
-	runner   *runner.Runner
+	runner   *loop.Runner
 	rec      *reconciler
 	fw       *firewallReconciler
 	metrics  *metrics
 
-	mu        sync.Mutex
-	dirty     map[types.NamespacedName]bool
-	nodeAddrs []netip.Addr
-	// started is set when the first sync takes the dirty set. Events before it are
-	// covered by that sync (always full) and neither mark anything nor ask for a sync.
-	started bool
+	// changes collects the Services whose objects or EndpointSlices changed; "all"
+	// when this node's NodePort addresses moved or a node appeared.
+	changes *loop.Tracker[types.NamespacedName]
 
-	// handlers are the informer handler registrations Run waits for.
-	handlers []cache.ResourceEventHandlerRegistration
+	mu        sync.Mutex
+	nodeAddrs []netip.Addr
 
 	// Owned by the sync loop.
 	desired  *desiredState
@@ -158,10 +155,10 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration),
 		fw:       newFirewallReconciler(dp, firewallOptions(cfg)),
 		metrics:  newMetrics(env.Registry),
-		dirty:    map[types.NamespacedName]bool{},
 		desired:  newDesiredState(),
 	}
-	c.runner = runner.New("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	c.changes = loop.NewTracker[types.NamespacedName](c.runner.Request)
 
 	svcInformer := env.Informers.Core().V1().Services().Informer()
 	sliceInformer := env.Informers.Discovery().V1().EndpointSlices().Informer()
@@ -170,26 +167,12 @@ func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		return nil, fmt.Errorf("indexing EndpointSlices by service: %w", err)
 	}
 	c.slices = sliceInformer.GetIndexer()
-	for _, r := range []struct {
-		inf     cache.SharedIndexInformer
-		handler cache.ResourceEventHandler
-	}{
-		{svcInformer, c.handler(serviceName)},
-		{sliceInformer, c.handler(sliceServiceName)},
-		{nodeInformer, cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) {
-				if c.isStarted() {
-					c.runner.RequestFull()
-				}
-			},
-			UpdateFunc: func(_, obj any) { c.nodeUpdated(obj) },
-		}},
-	} {
-		reg, err := r.inf.AddEventHandler(r.handler)
-		if err != nil {
-			return nil, err
-		}
-		c.handlers = append(c.handlers, reg)
+	if err := errors.Join(
+		c.changes.Watch(svcInformer, loop.Both(serviceName)),
+		c.changes.Watch(sliceInformer, loop.Both(sliceServiceName)),
+		c.changes.WatchAll(nodeInformer, c.movesNodePorts),
+	); err != nil {
+		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
 	return c, nil
 }
@@ -207,15 +190,7 @@ func (c *Controller) Name() string { return "proxy" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
-	// Synced caches do not mean delivered events: the handlers may still be working
-	// through the initial adds. Let them finish (they are dropped, see started) before
-	// the first full sync, which covers them, rather than mark every Service dirty
-	// after it and make the next partial sync recompute them all.
-	checks := make([]cache.DoneChecker, len(c.handlers))
-	for i, h := range c.handlers {
-		checks[i] = h.HasSyncedChecker()
-	}
-	if !cache.WaitFor(ctx, "", checks...) {
+	if !c.changes.WaitForInitialObjects(ctx) {
 		return nil
 	}
 	c.runner.Run(ctx, hb)
@@ -230,9 +205,6 @@ func (c *Controller) Details() any {
 }
 
 func serviceName(obj any) (types.NamespacedName, bool) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
 	svc, ok := obj.(*corev1.Service)
 	if !ok {
 		return types.NamespacedName{}, false
@@ -241,9 +213,6 @@ func serviceName(obj any) (types.NamespacedName, bool) {
 }
 
 func sliceServiceName(obj any) (types.NamespacedName, bool) {
-	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-		obj = t.Obj
-	}
 	s, ok := obj.(*discoveryv1.EndpointSlice)
 	if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
 		return types.NamespacedName{}, false
@@ -258,48 +227,20 @@ func sliceServiceIndex(obj any) ([]string, error) {
 	return nil, nil
 }
 
-// handler marks the Service an object belongs to dirty and asks for a sync.
-func (c *Controller) handler(nameOf func(any) (types.NamespacedName, bool)) cache.ResourceEventHandler {
-	mark := func(objs ...any) {
-		c.mu.Lock()
-		if !c.started {
-			c.mu.Unlock()
-			return
-		}
-		for _, o := range objs {
-			if n, ok := nameOf(o); ok {
-				c.dirty[n] = true
-			}
-		}
-		c.mu.Unlock()
-		c.runner.Request()
+// movesNodePorts reports whether a Node event may move every NodePort: a node
+// appeared (ours, perhaps), or this node's addresses changed.
+func (c *Controller) movesNodePorts(ch loop.Change) bool {
+	if ch.Old == nil {
+		return true
 	}
-	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { mark(obj) },
-		UpdateFunc: func(old, obj any) { mark(old, obj) },
-		DeleteFunc: func(obj any) { mark(obj) },
-	}
-}
-
-func (c *Controller) nodeUpdated(obj any) {
-	n, ok := obj.(*corev1.Node)
+	n, ok := ch.New.(*corev1.Node)
 	if !ok || n.Name != c.nodeName {
-		return
+		return false
 	}
 	addrs := nodePortAddrs(n, c.cfg.NodePortAddresses)
 	c.mu.Lock()
-	changed := c.started && !slices.Equal(addrs, c.nodeAddrs)
-	c.mu.Unlock()
-	if changed {
-		c.runner.RequestFull()
-	}
-}
-
-// isStarted reports whether the first sync has begun; earlier events are covered by it.
-func (c *Controller) isStarted() bool {
-	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.started
+	return !slices.Equal(addrs, c.nodeAddrs)
 }
 
 // nodePortAddrs returns the node's InternalIP and ExternalIP addresses inside the
@@ -330,15 +271,8 @@ func nodePortAddrs(n *corev1.Node, cidrs []config.Prefix) []netip.Addr {
 // sync is the runner's SyncFunc: recompute the dirty Services (all of them when
 // full) and apply what changed.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
-	full = full || !c.fullDone
-	// Taking the dirty set before reading any lister loses nothing: an event after this
-	// point marks its Service again for the next sync, and one before it is in the
-	// listers already (informers update their store before they notify).
-	c.mu.Lock()
-	dirty := c.dirty
-	c.dirty = map[types.NamespacedName]bool{}
-	c.started = true
-	c.mu.Unlock()
+	dirty, all := c.changes.Take()
+	full = full || all || !c.fullDone
 
 	node := Node{Name: c.nodeName}
 	if n, err := c.nodes.Get(c.nodeName); err == nil {
@@ -358,12 +292,12 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		if err != nil {
 			return "", fmt.Errorf("listing services: %w", err)
 		}
-		dirty = make(map[types.NamespacedName]bool, len(svcs)+len(c.desired.byService))
+		dirty = make(map[types.NamespacedName]struct{}, len(svcs)+len(c.desired.byService))
 		for name := range c.desired.byService {
-			dirty[name] = true
+			dirty[name] = struct{}{}
 		}
 		for _, s := range svcs {
-			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = true
+			dirty[types.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = struct{}{}
 		}
 	}
 	names := make([]types.NamespacedName, 0, len(dirty))

@@ -122,7 +122,7 @@ func (h *harness) remove(obj any) {
 func (h *harness) markDirty(obj any) {
 	for _, f := range []func(any) (types.NamespacedName, bool){serviceName, sliceServiceName} {
 		if n, ok := f(obj); ok {
-			h.c.dirty[n] = true
+			h.c.changes.Mark(n)
 		}
 	}
 }

@@ -89,18 +89,13 @@ func TestStartupAddsDoNotMakeTheFirstPartialSyncRecomputeEverything(t *testing.T
 			return
 		}
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-			c.mu.Lock()
-			marked := c.dirty[types.NamespacedName{Namespace: "ns", Name: "svc-7"}]
-			c.mu.Unlock()
-			if marked {
+			if c.changes.Marked(types.NamespacedName{Namespace: "ns", Name: "svc-7"}) {
 				return
 			}
 		}
 		t.Error("the change made during the first full sync never reached the handler")
 	}}
 
-	// Holding the lock keeps the handlers from taking in the initial adds.
-	c.mu.Lock()
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
 	done := make(chan struct{})
@@ -113,8 +108,6 @@ func TestStartupAddsDoNotMakeTheFirstPartialSyncRecomputeEverything(t *testing.T
 		<-done
 		factory.Shutdown()
 	})
-	time.Sleep(200 * time.Millisecond) // without the wait in Run the first sync starts now
-	c.mu.Unlock()
 
 	next := func() syncRecord {
 		t.Helper()
