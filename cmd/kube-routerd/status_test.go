@@ -24,6 +24,8 @@ const statusJSON = `{
       "peers": [{"address": "192.168.200.11", "asn": 64512, "node": "node-b", "state": "ESTABLISHED", "flaps": 0},
                 {"address": "192.168.200.20", "asn": 65000, "state": "ACTIVE", "flaps": 2}],
       "announced": ["10.244.1.0/24"], "toExternal": ["10.244.1.0/24", "10.96.0.10/32"], "routes": ["10.244.2.0/24 via 192.168.200.11"]},
+    "takeover": {"found": true, "adopted": ["IPVS service 10.96.0.10:443/TCP"], "removed": ["tunnel tun-73afc44b0ab (ipip)"],
+      "waiting": ["iptables IPv4 nat chain KUBE-ROUTER-HAIRPIN: kube-routerd's proxy controller is off, so nothing replaces it"]},
     "future": {"widgets": 3}
   }
 }`
@@ -49,6 +51,10 @@ func TestStatusPrintsEachControllerForAPerson(t *testing.T) {
 		"192.168.200.20  65000  (external)  ACTIVE       2",
 		"announced to external:    10.244.1.0/24, 10.96.0.10/32",
 		"    10.244.2.0/24 via 192.168.200.11",
+		"takeover from kube-router: 1 adopted, 1 removed, 1 still kept",
+		"  adopted: IPVS service 10.96.0.10:443/TCP",
+		"  removed: tunnel tun-73afc44b0ab (ipip)",
+		"  kept for now: iptables IPv4 nat chain KUBE-ROUTER-HAIRPIN: kube-routerd's proxy controller is off",
 		// A controller this binary does not know is still shown, as JSON.
 		`"widgets": 3`,
 	} {

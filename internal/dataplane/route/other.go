@@ -21,7 +21,14 @@ type TableRoute struct {
 }
 
 func (r TableRoute) String() string {
-	return fmt.Sprintf("%s proto %d table %d", r.Route, r.Protocol, r.Table)
+	s := r.Dst.String()
+	if r.Gateway.IsValid() {
+		s += " via " + r.Gateway.String()
+	}
+	if r.Device != "" {
+		s += " dev " + r.Device
+	}
+	return fmt.Sprintf("%s proto %d table %d", s, r.Protocol, r.Table)
 }
 
 // IPRule is a policy routing rule: traffic from Src (any when unset) or carrying Mark
