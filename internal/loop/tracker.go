@@ -153,3 +153,11 @@ func Both[K comparable](keyOf func(obj any) (K, bool)) func(Change) []K {
 		return out
 	}
 }
+
+// Run is a controller's loop: it waits until the tracker's handlers have had the
+// initial objects, then runs the runner until ctx ends.
+func Run[K comparable](ctx context.Context, t *Tracker[K], r *Runner, hb Heartbeat) {
+	if t.WaitForInitialObjects(ctx) {
+		r.Run(ctx, hb)
+	}
+}

@@ -106,10 +106,7 @@ func (c *Controller) Name() string { return "podnet" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
-	if !c.changes.WaitForInitialObjects(ctx) {
-		return nil
-	}
-	c.runner.Run(ctx, hb)
+	loop.Run(ctx, c.changes, c.runner, hb)
 	return nil
 }
 
