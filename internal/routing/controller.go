@@ -22,31 +22,38 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
-	"github.com/kube-routerd/kube-routerd/internal/runner"
+	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
 // Controller is the routing controller (daemon.Controller).
 type Controller struct {
-	cfg      config.Routing
-	nodeName string
-	log      *slog.Logger
-	kernel   route.Interface
-	runner   *runner.Runner
-	metrics  *metrics
+	cfg        config.Routing
+	nodeName   string
+	log        *slog.Logger
+	kernel     route.Interface
+	newSpeaker startSpeakerFunc
+	runner     *loop.Runner
+	metrics    *metrics
+	changes    changes
 
 	nodes     corelisters.NodeLister
 	services  corelisters.ServiceLister
 	endpoints discoverylisters.EndpointSliceLister
 
 	// Owned by the sync loop.
-	speaker     *Speaker
+	speaker     speaker
 	parsed      map[string]parsedNode
+	last        lastSync
 	heardFrom   map[string]bool // peers established at least once since start
 	downSince   map[string]time.Time
 	silentCheck *time.Timer
 	drift       driftDetector
 	// unreachable holds the routes last refused for an off-link next hop, to warn once.
 	unreachable map[netip.Prefix]route.Route
+	// advertiseLog is the advertisement computation's logger; advertiseRounds makes
+	// it drop what it logged last time, so a bad Service annotation is logged once.
+	advertiseLog    *slog.Logger
+	advertiseRounds *logRounds
 	// listenAddress overrides the wildcard addresses of the families the node has.
 	listenAddress []string
 
@@ -59,44 +66,119 @@ type parsedNode struct {
 	info            NodeInfo
 }
 
+// lastSync is what the syncs computed last; a sync recomputes only the parts its
+// changes touch and takes the rest from here.
+type lastSync struct {
+	nodes     []NodeInfo
+	self      NodeInfo
+	peers     []Peer
+	adv       Advertisements
+	states    map[string]PeerState
+	routes    []route.Route
+	tunnels   []route.Tunnel
+	installed int
+}
+
+// changeSet says which inputs of the sync changed.
+type changeSet struct {
+	// nodes (Node objects) feed the peers, the advertisements and the kernel routes.
+	nodes bool
+	// services (Services and EndpointSlices) feed the advertisements only.
+	services bool
+	// speaker (learned routes, session states) feeds the kernel routes.
+	speaker bool
+}
+
+var everything = changeSet{nodes: true, services: true, speaker: true}
+
+// changes collects what events touched until the next sync takes it, so a Service
+// change does not redo peers and kernel routes (kube-proxy's change trackers, reduced
+// to flags).
+type changes struct {
+	mu      sync.Mutex
+	pending changeSet
+}
+
+func (ch *changes) mark(s changeSet) {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	ch.pending.nodes = ch.pending.nodes || s.nodes
+	ch.pending.services = ch.pending.services || s.services
+	ch.pending.speaker = ch.pending.speaker || s.speaker
+}
+
+func (ch *changes) take() changeSet {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	s := ch.pending
+	ch.pending = changeSet{}
+	return s
+}
+
 var _ daemon.Controller = (*Controller)(nil)
 var _ daemon.StatusReporter = (*Controller)(nil)
 
 // New builds the routing controller and registers its informer handlers and metrics.
 func New(env daemon.Env, cfg config.Routing) (*Controller, error) {
-	c := &Controller{
-		cfg:       cfg,
-		nodeName:  env.NodeName,
-		log:       slog.Default().With("controller", "routing"),
-		kernel:    route.Netlink{},
-		parsed:    map[string]parsedNode{},
-		heardFrom: map[string]bool{},
-		downSince: map[string]time.Time{},
-		nodes:     env.Informers.Core().V1().Nodes().Lister(),
-		services:  env.Informers.Core().V1().Services().Lister(),
-		endpoints: env.Informers.Discovery().V1().EndpointSlices().Lister(),
+	startGoBGPSpeaker := func(ctx context.Context, cfg speakerConfig) (speaker, error) {
+		s, err := startGoBGP(ctx, cfg)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
 	}
-	c.runner = runner.New("routing", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
+	return newController(env, cfg, slog.Default().With("controller", "routing"), route.Netlink{}, startGoBGPSpeaker)
+}
+
+// newController is New with the logger, the kernel and the speaker injected (fakes in
+// tests).
+func newController(env daemon.Env, cfg config.Routing, log *slog.Logger, kernel route.Interface, newSpeaker startSpeakerFunc) (*Controller, error) {
+	c := &Controller{
+		cfg:             cfg,
+		nodeName:        env.NodeName,
+		log:             log,
+		kernel:          kernel,
+		newSpeaker:      newSpeaker,
+		parsed:          map[string]parsedNode{},
+		heardFrom:       map[string]bool{},
+		downSince:       map[string]time.Time{},
+		advertiseRounds: &logRounds{},
+		nodes:           env.Informers.Core().V1().Nodes().Lister(),
+		services:        env.Informers.Core().V1().Services().Lister(),
+		endpoints:       env.Informers.Discovery().V1().EndpointSlices().Lister(),
+	}
+	c.advertiseLog = slog.New(repeatFilter{next: c.log.Handler(), rounds: c.advertiseRounds})
+	c.runner = loop.NewRunner("routing", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	m, err := newMetrics(env.Registry)
 	if err != nil {
 		return nil, err
 	}
 	c.metrics = m
-	handler := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.runner.Request() },
-		UpdateFunc: func(any, any) { c.runner.Request() },
-		DeleteFunc: func(any) { c.runner.Request() },
-	}
-	for _, inf := range []cache.SharedIndexInformer{
-		env.Informers.Core().V1().Nodes().Informer(),
-		env.Informers.Core().V1().Services().Informer(),
-		env.Informers.Discovery().V1().EndpointSlices().Informer(),
+	for _, w := range []struct {
+		informer cache.SharedIndexInformer
+		changes  changeSet
+	}{
+		{env.Informers.Core().V1().Nodes().Informer(), changeSet{nodes: true}},
+		{env.Informers.Core().V1().Services().Informer(), changeSet{services: true}},
+		{env.Informers.Discovery().V1().EndpointSlices().Informer(), changeSet{services: true}},
 	} {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+		changed := func() { c.request(w.changes) }
+		handler := cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { changed() },
+			UpdateFunc: func(any, any) { changed() },
+			DeleteFunc: func(any) { changed() },
+		}
+		if _, err := w.informer.AddEventHandler(handler); err != nil {
 			return nil, fmt.Errorf("routing: registering informer handler: %w", err)
 		}
 	}
 	return c, nil
+}
+
+// request records what changed and asks for a sync.
+func (c *Controller) request(s changeSet) {
+	c.changes.mark(s)
+	c.runner.Request()
 }
 
 // Name implements daemon.Controller.
@@ -139,50 +221,136 @@ func (c *Controller) nodeInfos() ([]NodeInfo, error) {
 	return infos, nil
 }
 
+// sync recomputes what the changes since the last sync touched (everything when
+// full) and applies it: Node changes redo peers, advertisements and kernel routes;
+// Service and EndpointSlice changes only the advertisements; speaker events only the
+// kernel routes.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+	// Taking the changes before reading any lister loses nothing: a later event marks
+	// them again and asks for another sync.
+	changed := c.changes.take()
+	if full || c.speaker == nil { // nothing computed yet before the speaker runs
+		changed = everything
+	}
+	if changed.nodes {
+		if err := c.syncNodes(ctx); err != nil {
+			return "", err
+		}
+	}
+	var advertiseErr, kernelErr error
+	if changed.nodes || changed.services {
+		var err error
+		if advertiseErr, err = c.advertise(ctx, changed.nodes); err != nil {
+			return "", err
+		}
+	}
+	if changed.nodes || changed.speaker {
+		var err error
+		if kernelErr, err = c.syncKernel(ctx); err != nil {
+			return "", err
+		}
+	}
+
+	l := &c.last
+	c.metrics.update(l.states, len(l.adv.Prefixes), l.installed)
+	c.setDetails(l.self, l.peers, l.states, l.adv, l.routes, l.tunnels)
+	up := 0
+	for _, st := range l.states {
+		if st.State == api.PeerState_ESTABLISHED.String() {
+			up++
+		}
+	}
+	summary := fmt.Sprintf("%d/%d peers up, %d prefixes announced, %d routes installed", up, len(l.peers), len(l.adv.Prefixes), l.installed)
+	if err := errors.Join(advertiseErr, kernelErr); err != nil {
+		return summary, fmt.Errorf("routing sync: %w", err)
+	}
+	return summary, nil
+}
+
+// syncNodes re-reads the Nodes, finds ours (starting the speaker on the first sync)
+// and recomputes the peers.
+func (c *Controller) syncNodes(ctx context.Context) error {
 	nodes, err := c.nodeInfos()
 	if err != nil {
-		return "", err
+		return err
 	}
 	i := slices.IndexFunc(nodes, func(n NodeInfo) bool { return n.Name == c.nodeName })
 	if i < 0 {
-		return "", fmt.Errorf("node %s not found", c.nodeName)
+		return fmt.Errorf("node %s not found", c.nodeName)
 	}
 	self := nodes[i]
 	if c.speaker == nil {
 		if err := c.startSpeaker(ctx, self); err != nil {
-			return "", err
+			return err
 		}
 	}
+	c.last.nodes, c.last.self = nodes, self
+	c.last.peers = DesiredPeers(c.cfg, self, nodes)
+	return nil
+}
+
+// advertise recomputes what we announce and hands it to the speaker, with the peers
+// when they changed. err stops the sync; applyErr (peers or paths the speaker
+// refused) does not.
+func (c *Controller) advertise(ctx context.Context, peersChanged bool) (applyErr, err error) {
 	services, err := c.services.List(labels.Everything())
 	if err != nil {
-		return "", fmt.Errorf("listing services: %w", err)
+		return nil, fmt.Errorf("listing services: %w", err)
 	}
 	endpointSlices, err := c.endpoints.List(labels.Everything())
 	if err != nil {
-		return "", fmt.Errorf("listing endpoint slices: %w", err)
+		return nil, fmt.Errorf("listing endpoint slices: %w", err)
 	}
-	peers := DesiredPeers(c.cfg, self, nodes)
-	adv := DesiredAdvertisements(c.cfg, self, nodes, services, LocalEndpoints(endpointSlices, c.nodeName), c.log)
+	l := &c.last
+	l.adv = DesiredAdvertisements(c.cfg, l.self, l.nodes, services, LocalEndpoints(endpointSlices, c.nodeName), c.advertiseLog)
+	c.advertiseRounds.next()
 
 	// Policies first, so a new peer is classified before its session can come up.
-	if err := c.speaker.SetPolicy(ctx, adv, peers); err != nil {
-		return "", err
+	if err := c.speaker.SetPolicy(ctx, l.adv, l.peers); err != nil {
+		return nil, err
 	}
-	peerErr := c.speaker.SetPeers(ctx, peers)
-	pathErr := c.speaker.SetPaths(ctx, adv.Prefixes)
+	var peerErr error
+	if peersChanged {
+		peerErr = c.speaker.SetPeers(ctx, l.peers)
+	}
+	return errors.Join(peerErr, c.speaker.SetPaths(ctx, l.adv.Prefixes)), nil
+}
 
+// syncKernel turns the speaker's learned routes into kernel routes and tunnels, and
+// reads the sessions' states. err stops the sync; applyErr (routes or tunnels the
+// kernel refused) does not.
+func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
+	l := &c.last
 	learned, err := c.speaker.Learned(ctx)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	localPrefixes, err := c.kernel.LocalPrefixes()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	routes, tunnels := DesiredKernel(c.cfg.Overlay, self, nodes, learned, localPrefixes)
+	routes, tunnels := DesiredKernel(c.cfg.Overlay, l.self, l.nodes, learned, localPrefixes)
+	l.states = c.speaker.PeerStates(ctx)
+	c.observePeers(l.states)
 
-	states := c.speaker.PeerStates(ctx)
+	drifted, err := c.drift.count(c.kernel, routes, tunnels)
+	if err != nil {
+		return nil, err
+	}
+	installed, unreachable, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(l.nodes), c.log)
+	c.reportUnreachable(unreachable, l.nodes)
+	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
+	if drifted > 0 {
+		c.log.Warn("repaired routes or tunnels changed by someone else", "drifted", drifted)
+		c.metrics.driftRepairs.Add(float64(drifted))
+	}
+	l.routes, l.tunnels, l.installed = routes, tunnels, installed
+	return kernelErr, nil
+}
+
+// observePeers records which peers have been up since we started and warns about
+// those that stay silent.
+func (c *Controller) observePeers(states map[string]PeerState) {
 	for addr, st := range states {
 		if st.State == api.PeerState_ESTABLISHED.String() {
 			c.heardFrom[addr] = true
@@ -193,39 +361,15 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			delete(c.heardFrom, addr)
 		}
 	}
-	if due := c.warnAboutSilentPeers(peers, states, time.Now()); due > 0 {
+	if due := c.warnAboutSilentPeers(c.last.peers, states, time.Now()); due > 0 {
 		// A peer that never answers produces no BGP event that would run a sync.
+		recheck := func() { c.request(changeSet{speaker: true}) }
 		if c.silentCheck == nil {
-			c.silentCheck = time.AfterFunc(due, c.runner.Request)
+			c.silentCheck = time.AfterFunc(due, recheck)
 		} else {
 			c.silentCheck.Reset(due)
 		}
 	}
-	drifted, err := c.drift.count(c.kernel, routes, tunnels)
-	if err != nil {
-		return "", err
-	}
-	installed, unreachable, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(nodes), c.log)
-	c.reportUnreachable(unreachable, nodes)
-	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
-	if drifted > 0 {
-		c.log.Warn("repaired routes or tunnels changed by someone else", "drifted", drifted)
-		c.metrics.driftRepairs.Add(float64(drifted))
-	}
-
-	c.metrics.update(states, len(adv.Prefixes), installed)
-	c.setDetails(self, peers, states, adv, routes, tunnels)
-	up := 0
-	for _, st := range states {
-		if st.State == api.PeerState_ESTABLISHED.String() {
-			up++
-		}
-	}
-	summary := fmt.Sprintf("%d/%d peers up, %d prefixes announced, %d routes installed", up, len(peers), len(adv.Prefixes), installed)
-	if err := errors.Join(peerErr, pathErr, kernelErr); err != nil {
-		return summary, fmt.Errorf("routing sync: %w", err)
-	}
-	return summary, nil
 }
 
 // keepUntilHeardFrom spares a route into the pod CIDR of an existing node whose
@@ -311,7 +455,7 @@ func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
 			listen = append(listen, "::")
 		}
 	}
-	s, err := StartSpeaker(ctx, SpeakerConfig{
+	s, err := c.newSpeaker(ctx, speakerConfig{
 		ASN:             uint32(c.cfg.ASN),
 		RouterID:        routerID,
 		ListenPort:      int32(c.cfg.ListenPort),
@@ -329,9 +473,10 @@ func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
 			c.metrics.flaps.Inc()
 			c.log.Warn("BGP session went down", "peer", addr, "state", next.State)
 		}
-		c.runner.Request()
+		c.request(changeSet{speaker: true})
 	}
-	if err := s.Watch(ctx, onPeer, c.runner.Request); err != nil {
+	onBestPath := func() { c.request(changeSet{speaker: true}) }
+	if err := s.Watch(ctx, onPeer, onBestPath); err != nil {
 		s.Stop()
 		return fmt.Errorf("watching BGP events: %w", err)
 	}
@@ -500,4 +645,60 @@ func withoutRoutes(routes, drop []route.Route) []route.Route {
 		return routes
 	}
 	return slices.DeleteFunc(slices.Clone(routes), func(r route.Route) bool { return slices.Contains(drop, r) })
+}
+
+// repeatFilter is a log handler that drops a record its rounds saw in the previous
+// round. A computation that runs on many syncs logs through it and ends each run
+// with rounds.next, so a problem is logged once while it lasts, and again if it
+// comes back after it was gone.
+type repeatFilter struct {
+	next   slog.Handler
+	rounds *logRounds
+}
+
+// logRounds holds the records (level, message, attributes) logged in this round and
+// the previous one.
+type logRounds struct {
+	mu         sync.Mutex
+	prev, this map[string]bool
+}
+
+// next ends a round.
+func (r *logRounds) next() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.prev, r.this = r.this, nil
+}
+
+// repeated records key in this round and reports whether the previous one had it.
+func (r *logRounds) repeated(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.this == nil {
+		r.this = map[string]bool{}
+	}
+	r.this[key] = true
+	return r.prev[key]
+}
+
+func (f repeatFilter) Enabled(ctx context.Context, l slog.Level) bool { return f.next.Enabled(ctx, l) }
+
+func (f repeatFilter) Handle(ctx context.Context, rec slog.Record) error {
+	key := rec.Level.String() + " " + rec.Message
+	rec.Attrs(func(a slog.Attr) bool {
+		key += " " + a.String()
+		return true
+	})
+	if f.rounds.repeated(key) {
+		return nil
+	}
+	return f.next.Handle(ctx, rec)
+}
+
+func (f repeatFilter) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return repeatFilter{next: f.next.WithAttrs(attrs), rounds: f.rounds}
+}
+
+func (f repeatFilter) WithGroup(name string) slog.Handler {
+	return repeatFilter{next: f.next.WithGroup(name), rounds: f.rounds}
 }

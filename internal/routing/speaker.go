@@ -49,8 +49,32 @@ const v6Suffix = "-v6"
 
 func v6(set string) string { return set + v6Suffix }
 
-// SpeakerConfig starts a Speaker.
-type SpeakerConfig struct {
+// speaker is what the routing sync needs of a BGP speaker, so the sync can run
+// against fakeSpeaker in unit tests (MetalLB's BGP Session is the model). Every
+// setter takes the whole desired state and applies only the difference.
+type speaker interface {
+	// Watch reports session state changes and best path changes until ctx ends.
+	Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error
+	// SetPolicy classifies peers (node or external) and opens the prefixes each class
+	// may receive and may not announce.
+	SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error
+	// SetPeers makes the configured peers exactly peers.
+	SetPeers(ctx context.Context, peers []Peer) error
+	// SetPaths makes the originated prefixes exactly prefixes.
+	SetPaths(ctx context.Context, prefixes []netip.Prefix) error
+	// Learned lists the best paths learned from peers.
+	Learned(ctx context.Context) ([]LearnedRoute, error)
+	// PeerStates returns each configured peer's session state.
+	PeerStates(ctx context.Context) map[string]PeerState
+	// Stop closes every session and ends the speaker.
+	Stop()
+}
+
+// startSpeakerFunc starts a speaker with its global settings (startGoBGP outside tests).
+type startSpeakerFunc func(ctx context.Context, cfg speakerConfig) (speaker, error)
+
+// speakerConfig is what a speaker is started with.
+type speakerConfig struct {
 	ASN      uint32
 	RouterID netip.Addr
 	// ListenPort is the BGP port; -1 disables listening (the speaker only dials out).
@@ -74,11 +98,11 @@ type PeerState struct {
 	Received uint64 `json:"received"`
 }
 
-// Speaker is the in-process GoBGP server with the peers, paths and policies we set.
-// Its methods take the desired state and apply only the difference.
-type Speaker struct {
+// gobgpSpeaker is the speaker: the in-process GoBGP server with the peers, paths and
+// policies we set.
+type gobgpSpeaker struct {
 	srv *server.BgpServer
-	cfg SpeakerConfig
+	cfg speakerConfig
 	log *slog.Logger
 
 	peers      map[netip.Addr]Peer
@@ -90,9 +114,11 @@ type Speaker struct {
 	states map[string]PeerState
 }
 
-// StartSpeaker starts a BGP server and installs our policies (everything rejected
+var _ speaker = (*gobgpSpeaker)(nil)
+
+// startGoBGP starts a BGP server and installs our policies (everything rejected
 // until SetPolicy fills the sets).
-func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
+func startGoBGP(ctx context.Context, cfg speakerConfig) (*gobgpSpeaker, error) {
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
@@ -109,7 +135,7 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 		srv.Stop()
 		return nil, fmt.Errorf("starting BGP speaker (AS %d, router id %s, port %d): %w", cfg.ASN, cfg.RouterID, cfg.ListenPort, err)
 	}
-	s := &Speaker{
+	s := &gobgpSpeaker{
 		srv: srv, cfg: cfg, log: log,
 		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{},
 		sets:   map[string][]string{setNodePeers: {neighborSentinel}, setExternalPeers: {neighborSentinel}},
@@ -124,12 +150,12 @@ func StartSpeaker(ctx context.Context, cfg SpeakerConfig) (*Speaker, error) {
 
 // Stop tears the server down, sending every peer a NOTIFICATION (they withdraw our
 // routes). A daemon restart should not call it, so graceful restart keeps routes.
-func (s *Speaker) Stop() {
+func (s *gobgpSpeaker) Stop() {
 	_ = s.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
 	s.srv.Stop()
 }
 
-func (s *Speaker) installPolicies(ctx context.Context) error {
+func (s *gobgpSpeaker) installPolicies(ctx context.Context) error {
 	sets := []*api.DefinedSet{
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers, List: []string{neighborSentinel}},
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers, List: []string{neighborSentinel}},
@@ -195,7 +221,7 @@ func matchAny(set string) *api.MatchSet { return &api.MatchSet{Type: api.MatchSe
 
 // SetPolicy updates the policies' sets: which prefixes go to node and external peers,
 // which ranges external peers may not announce into, and who is who among peers.
-func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error {
+func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error {
 	// GoBGP treats an empty neighbor set as matching every neighbor; a sentinel that is
 	// never a BGP neighbor (the broadcast address) keeps an empty class empty.
 	nodes, external := []string{neighborSentinel}, []string{neighborSentinel}
@@ -261,7 +287,7 @@ func (s *Speaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Pee
 
 // updateSet makes a defined set hold exactly entries ("a.b.c.d/n min..max" for prefix
 // sets, "a.b.c.d/32" or "a:b::c/128" for neighbor sets) and reports whether it changed.
-func (s *Speaker) updateSet(ctx context.Context, name string, typ api.DefinedType, entries []string) (bool, error) {
+func (s *gobgpSpeaker) updateSet(ctx context.Context, name string, typ api.DefinedType, entries []string) (bool, error) {
 	entries = slices.Compact(slices.Sorted(slices.Values(entries)))
 	old := s.sets[name]
 	var add, del []string
@@ -306,7 +332,7 @@ func definedSet(name string, typ api.DefinedType, entries []string) *api.Defined
 
 // SetPeers adds, re-adds (when their settings changed) and deletes peers. A peer that
 // GoBGP refuses is logged and skipped; the others are still applied.
-func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
+func (s *gobgpSpeaker) SetPeers(ctx context.Context, peers []Peer) error {
 	want := map[netip.Addr]Peer{}
 	for _, p := range peers {
 		want[p.Address] = p
@@ -342,7 +368,7 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 
 // apiPeer is the GoBGP form of p. A session carries the unicast family of the
 // peer's address only.
-func (s *Speaker) apiPeer(p Peer) *api.Peer {
+func (s *gobgpSpeaker) apiPeer(p Peer) *api.Peer {
 	hold := uint64(p.HoldTime / time.Second)
 	family := familyOf(p.Address)
 	afiSafi := &api.AfiSafi{
@@ -377,7 +403,7 @@ func (s *Speaker) apiPeer(p Peer) *api.Peer {
 }
 
 // SetPaths originates exactly prefixes (next hop: our address on each session).
-func (s *Speaker) SetPaths(ctx context.Context, prefixes []netip.Prefix) error {
+func (s *gobgpSpeaker) SetPaths(ctx context.Context, prefixes []netip.Prefix) error {
 	want := map[netip.Prefix]bool{}
 	for _, p := range prefixes {
 		want[p] = true
@@ -422,7 +448,7 @@ func localPath(p netip.Prefix) *api.Path {
 }
 
 // Learned lists the best paths of both families that came from peers.
-func (s *Speaker) Learned(ctx context.Context) ([]LearnedRoute, error) {
+func (s *gobgpSpeaker) Learned(ctx context.Context) ([]LearnedRoute, error) {
 	var out []LearnedRoute
 	for _, family := range []*api.Family{familyIPv4, familyIPv6} {
 		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family}, func(d *api.Destination) {
@@ -474,7 +500,7 @@ func learnedRoute(p *api.Path) (LearnedRoute, bool) {
 
 // Watch reports peer state changes and best path changes until ctx ends. Callbacks run
 // on GoBGP's goroutine and must be quick.
-func (s *Speaker) Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error {
+func (s *gobgpSpeaker) Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error {
 	req := &api.WatchEventRequest{
 		Peer:  &api.WatchEventRequest_Peer{},
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
@@ -504,7 +530,7 @@ func (s *Speaker) Watch(ctx context.Context, onPeer func(addr string, old, new P
 // PeerStates returns every configured peer's session state and accepted route count,
 // with the flaps counted by Watch. One ListPeer call: it is the costly part of a sync
 // with hundreds of peers.
-func (s *Speaker) PeerStates(ctx context.Context) map[string]PeerState {
+func (s *gobgpSpeaker) PeerStates(ctx context.Context) map[string]PeerState {
 	out := map[string]PeerState{}
 	_ = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 		st := p.GetState()

@@ -24,9 +24,9 @@ func freePort(t *testing.T) int32 {
 	return int32(l.Addr().(*net.TCPAddr).Port)
 }
 
-func startTestSpeaker(t *testing.T, asn uint32, addr string, port int32, communities ...string) *Speaker {
+func startTestSpeaker(t *testing.T, asn uint32, addr string, port int32, communities ...string) *gobgpSpeaker {
 	t.Helper()
-	s, err := StartSpeaker(context.Background(), SpeakerConfig{
+	s, err := startGoBGP(context.Background(), speakerConfig{
 		ASN: asn, RouterID: netip.MustParseAddr(addr), ListenPort: port, ListenAddresses: []string{addr},
 		GracefulRestart: true, RestartTime: 30 * time.Second, Communities: communities,
 		Log: slog.New(slog.NewTextHandler(testLogOut, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -50,7 +50,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func learnedPrefixes(t *testing.T, s *Speaker) []string {
+func learnedPrefixes(t *testing.T, s *gobgpSpeaker) []string {
 	t.Helper()
 	ls, err := s.Learned(context.Background())
 	if err != nil {
