@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
-	"k8s.io/client-go/tools/cache"
 
 	api "github.com/osrg/gobgp/v3/api"
 
@@ -34,7 +33,7 @@ type Controller struct {
 	newSpeaker startSpeakerFunc
 	runner     *loop.Runner
 	metrics    *metrics
-	changes    changes
+	changes    *loop.Tracker[input]
 
 	nodes     corelisters.NodeLister
 	services  corelisters.ServiceLister
@@ -91,28 +90,31 @@ type changeSet struct {
 
 var everything = changeSet{nodes: true, services: true, speaker: true}
 
-// changes collects what events touched until the next sync takes it, so a Service
-// change does not redo peers and kernel routes (kube-proxy's change trackers, reduced
-// to flags).
-type changes struct {
-	mu      sync.Mutex
-	pending changeSet
+// input is one input of the sync, the key the change tracker records: so a Service
+// change does not redo peers and kernel routes.
+type input int
+
+const (
+	nodesInput input = iota
+	servicesInput
+	speakerInput
+)
+
+func (s changeSet) inputs() []input {
+	var out []input
+	for in, set := range map[input]bool{nodesInput: s.nodes, servicesInput: s.services, speakerInput: s.speaker} {
+		if set {
+			out = append(out, in)
+		}
+	}
+	return out
 }
 
-func (ch *changes) mark(s changeSet) {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	ch.pending.nodes = ch.pending.nodes || s.nodes
-	ch.pending.services = ch.pending.services || s.services
-	ch.pending.speaker = ch.pending.speaker || s.speaker
-}
-
-func (ch *changes) take() changeSet {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	s := ch.pending
-	ch.pending = changeSet{}
-	return s
+func changeSetOf(inputs map[input]struct{}) changeSet {
+	_, nodes := inputs[nodesInput]
+	_, services := inputs[servicesInput]
+	_, speaker := inputs[speakerInput]
+	return changeSet{nodes: nodes, services: services, speaker: speaker}
 }
 
 var _ daemon.Controller = (*Controller)(nil)
@@ -154,30 +156,21 @@ func newController(env daemon.Env, cfg config.Routing, log *slog.Logger, kernel 
 		return nil, err
 	}
 	c.metrics = m
-	for _, w := range []struct {
-		informer cache.SharedIndexInformer
-		changes  changeSet
-	}{
-		{env.Informers.Core().V1().Nodes().Informer(), changeSet{nodes: true}},
-		{env.Informers.Core().V1().Services().Informer(), changeSet{services: true}},
-		{env.Informers.Discovery().V1().EndpointSlices().Informer(), changeSet{services: true}},
-	} {
-		changed := func() { c.request(w.changes) }
-		handler := cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { changed() },
-			UpdateFunc: func(any, any) { changed() },
-			DeleteFunc: func(any) { changed() },
-		}
-		if _, err := w.informer.AddEventHandler(handler); err != nil {
-			return nil, fmt.Errorf("routing: registering informer handler: %w", err)
-		}
+	c.changes = loop.NewTracker[input](c.runner.Request)
+	feeds := func(in input) func(loop.Change) []input { return func(loop.Change) []input { return []input{in} } }
+	if err := errors.Join(
+		c.changes.Watch(env.Informers.Core().V1().Nodes().Informer(), feeds(nodesInput)),
+		c.changes.Watch(env.Informers.Core().V1().Services().Informer(), feeds(servicesInput)),
+		c.changes.Watch(env.Informers.Discovery().V1().EndpointSlices().Informer(), feeds(servicesInput)),
+	); err != nil {
+		return nil, fmt.Errorf("routing: registering informer handlers: %w", err)
 	}
 	return c, nil
 }
 
-// request records what changed and asks for a sync.
+// request records what changed (speaker events, tests) and asks for a sync.
 func (c *Controller) request(s changeSet) {
-	c.changes.mark(s)
+	c.changes.Mark(s.inputs()...)
 	c.runner.Request()
 }
 
@@ -188,7 +181,7 @@ func (c *Controller) Name() string { return "routing" }
 // die with the process: sessions drop without a NOTIFICATION, so peers keep our routes
 // for graceful_restart_time while the daemon restarts.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
-	c.runner.Run(ctx, hb)
+	loop.Run(ctx, c.changes, c.runner, hb)
 	if c.speaker != nil && !c.cfg.GracefulRestart {
 		c.speaker.Stop()
 	}
@@ -228,7 +221,8 @@ func (c *Controller) nodeInfos() ([]NodeInfo, error) {
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	// Taking the changes before reading any lister loses nothing: a later event marks
 	// them again and asks for another sync.
-	changed := c.changes.take()
+	inputs, _ := c.changes.Take()
+	changed := changeSetOf(inputs)
 	if full || c.speaker == nil { // nothing computed yet before the speaker runs
 		changed = everything
 	}
