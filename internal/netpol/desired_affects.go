@@ -1,0 +1,147 @@
+package netpol
+
+import (
+	"net/netip"
+	"slices"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+)
+
+// Affects reports whether a pod's change from old to new (either may be nil for an
+// added or deleted pod) may change what policy p compiles to. ns is the pod's
+// namespace. When only the labels changed, a selector matters only if it matched
+// one version of the pod but not the other.
+func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
+	pod := new
+	if pod == nil {
+		pod = old
+	}
+	if pod == nil {
+		return false
+	}
+	if pod.Namespace != p.Namespace && !reachesOtherNamespaces(p) {
+		return false // the cheap answer for most policies, without parsing selectors
+	}
+	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
+	var nsLabels labels.Set
+	if ns != nil {
+		nsLabels = ns.Labels
+	}
+	changed := func(matches func(*Pod) (bool, error)) bool {
+		mOld, errOld := matchesPod(matches, old)
+		mNew, errNew := matchesPod(matches, new)
+		if errOld != nil || errNew != nil {
+			return true // cannot tell: recompile
+		}
+		if labelsOnly {
+			return mOld != mNew
+		}
+		return mOld || mNew
+	}
+	if pod.Namespace == p.Namespace && changed(func(x *Pod) (bool, error) {
+		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+		return err == nil && sel.Matches(labels.Set(x.Labels)), err
+	}) {
+		return true
+	}
+	peerChanged := func(peer networkingv1.NetworkPolicyPeer) bool {
+		if peer.IPBlock != nil || (labelsOnly && peer.PodSelector == nil) {
+			return false // a namespace-wide peer does not care about pod labels
+		}
+		return changed(func(x *Pod) (bool, error) {
+			if peer.NamespaceSelector == nil {
+				if x.Namespace != p.Namespace {
+					return false, nil
+				}
+			} else {
+				nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+				if err != nil || !nsSel.Matches(nsLabels) {
+					return false, err
+				}
+			}
+			if peer.PodSelector == nil {
+				return true, nil
+			}
+			sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+			return err == nil && sel.Matches(labels.Set(x.Labels)), err
+		})
+	}
+	for _, r := range p.Spec.Ingress {
+		for _, peer := range r.From {
+			if peerChanged(peer) {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		namedPorts := hasNamedPort(r.Ports) && !labelsOnly
+		if len(r.To) == 0 && namedPorts {
+			return true // named ports resolve on every pod of the cluster
+		}
+		for _, peer := range r.To {
+			if namedPorts && peer.IPBlock != nil && (inBlock(peer.IPBlock, old) || inBlock(peer.IPBlock, new)) {
+				return true // named ports resolve on the pods inside the block
+			}
+			if peerChanged(peer) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// inBlock reports whether one of pod's addresses is in the block's CIDR (excepts
+// aside: a pod in them costs a recompile, no more). A malformed CIDR holds no pod.
+func inBlock(block *networkingv1.IPBlock, pod *Pod) bool {
+	cidr, err := netip.ParsePrefix(block.CIDR)
+	return err == nil && pod != nil && slices.ContainsFunc(pod.IPs, cidr.Contains)
+}
+
+// reachesOtherNamespaces reports whether pods outside p's namespace can change what
+// p compiles to: through a namespaceSelector peer, or a named port of an egress rule
+// to everyone or to an ipBlock.
+func reachesOtherNamespaces(p *networkingv1.NetworkPolicy) bool {
+	for _, r := range p.Spec.Ingress {
+		for _, peer := range r.From {
+			if peer.NamespaceSelector != nil {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		if len(r.To) == 0 && hasNamedPort(r.Ports) {
+			return true
+		}
+		for _, peer := range r.To {
+			if peer.NamespaceSelector != nil || (peer.IPBlock != nil && hasNamedPort(r.Ports)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func matchesPod(matches func(*Pod) (bool, error), p *Pod) (bool, error) {
+	if p == nil {
+		return false, nil
+	}
+	return matches(p)
+}
+
+func hasNamedPort(ports []networkingv1.NetworkPolicyPort) bool {
+	for _, port := range ports {
+		if port.Port != nil && port.Port.Type == intstr.String {
+			return true
+		}
+	}
+	return false
+}
+
+// sameExceptLabels reports whether two versions of a pod differ at most in labels.
+func sameExceptLabels(a, b *Pod) bool {
+	return a.NodeName == b.NodeName && a.HostNetwork == b.HostNetwork &&
+		slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Ports, b.Ports)
+}

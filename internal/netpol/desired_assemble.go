@@ -1,0 +1,271 @@
+package netpol
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+)
+
+// Assemble combines compiled policies with the local pods into the full desired
+// state: per-pod chains, the top chain, and every policy's chains and sets.
+func Assemble(policies []*CompiledPolicy, idx *Index, o Options) *Desired {
+	return NewAssembler(o).Assemble(policies, idx)
+}
+
+// repliesRule opens the top chain: replies to connections policy allowed pass, and
+// so do the ICMP and ICMPv6 errors about them (Packet Too Big, Port Unreachable),
+// which conntrack marks RELATED. Errors about no allowed connection stay under
+// policy, as in Calico and OVN.
+const repliesRule = `-m comment --comment "kube-routerd: replies to allowed connections" -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN`
+
+// neighbourDiscoveryRules follow repliesRule in the IPv6 top chain. Neighbour
+// discovery is IPv6's ARP: pods on one bridge resolve each other with solicitations
+// (135) and advertisements (136) that bridge netfilter sends through FORWARD and
+// conntrack ties to no connection, so without these rules an isolated pod could not
+// resolve its allowed peers. Cilium, OVN and kube-router exempt them from policy
+// too. Only hop limit 255 passes, which is all a receiver accepts (RFC 4861), so
+// nothing routed rides on the exemption. Router solicitations and advertisements
+// stay under policy: a pod's router is the node, whose exchanges with its pods never
+// reach these chains, and an advertisement from another pod is a rogue router.
+var neighbourDiscoveryRules = []string{
+	`-m comment --comment "kube-routerd: neighbour solicitation" -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN`,
+	`-m comment --comment "kube-routerd: neighbour advertisement" -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN`,
+}
+
+// topChainHead is the start of the top chain, before the dispatch to pod chains.
+func (o Options) topChainHead() []string {
+	head := []string{repliesRule}
+	if o.Family == 6 {
+		head = append(head, neighbourDiscoveryRules...)
+	}
+	return head
+}
+
+// Assembler is Assemble with a memory of its last result, for the controller's
+// syncs. It keeps which policies select each local pod up to date from the policies
+// that changed, rebuilds only the chains of pods whose inputs (address, selecting
+// policies, beta isolation) changed, and the top chain only when a pod's dispatch
+// changed. Unchanged chains and sets are the very slices applied last time, which
+// the reconciler skips cheaply.
+type Assembler struct {
+	o        Options
+	policies map[string]*CompiledPolicy // by key, as last assembled
+	// ingressOf and egressOf are the chains of the policies selecting each local pod,
+	// sorted. A list is replaced when it changes, never modified in place.
+	ingressOf, egressOf map[podRef][]string
+	pods                map[podRef]*assembledPod
+	gen                 uint64 // stamps the pods seen by the current Assemble
+	order               []*assembledPod
+	last                *Desired
+}
+
+// assembledPod is one local pod's chains and dispatch rules with the inputs they
+// were built from.
+type assembledPod struct {
+	ip              netip.Addr
+	ingress, egress []string
+	beta            bool
+	chains          []iptables.Chain
+	dispatchIngress string // top chain rule sending traffic to the pod to its ingress chain
+	dispatchEgress  string
+	gen             uint64
+}
+
+// NewAssembler returns an Assembler that remembers nothing yet.
+func NewAssembler(o Options) *Assembler {
+	return &Assembler{o: o, policies: map[string]*CompiledPolicy{},
+		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
+}
+
+// Assemble returns the desired state for policies over idx, like the function
+// Assemble. The result shares slices with later results and must not be modified.
+func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
+	o := a.o
+	policiesChanged := a.trackPolicies(policies)
+	a.gen++
+	a.order = a.order[:0]
+	// podsChanged: a pod's chains changed; dispatchChanged: a top chain rule did too.
+	podsChanged, dispatchChanged := false, false
+	for _, pod := range idx.podsOnNode(o.NodeName) {
+		if pod == nil || !o.isLocalTarget(pod) {
+			continue
+		}
+		ref := podRef{pod.Namespace, pod.Name}
+		ns := idx.Namespaces[pod.Namespace]
+		beta := o.BetaNamespaceIsolation && ns != nil && ns.BetaIngressIsolation
+		ingress, egress := a.ingressOf[ref], a.egressOf[ref]
+		if len(ingress) == 0 && !beta && len(egress) == 0 {
+			continue
+		}
+		ip, _ := o.podIP(pod)
+		ap := a.pods[ref]
+		if ap == nil || ap.ip != ip || ap.beta != beta || !sameStrings(ap.ingress, ingress) || !sameStrings(ap.egress, egress) {
+			rebuilt := assemblePod(pod.Key(), ip, ingress, egress, beta, o)
+			dispatchChanged = dispatchChanged || ap == nil ||
+				ap.dispatchIngress != rebuilt.dispatchIngress || ap.dispatchEgress != rebuilt.dispatchEgress
+			ap = rebuilt
+			a.pods[ref] = ap
+			podsChanged = true
+		}
+		ap.gen = a.gen
+		a.order = append(a.order, ap)
+	}
+	if len(a.order) < len(a.pods) {
+		for ref, ap := range a.pods {
+			if ap.gen != a.gen {
+				delete(a.pods, ref)
+			}
+		}
+		podsChanged, dispatchChanged = true, true
+	}
+	if !podsChanged && !policiesChanged && a.last != nil {
+		return a.last
+	}
+
+	d := &Desired{Pods: len(a.order)}
+	if a.last != nil {
+		d.Chains = make([]iptables.Chain, 0, len(a.last.Chains)+2)
+		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))
+	}
+	top := iptables.Chain{Name: TopChain, Rules: o.topChainHead()}
+	if !dispatchChanged && a.last != nil {
+		top = a.last.Chains[len(a.last.Chains)-1]
+	} else {
+		for _, ap := range a.order {
+			if ap.dispatchEgress != "" {
+				top.Rules = append(top.Rules, ap.dispatchEgress)
+			}
+		}
+		for _, ap := range a.order {
+			if ap.dispatchIngress != "" {
+				top.Rules = append(top.Rules, ap.dispatchIngress)
+			}
+		}
+	}
+	for _, ap := range a.order {
+		d.Chains = append(d.Chains, ap.chains...)
+	}
+	for _, c := range policies {
+		d.Chains = append(d.Chains, c.Chains...)
+		d.Sets = append(d.Sets, c.Sets...)
+	}
+	d.Chains = append(d.Chains, top)
+	for _, c := range d.Chains {
+		d.Rules += len(c.Rules)
+	}
+	a.last = d
+	return d
+}
+
+// trackPolicies brings ingressOf and egressOf up to date with the policies that were
+// added, replaced or removed since the last call, and reports whether any were.
+func (a *Assembler) trackPolicies(policies []*CompiledPolicy) bool {
+	changed := false
+	known, stillThere := len(a.policies), 0
+	for _, c := range policies {
+		old, ok := a.policies[c.Key]
+		if ok {
+			stillThere++
+		}
+		if old == c {
+			continue
+		}
+		changed = true
+		if ok {
+			a.setTargets(old, false)
+		}
+		a.setTargets(c, true)
+		a.policies[c.Key] = c
+	}
+	if stillThere < known {
+		current := make(map[string]bool, len(policies))
+		for _, c := range policies {
+			current[c.Key] = true
+		}
+		for key, old := range a.policies {
+			if !current[key] {
+				a.setTargets(old, false)
+				delete(a.policies, key)
+			}
+		}
+		changed = true
+	}
+	return changed
+}
+
+// select_ adds (or removes) policy c's chains to (from) the lists of its targets.
+func (a *Assembler) setTargets(c *CompiledPolicy, add bool) {
+	for _, t := range c.Targets {
+		ns, name, _ := strings.Cut(t, "/")
+		ref := podRef{ns, name}
+		if c.Ingress {
+			a.ingressOf[ref] = withChain(a.ingressOf[ref], c.Chains[0].Name, add)
+		}
+		if c.Egress {
+			a.egressOf[ref] = withChain(a.egressOf[ref], c.Chains[len(c.Chains)-1].Name, add)
+		}
+	}
+}
+
+// withChain returns a new sorted list: list with chain added or removed.
+func withChain(list []string, chain string, add bool) []string {
+	i, found := slices.BinarySearch(list, chain)
+	switch {
+	case add && !found:
+		return slices.Insert(slices.Clone(list), i, chain)
+	case !add && found:
+		if len(list) == 1 {
+			return nil
+		}
+		return slices.Delete(slices.Clone(list), i, i+1)
+	}
+	return list
+}
+
+// assemblePod builds a local pod's chains and the top chain rules dispatching to them.
+func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool, o Options) *assembledPod {
+	ap := &assembledPod{ip: ip, ingress: ingress, egress: egress, beta: beta}
+	if len(ingress) > 0 || beta {
+		chain := podChain(podIngressKind, key, ingress, o)
+		ap.chains = append(ap.chains, chain)
+		ap.dispatchIngress = fmt.Sprintf(`-m comment --comment "ingress to %s" -d %s -j %s`, key, hostPrefix(ip), chain.Name)
+	}
+	if len(egress) > 0 {
+		chain := podChain(podEgressKind, key, egress, o)
+		ap.chains = append(ap.chains, chain)
+		ap.dispatchEgress = fmt.Sprintf(`-m comment --comment "egress from %s" -s %s -j %s`, key, hostPrefix(ip), chain.Name)
+	}
+	return ap
+}
+
+// podChain is a pod's ingress or egress chain: the union of its policies' allows.
+func podChain(kind, podKey string, policyChains []string, o Options) iptables.Chain {
+	dir := "ingress"
+	if kind == podEgressKind {
+		dir = "egress"
+	}
+	c := iptables.Chain{Name: name(kind, podKey, o.familyTag())}
+	if kind == podIngressKind {
+		// The node itself (kubelet probes) always reaches its pods.
+		c.Rules = append(c.Rules, `-m comment --comment "node to its own pods" -m addrtype --src-type LOCAL -j RETURN`)
+	}
+	for _, pc := range slices.Sorted(slices.Values(policyChains)) {
+		c.Rules = append(c.Rules, "-j "+pc)
+	}
+	mark := fmt.Sprintf("0x%x/0x%x", o.MarkBit, o.MarkBit)
+	if o.LogDrops {
+		c.Rules = append(c.Rules, fmt.Sprintf(`-m mark ! --mark %s -m limit --limit %d/minute --limit-burst %d -j NFLOG --nflog-group %d --nflog-prefix "%s"`,
+			mark, o.LogRatePerMinute, o.LogRatePerMinute, o.NFLOGGroup, truncate("DROP "+dir+" "+podKey, 63)))
+	}
+	c.Rules = append(c.Rules,
+		fmt.Sprintf(`-m comment --comment "%s not allowed by policy" -m mark ! --mark %s -j DROP`, truncate(dir+" "+podKey, commentMaxBytes), mark),
+		fmt.Sprintf("-j MARK --set-xmark 0x0/0x%x", o.MarkBit),
+	)
+	return c
+}
+
+func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }

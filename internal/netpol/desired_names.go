@@ -1,0 +1,66 @@
+package netpol
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"strings"
+	"sync"
+)
+
+// Names of what the compiler produces. Every chain and set carries the
+// KUBE-ROUTER- prefix, so Cleanup and the full resync recognise them.
+const (
+	TopChain        = "KUBE-ROUTER-FORWARD"
+	chainPrefix     = "KUBE-ROUTER-"
+	podIngressKind  = "PI"
+	podEgressKind   = "PE"
+	polIngressKind  = "NI"
+	polEgressKind   = "NE"
+	peerSetKind     = "SP" // hash:ip of peer pods
+	exceptSetKind   = "SX" // hash:net of an ipBlock's except list
+	namedPortKind   = "SN" // hash:ip,port of pods exposing a named port
+	TempSetSuffix   = "-T" // a set being rebuilt before a swap
+	hashLen         = 13
+	commentMaxBytes = 200
+)
+
+// name builds a chain or set name: prefix, a two-letter kind and a hash of what it is
+// for. Names are memoised: every sync asks again for every local pod's chains.
+func name(kind string, parts ...string) string {
+	key := kind + "\x00" + strings.Join(parts, "\x00")
+	if v, ok := nameCache.Load(key); ok {
+		return v.(string)
+	}
+	sum := sha256.Sum256([]byte(key))
+	enc := base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:])
+	n := chainPrefix + kind + "-" + enc[:hashLen]
+	nameCache.Store(key, n)
+	return n
+}
+
+var nameCache sync.Map
+
+// OwnsChain reports whether chain is one the policy controller creates (other
+// kube-routerd controllers share the KUBE-ROUTER- prefix).
+func OwnsChain(chain string) bool {
+	if chain == TopChain {
+		return true
+	}
+	for _, kind := range []string{podIngressKind, podEgressKind, polIngressKind, polEgressKind} {
+		if strings.HasPrefix(chain, chainPrefix+kind+"-") {
+			return true
+		}
+	}
+	return false
+}
+
+// OwnsSet reports whether set is one the policy controller creates, including sets
+// left half-built before a swap.
+func OwnsSet(set string) bool {
+	for _, kind := range []string{peerSetKind, exceptSetKind, namedPortKind} {
+		if strings.HasPrefix(set, chainPrefix+kind+"-") {
+			return true
+		}
+	}
+	return false
+}
