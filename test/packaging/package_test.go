@@ -251,9 +251,10 @@ func systemctlCalls(t *testing.T, root string) []string {
 
 // TestRPMInstallUpgradeEraseInAScratchRoot installs, upgrades and erases the .rpm with
 // Debian's rpm into a scratch root (no RPM distribution here, so --nodeps), with the
-// scriptlets running under a real /bin/sh against a fake systemctl: install only
-// reloads systemd, an upgrade restarts a running service and keeps the edited config,
-// erase disables and stops it and saves the edited config as .rpmsave.
+// scriptlets running under a real /bin/sh against a fake systemctl: install reloads
+// systemd and loads the listed modules but starts nothing, an upgrade restarts a
+// running service and keeps the edited config, erase disables and stops it and saves
+// the edited config as .rpmsave.
 func TestRPMInstallUpgradeEraseInAScratchRoot(t *testing.T) {
 	need(t, "rpm")
 	if os.Geteuid() != 0 {
@@ -292,7 +293,7 @@ func TestRPMInstallUpgradeEraseInAScratchRoot(t *testing.T) {
 	config := filepath.Join(root, "etc/kube-router/config.toml")
 
 	rpm("-i", "--nodeps", oldRPM)
-	expectCalls("on install", "daemon-reload", "is-active --quiet kube-routerd.service")
+	expectCalls("on install", "daemon-reload", "restart systemd-modules-load.service", "is-active --quiet kube-routerd.service")
 	rpm("-V", "--nodeps", "kube-routerd") // every file as packaged
 
 	f, err := os.OpenFile(config, os.O_APPEND|os.O_WRONLY, 0)
@@ -309,7 +310,7 @@ func TestRPMInstallUpgradeEraseInAScratchRoot(t *testing.T) {
 	rpm("-U", "--nodeps", newRPM)
 	// The new package's %post restarts the running service; the old one's %preun sees
 	// an upgrade and leaves it, its %postun reloads.
-	expectCalls("on upgrade", "daemon-reload", "is-active --quiet kube-routerd.service", "try-restart kube-routerd.service", "daemon-reload")
+	expectCalls("on upgrade", "daemon-reload", "restart systemd-modules-load.service", "is-active --quiet kube-routerd.service", "try-restart kube-routerd.service", "daemon-reload")
 	if got := strings.TrimSpace(rpm("-q", "--qf", "%{VERSION}", "kube-routerd")); got != "1.2.4" {
 		t.Errorf("after rpm -U the installed version is %s", got)
 	}
