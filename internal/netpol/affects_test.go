@@ -40,7 +40,7 @@ func TestAffects(t *testing.T) {
 			if p == nil {
 				p = tc.old
 			}
-			if got := Affects(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
+			if got := affects(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
 				t.Fatalf("Affects = %v, want %v", got, tc.want)
 			}
 		})

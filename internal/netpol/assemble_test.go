@@ -9,7 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// The Assembler must always produce what a fresh Assemble produces, whatever changed
+// The assembler must always produce what a fresh assemble produces, whatever changed
 // between its calls, and hand back the very slices of chains it did not rebuild.
 func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 	idx, o := fixture(), opts()
@@ -18,19 +18,19 @@ func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 		policy("x", "web", l("app", "a"), ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")))),
 		policy("y", "deny", nil),
 	}
-	compile := func() []*CompiledPolicy {
-		var out []*CompiledPolicy
+	compile := func() []*compiledPolicy {
+		var out []*compiledPolicy
 		for _, p := range policies {
-			out = append(out, CompilePolicy(p, idx, o))
+			out = append(out, compilePolicy(p, idx, o))
 		}
 		return out
 	}
-	asm := NewAssembler(o)
-	var compiled []*CompiledPolicy
+	asm := newAssembler(o)
+	var compiled []*compiledPolicy
 	check := func(step string) *Desired {
 		t.Helper()
 		compiled = compile()
-		got, want := asm.Assemble(compiled, idx), Assemble(compiled, idx, o)
+		got, want := asm.Assemble(compiled, idx), assemble(compiled, idx, o)
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("%s: assembler gave\n%+v\nfresh assemble gave\n%+v", step, got, want)
 		}
@@ -80,7 +80,7 @@ func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 }
 
 func TestIndexKeepsEachNodesPodsSorted(t *testing.T) {
-	idx := NewIndex()
+	idx := newIndex()
 	for _, p := range []*Pod{
 		{Namespace: "a-b", Name: "x", NodeName: "n1"},
 		{Namespace: "a", Name: "y", NodeName: "n1"},

@@ -23,7 +23,7 @@ func BenchmarkScaleKernel(b *testing.B) {
 		// Only IPv4: the benchmark pods have no IPv6 addresses.
 		dps = dps[:1]
 		b.Cleanup(func() {
-			if err := CleanupDataplanes(context.Background(), dps); err != nil {
+			if err := cleanupDataplanes(context.Background(), dps); err != nil {
 				b.Error(err)
 			}
 		})

@@ -26,7 +26,7 @@ import (
 
 // Controller enforces NetworkPolicies for the pods on this node.
 type Controller struct {
-	opts     Options
+	opts     options
 	cfg      config.NetworkPolicy
 	runner   *loop.Runner
 	families []*familyState
@@ -41,7 +41,7 @@ type Controller struct {
 	changes *loop.Tracker[changed]
 
 	// Owned by the sync loop.
-	idx *Index
+	idx *index
 	// lastCompile and lastApply split the last successful sync's time between
 	// compiling (index, policies, assembly) and writing the kernel.
 	lastCompile, lastApply time.Duration
@@ -58,9 +58,9 @@ type changed struct {
 
 // familyState is the compiled policies and reconciler of one IP family.
 type familyState struct {
-	opts     Options
-	compiled map[string]*CompiledPolicy
-	asm      *Assembler
+	opts     options
+	compiled map[string]*compiledPolicy
+	asm      *assembler
 	rec      *reconciler
 }
 
@@ -105,20 +105,20 @@ func KernelDataplanes(ns netns.NsHandle) ([]Dataplane, error) {
 func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Controller, error) {
 	c := &Controller{
 		cfg: cfg,
-		opts: Options{
+		opts: options{
 			NodeName:               env.NodeName,
-			MarkBit:                DefaultMarkBit,
+			MarkBit:                defaultMarkBit,
 			BetaNamespaceIsolation: cfg.BetaNamespaceIsolation,
 			LogDrops:               cfg.LogDrops,
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
 		},
-		idx: NewIndex(),
+		idx: newIndex(),
 	}
 	for _, dp := range dataplanes {
 		o := c.opts
 		o.Family = dp.Family
-		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*CompiledPolicy{}, asm: NewAssembler(o), rec: newReconciler(dp)})
+		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*compiledPolicy{}, asm: newAssembler(o), rec: newReconciler(dp)})
 	}
 	m, err := newMetrics(env.Registry)
 	if err != nil {
@@ -188,7 +188,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			ns, name, _ := cache.SplitMetaNamespaceKey(key)
 			change := podChange{old: c.idx.Pod(ns, name)}
 			if obj, err := c.pods.Pods(ns).Get(name); err == nil {
-				change.new = PodFromAPI(obj)
+				change.new = podFromAPI(obj)
 			}
 			if change.new != nil {
 				c.idx.SetPod(change.new)
@@ -220,7 +220,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			if _, marked := dirty[changed{policy: true, key: key}]; !recompileAll && old != nil && !marked && !c.touches(p, changedPods) {
 				continue
 			}
-			cp := CompilePolicy(p, c.idx, fs.opts)
+			cp := compilePolicy(p, c.idx, fs.opts)
 			if old == nil || !slices.Equal(old.Problems, cp.Problems) {
 				for _, problem := range cp.Problems {
 					slog.Warn("network policy partly not enforceable", "policy", key, "family", fs.opts.Family, "problem", problem)
@@ -228,7 +228,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			}
 			fs.compiled[key] = cp
 		}
-		list := make([]*CompiledPolicy, 0, len(fs.compiled))
+		list := make([]*compiledPolicy, 0, len(fs.compiled))
 		for _, key := range sortedKeys(fs.compiled) {
 			list = append(list, fs.compiled[key])
 			if len(fs.compiled[key].Problems) > 0 {
@@ -278,7 +278,7 @@ func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange)
 		if pod == nil {
 			pod = ch.old
 		}
-		if pod != nil && Affects(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
+		if pod != nil && affects(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
 			return true
 		}
 	}
@@ -287,15 +287,15 @@ func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange)
 
 // rebuildIndex reloads every pod and namespace from the informer caches.
 func (c *Controller) rebuildIndex() error {
-	idx := NewIndex()
+	idx := newIndex()
 	nss, err := c.namespaces.List(labels.Everything())
 	if err != nil {
 		return fmt.Errorf("listing namespaces: %w", err)
 	}
 	for _, ns := range nss {
-		n, err := NamespaceFromAPI(ns)
+		n, err := namespaceFromAPI(ns)
 		if err != nil && c.opts.BetaNamespaceIsolation {
-			slog.Warn("ignoring malformed namespace annotation", "namespace", ns.Name, "annotation", BetaIsolationAnnotation, "err", err)
+			slog.Warn("ignoring malformed namespace annotation", "namespace", ns.Name, "annotation", betaIsolationAnnotation, "err", err)
 		}
 		idx.Namespaces[ns.Name] = n
 	}
@@ -304,7 +304,7 @@ func (c *Controller) rebuildIndex() error {
 		return fmt.Errorf("listing pods: %w", err)
 	}
 	for _, p := range pods {
-		if pod := PodFromAPI(p); pod != nil {
+		if pod := podFromAPI(p); pod != nil {
 			idx.SetPod(pod)
 		}
 	}
@@ -319,11 +319,11 @@ func Cleanup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return CleanupDataplanes(ctx, dps)
+	return cleanupDataplanes(ctx, dps)
 }
 
-// CleanupDataplanes is Cleanup for given dataplanes (tests, other namespaces).
-func CleanupDataplanes(ctx context.Context, dps []Dataplane) error {
+// cleanupDataplanes is Cleanup for given dataplanes (tests, other namespaces).
+func cleanupDataplanes(ctx context.Context, dps []Dataplane) error {
 	for _, dp := range dps {
 		if err := ctx.Err(); err != nil {
 			return err

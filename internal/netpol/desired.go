@@ -34,14 +34,14 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
-// Options are the node-wide compiler settings.
-type Options struct {
+// options are the node-wide compiler settings.
+type options struct {
 	NodeName string
 	// Family is 4 or 6: which pod IPs and ipBlocks this compilation covers.
 	Family int
 	// MarkBit is the packet mark bit policy chains set to say "allowed".
 	MarkBit uint32
-	// BetaNamespaceIsolation honours BetaIsolationAnnotation.
+	// BetaNamespaceIsolation honours betaIsolationAnnotation.
 	BetaNamespaceIsolation bool
 	// LogDrops adds an NFLOG rule before each drop, at most LogRatePerMinute.
 	LogDrops         bool
@@ -49,11 +49,11 @@ type Options struct {
 	LogRatePerMinute int
 }
 
-// DefaultMarkBit is the allow mark; kube-proxy uses 0x4000 and 0x8000.
-const DefaultMarkBit uint32 = 0x10000
+// defaultMarkBit is the allow mark; kube-proxy uses 0x4000 and 0x8000.
+const defaultMarkBit uint32 = 0x10000
 
-// CompiledPolicy is one NetworkPolicy turned into chains and sets for this node.
-type CompiledPolicy struct {
+// compiledPolicy is one NetworkPolicy turned into chains and sets for this node.
+type compiledPolicy struct {
 	Key     string // namespace/name
 	Ingress bool   // the policy isolates its targets for ingress
 	Egress  bool   // the policy isolates its targets for egress
@@ -71,7 +71,7 @@ type CompiledPolicy struct {
 // Desired is the whole state the controller wants in the kernel for one family.
 type Desired struct {
 	// Chains are the local pods' chains (pods by namespace and name), then the
-	// policies' chains (policies by key), then TopChain.
+	// policies' chains (policies by key), then topChain.
 	Chains []iptables.Chain
 	Sets   []ipset.SetEntries // the policies' sets, policies by key
 	Pods   int                // local pods with at least one isolated direction
@@ -87,9 +87,9 @@ func (d *Desired) SetEntriesCount() int {
 	return n
 }
 
-func (o Options) familyTag() string { return strconv.Itoa(o.Family) }
+func (o options) familyTag() string { return strconv.Itoa(o.Family) }
 
-func (o Options) ipsetFamily() ipset.Family {
+func (o options) ipsetFamily() ipset.Family {
 	if o.Family == 6 {
 		return ipset.IPv6
 	}
@@ -97,7 +97,7 @@ func (o Options) ipsetFamily() ipset.Family {
 }
 
 // podIP returns the pod's address of the compiled family.
-func (o Options) podIP(p *Pod) (netip.Addr, bool) {
+func (o options) podIP(p *Pod) (netip.Addr, bool) {
 	for _, ip := range p.IPs {
 		if ip.Is4() == (o.Family == 4) {
 			return ip, true
@@ -107,7 +107,7 @@ func (o Options) podIP(p *Pod) (netip.Addr, bool) {
 }
 
 // isLocalTarget reports whether p is a pod this node polices.
-func (o Options) isLocalTarget(p *Pod) bool {
+func (o options) isLocalTarget(p *Pod) bool {
 	if p.NodeName != o.NodeName || p.HostNetwork {
 		return false
 	}

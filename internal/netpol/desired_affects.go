@@ -10,11 +10,11 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// Affects reports whether a pod's change from old to new (either may be nil for an
+// affects reports whether a pod's change from old to new (either may be nil for an
 // added or deleted pod) may change what policy p compiles to. ns is the pod's
 // namespace. When only the labels changed, a selector matters only if it matched
 // one version of the pod but not the other.
-func Affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
+func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 	pod := new
 	if pod == nil {
 		pod = old

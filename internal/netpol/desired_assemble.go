@@ -10,10 +10,10 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
-// Assemble combines compiled policies with the local pods into the full desired
+// assemble combines compiled policies with the local pods into the full desired
 // state: per-pod chains, the top chain, and every policy's chains and sets.
-func Assemble(policies []*CompiledPolicy, idx *Index, o Options) *Desired {
-	return NewAssembler(o).Assemble(policies, idx)
+func assemble(policies []*compiledPolicy, idx *index, o options) *Desired {
+	return newAssembler(o).Assemble(policies, idx)
 }
 
 // repliesRule opens the top chain: replies to connections policy allowed pass, and
@@ -37,7 +37,7 @@ var neighbourDiscoveryRules = []string{
 }
 
 // topChainHead is the start of the top chain, before the dispatch to pod chains.
-func (o Options) topChainHead() []string {
+func (o options) topChainHead() []string {
 	head := []string{repliesRule}
 	if o.Family == 6 {
 		head = append(head, neighbourDiscoveryRules...)
@@ -45,15 +45,15 @@ func (o Options) topChainHead() []string {
 	return head
 }
 
-// Assembler is Assemble with a memory of its last result, for the controller's
+// assembler is assemble with a memory of its last result, for the controller's
 // syncs. It keeps which policies select each local pod up to date from the policies
 // that changed, rebuilds only the chains of pods whose inputs (address, selecting
 // policies, beta isolation) changed, and the top chain only when a pod's dispatch
 // changed. Unchanged chains and sets are the very slices applied last time, which
 // the reconciler skips cheaply.
-type Assembler struct {
-	o        Options
-	policies map[string]*CompiledPolicy // by key, as last assembled
+type assembler struct {
+	o        options
+	policies map[string]*compiledPolicy // by key, as last assembled
 	// ingressOf and egressOf are the chains of the policies selecting each local pod,
 	// sorted. A list is replaced when it changes, never modified in place.
 	ingressOf, egressOf map[podRef][]string
@@ -75,15 +75,15 @@ type assembledPod struct {
 	gen             uint64
 }
 
-// NewAssembler returns an Assembler that remembers nothing yet.
-func NewAssembler(o Options) *Assembler {
-	return &Assembler{o: o, policies: map[string]*CompiledPolicy{},
+// newAssembler returns an assembler that remembers nothing yet.
+func newAssembler(o options) *assembler {
+	return &assembler{o: o, policies: map[string]*compiledPolicy{},
 		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
 }
 
 // Assemble returns the desired state for policies over idx, like the function
-// Assemble. The result shares slices with later results and must not be modified.
-func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
+// assemble. The result shares slices with later results and must not be modified.
+func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 	o := a.o
 	policiesChanged := a.trackPolicies(policies)
 	a.gen++
@@ -131,7 +131,7 @@ func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
 		d.Chains = make([]iptables.Chain, 0, len(a.last.Chains)+2)
 		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))
 	}
-	top := iptables.Chain{Name: TopChain, Rules: o.topChainHead()}
+	top := iptables.Chain{Name: topChain, Rules: o.topChainHead()}
 	if !dispatchChanged && a.last != nil {
 		top = a.last.Chains[len(a.last.Chains)-1]
 	} else {
@@ -163,7 +163,7 @@ func (a *Assembler) Assemble(policies []*CompiledPolicy, idx *Index) *Desired {
 
 // trackPolicies brings ingressOf and egressOf up to date with the policies that were
 // added, replaced or removed since the last call, and reports whether any were.
-func (a *Assembler) trackPolicies(policies []*CompiledPolicy) bool {
+func (a *assembler) trackPolicies(policies []*compiledPolicy) bool {
 	changed := false
 	known, stillThere := len(a.policies), 0
 	for _, c := range policies {
@@ -198,7 +198,7 @@ func (a *Assembler) trackPolicies(policies []*CompiledPolicy) bool {
 }
 
 // select_ adds (or removes) policy c's chains to (from) the lists of its targets.
-func (a *Assembler) setTargets(c *CompiledPolicy, add bool) {
+func (a *assembler) setTargets(c *compiledPolicy, add bool) {
 	for _, t := range c.Targets {
 		ns, name, _ := strings.Cut(t, "/")
 		ref := podRef{ns, name}
@@ -227,7 +227,7 @@ func withChain(list []string, chain string, add bool) []string {
 }
 
 // assemblePod builds a local pod's chains and the top chain rules dispatching to them.
-func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool, o Options) *assembledPod {
+func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool, o options) *assembledPod {
 	ap := &assembledPod{ip: ip, ingress: ingress, egress: egress, beta: beta}
 	if len(ingress) > 0 || beta {
 		chain := podChain(podIngressKind, key, ingress, o)
@@ -243,7 +243,7 @@ func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool,
 }
 
 // podChain is a pod's ingress or egress chain: the union of its policies' allows.
-func podChain(kind, podKey string, policyChains []string, o Options) iptables.Chain {
+func podChain(kind, podKey string, policyChains []string, o options) iptables.Chain {
 	dir := "ingress"
 	if kind == podEgressKind {
 		dir = "egress"

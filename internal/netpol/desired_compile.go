@@ -18,9 +18,9 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
-// PolicyTypes applies the API's defaulting when spec.policyTypes is empty: Ingress
+// policyTypes applies the API's defaulting when spec.policyTypes is empty: Ingress
 // always, Egress when the policy has egress rules.
-func PolicyTypes(p *networkingv1.NetworkPolicy) (ingress, egress bool) {
+func policyTypes(p *networkingv1.NetworkPolicy) (ingress, egress bool) {
 	if len(p.Spec.PolicyTypes) == 0 {
 		return true, len(p.Spec.Egress) > 0
 	}
@@ -35,11 +35,11 @@ func PolicyTypes(p *networkingv1.NetworkPolicy) (ingress, egress bool) {
 	return ingress, egress
 }
 
-// CompilePolicy compiles one policy against the index.
-func CompilePolicy(p *networkingv1.NetworkPolicy, idx *Index, o Options) *CompiledPolicy {
+// compilePolicy compiles one policy against the index.
+func compilePolicy(p *networkingv1.NetworkPolicy, idx *index, o options) *compiledPolicy {
 	key := p.Namespace + "/" + p.Name
-	c := &CompiledPolicy{Key: key}
-	c.Ingress, c.Egress = PolicyTypes(p)
+	c := &compiledPolicy{Key: key}
+	c.Ingress, c.Egress = policyTypes(p)
 	targetSel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
 	if err != nil {
 		c.Problems = append(c.Problems, fmt.Sprintf("podSelector: %v (policy selects no pods)", err))
@@ -74,9 +74,9 @@ func CompilePolicy(p *networkingv1.NetworkPolicy, idx *Index, o Options) *Compil
 type policyBuilder struct {
 	policy    string
 	namespace string
-	idx       *Index
-	o         Options
-	out       *CompiledPolicy
+	idx       *index
+	o         options
+	out       *compiledPolicy
 	targets   []*Pod
 }
 

@@ -10,7 +10,7 @@ import (
 // Names of what the compiler produces. Every chain and set carries the
 // KUBE-ROUTER- prefix, so Cleanup and the full resync recognise them.
 const (
-	TopChain        = "KUBE-ROUTER-FORWARD"
+	topChain        = "KUBE-ROUTER-FORWARD"
 	chainPrefix     = "KUBE-ROUTER-"
 	podIngressKind  = "PI"
 	podEgressKind   = "PE"
@@ -19,7 +19,7 @@ const (
 	peerSetKind     = "SP" // hash:ip of peer pods
 	exceptSetKind   = "SX" // hash:net of an ipBlock's except list
 	namedPortKind   = "SN" // hash:ip,port of pods exposing a named port
-	TempSetSuffix   = "-T" // a set being rebuilt before a swap
+	tempSetSuffix   = "-T" // a set being rebuilt before a swap
 	hashLen         = 13
 	commentMaxBytes = 200
 )
@@ -43,7 +43,7 @@ var nameCache sync.Map
 // OwnsChain reports whether chain is one the policy controller creates (other
 // kube-routerd controllers share the KUBE-ROUTER- prefix).
 func OwnsChain(chain string) bool {
-	if chain == TopChain {
+	if chain == topChain {
 		return true
 	}
 	for _, kind := range []string{podIngressKind, podEgressKind, polIngressKind, polEgressKind} {

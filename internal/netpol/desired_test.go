@@ -23,8 +23,8 @@ const node = "n1"
 
 // fixture is a small cluster: namespaces x (team=a), y (team=b), z; pods on this node
 // unless noted.
-func fixture() *Index {
-	idx := NewIndex()
+func fixture() *index {
+	idx := newIndex()
 	for _, ns := range []*Namespace{
 		{Name: "x", Labels: map[string]string{"ns": "x", "team": "a"}},
 		{Name: "y", Labels: map[string]string{"ns": "y", "team": "b"}},
@@ -47,8 +47,8 @@ func fixture() *Index {
 	return idx
 }
 
-func opts() Options {
-	return Options{NodeName: node, Family: 4, MarkBit: DefaultMarkBit}
+func opts() options {
+	return options{NodeName: node, Family: 4, MarkBit: defaultMarkBit}
 }
 
 // --- policy builders ---
@@ -122,19 +122,19 @@ var (
 )
 
 // apply compiles policies over idx and applies them to fresh fakes.
-func apply(t *testing.T, idx *Index, o Options, policies ...*networkingv1.NetworkPolicy) (*kernel, *iptables.Fake, *ipset.Fake, []*CompiledPolicy) {
+func apply(t *testing.T, idx *index, o options, policies ...*networkingv1.NetworkPolicy) (*kernel, *iptables.Fake, *ipset.Fake, []*compiledPolicy) {
 	t.Helper()
 	proto := iptables.IPv4
 	if o.Family == 6 {
 		proto = iptables.IPv6
 	}
 	ipt, sets := iptables.NewFake(proto), ipset.NewFake()
-	var compiled []*CompiledPolicy
+	var compiled []*compiledPolicy
 	for _, p := range policies {
-		compiled = append(compiled, CompilePolicy(p, idx, o))
+		compiled = append(compiled, compilePolicy(p, idx, o))
 	}
 	rec := newReconciler(Dataplane{Family: o.Family, IPTables: ipt, IPSets: sets})
-	if _, err := rec.apply(Assemble(compiled, idx, o), true); err != nil {
+	if _, err := rec.apply(assemble(compiled, idx, o), true); err != nil {
 		t.Fatal(err)
 	}
 	return readKernel(t, ipt, sets), ipt, sets, compiled
@@ -148,7 +148,7 @@ type probe struct {
 	want     bool
 }
 
-func addrOf(t *testing.T, idx *Index, who string) netip.Addr {
+func addrOf(t *testing.T, idx *index, who string) netip.Addr {
 	if a, err := netip.ParseAddr(who); err == nil {
 		return a
 	}
@@ -164,7 +164,7 @@ func TestPolicySemantics(t *testing.T) {
 	type tc struct {
 		name     string
 		policies []*networkingv1.NetworkPolicy
-		opts     func(*Options)
+		opts     func(*options)
 		probes   []probe
 		problems int
 	}
@@ -275,7 +275,7 @@ func TestPolicySemantics(t *testing.T) {
 			policies: []*networkingv1.NetworkPolicy{policy("x", "deny", nil)},
 			probes:   []probe{{"y/a", "192.168.0.10", "tcp", 80, true}}},
 		{name: "beta namespace annotation isolates ingress when enabled",
-			opts:   func(o *Options) { o.BetaNamespaceIsolation = true },
+			opts:   func(o *options) { o.BetaNamespaceIsolation = true },
 			probes: []probe{{"x/a", "z/a", "tcp", 80, false}, {"z/a", "x/a", "tcp", 80, true}}},
 		{name: "beta namespace annotation is ignored when disabled",
 			probes: []probe{{"x/a", "z/a", "tcp", 80, true}}},
@@ -331,7 +331,7 @@ func TestPolicySemantics(t *testing.T) {
 // Neighbour discovery passes isolated pods as ARP does, but only on the link; router
 // discovery and ICMPv6 errors about no allowed connection stay under policy.
 func TestIPv6NeighbourDiscoveryPassesIsolation(t *testing.T) {
-	idx := NewIndex()
+	idx := newIndex()
 	for _, ns := range []string{"x", "y"} {
 		idx.Namespaces[ns] = &Namespace{Name: ns}
 	}
@@ -404,7 +404,7 @@ func TestNamedPortProblems(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := opts()
 			o.NodeName = tc.node
-			got := strings.Join(CompilePolicy(tc.policy, fixture(), o).Problems, "\n")
+			got := strings.Join(compilePolicy(tc.policy, fixture(), o).Problems, "\n")
 			if got != tc.want {
 				t.Errorf("problems:\n%s\nwant:\n%s", got, tc.want)
 			}

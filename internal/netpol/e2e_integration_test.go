@@ -80,10 +80,10 @@ func TestReachabilityMatrix(t *testing.T) {
 	c.setPolicies(t)
 	c.waitMatrix(t, "policies deleted", c.expect(all))
 
-	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, `{"ingress":{"isolation":"DefaultDeny"}}`)
+	c.annotateNamespace(t, c.nsA, betaIsolationAnnotation, `{"ingress":{"isolation":"DefaultDeny"}}`)
 	c.waitMatrix(t, "beta annotation isolates A for ingress", c.expect(func(_, to string, _ target) bool { return nsOf(to) != "A" }))
 
-	c.annotateNamespace(t, c.nsA, BetaIsolationAnnotation, "")
+	c.annotateNamespace(t, c.nsA, betaIsolationAnnotation, "")
 	c.waitMatrix(t, "beta annotation removed", c.expect(all))
 }
 

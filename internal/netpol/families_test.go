@@ -21,12 +21,12 @@ func TestFamiliesShareTheSetNamespace(t *testing.T) {
 	policies := []*networkingv1.NetworkPolicy{policy("x", "web", l("app", "a"), ingress(nil, pods(l("app", "b"))))}
 	sets := ipset.NewFake()
 	var recs []*reconciler
-	var opts []Options
+	var opts []options
 	for _, fam := range []struct {
 		family int
 		proto  iptables.Protocol
 	}{{4, iptables.IPv4}, {6, iptables.IPv6}} {
-		o := Options{NodeName: node, Family: fam.family, MarkBit: DefaultMarkBit}
+		o := options{NodeName: node, Family: fam.family, MarkBit: defaultMarkBit}
 		opts = append(opts, o)
 		recs = append(recs, newReconciler(Dataplane{Family: fam.family, IPTables: iptables.NewFake(fam.proto), IPSets: sets}))
 	}

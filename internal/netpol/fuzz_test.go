@@ -35,11 +35,11 @@ func FuzzCompilePolicy(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, peerKind uint8, selKey, selOp, selVal, cidr, except, proto, namedPort string,
 		port, endPort uint16, podLabelKey, podLabelVal, remotePodIP string) {
-		idx := NewIndex()
+		idx := newIndex()
 		idx.Namespaces["x"] = &Namespace{Name: "x", Labels: map[string]string{"ns": "x"}}
 		idx.Namespaces["y"] = &Namespace{Name: "y", Labels: map[string]string{"ns": "y", podLabelKey: podLabelVal}}
 		mk := func(ns, name, ip, nodeName string, labels map[string]string, ports ...NamedPort) {
-			if p := PodFromAPI(&corev1.Pod{
+			if p := podFromAPI(&corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
 				Spec:       corev1.PodSpec{NodeName: nodeName},
 				Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
@@ -94,9 +94,9 @@ func FuzzCompilePolicy(f *testing.F) {
 		}
 
 		for _, family := range []int{4, 6} {
-			o := Options{NodeName: "n1", Family: family, MarkBit: DefaultMarkBit}
-			cp := CompilePolicy(pol, idx, o)
-			d := Assemble([]*CompiledPolicy{cp}, idx, o)
+			o := options{NodeName: "n1", Family: family, MarkBit: defaultMarkBit}
+			cp := compilePolicy(pol, idx, o)
+			d := assemble([]*compiledPolicy{cp}, idx, o)
 			for _, c := range d.Chains {
 				for _, r := range c.Rules {
 					if strings.ContainsAny(r, "\n\r\x00") || strings.Count(r, `"`)%2 != 0 {

@@ -39,14 +39,14 @@ type Namespace struct {
 	BetaIngressIsolation bool
 }
 
-// BetaIsolationAnnotation is the pre-v1 namespace annotation that isolated a
+// betaIsolationAnnotation is the pre-v1 namespace annotation that isolated a
 // namespace's pods for ingress.
-const BetaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
+const betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 
-// Index is the compiler's view of the cluster: pods by namespace and name, and
+// index is the compiler's view of the cluster: pods by namespace and name, and
 // namespaces by name. Change pods only with SetPod and DeletePod, which also keep
 // the pods of each node at hand.
-type Index struct {
+type index struct {
 	Pods       map[string]map[string]*Pod
 	Namespaces map[string]*Namespace
 	byNode     map[string]*nodePods
@@ -62,13 +62,13 @@ type nodePods struct {
 // podRef names a pod.
 type podRef struct{ namespace, name string }
 
-// NewIndex returns an empty Index.
-func NewIndex() *Index {
-	return &Index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, byNode: map[string]*nodePods{}}
+// newIndex returns an empty index.
+func newIndex() *index {
+	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, byNode: map[string]*nodePods{}}
 }
 
 // SetPod adds or replaces a pod.
-func (x *Index) SetPod(p *Pod) {
+func (x *index) SetPod(p *Pod) {
 	if old := x.Pod(p.Namespace, p.Name); old != nil && old.NodeName != p.NodeName {
 		x.forgetOnNode(old)
 	}
@@ -93,7 +93,7 @@ func (x *Index) SetPod(p *Pod) {
 }
 
 // DeletePod removes a pod.
-func (x *Index) DeletePod(namespace, name string) {
+func (x *index) DeletePod(namespace, name string) {
 	if old := x.Pod(namespace, name); old != nil {
 		x.forgetOnNode(old)
 	}
@@ -103,7 +103,7 @@ func (x *Index) DeletePod(namespace, name string) {
 	}
 }
 
-func (x *Index) forgetOnNode(p *Pod) {
+func (x *index) forgetOnNode(p *Pod) {
 	np := x.byNode[p.NodeName]
 	if np == nil {
 		return
@@ -117,7 +117,7 @@ func (x *Index) forgetOnNode(p *Pod) {
 
 // podsOnNode returns the pods scheduled to node, by namespace and then name. The
 // slice is the index's own: read it before the index changes, and do not modify it.
-func (x *Index) podsOnNode(node string) []*Pod {
+func (x *index) podsOnNode(node string) []*Pod {
 	np := x.byNode[node]
 	if np == nil {
 		return nil
@@ -143,11 +143,11 @@ func (x *Index) podsOnNode(node string) []*Pod {
 }
 
 // Pod returns the pod namespace/name, or nil.
-func (x *Index) Pod(namespace, name string) *Pod { return x.Pods[namespace][name] }
+func (x *index) Pod(namespace, name string) *Pod { return x.Pods[namespace][name] }
 
-// PodFromAPI converts a Pod object. It returns nil for pods that can neither be
+// podFromAPI converts a Pod object. It returns nil for pods that can neither be
 // policed nor be a peer: no IP yet, or finished (their IP may already be reused).
-func PodFromAPI(p *corev1.Pod) *Pod {
+func podFromAPI(p *corev1.Pod) *Pod {
 	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 		return nil
 	}
@@ -193,11 +193,11 @@ func PodFromAPI(p *corev1.Pod) *Pod {
 	return out
 }
 
-// NamespaceFromAPI converts a Namespace object. A malformed beta annotation is
+// namespaceFromAPI converts a Namespace object. A malformed beta annotation is
 // reported as an error and otherwise ignored.
-func NamespaceFromAPI(ns *corev1.Namespace) (*Namespace, error) {
+func namespaceFromAPI(ns *corev1.Namespace) (*Namespace, error) {
 	out := &Namespace{Name: ns.Name, Labels: ns.Labels}
-	raw, ok := ns.Annotations[BetaIsolationAnnotation]
+	raw, ok := ns.Annotations[betaIsolationAnnotation]
 	if !ok {
 		return out, nil
 	}

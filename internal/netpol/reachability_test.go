@@ -112,7 +112,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 		cancel()
 		<-done
 		factory.Shutdown()
-		if err := CleanupDataplanes(context.Background(), dps); err != nil {
+		if err := cleanupDataplanes(context.Background(), dps); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
 		for _, dp := range dps {

@@ -19,7 +19,7 @@ type Dataplane struct {
 
 // jumpRule sends forwarded traffic through our top chain; it goes first so that an
 // ACCEPT earlier in FORWARD cannot bypass policy.
-var jumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy", "-j", TopChain}
+var jumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy", "-j", topChain}
 
 // outputJumpRule sends the traffic IPVS forwards through our top chain too. A pod's
 // connection to a Service VIP is local to the node, so IPVS takes it in INPUT and
@@ -32,7 +32,7 @@ var jumpRule = []string{"-m", "comment", "--comment", "kube-routerd network poli
 // hosts', has none); no packet goes through both FORWARD and OUTPUT, so nothing is
 // policed twice.
 var outputJumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy for traffic IPVS forwards",
-	"-m", "addrtype", "!", "--src-type", "LOCAL", "-j", TopChain}
+	"-m", "addrtype", "!", "--src-type", "LOCAL", "-j", topChain}
 
 // hookJumps are the built-in chains that jump to our top chain, with their rules.
 var hookJumps = []struct {
@@ -277,7 +277,7 @@ func (r *reconciler) applySet(s ipset.SetEntries) (int, error) {
 // swapIn builds s under a temporary name and swaps it with the live set atomically.
 func (r *reconciler) swapIn(s ipset.SetEntries) error {
 	tmp := s.Set
-	tmp.Name = s.Name + TempSetSuffix
+	tmp.Name = s.Name + tempSetSuffix
 	if err := r.dp.IPSets.Destroy(tmp.Name); err != nil {
 		return err
 	}

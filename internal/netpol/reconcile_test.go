@@ -11,12 +11,12 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
-func compileAll(idx *Index, o Options, policies []*networkingv1.NetworkPolicy) *Desired {
-	var compiled []*CompiledPolicy
+func compileAll(idx *index, o options, policies []*networkingv1.NetworkPolicy) *Desired {
+	var compiled []*compiledPolicy
 	for _, p := range policies {
-		compiled = append(compiled, CompilePolicy(p, idx, o))
+		compiled = append(compiled, compilePolicy(p, idx, o))
 	}
-	return Assemble(compiled, idx, o)
+	return assemble(compiled, idx, o)
 }
 
 func TestReconcileIncrementalAndDrift(t *testing.T) {
@@ -85,7 +85,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	}
 
 	// Drift: someone flushes one of our chains, deletes our jumps and adds to our set.
-	if err := ipt.Restore([]byte("*filter\n:" + TopChain + " - [0:0]\nCOMMIT\n")); err != nil {
+	if err := ipt.Restore([]byte("*filter\n:" + topChain + " - [0:0]\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}
 	if err := ipt.DeleteRule(iptables.TableFilter, "FORWARD", jumpRule...); err != nil {
@@ -158,7 +158,7 @@ func TestSwapReplacesMostlyChangedSets(t *testing.T) {
 		t.Fatal(err)
 	}
 	dump := sets.Dump()
-	if strings.Contains(dump, "10.0.0.") || !strings.Contains(dump, "10.0.1.99") || strings.Contains(dump, TempSetSuffix+" ") {
+	if strings.Contains(dump, "10.0.0.") || !strings.Contains(dump, "10.0.1.99") || strings.Contains(dump, tempSetSuffix+" ") {
 		t.Fatalf("swap left:\n%s", dump)
 	}
 }

@@ -40,7 +40,7 @@ func (f CNIFile) Sync(want []byte) (wrote bool, err error) {
 	case bytes.Equal(cur, want):
 		return false, nil
 	case !isOurs(cur):
-		return false, &ForeignFileError{Path: f.Path}
+		return false, &foreignFileError{Path: f.Path}
 	}
 	if err := writeAtomic(f.Path, want); err != nil {
 		return false, fmt.Errorf("writing CNI config %s: %w", f.Path, err)
@@ -90,18 +90,18 @@ func (f CNIFile) Shadowing() ([]string, error) {
 	return out, nil
 }
 
-// ForeignFileError says the configured path holds a CNI config kube-routerd did not write.
-type ForeignFileError struct{ Path string }
+// foreignFileError says the configured path holds a CNI config kube-routerd did not write.
+type foreignFileError struct{ Path string }
 
-func (e *ForeignFileError) Error() string {
-	return fmt.Sprintf("CNI config %s was not written by kube-routerd (its network is not named %q); leaving it alone", e.Path, NetworkName)
+func (e *foreignFileError) Error() string {
+	return fmt.Sprintf("CNI config %s was not written by kube-routerd (its network is not named %q); leaving it alone", e.Path, networkName)
 }
 
 func isOurs(data []byte) bool {
 	var head struct {
 		Name string `json:"name"`
 	}
-	return json.Unmarshal(data, &head) == nil && head.Name == NetworkName
+	return json.Unmarshal(data, &head) == nil && head.Name == networkName
 }
 
 // writeAtomic writes data to a temporary file beside path, syncs it and renames it

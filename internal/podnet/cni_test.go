@@ -33,7 +33,7 @@ func TestCNIFileIsWrittenOnceAndNeverOverAForeignFile(t *testing.T) {
 	if err := os.WriteFile(f.Path, foreign, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var fe *ForeignFileError
+	var fe *foreignFileError
 	if _, err := f.Sync(v1); !errors.As(err, &fe) {
 		t.Errorf("over a foreign file: err=%v", err)
 	}

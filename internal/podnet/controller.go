@@ -135,7 +135,7 @@ func (c *Controller) sync(_ context.Context, full bool) (string, error) {
 		errs = append(errs, c.ensureSysctls())
 		c.linkMTU = c.readLinkMTU(self)
 	}
-	want := Compute(c.opts, self, nodes, c.linkMTU)
+	want := compute(c.opts, self, nodes, c.linkMTU)
 	errs = append(errs, c.syncCNI(want, self))
 	if err := c.egress.sync(want.Egress, full); err != nil {
 		errs = append(errs, fmt.Errorf("pod egress: %w", err))
@@ -203,7 +203,7 @@ func (c *Controller) readLinkMTU(self k8s.NodeAddresses) int {
 	return defaultLinkMTU
 }
 
-func (c *Controller) syncCNI(want Desired, self k8s.NodeAddresses) error {
+func (c *Controller) syncCNI(want desired, self k8s.NodeAddresses) error {
 	state := CNIDisabled
 	var err error
 	switch {
@@ -216,7 +216,7 @@ func (c *Controller) syncCNI(want Desired, self k8s.NodeAddresses) error {
 	default:
 		var wrote bool
 		wrote, err = c.cni.Sync(want.CNI)
-		var foreign *ForeignFileError
+		var foreign *foreignFileError
 		switch {
 		case errors.As(err, &foreign):
 			state = CNIForeign
@@ -235,11 +235,11 @@ func (c *Controller) syncCNI(want Desired, self k8s.NodeAddresses) error {
 	return err
 }
 
-func (c *Controller) summary(want Desired) string {
+func (c *Controller) summary(want desired) string {
 	return fmt.Sprintf("CNI config %s, pod MTU %d, egress masquerade %s", c.lastCNI, want.MTU, egressFamilies(want.Egress))
 }
 
-func egressFamilies(fs []EgressFamily) string {
+func egressFamilies(fs []egressFamily) string {
 	if len(fs) == 0 {
 		return "off"
 	}

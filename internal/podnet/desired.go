@@ -12,9 +12,9 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
-// NetworkName is the "name" of the CNI network kube-routerd writes. A conflist at the
+// networkName is the "name" of the CNI network kube-routerd writes. A conflist at the
 // configured path with another name is someone else's and is left alone.
-const NetworkName = "kube-routerd"
+const networkName = "kube-routerd"
 
 // Tunnel overheads: the outer header IPIP (IPv4 in IPv4) and ip6ip6 add.
 const (
@@ -32,8 +32,8 @@ type Options struct {
 	MayTunnel bool
 }
 
-// Desired is what the node should have, as plain data.
-type Desired struct {
+// desired is what the node should have, as plain data.
+type desired struct {
 	// CNI is the conflist to write; nil when writing is off or the node has no pod
 	// CIDR yet.
 	CNI []byte
@@ -41,12 +41,12 @@ type Desired struct {
 	MTU int
 	// Egress holds the masquerade inputs per family (only families with a local pod
 	// CIDR); nil when masquerading is off.
-	Egress []EgressFamily
+	Egress []egressFamily
 }
 
-// EgressFamily is what pod egress masquerading needs for one IP family: traffic from
+// egressFamily is what pod egress masquerading needs for one IP family: traffic from
 // Sources to anything outside ClusterDestinations leaves with the node's address.
-type EgressFamily struct {
+type egressFamily struct {
 	IPv6    bool
 	Sources []netip.Prefix
 	// ClusterDestinations are every node's pod CIDRs and addresses, the cluster CIDRs
@@ -55,16 +55,16 @@ type EgressFamily struct {
 }
 
 // Family names the IP family: "IPv4" or "IPv6".
-func (f EgressFamily) Family() string {
+func (f egressFamily) Family() string {
 	if f.IPv6 {
 		return "IPv6"
 	}
 	return "IPv4"
 }
 
-// PodMTU is the MTU pods get: the configured one, or the node's link MTU less the
+// podMTU is the MTU pods get: the configured one, or the node's link MTU less the
 // largest tunnel header the overlay may add for the families the pods use.
-func PodMTU(opts Options, linkMTU int, podCIDRs []netip.Prefix) int {
+func podMTU(opts Options, linkMTU int, podCIDRs []netip.Prefix) int {
 	if opts.Config.MTU != 0 {
 		return opts.Config.MTU
 	}
@@ -82,10 +82,10 @@ func PodMTU(opts Options, linkMTU int, podCIDRs []netip.Prefix) int {
 	return linkMTU - overhead
 }
 
-// Compute returns the desired state of this node (self) in a cluster of nodes
+// compute returns the desired state of this node (self) in a cluster of nodes
 // (self included), with the node's link MTU.
-func Compute(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses, linkMTU int) Desired {
-	d := Desired{MTU: PodMTU(opts, linkMTU, self.PodCIDRs)}
+func compute(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses, linkMTU int) desired {
+	d := desired{MTU: podMTU(opts, linkMTU, self.PodCIDRs)}
 	if opts.Config.WriteCNIConfig && len(self.PodCIDRs) > 0 {
 		d.CNI = Conflist(opts.Config.Bridge, d.MTU, self.PodCIDRs)
 	}
@@ -95,8 +95,8 @@ func Compute(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses, li
 	return d
 }
 
-func egress(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses) []EgressFamily {
-	var out []EgressFamily
+func egress(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses) []egressFamily {
+	var out []egressFamily
 	for _, v6 := range []bool{false, true} {
 		ofFamily := func(p netip.Prefix) bool { return p.Addr().Is6() == v6 }
 		var sources []netip.Prefix
@@ -131,7 +131,7 @@ func egress(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses) []E
 			add(p.Prefix)
 		}
 		slices.Sort(dst)
-		out = append(out, EgressFamily{IPv6: v6, Sources: sources, ClusterDestinations: slices.Compact(dst)})
+		out = append(out, egressFamily{IPv6: v6, Sources: sources, ClusterDestinations: slices.Compact(dst)})
 	}
 	return out
 }
@@ -146,7 +146,7 @@ func Conflist(bridge string, mtu int, podCIDRs []netip.Prefix) []byte {
 	}
 	conf := map[string]any{
 		"cniVersion": "0.4.0",
-		"name":       NetworkName,
+		"name":       networkName,
 		"plugins": []any{
 			map[string]any{
 				"type":             "bridge",

@@ -37,7 +37,7 @@ func TestPodMTU(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := PodMTU(tc.opts, 9000, tc.podCIDRs); got != tc.want {
+			if got := podMTU(tc.opts, 9000, tc.podCIDRs); got != tc.want {
 				t.Errorf("PodMTU = %d, want %d", got, tc.want)
 			}
 		})
@@ -64,7 +64,7 @@ func TestConflistIsTheStandardBridgeWithARangePerFamily(t *testing.T) {
 	if err := json.Unmarshal(Conflist("kube-bridge", 1440, prefixes("10.244.1.0/24", "fd00:244:1::/64")), &conf); err != nil {
 		t.Fatal(err)
 	}
-	if conf.Name != NetworkName || len(conf.Plugins) != 2 {
+	if conf.Name != networkName || len(conf.Plugins) != 2 {
 		t.Fatalf("conflist %+v", conf)
 	}
 	br, pm := conf.Plugins[0], conf.Plugins[1]
@@ -87,7 +87,7 @@ func TestComputeExemptsEveryClusterDestinationOfTheFamily(t *testing.T) {
 	cfg := defaults()
 	cfg.ServiceCIDRs = []config.Prefix{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}, {Prefix: netip.MustParsePrefix("fd00:96::/112")}}
 	opts := Options{Config: cfg, ClusterCIDRs: prefixes("10.244.0.0/16")}
-	d := Compute(opts, self, []k8s.NodeAddresses{self, other}, 1500)
+	d := compute(opts, self, []k8s.NodeAddresses{self, other}, 1500)
 	if len(d.Egress) != 1 || d.Egress[0].IPv6 {
 		t.Fatalf("want IPv4 egress only (the node has no IPv6 pod CIDR), got %+v", d.Egress)
 	}
@@ -104,10 +104,10 @@ func TestComputeExemptsEveryClusterDestinationOfTheFamily(t *testing.T) {
 
 	off := opts
 	off.Config.MasqueradeEgress, off.Config.WriteCNIConfig = false, false
-	if d := Compute(off, self, nil, 1500); d.Egress != nil || d.CNI != nil {
+	if d := compute(off, self, nil, 1500); d.Egress != nil || d.CNI != nil {
 		t.Errorf("switched off, got %+v", d)
 	}
-	if d := Compute(opts, k8s.NodeAddresses{}, nil, 1500); d.CNI != nil || d.Egress != nil {
+	if d := compute(opts, k8s.NodeAddresses{}, nil, 1500); d.CNI != nil || d.Egress != nil {
 		t.Errorf("a node without pod CIDRs gets %+v", d)
 	}
 }

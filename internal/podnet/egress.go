@@ -16,7 +16,7 @@ import (
 //	  CIDRs and addresses, the cluster and service CIDRs) is masqueraded to the node's
 //	  address. Traffic between pods keeps its source, so policies and servers see it.
 const (
-	ChainEgress   = "KUBE-ROUTER-POD-EGRESS"
+	chainEgress   = "KUBE-ROUTER-POD-EGRESS"
 	egressComment = "kube-routerd pod egress"
 	clusterDstV4  = "kube-router-cluster-dst"
 	clusterDstV6  = "kube-router-cluster-dst6"
@@ -38,12 +38,12 @@ func clusterDstSet(v6 bool) ipset.Set {
 
 // egressJump is the rule in nat POSTROUTING that enters our chain, as iptables-save
 // prints it.
-var egressJump = []string{"-m", "comment", "--comment", egressComment, "-j", ChainEgress}
+var egressJump = []string{"-m", "comment", "--comment", egressComment, "-j", chainEgress}
 
 // egressRules are the rules of our chain for one family, as iptables-save prints them.
 // --random-fully picks source ports at random, so many pods' connections to one
 // destination do not collide on the node's address.
-func egressRules(f EgressFamily) []string {
+func egressRules(f egressFamily) []string {
 	set := clusterDstSet(f.IPv6).Name
 	rules := make([]string, 0, len(f.Sources))
 	for _, src := range f.Sources {
@@ -77,7 +77,7 @@ func isIPv6(t iptables.Interface) bool { return t.Protocol() == iptables.IPv6 }
 
 // sync makes each family's kernel state match want (families absent from want lose
 // our chain, jump and set). A full sync re-reads the kernel first.
-func (r *egressReconciler) sync(want []EgressFamily, full bool) error {
+func (r *egressReconciler) sync(want []egressFamily, full bool) error {
 	r.writes = 0
 	var errs []error
 	for _, ipt := range r.dp.IPTables {
@@ -90,7 +90,7 @@ func (r *egressReconciler) sync(want []EgressFamily, full bool) error {
 			}
 			r.applied[v6] = a
 		}
-		i := slices.IndexFunc(want, func(f EgressFamily) bool { return f.IPv6 == v6 })
+		i := slices.IndexFunc(want, func(f egressFamily) bool { return f.IPv6 == v6 })
 		var err error
 		if i < 0 {
 			err = r.remove(ipt, r.applied[v6])
@@ -112,7 +112,7 @@ func (r *egressReconciler) read(ipt iptables.Interface) (*egressApplied, error) 
 	if err != nil {
 		return nil, err
 	}
-	a.rules, a.chain = chains[ChainEgress]
+	a.rules, a.chain = chains[chainEgress]
 	a.jump = slices.Contains(chains["POSTROUTING"], iptables.RuleText(egressJump))
 	cur, err := r.dp.IPSets.List(set.Name)
 	if err == nil {
@@ -124,7 +124,7 @@ func (r *egressReconciler) read(ipt iptables.Interface) (*egressApplied, error) 
 	return a, nil
 }
 
-func (r *egressReconciler) apply(ipt iptables.Interface, want EgressFamily, a *egressApplied) error {
+func (r *egressReconciler) apply(ipt iptables.Interface, want egressFamily, a *egressApplied) error {
 	set := clusterDstSet(want.IPv6)
 	// The set first: iptables-restore refuses a rule that names a missing set.
 	if !a.set {
@@ -164,7 +164,7 @@ func (r *egressReconciler) apply(ipt iptables.Interface, want EgressFamily, a *e
 	if a.chain && a.jump && slices.Equal(a.rules, rules) {
 		return nil
 	}
-	buf := iptables.Buffer{Table: iptables.TableNAT, Write: []iptables.Chain{{Name: ChainEgress, Rules: rules}}}
+	buf := iptables.Buffer{Table: iptables.TableNAT, Write: []iptables.Chain{{Name: chainEgress, Rules: rules}}}
 	if !a.jump {
 		buf.Jumps = []iptables.Jump{{Chain: "POSTROUTING", Rule: iptables.RuleText(egressJump)}}
 	}
@@ -173,7 +173,7 @@ func (r *egressReconciler) apply(ipt iptables.Interface, want EgressFamily, a *e
 		return err
 	}
 	if err := ipt.Restore(data); err != nil {
-		return fmt.Errorf("writing %s: %w", ChainEgress, err)
+		return fmt.Errorf("writing %s: %w", chainEgress, err)
 	}
 	a.rules, a.chain, a.jump = rules, true, true
 	r.writes++
@@ -191,12 +191,12 @@ func (r *egressReconciler) remove(ipt iptables.Interface, a *egressApplied) erro
 		r.writes++
 	}
 	if a.chain {
-		data, err := iptables.Buffer{Table: iptables.TableNAT, Delete: []string{ChainEgress}}.Bytes()
+		data, err := iptables.Buffer{Table: iptables.TableNAT, Delete: []string{chainEgress}}.Bytes()
 		if err != nil {
 			return err
 		}
 		if err := ipt.Restore(data); err != nil {
-			return fmt.Errorf("deleting %s: %w", ChainEgress, err)
+			return fmt.Errorf("deleting %s: %w", chainEgress, err)
 		}
 		a.chain, a.rules = false, nil
 		r.writes++
@@ -212,7 +212,7 @@ func (r *egressReconciler) remove(ipt iptables.Interface, a *egressApplied) erro
 }
 
 // OwnsChain reports whether chain is one the pod network creates.
-func OwnsChain(chain string) bool { return chain == ChainEgress }
+func OwnsChain(chain string) bool { return chain == chainEgress }
 
 // OwnsSet reports whether set is one the pod network creates.
 func OwnsSet(set string) bool { return set == clusterDstV4 || set == clusterDstV6 }

@@ -12,13 +12,13 @@ import (
 func TestEgressReconcilerWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 	ipt4, ipt6, sets := iptables.NewFake(iptables.IPv4), iptables.NewFake(iptables.IPv6), ipset.NewFake()
 	r := newEgressReconciler(Dataplane{IPTables: []iptables.Interface{ipt4, ipt6}, IPSets: sets})
-	v4 := EgressFamily{Sources: prefixes("10.244.1.0/24"), ClusterDestinations: []string{"10.244.1.0/24", "10.244.2.0/24", "192.0.2.2/32"}}
-	if err := r.sync([]EgressFamily{v4}, true); err != nil {
+	v4 := egressFamily{Sources: prefixes("10.244.1.0/24"), ClusterDestinations: []string{"10.244.1.0/24", "10.244.2.0/24", "192.0.2.2/32"}}
+	if err := r.sync([]egressFamily{v4}, true); err != nil {
 		t.Fatal(err)
 	}
 	chains, _ := ipt4.SaveChains(iptables.TableNAT)
-	if want := egressRules(v4); !slices.Equal(chains[ChainEgress], want) {
-		t.Errorf("chain %v, want %v", chains[ChainEgress], want)
+	if want := egressRules(v4); !slices.Equal(chains[chainEgress], want) {
+		t.Errorf("chain %v, want %v", chains[chainEgress], want)
 	}
 	if !slices.Contains(chains["POSTROUTING"], iptables.RuleText(egressJump)) {
 		t.Errorf("no jump in POSTROUTING: %v", chains["POSTROUTING"])
@@ -26,16 +26,16 @@ func TestEgressReconcilerWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 	if got, _ := sets.List(clusterDstV4); !slices.Equal(got.Entries, v4.ClusterDestinations) {
 		t.Errorf("set %v", got.Entries)
 	}
-	if c6, _ := ipt6.SaveChains(iptables.TableNAT); c6[ChainEgress] != nil {
+	if c6, _ := ipt6.SaveChains(iptables.TableNAT); c6[chainEgress] != nil {
 		t.Errorf("IPv6 chain without IPv6 pods: %v", c6)
 	}
 
-	if err := r.sync([]EgressFamily{v4}, false); err != nil || r.writes != 0 {
+	if err := r.sync([]egressFamily{v4}, false); err != nil || r.writes != 0 {
 		t.Errorf("unchanged: %d writes, err %v", r.writes, err)
 	}
 	moved := v4
 	moved.ClusterDestinations = []string{"10.244.1.0/24", "10.244.3.0/24", "192.0.2.2/32"}
-	if err := r.sync([]EgressFamily{moved}, false); err != nil || r.writes != 2 {
+	if err := r.sync([]egressFamily{moved}, false); err != nil || r.writes != 2 {
 		t.Errorf("one node replaced: %d writes (want one add, one delete), err %v", r.writes, err)
 	}
 
@@ -43,7 +43,7 @@ func TestEgressReconcilerWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 	if err := ipt4.DeleteRule(iptables.TableNAT, "POSTROUTING", egressJump...); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.sync([]EgressFamily{moved}, true); err != nil || r.writes != 1 {
+	if err := r.sync([]egressFamily{moved}, true); err != nil || r.writes != 1 {
 		t.Errorf("drift repair: %d writes, err %v", r.writes, err)
 	}
 
@@ -51,7 +51,7 @@ func TestEgressReconcilerWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	dump := ipt4.Dump() + sets.Dump()
-	for _, name := range []string{ChainEgress, clusterDstV4} {
+	for _, name := range []string{chainEgress, clusterDstV4} {
 		if strings.Contains(dump, name) {
 			t.Errorf("switched off, %s still there:\n%s", name, dump)
 		}

@@ -208,7 +208,7 @@ func TestPodNetworkOnANodeOfTheCluster(t *testing.T) {
 	})
 	testenv.Eventually(t, "IPv6 egress masquerading goes with the IPv6 pod CIDR", 10*time.Second, func() bool {
 		chains, err := kernel.IPTables[1].SaveChains(iptables.TableNAT)
-		return err == nil && chains[ChainEgress] == nil
+		return err == nil && chains[chainEgress] == nil
 	})
 
 	cancel()
@@ -218,7 +218,7 @@ func TestPodNetworkOnANodeOfTheCluster(t *testing.T) {
 	}
 	for _, ipt := range kernel.IPTables {
 		chains, _ := ipt.SaveChains(iptables.TableNAT)
-		if _, ok := chains[ChainEgress]; ok || strings.Contains(fmt.Sprint(chains["POSTROUTING"]), ChainEgress) {
+		if _, ok := chains[chainEgress]; ok || strings.Contains(fmt.Sprint(chains["POSTROUTING"]), chainEgress) {
 			t.Errorf("IPv%d: pod egress left after cleanup: %v", ipt.Protocol(), chains["POSTROUTING"])
 		}
 	}

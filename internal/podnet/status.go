@@ -32,7 +32,7 @@ func (c *Controller) Details() any {
 	return c.details
 }
 
-func (c *Controller) setDetails(want Desired, self k8s.NodeAddresses, err error) {
+func (c *Controller) setDetails(want desired, self k8s.NodeAddresses, err error) {
 	d := Details{CNIFile: c.cni.Path, CNIState: c.lastCNI, MTU: want.MTU, LinkMTU: c.linkMTU}
 	if c.lastCNI == CNIWritten {
 		if shadowed, serr := c.cni.Shadowing(); serr == nil {

@@ -83,8 +83,8 @@ type Details struct {
 	LastSyncWrites    int          `json:"lastSyncWrites"`
 }
 
-// RealDataplane returns the kernel state of the daemon's own network namespace.
-func RealDataplane(cfg config.ServiceProxy) (Dataplane, error) {
+// realDataplane returns the kernel state of the daemon's own network namespace.
+func realDataplane(cfg config.ServiceProxy) (Dataplane, error) {
 	return RealDataplaneAt(cfg, netns.None())
 }
 
@@ -137,16 +137,16 @@ func realDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) 
 
 // New builds the service proxy on the host's kernel.
 func New(env daemon.Env, cfg config.ServiceProxy) (*Controller, error) {
-	dp, err := RealDataplane(cfg)
+	dp, err := realDataplane(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return NewWithDataplane(env, cfg, dp)
+	return newWithDataplane(env, cfg, dp)
 }
 
-// NewWithDataplane builds the service proxy on the given dataplane (tests pass fakes
+// newWithDataplane builds the service proxy on the given dataplane (tests pass fakes
 // or kernel adapters inside a test namespace).
-func NewWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, error) {
+func newWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, error) {
 	c := &Controller{
 		cfg:      cfg,
 		nodeName: env.NodeName,
@@ -305,7 +305,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	slices.SortFunc(names, func(a, b types.NamespacedName) int {
 		return strings.Compare(a.String(), b.String())
 	})
-	opts := Options{Scheduler: c.cfg.Scheduler}
+	opts := options{Scheduler: c.cfg.Scheduler}
 	var changed []ipvs.Key
 	for _, name := range names {
 		changed = append(changed, c.desired.setService(name, c.compute(name, node, opts))...)
@@ -335,7 +335,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 }
 
 // compute returns the desired virtual services of one Service (nil when it is gone).
-func (c *Controller) compute(name types.NamespacedName, node Node, opts Options) []VirtualServer {
+func (c *Controller) compute(name types.NamespacedName, node Node, opts options) []virtualServer {
 	svc, err := c.services.Services(name.Namespace).Get(name.Name)
 	if err != nil {
 		return nil
@@ -350,7 +350,7 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts Options)
 			epSlices = append(epSlices, s)
 		}
 	}
-	vss, err := DesiredForService(svc, epSlices, node, opts)
+	vss, err := desiredForService(svc, epSlices, node, opts)
 	if err != nil {
 		slog.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
 	}

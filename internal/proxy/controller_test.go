@@ -73,7 +73,7 @@ func newHarnessOn(t testing.TB, dp Dataplane) *harness {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().ServiceProxy
-	c, err := NewWithDataplane(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
+	c, err := newWithDataplane(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,7 +226,7 @@ func TestPartialSyncTouchesOnlyTheChangedService(t *testing.T) {
 	h.sync(false)
 	h.wantWrites("add destination 10.96.0.11:80/TCP -> 10.1.0.9:8080 weight 1")
 
-	h.store(namedService("b", "10.96.0.11", func(s *corev1.Service) { s.Annotations[AnnotationScheduler] = "lc" }))
+	h.store(namedService("b", "10.96.0.11", func(s *corev1.Service) { s.Annotations[annotationScheduler] = "lc" }))
 	h.sync(false)
 	h.wantWrites("update service 10.96.0.11:80/TCP lc")
 
@@ -334,7 +334,7 @@ func TestMalformedAnnotationKeepsWhatWasProgrammed(t *testing.T) {
 	h.sync(true)
 	h.kernel.ipvs.ResetWrites()
 
-	h.store(namedService("web", "10.96.0.10", func(s *corev1.Service) { s.Annotations[AnnotationScheduler] = "bogus" }))
+	h.store(namedService("web", "10.96.0.10", func(s *corev1.Service) { s.Annotations[annotationScheduler] = "bogus" }))
 	h.store(sliceFor("web", ep{ip: "10.1.0.5"}))
 	h.store(sliceFor("db", ep{ip: "10.1.0.3"}))
 	h.sync(false)

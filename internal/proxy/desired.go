@@ -18,14 +18,14 @@ import (
 
 // Annotations a Service can carry to tune its IPVS virtual services.
 const (
-	// AnnotationScheduler picks the IPVS scheduler (rr, wrr, lc, dh, sh, mh, ...).
-	AnnotationScheduler = "kube-router.io/service.scheduler"
-	// AnnotationSchedFlags sets scheduler flags, comma separated: flag-1, flag-2, flag-3
+	// annotationScheduler picks the IPVS scheduler (rr, wrr, lc, dh, sh, mh, ...).
+	annotationScheduler = "kube-router.io/service.scheduler"
+	// annotationSchedFlags sets scheduler flags, comma separated: flag-1, flag-2, flag-3
 	// (for sh and mh: fall back to another destination, hash the source port too).
-	AnnotationSchedFlags = "kube-router.io/service.schedflags"
-	// AnnotationWeights sets destination weights for weighted schedulers:
+	annotationSchedFlags = "kube-router.io/service.schedflags"
+	// annotationWeights sets destination weights for weighted schedulers:
 	// "pod-name=3,10.1.2.3=2"; a key is a pod name or an endpoint address, others get 1.
-	AnnotationWeights = "kube-router.io/service.weights"
+	annotationWeights = "kube-router.io/service.weights"
 )
 
 // defaultAffinityTimeout is the Kubernetes default for sessionAffinity ClientIP (3 hours).
@@ -53,13 +53,13 @@ type Node struct {
 	NodePortAddrs []netip.Addr
 }
 
-// Options are the configured defaults.
-type Options struct {
+// options are the configured defaults.
+type options struct {
 	Scheduler string
 }
 
-// Destination is one endpoint of a virtual service.
-type Destination struct {
+// destination is one endpoint of a virtual service.
+type destination struct {
 	ipvs.DestKey
 	Weight int
 	// Terminating endpoints are drained: weight 0, kept while connections last.
@@ -68,8 +68,8 @@ type Destination struct {
 	Local bool
 }
 
-// VirtualServer is one IPVS virtual service kube-routerd wants, with its destinations.
-type VirtualServer struct {
+// virtualServer is one IPVS virtual service kube-routerd wants, with its destinations.
+type virtualServer struct {
 	ipvs.Service
 	// Owner is the Kubernetes Service this virtual service implements.
 	Owner    types.NamespacedName
@@ -78,7 +78,7 @@ type VirtualServer struct {
 	// LocalOnly is set when a traffic policy Local restricts this virtual service to
 	// endpoints on this node (and, for external kinds, keeps the client address).
 	LocalOnly    bool
-	Destinations []Destination // sorted by address, port
+	Destinations []destination // sorted by address, port
 	// Frozen marks a virtual service of a Service whose settings are invalid: the
 	// kernel keeps whatever it has for this key until the Service is fixed.
 	Frozen bool
@@ -86,7 +86,7 @@ type VirtualServer struct {
 
 // OnDummy reports whether the virtual address belongs on the dummy interface (every
 // kind but NodePort, which uses the node's own addresses).
-func (v *VirtualServer) OnDummy() bool { return v.Kind != NodePort }
+func (v *virtualServer) OnDummy() bool { return v.Kind != NodePort }
 
 // serviceSettings are the per-Service IPVS options decoded from spec and annotations.
 type serviceSettings struct {
@@ -96,17 +96,17 @@ type serviceSettings struct {
 	weights   map[string]int
 }
 
-func decodeSettings(svc *corev1.Service, opts Options) (serviceSettings, error) {
+func decodeSettings(svc *corev1.Service, opts options) (serviceSettings, error) {
 	s := serviceSettings{scheduler: opts.Scheduler}
 	var errs []error
-	if v, ok := svc.Annotations[AnnotationScheduler]; ok {
+	if v, ok := svc.Annotations[annotationScheduler]; ok {
 		if config.IPVSSchedulers[v] {
 			s.scheduler = v
 		} else {
-			errs = append(errs, fmt.Errorf("annotation %s: unknown IPVS scheduler %q", AnnotationScheduler, v))
+			errs = append(errs, fmt.Errorf("annotation %s: unknown IPVS scheduler %q", annotationScheduler, v))
 		}
 	}
-	if v, ok := svc.Annotations[AnnotationSchedFlags]; ok {
+	if v, ok := svc.Annotations[annotationSchedFlags]; ok {
 		for _, f := range strings.Split(v, ",") {
 			switch strings.TrimSpace(f) {
 			case "flag-1":
@@ -116,17 +116,17 @@ func decodeSettings(svc *corev1.Service, opts Options) (serviceSettings, error) 
 			case "flag-3":
 				s.flags |= ipvs.FlagSched3
 			default:
-				errs = append(errs, fmt.Errorf("annotation %s: unknown flag %q (want flag-1, flag-2 or flag-3)", AnnotationSchedFlags, f))
+				errs = append(errs, fmt.Errorf("annotation %s: unknown flag %q (want flag-1, flag-2 or flag-3)", annotationSchedFlags, f))
 			}
 		}
 	}
-	if v, ok := svc.Annotations[AnnotationWeights]; ok {
+	if v, ok := svc.Annotations[annotationWeights]; ok {
 		s.weights = map[string]int{}
 		for _, item := range strings.Split(v, ",") {
 			name, num, found := strings.Cut(strings.TrimSpace(item), "=")
 			w, err := strconv.Atoi(num)
 			if !found || name == "" || err != nil || w < 0 || w > 65535 {
-				errs = append(errs, fmt.Errorf("annotation %s: malformed item %q (want name=weight, weight 0-65535)", AnnotationWeights, item))
+				errs = append(errs, fmt.Errorf("annotation %s: malformed item %q (want name=weight, weight 0-65535)", annotationWeights, item))
 				continue
 			}
 			s.weights[name] = w
@@ -204,11 +204,11 @@ func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
 	return out, errs
 }
 
-// DesiredForService computes the virtual services of one Service from its
+// desiredForService computes the virtual services of one Service from its
 // EndpointSlices. It is pure. The error lists what was skipped (bad addresses,
 // unsupported protocols) or, for invalid annotations, why every virtual service of the
 // Service is returned Frozen.
-func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts Options) ([]VirtualServer, error) {
+func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts options) ([]virtualServer, error) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil, nil
 	}
@@ -219,19 +219,19 @@ func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
-	var out []VirtualServer
+	var out []virtualServer
 	for _, sp := range svc.Spec.Ports {
 		proto, ok := protocolOf(sp.Protocol)
 		if !ok {
 			errs = append(errs, fmt.Errorf("port %q: unsupported protocol %q", sp.Name, sp.Protocol))
 			continue
 		}
-		mk := func(addr netip.Addr, port uint16, kind Kind) VirtualServer {
+		mk := func(addr netip.Addr, port uint16, kind Kind) virtualServer {
 			local := internalLocal
 			if kind != ClusterIP {
 				local = externalLocal
 			}
-			vs := VirtualServer{
+			vs := virtualServer{
 				Service: ipvs.Service{
 					Key:       ipvs.Key{Addr: addr, Proto: proto, Port: port},
 					Scheduler: settings.scheduler,
@@ -257,7 +257,7 @@ func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	}
 	if settingsErr != nil {
 		for i := range out {
-			out[i] = VirtualServer{Service: ipvs.Service{Key: out[i].Key}, Owner: name,
+			out[i] = virtualServer{Service: ipvs.Service{Key: out[i].Key}, Owner: name,
 				PortName: out[i].PortName, Kind: out[i].Kind, LocalOnly: out[i].LocalOnly, Frozen: true}
 		}
 		errs = append(errs, settingsErr)
@@ -268,13 +268,13 @@ func DesiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 // destinations selects the endpoints of one Service port in one address family.
 // Ready endpoints serve; when none is ready, serving terminating ones do (as
 // kube-proxy does); other terminating endpoints are listed for draining.
-func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, nodeName string, localOnly bool, weights map[string]int) []Destination {
+func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, nodeName string, localOnly bool, weights map[string]int) []destination {
 	family := discoveryv1.AddressTypeIPv6
 	if v4 {
 		family = discoveryv1.AddressTypeIPv4
 	}
 	type candidate struct {
-		dest             Destination
+		dest             destination
 		ready, servingTm bool
 	}
 	seen := map[ipvs.DestKey]*candidate{}
@@ -313,7 +313,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 			ready = ready && !terminating
 			key := ipvs.DestKey{Addr: addr.Unmap(), Port: port}
 			c := &candidate{
-				dest:      Destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready, Local: local},
+				dest:      destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready, Local: local},
 				ready:     ready,
 				servingTm: terminating && serving,
 			}
@@ -329,7 +329,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 			anyReady = anyReady || ready
 		}
 	}
-	out := make([]Destination, 0, len(order))
+	out := make([]destination, 0, len(order))
 	for _, k := range order {
 		c := seen[k]
 		d := c.dest
@@ -342,7 +342,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 		}
 		out = append(out, d)
 	}
-	slices.SortFunc(out, func(a, b Destination) int { return ipvs.CompareDestKeys(a.DestKey, b.DestKey) })
+	slices.SortFunc(out, func(a, b destination) int { return ipvs.CompareDestKeys(a.DestKey, b.DestKey) })
 	return out
 }
 

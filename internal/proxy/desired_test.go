@@ -76,7 +76,7 @@ func v4(eps ...ep) *discoveryv1.EndpointSlice {
 }
 
 // render prints virtual services one per line, destinations inline, for comparisons.
-func render(vss []VirtualServer) string {
+func render(vss []virtualServer) string {
 	var lines []string
 	for _, v := range vss {
 		var b strings.Builder
@@ -281,8 +281,8 @@ func TestDesiredForService(t *testing.T) {
 		{
 			name: "the scheduler annotation and scheduler flags choose source hashing with fallback",
 			svc: service(func(s *corev1.Service) {
-				s.Annotations[AnnotationScheduler] = "sh"
-				s.Annotations[AnnotationSchedFlags] = "flag-1,flag-2"
+				s.Annotations[annotationScheduler] = "sh"
+				s.Annotations[annotationSchedFlags] = "flag-1,flag-2"
 			}),
 			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
 			want:   "ClusterIP 10.96.0.10:80/TCP sh flag-1 flag-2 -> 10.1.0.1:8080 w1",
@@ -290,22 +290,22 @@ func TestDesiredForService(t *testing.T) {
 		{
 			name: "weighted round robin takes weights by pod name or endpoint address, others weigh 1",
 			svc: service(func(s *corev1.Service) {
-				s.Annotations[AnnotationScheduler] = "wrr"
-				s.Annotations[AnnotationWeights] = "big=5, 10.1.0.2=3"
+				s.Annotations[annotationScheduler] = "wrr"
+				s.Annotations[annotationWeights] = "big=5, 10.1.0.2=3"
 			}),
 			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1", pod: "big"}, ep{ip: "10.1.0.2"}, ep{ip: "10.1.0.3"})},
 			want:   "ClusterIP 10.96.0.10:80/TCP wrr -> 10.1.0.1:8080 w5 -> 10.1.0.2:8080 w3 -> 10.1.0.3:8080 w1",
 		},
 		{
 			name:    "an unknown scheduler in the annotation freezes the Service's virtual services with an error",
-			svc:     service(func(s *corev1.Service) { s.Annotations[AnnotationScheduler] = "fastest" }),
+			svc:     service(func(s *corev1.Service) { s.Annotations[annotationScheduler] = "fastest" }),
 			slices:  two,
 			want:    "ClusterIP 10.96.0.10:80/TCP  frozen",
 			wantErr: `unknown IPVS scheduler "fastest"`,
 		},
 		{
 			name:    "a malformed weights annotation freezes the Service's virtual services with an error",
-			svc:     service(func(s *corev1.Service) { s.Annotations[AnnotationWeights] = "big=lots" }),
+			svc:     service(func(s *corev1.Service) { s.Annotations[annotationWeights] = "big=lots" }),
 			slices:  two,
 			want:    "ClusterIP 10.96.0.10:80/TCP  frozen",
 			wantErr: `malformed item "big=lots"`,
@@ -329,7 +329,7 @@ func TestDesiredForService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := DesiredForService(tt.svc, tt.slices, testNode(), Options{Scheduler: "rr"})
+			got, err := desiredForService(tt.svc, tt.slices, testNode(), options{Scheduler: "rr"})
 			if tt.wantErr == "" && err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}

@@ -24,12 +24,12 @@ import (
 // Chains are recomputed as a whole; only the hairpin rules depend on Services, so a
 // change rewrites at most that chain. Sets change entry by entry.
 const (
-	ChainServices    = "KUBE-ROUTER-SERVICES"
-	ChainPostrouting = "KUBE-ROUTER-POSTROUTING"
+	chainServices    = "KUBE-ROUTER-SERVICES"
+	chainPostrouting = "KUBE-ROUTER-POSTROUTING"
 
-	// MasqueradeMark is the packet mark bit that asks for masquerading; netpol uses
+	// masqueradeMark is the packet mark bit that asks for masquerading; netpol uses
 	// 0x10000 and kube-proxy 0x4000 and 0x8000.
-	MasqueradeMark uint32 = 0x20000
+	masqueradeMark uint32 = 0x20000
 
 	setVIPsV4  = "kube-router-svip"
 	setVIPsV6  = "kube-router-svip6"
@@ -79,10 +79,10 @@ func (f family) jumps() []jump {
 		return []string{"-m", "comment", "--comment", jumpComment, "-j", target}
 	}
 	return []jump{
-		{iptables.TableFilter, "INPUT", to(ChainServices)},
-		{iptables.TableNAT, "PREROUTING", to(ChainServices)},
-		{iptables.TableNAT, "OUTPUT", to(ChainServices)},
-		{iptables.TableNAT, "POSTROUTING", to(ChainPostrouting)},
+		{iptables.TableFilter, "INPUT", to(chainServices)},
+		{iptables.TableNAT, "PREROUTING", to(chainServices)},
+		{iptables.TableNAT, "OUTPUT", to(chainServices)},
+		{iptables.TableNAT, "POSTROUTING", to(chainPostrouting)},
 	}
 }
 
@@ -101,7 +101,7 @@ type tableChain struct{ table, chain string }
 // canonical form so that they compare equal to what the kernel reports. hairpin lists
 // the local endpoint addresses of that family, sorted.
 func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[tableChain][]string {
-	mark := fmt.Sprintf("0x%x", MasqueradeMark)
+	mark := fmt.Sprintf("0x%x", masqueradeMark)
 	served := "-m set --match-set " + f.ledger + " dst,dst"
 	filter := []string{
 		served + " -j RETURN",
@@ -132,20 +132,20 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[ta
 		"-j MASQUERADE",
 	)
 	return map[tableChain][]string{
-		{iptables.TableFilter, ChainServices}: filter,
-		{iptables.TableNAT, ChainServices}:    nat,
-		{iptables.TableNAT, ChainPostrouting}: post,
+		{iptables.TableFilter, chainServices}: filter,
+		{iptables.TableNAT, chainServices}:    nat,
+		{iptables.TableNAT, chainPostrouting}: post,
 	}
 }
 
 // keepsClientAddr reports whether traffic to vs from outside the cluster keeps its
 // source address: externalTrafficPolicy Local, which leaves only local endpoints.
-func keepsClientAddr(vs *VirtualServer) bool {
+func keepsClientAddr(vs *virtualServer) bool {
 	return vs != nil && vs.LocalOnly && vs.Kind != ClusterIP
 }
 
 // OwnsChain reports whether chain is one the service proxy creates.
-func OwnsChain(chain string) bool { return chain == ChainServices || chain == ChainPostrouting }
+func OwnsChain(chain string) bool { return chain == chainServices || chain == chainPostrouting }
 
 // OwnsSet reports whether set is one the service proxy creates (the IPVS ledger too).
 func OwnsSet(set string) bool {

@@ -181,7 +181,7 @@ func (r *firewallReconciler) readChains(f family, ipt iptables.Interface) error 
 			return err
 		}
 		for name, rules := range chains {
-			if name == ChainServices || name == ChainPostrouting {
+			if name == chainServices || name == chainPostrouting {
 				got[tableChain{table, name}] = rules
 			}
 		}
@@ -211,7 +211,7 @@ func (r *firewallReconciler) syncChains(f family, d *desiredState) error {
 	jumps := r.missingJumps[f.proto]
 	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
 		buf := iptables.Buffer{Table: table}
-		for _, name := range []string{ChainServices, ChainPostrouting} {
+		for _, name := range []string{chainServices, chainPostrouting} {
 			tc := tableChain{table, name}
 			rules, ok := want[tc]
 			if !ok {
@@ -281,7 +281,7 @@ func cleanupFirewall(dp Dataplane) error {
 				continue
 			}
 			buf := iptables.Buffer{Table: table}
-			for _, name := range []string{ChainServices, ChainPostrouting} {
+			for _, name := range []string{chainServices, chainPostrouting} {
 				if _, ok := chains[name]; ok {
 					buf.Delete = append(buf.Delete, name)
 				}

@@ -84,7 +84,7 @@ nat KUBE-ROUTER-SERVICES
 			chains := firewallChains(tt.fam, tt.opts, tt.hairpin)
 			var b strings.Builder
 			for _, tc := range []tableChain{
-				{iptables.TableFilter, ChainServices}, {iptables.TableNAT, ChainPostrouting}, {iptables.TableNAT, ChainServices},
+				{iptables.TableFilter, chainServices}, {iptables.TableNAT, chainPostrouting}, {iptables.TableNAT, chainServices},
 			} {
 				b.WriteString(tc.table + " " + tc.chain + "\n")
 				for _, r := range chains[tc] {

@@ -29,11 +29,11 @@ func FuzzDesiredForService(f *testing.F) {
 		f.Add(s.scheduler, s.flags, s.weights, s.clusterIP, s.externalIP, s.proto, s.port, s.nodePort)
 	}
 	node := Node{Name: "self", NodePortAddrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}}
-	opts := Options{Scheduler: "rr"}
+	opts := options{Scheduler: "rr"}
 	f.Fuzz(func(t *testing.T, scheduler, flags, weights, clusterIP, externalIP, proto string, port, nodePort int32) {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "svc", Annotations: map[string]string{
-				AnnotationScheduler: scheduler, AnnotationSchedFlags: flags, AnnotationWeights: weights,
+				annotationScheduler: scheduler, annotationSchedFlags: flags, annotationWeights: weights,
 			}},
 			Spec: corev1.ServiceSpec{
 				Type:        corev1.ServiceTypeLoadBalancer,
@@ -73,7 +73,7 @@ func FuzzDesiredForService(f *testing.F) {
 			}
 			slices = append(slices, slice)
 		}
-		got, err := DesiredForService(svc, slices, node, opts)
+		got, err := desiredForService(svc, slices, node, opts)
 		if _, settingsErr := decodeSettings(svc, opts); settingsErr != nil {
 			if err == nil {
 				t.Fatalf("invalid annotations (%v) but no error", settingsErr)

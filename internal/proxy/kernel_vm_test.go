@@ -136,7 +136,7 @@ func startController(t testing.TB, cs kubernetes.Interface, nodeName string, cfg
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	env := daemon.Env{Client: cs, Informers: factory, NodeName: nodeName, Registry: prometheus.NewRegistry()}
-	c, err := NewWithDataplane(env, cfg, dp)
+	c, err := newWithDataplane(env, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -253,7 +253,7 @@ func (r *reconciler) disown(k ipvs.Key) error {
 // syncVirtualServer creates or corrects one virtual service and its destinations.
 // cur and actual are what the kernel has (cur nil when it has nothing). The IPVS
 // changes are queued for the next flush.
-func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service, actual []ipvs.Destination) error {
+func (r *reconciler) syncVirtualServer(vs *virtualServer, cur *ipvs.Service, actual []ipvs.Destination) error {
 	if vs.Frozen {
 		// Keep whatever is programmed; the Service's settings are invalid.
 		if cur != nil {
@@ -277,7 +277,7 @@ func (r *reconciler) syncVirtualServer(vs *VirtualServer, cur *ipvs.Service, act
 	return nil
 }
 
-func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destination) {
+func (r *reconciler) syncDestinations(vs *virtualServer, actual []ipvs.Destination) {
 	have := make(map[ipvs.DestKey]ipvs.Destination, len(actual))
 	for _, d := range actual {
 		have[d.DestKey] = d
@@ -315,7 +315,7 @@ func (r *reconciler) syncDestinations(vs *VirtualServer, actual []ipvs.Destinati
 
 // drain quiesces a destination (weight 0: no new connections) and removes it once
 // its connections are gone or the grace period is over.
-func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) {
+func (r *reconciler) drain(vs *virtualServer, cur ipvs.Destination) {
 	dk := drainKey{vs.Key, cur.DestKey}
 	since, ok := r.draining[dk]
 	if !ok {
@@ -333,7 +333,7 @@ func (r *reconciler) drain(vs *VirtualServer, cur ipvs.Destination) {
 	}
 }
 
-func (r *reconciler) deleteDestination(vs *VirtualServer, d ipvs.DestKey) {
+func (r *reconciler) deleteDestination(vs *virtualServer, d ipvs.DestKey) {
 	q := queuedChange{
 		Change:     ipvs.Change{Op: ipvs.OpDeleteDestination, Service: vs.Service, Dest: ipvs.Destination{DestKey: d}},
 		owner:      vs.Owner,

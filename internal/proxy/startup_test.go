@@ -65,7 +65,7 @@ func TestStartupAddsDoNotMakeTheFirstPartialSyncRecomputeEverything(t *testing.T
 	cfg := config.Default().ServiceProxy
 	cfg.MinSyncInterval.Duration = 10 * time.Millisecond
 	cfg.SyncPeriod.Duration = time.Hour
-	c, err := NewWithDataplane(daemon.Env{Client: client, Informers: factory, NodeName: thisNode}, cfg, kernel.dataplane())
+	c, err := newWithDataplane(daemon.Env{Client: client, Informers: factory, NodeName: thisNode}, cfg, kernel.dataplane())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestStartupAddsDoNotMakeTheFirstPartialSyncRecomputeEverything(t *testing.T
 	}
 
 	kernel.ipvs.ResetWrites()
-	changed := namedService("svc-300", "10.96.1.51", func(s *corev1.Service) { s.Annotations[AnnotationScheduler] = "lc" })
+	changed := namedService("svc-300", "10.96.1.51", func(s *corev1.Service) { s.Annotations[annotationScheduler] = "lc" })
 	if _, err := client.CoreV1().Services("ns").Update(ctx, changed, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 // desiredState is the whole desired IPVS state, indexed so that replacing one
 // Service's virtual services costs the same whatever the number of other Services.
 type desiredState struct {
-	byService map[types.NamespacedName][]*VirtualServer
-	byKey     map[ipvs.Key]*VirtualServer
+	byService map[types.NamespacedName][]*virtualServer
+	byKey     map[ipvs.Key]*virtualServer
 	// vipUsers counts the virtual services that need an address on the dummy interface.
 	vipUsers map[netip.Addr]int
 	// localEndpoints counts the destinations on this node by address (for hairpin
@@ -28,8 +28,8 @@ type desiredState struct {
 
 func newDesiredState() *desiredState {
 	return &desiredState{
-		byService: map[types.NamespacedName][]*VirtualServer{},
-		byKey:     map[ipvs.Key]*VirtualServer{},
+		byService: map[types.NamespacedName][]*virtualServer{},
+		byKey:     map[ipvs.Key]*virtualServer{},
 		vipUsers:  map[netip.Addr]int{},
 
 		localEndpoints: map[netip.Addr]int{},
@@ -37,7 +37,7 @@ func newDesiredState() *desiredState {
 	}
 }
 
-func (d *desiredState) count(vs *VirtualServer, sign int) {
+func (d *desiredState) count(vs *virtualServer, sign int) {
 	if vs.OnDummy() {
 		d.vipUsers[vs.Addr] += sign
 		if d.vipUsers[vs.Addr] == 0 {
@@ -69,16 +69,16 @@ func (d *desiredState) count(vs *VirtualServer, sign int) {
 // setService replaces the virtual services of one Service (nil removes it) and
 // returns the keys whose desired state changed. A key already claimed by another
 // Service stays with that Service; the clash is logged.
-func (d *desiredState) setService(name types.NamespacedName, vss []VirtualServer) []ipvs.Key {
+func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer) []ipvs.Key {
 	old := d.byService[name]
-	oldByKey := make(map[ipvs.Key]*VirtualServer, len(old))
+	oldByKey := make(map[ipvs.Key]*virtualServer, len(old))
 	for _, vs := range old {
 		oldByKey[vs.Key] = vs
 		d.count(vs, -1)
 		delete(d.byKey, vs.Key)
 	}
 	var changed []ipvs.Key
-	kept := make([]*VirtualServer, 0, len(vss))
+	kept := make([]*virtualServer, 0, len(vss))
 	for i := range vss {
 		vs := &vss[i]
 		if other, taken := d.byKey[vs.Key]; taken {
@@ -108,7 +108,7 @@ func (d *desiredState) setService(name types.NamespacedName, vss []VirtualServer
 	return changed
 }
 
-func sameVirtualServer(a, b *VirtualServer) bool {
+func sameVirtualServer(a, b *virtualServer) bool {
 	return a.Service == b.Service && a.Kind == b.Kind && a.LocalOnly == b.LocalOnly &&
 		a.Frozen == b.Frozen && slices.Equal(a.Destinations, b.Destinations)
 }

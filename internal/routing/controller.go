@@ -62,17 +62,17 @@ type Controller struct {
 
 type parsedNode struct {
 	resourceVersion string
-	info            NodeInfo
+	info            nodeInfo
 }
 
 // lastSync is what the syncs computed last; a sync recomputes only the parts its
 // changes touch and takes the rest from here.
 type lastSync struct {
-	nodes     []NodeInfo
-	self      NodeInfo
+	nodes     []nodeInfo
+	self      nodeInfo
 	peers     []Peer
-	adv       Advertisements
-	states    map[string]PeerState
+	adv       advertisements
+	states    map[string]peerState
 	routes    []route.Route
 	tunnels   []route.Tunnel
 	installed int
@@ -188,19 +188,19 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	return nil
 }
 
-func (c *Controller) nodeInfos() ([]NodeInfo, error) {
+func (c *Controller) nodeInfos() ([]nodeInfo, error) {
 	nodes, err := c.nodes.List(labels.Everything())
 	if err != nil {
 		return nil, fmt.Errorf("listing nodes: %w", err)
 	}
-	infos := make([]NodeInfo, 0, len(nodes))
+	infos := make([]nodeInfo, 0, len(nodes))
 	seen := map[string]bool{}
 	for _, n := range nodes {
 		seen[n.Name] = true
 		p, ok := c.parsed[n.Name]
 		// Parse (and log bad annotations) once per change of the node.
 		if !ok || p.resourceVersion != n.ResourceVersion || n.ResourceVersion == "" {
-			p = parsedNode{resourceVersion: n.ResourceVersion, info: ParseNode(n, c.cfg, c.log)}
+			p = parsedNode{resourceVersion: n.ResourceVersion, info: parseNode(n, c.cfg, c.log)}
 			c.parsed[n.Name] = p
 		}
 		infos = append(infos, p.info)
@@ -210,7 +210,7 @@ func (c *Controller) nodeInfos() ([]NodeInfo, error) {
 			delete(c.parsed, name)
 		}
 	}
-	slices.SortFunc(infos, func(a, b NodeInfo) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(infos, func(a, b nodeInfo) int { return strings.Compare(a.Name, b.Name) })
 	return infos, nil
 }
 
@@ -268,7 +268,7 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	i := slices.IndexFunc(nodes, func(n NodeInfo) bool { return n.Name == c.nodeName })
+	i := slices.IndexFunc(nodes, func(n nodeInfo) bool { return n.Name == c.nodeName })
 	if i < 0 {
 		return fmt.Errorf("node %s not found", c.nodeName)
 	}
@@ -279,7 +279,7 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		}
 	}
 	c.last.nodes, c.last.self = nodes, self
-	c.last.peers = DesiredPeers(c.cfg, self, nodes)
+	c.last.peers = desiredPeers(c.cfg, self, nodes)
 	return nil
 }
 
@@ -296,7 +296,7 @@ func (c *Controller) advertise(ctx context.Context, peersChanged bool) (applyErr
 		return nil, fmt.Errorf("listing endpoint slices: %w", err)
 	}
 	l := &c.last
-	l.adv = DesiredAdvertisements(c.cfg, l.self, l.nodes, services, LocalEndpoints(endpointSlices, c.nodeName), c.advertiseLog)
+	l.adv = desiredAdvertisements(c.cfg, l.self, l.nodes, services, localEndpoints(endpointSlices, c.nodeName), c.advertiseLog)
 	c.advertiseRounds.next()
 
 	// Policies first, so a new peer is classified before its session can come up.
@@ -323,7 +323,7 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	routes, tunnels := DesiredKernel(c.cfg.Overlay, l.self, l.nodes, learned, localPrefixes)
+	routes, tunnels := desiredKernel(c.cfg.Overlay, l.self, l.nodes, learned, localPrefixes)
 	l.states = c.speaker.PeerStates(ctx)
 	c.observePeers(l.states)
 
@@ -344,7 +344,7 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 
 // observePeers records which peers have been up since we started and warns about
 // those that stay silent.
-func (c *Controller) observePeers(states map[string]PeerState) {
+func (c *Controller) observePeers(states map[string]peerState) {
 	for addr, st := range states {
 		if st.State == api.PeerState_ESTABLISHED.String() {
 			c.heardFrom[addr] = true
@@ -369,8 +369,8 @@ func (c *Controller) observePeers(states map[string]PeerState) {
 // keepUntilHeardFrom spares a route into the pod CIDR of an existing node whose
 // session has not been up since we started: after a restart the kernel still has
 // the route and the node will announce it again as soon as the session is up.
-func (c *Controller) keepUntilHeardFrom(nodes []NodeInfo) func(route.Route) bool {
-	owner := map[netip.Prefix]NodeInfo{}
+func (c *Controller) keepUntilHeardFrom(nodes []nodeInfo) func(route.Route) bool {
+	owner := map[netip.Prefix]nodeInfo{}
 	for _, n := range nodes {
 		for _, p := range n.PodCIDRs {
 			owner[p] = n
@@ -391,7 +391,7 @@ func (c *Controller) keepUntilHeardFrom(nodes []NodeInfo) func(route.Route) bool
 // sees nothing of a refused or unanswered connection, nor of a TCP MD5 mismatch,
 // whose segments the kernel drops, so this is the only trace of those faults. It
 // returns when the next warning is due, 0 for none.
-func (c *Controller) warnAboutSilentPeers(peers []Peer, states map[string]PeerState, now time.Time) (due time.Duration) {
+func (c *Controller) warnAboutSilentPeers(peers []Peer, states map[string]peerState, now time.Time) (due time.Duration) {
 	wanted := map[string]bool{}
 	for _, p := range peers {
 		addr := p.Address.String()
@@ -427,7 +427,7 @@ func (c *Controller) warnAboutSilentPeers(peers []Peer, states map[string]PeerSt
 	return due
 }
 
-func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
+func (c *Controller) startSpeaker(ctx context.Context, self nodeInfo) error {
 	routerID := c.cfg.RouterID.Addr
 	if !routerID.IsValid() {
 		routerID = self.Address
@@ -462,7 +462,7 @@ func (c *Controller) startSpeaker(ctx context.Context, self NodeInfo) error {
 	if err != nil {
 		return err
 	}
-	onPeer := func(addr string, old, next PeerState) {
+	onPeer := func(addr string, old, next peerState) {
 		if next.Flaps > old.Flaps {
 			c.metrics.flaps.Inc()
 			c.log.Warn("BGP session went down", "peer", addr, "state", next.State)
@@ -521,7 +521,7 @@ func (c *Controller) Details() any {
 	return c.details
 }
 
-func (c *Controller) setDetails(self NodeInfo, peers []Peer, states map[string]PeerState, adv Advertisements, routes []route.Route, tunnels []route.Tunnel) {
+func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
 	d := Details{Node: self.Name, Address: self.Address.String()}
 	if self.AddressV6.IsValid() {
 		d.AddressV6 = self.AddressV6.String()
@@ -592,7 +592,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) update(states map[string]PeerState, originated, installed int) {
+func (m *metrics) update(states map[string]peerState, originated, installed int) {
 	counts := map[string]int{}
 	for name := range api.PeerState_SessionState_value {
 		counts[name] = 0
@@ -613,7 +613,7 @@ func (m *metrics) update(states map[string]PeerState, originated, installed int)
 // reportUnreachable warns once about each route the kernel refused because its next
 // hop is on no connected network (a node in another subnet with overlay = "never"),
 // naming the node behind it.
-func (c *Controller) reportUnreachable(routes []route.Route, nodes []NodeInfo) {
+func (c *Controller) reportUnreachable(routes []route.Route, nodes []nodeInfo) {
 	now := make(map[netip.Prefix]route.Route, len(routes))
 	for _, r := range routes {
 		now[r.Dst] = r

@@ -14,8 +14,8 @@ func TestSilentPeersAreWarnedAboutOncePerOutage(t *testing.T) {
 	c := &Controller{log: log, downSince: map[string]time.Time{}}
 	locked := Peer{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65000, Password: "secret", HoldTime: 9 * time.Second}
 	peers := []Peer{locked}
-	down := map[string]PeerState{"192.0.2.1": {State: api.PeerState_ACTIVE.String()}}
-	up := map[string]PeerState{"192.0.2.1": {State: api.PeerState_ESTABLISHED.String()}}
+	down := map[string]peerState{"192.0.2.1": {State: api.PeerState_ACTIVE.String()}}
+	up := map[string]peerState{"192.0.2.1": {State: api.PeerState_ESTABLISHED.String()}}
 	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	warnings := func() int { return strings.Count(buf.String(), "BGP session is not established") }
 

@@ -25,31 +25,31 @@ import (
 
 // Node annotations read by the routing controller.
 const (
-	// AnnotationPeerIPs lists external BGP peers of this node: "192.0.2.1,192.0.2.2".
-	AnnotationPeerIPs = "kube-router.io/peer.ips"
-	// AnnotationPeerASNs lists their AS numbers, one per IP, or one for all.
-	AnnotationPeerASNs = "kube-router.io/peer.asns"
-	// AnnotationPeerPasswords lists their base64-encoded TCP MD5 passwords, one per IP.
-	AnnotationPeerPasswords = "kube-router.io/peer.passwords"
-	// AnnotationPeerMaxPrefixes lists how many prefixes each peer may announce before
+	// annotationPeerIPs lists external BGP peers of this node: "192.0.2.1,192.0.2.2".
+	annotationPeerIPs = "kube-router.io/peer.ips"
+	// annotationPeerASNs lists their AS numbers, one per IP, or one for all.
+	annotationPeerASNs = "kube-router.io/peer.asns"
+	// annotationPeerPasswords lists their base64-encoded TCP MD5 passwords, one per IP.
+	annotationPeerPasswords = "kube-router.io/peer.passwords"
+	// annotationPeerMaxPrefixes lists how many prefixes each peer may announce before
 	// its session is torn down, one per IP or one for all; 0 means no limit.
-	AnnotationPeerMaxPrefixes = "kube-router.io/peer.maxprefixes"
-	// AnnotationRRServer makes the node a route reflector of the given cluster id.
-	AnnotationRRServer = "kube-router.io/rr.server"
-	// AnnotationRRClient makes the node a route reflector client of the given cluster id.
-	AnnotationRRClient = "kube-router.io/rr.client"
+	annotationPeerMaxPrefixes = "kube-router.io/peer.maxprefixes"
+	// annotationRRServer makes the node a route reflector of the given cluster id.
+	annotationRRServer = "kube-router.io/rr.server"
+	// annotationRRClient makes the node a route reflector client of the given cluster id.
+	annotationRRClient = "kube-router.io/rr.client"
 )
 
 // Service annotations that override the advertise_* settings for one Service
 // ("true" or "false").
 const (
-	AnnotationAdvertiseClusterIP      = "kube-router.io/service.advertise.clusterip"
-	AnnotationAdvertiseExternalIP     = "kube-router.io/service.advertise.externalip"
-	AnnotationAdvertiseLoadBalancerIP = "kube-router.io/service.advertise.loadbalancerip"
+	annotationAdvertiseClusterIP      = "kube-router.io/service.advertise.clusterip"
+	annotationAdvertiseExternalIP     = "kube-router.io/service.advertise.externalip"
+	annotationAdvertiseLoadBalancerIP = "kube-router.io/service.advertise.loadbalancerip"
 )
 
-// NodeInfo is what the routing controller needs from one Node object.
-type NodeInfo struct {
+// nodeInfo is what the routing controller needs from one Node object.
+type nodeInfo struct {
 	Name string
 	// Address is the node's IPv4 InternalIP: endpoint of the IPv4 BGP sessions and
 	// next hop of its IPv4 pod CIDRs.
@@ -65,13 +65,13 @@ type NodeInfo struct {
 	Peers []Peer
 }
 
-// ParseNode extracts NodeInfo from a Node. Invalid annotations are logged with the
+// parseNode extracts nodeInfo from a Node. Invalid annotations are logged with the
 // node's name and ignored; the rest of the node still counts.
-func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
+func parseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) nodeInfo {
 	addrs := k8s.ParseNodeAddresses(n, log)
-	info := NodeInfo{Name: n.Name, Address: addrs.IPv4, AddressV6: addrs.IPv6, PodCIDRs: addrs.PodCIDRs}
+	info := nodeInfo{Name: n.Name, Address: addrs.IPv4, AddressV6: addrs.IPv6, PodCIDRs: addrs.PodCIDRs}
 	log = log.With("node", n.Name)
-	for ann, dst := range map[string]*string{AnnotationRRServer: &info.RRServer, AnnotationRRClient: &info.RRClient} {
+	for ann, dst := range map[string]*string{annotationRRServer: &info.RRServer, annotationRRClient: &info.RRClient} {
 		v, ok := n.Annotations[ann]
 		if !ok {
 			continue
@@ -86,7 +86,7 @@ func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
 		log.Warn("ignoring route reflector client annotation on a route reflector server")
 		info.RRClient = ""
 	}
-	if _, ok := n.Annotations[AnnotationPeerIPs]; ok {
+	if _, ok := n.Annotations[annotationPeerIPs]; ok {
 		peers, err := parsePeerAnnotations(n.Annotations, cfg)
 		if err != nil {
 			log.Warn("ignoring invalid peer annotations", "err", err)
@@ -99,7 +99,7 @@ func ParseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) NodeInfo {
 
 // AddressFor returns the node's address of the same IP family as a: the session
 // endpoint and next hop for that family.
-func (n NodeInfo) AddressFor(a netip.Addr) netip.Addr {
+func (n nodeInfo) AddressFor(a netip.Addr) netip.Addr {
 	if a.Is4() {
 		return n.Address
 	}
@@ -107,7 +107,7 @@ func (n NodeInfo) AddressFor(a netip.Addr) netip.Addr {
 }
 
 // HasAddress reports whether a is one of the node's addresses.
-func (n NodeInfo) HasAddress(a netip.Addr) bool {
+func (n nodeInfo) HasAddress(a netip.Addr) bool {
 	return a.IsValid() && (a == n.Address || a == n.AddressV6)
 }
 
@@ -135,21 +135,21 @@ func splitList(s string) []string {
 }
 
 func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, error) {
-	ips := splitList(ann[AnnotationPeerIPs])
-	asns := splitList(ann[AnnotationPeerASNs])
-	passwords := splitList(ann[AnnotationPeerPasswords])
-	maxPrefixes := splitList(ann[AnnotationPeerMaxPrefixes])
+	ips := splitList(ann[annotationPeerIPs])
+	asns := splitList(ann[annotationPeerASNs])
+	passwords := splitList(ann[annotationPeerPasswords])
+	maxPrefixes := splitList(ann[annotationPeerMaxPrefixes])
 	if len(ips) == 0 {
-		return nil, fmt.Errorf("%s is empty", AnnotationPeerIPs)
+		return nil, fmt.Errorf("%s is empty", annotationPeerIPs)
 	}
 	if len(asns) != len(ips) && len(asns) != 1 {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerASNs, len(asns), len(ips))
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerASNs, len(asns), len(ips))
 	}
 	if len(passwords) != 0 && len(passwords) != len(ips) {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerPasswords, len(passwords), len(ips))
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerPasswords, len(passwords), len(ips))
 	}
 	if len(maxPrefixes) > 1 && len(maxPrefixes) != len(ips) {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", AnnotationPeerMaxPrefixes, len(maxPrefixes), len(ips))
+		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerMaxPrefixes, len(maxPrefixes), len(ips))
 	}
 	peers := make([]Peer, 0, len(ips))
 	for i, s := range ips {
@@ -213,7 +213,7 @@ type Peer struct {
 // External reports whether the peer is a router outside the cluster.
 func (p Peer) External() bool { return p.Node == "" }
 
-// DesiredPeers returns this node's BGP neighbours, sorted by address: the other nodes
+// desiredPeers returns this node's BGP neighbours, sorted by address: the other nodes
 // (full mesh, or the route reflector topology from annotations) and the external peers
 // of the config and of our node's annotations (which win for the same address).
 // Nodes peer once per IP family both have an address of: each session carries its
@@ -221,7 +221,7 @@ func (p Peer) External() bool { return p.Node == "" }
 // black-holing routes learned over IPv4. Of two nodes only the one with the lower
 // address dials: when both dial, each refuses the other's connection while it idles
 // after a failed attempt, and a restarted node can take minutes to get back in.
-func DesiredPeers(cfg config.Routing, self NodeInfo, nodes []NodeInfo) []Peer {
+func desiredPeers(cfg config.Routing, self nodeInfo, nodes []nodeInfo) []Peer {
 	byAddr := map[netip.Addr]Peer{}
 	for _, n := range nodes {
 		if n.Name == self.Name || !meshes(cfg.NodeMesh, self, n) {
@@ -269,7 +269,7 @@ func DesiredPeers(cfg config.Routing, self NodeInfo, nodes []NodeInfo) []Peer {
 // meshes decides whether self and other hold an iBGP session. Route reflector servers
 // peer with everyone; clients only with servers; other nodes with each other when the
 // full mesh is on. The rule is symmetric, so both ends agree.
-func meshes(nodeMesh bool, self, other NodeInfo) bool {
+func meshes(nodeMesh bool, self, other nodeInfo) bool {
 	switch {
 	case self.RRServer != "" || other.RRServer != "":
 		return true
@@ -280,8 +280,8 @@ func meshes(nodeMesh bool, self, other NodeInfo) bool {
 	}
 }
 
-// Advertisements is what this node announces and what its policies let through.
-type Advertisements struct {
+// advertisements is what this node announces and what its policies let through.
+type advertisements struct {
 	// Prefixes are all routes we originate: our pod CIDRs and Service IPs (/32, /128).
 	Prefixes []netip.Prefix
 	// ToNodes are the prefixes node peers may receive: every node's pod CIDRs (route
@@ -293,14 +293,14 @@ type Advertisements struct {
 	Protected []netip.Prefix
 }
 
-// ServiceEndpoints says, per "namespace/name", whether a Service has a ready endpoint
+// serviceEndpoints says, per "namespace/name", whether a Service has a ready endpoint
 // on this node.
-type ServiceEndpoints map[string]bool
+type serviceEndpoints map[string]bool
 
-// LocalEndpoints indexes EndpointSlices by Service, recording which have a ready
+// localEndpoints indexes EndpointSlices by Service, recording which have a ready
 // endpoint on nodeName.
-func LocalEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) ServiceEndpoints {
-	out := ServiceEndpoints{}
+func localEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) serviceEndpoints {
+	out := serviceEndpoints{}
 	for _, s := range slices {
 		svc := s.Labels[discoveryv1.LabelServiceName]
 		if svc == "" {
@@ -319,13 +319,13 @@ func LocalEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) Servic
 	return out
 }
 
-// DesiredAdvertisements computes what we announce: our pod CIDRs always (the mesh needs
+// desiredAdvertisements computes what we announce: our pod CIDRs always (the mesh needs
 // them; external peers only with advertise_pod_cidr), and the Service IPs the config
 // or the Service's annotations select. A Service with externalTrafficPolicy Local is
 // announced only while it has a ready endpoint on this node, so routers never send
 // its traffic to a node that would drop it.
-func DesiredAdvertisements(cfg config.Routing, self NodeInfo, nodes []NodeInfo, services []*corev1.Service, local ServiceEndpoints, log *slog.Logger) Advertisements {
-	var a Advertisements
+func desiredAdvertisements(cfg config.Routing, self nodeInfo, nodes []nodeInfo, services []*corev1.Service, local serviceEndpoints, log *slog.Logger) advertisements {
+	var a advertisements
 	a.Prefixes = append(a.Prefixes, self.PodCIDRs...)
 	if cfg.AdvertisePodCIDR {
 		a.ToExternal = append(a.ToExternal, self.PodCIDRs...)
@@ -351,7 +351,7 @@ func DesiredAdvertisements(cfg config.Routing, self NodeInfo, nodes []NodeInfo, 
 	return a
 }
 
-func serviceIPs(cfg config.Routing, svc *corev1.Service, local ServiceEndpoints, log *slog.Logger) []netip.Addr {
+func serviceIPs(cfg config.Routing, svc *corev1.Service, local serviceEndpoints, log *slog.Logger) []netip.Addr {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
@@ -369,16 +369,16 @@ func serviceIPs(cfg config.Routing, svc *corev1.Service, local ServiceEndpoints,
 		return b
 	}
 	var raw []string
-	if want(AnnotationAdvertiseClusterIP, cfg.AdvertiseClusterIPs) && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+	if want(annotationAdvertiseClusterIP, cfg.AdvertiseClusterIPs) && svc.Spec.ClusterIP != corev1.ClusterIPNone {
 		raw = append(raw, svc.Spec.ClusterIPs...)
 		if len(svc.Spec.ClusterIPs) == 0 && svc.Spec.ClusterIP != "" {
 			raw = append(raw, svc.Spec.ClusterIP)
 		}
 	}
-	if want(AnnotationAdvertiseExternalIP, cfg.AdvertiseExternalIPs) {
+	if want(annotationAdvertiseExternalIP, cfg.AdvertiseExternalIPs) {
 		raw = append(raw, svc.Spec.ExternalIPs...)
 	}
-	if want(AnnotationAdvertiseLoadBalancerIP, cfg.AdvertiseLoadBalancerIPs) && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
+	if want(annotationAdvertiseLoadBalancerIP, cfg.AdvertiseLoadBalancerIPs) && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		for _, in := range svc.Status.LoadBalancer.Ingress {
 			raw = append(raw, in.IP)
 		}
@@ -423,13 +423,13 @@ type LearnedRoute struct {
 	NextHop netip.Addr
 }
 
-// DesiredKernel turns learned routes into kernel routes and the tunnels they need.
+// desiredKernel turns learned routes into kernel routes and the tunnels they need.
 // Routes into our own pod CIDRs, via ourselves or with a next hop of the other IP
 // family are skipped. A route whose next hop is another node goes through a tunnel to
 // it (IPIP for IPv4, ip6ip6 for IPv6, from our address of that family) when overlay is
 // "always", or "cross-subnet" and the node is outside localPrefixes; every other route
 // goes via its next hop.
-func DesiredKernel(overlay string, self NodeInfo, nodes []NodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
+func desiredKernel(overlay string, self nodeInfo, nodes []nodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
 	isNode := map[netip.Addr]bool{}
 	for _, n := range nodes {
 		if n.Name == self.Name {

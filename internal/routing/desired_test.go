@@ -36,13 +36,13 @@ func TestParseNode(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		node    *corev1.Node
-		want    NodeInfo
+		want    nodeInfo
 		wantLog string
 	}{
 		{
 			name: "InternalIP and pod CIDRs of both families are read",
 			node: node("a", "10.0.0.1", []string{"10.244.0.0/24", "fd00::/64"}, nil),
-			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), PodCIDRs: pfx("10.244.0.0/24", "fd00::/64")},
+			want: nodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), PodCIDRs: pfx("10.244.0.0/24", "fd00::/64")},
 		},
 		{
 			name: "a dual-stack node has an address of each family, the first of each wins",
@@ -55,7 +55,7 @@ func TestParseNode(t *testing.T) {
 					corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "2001:db8::1"})
 				return n
 			}(),
-			want: NodeInfo{
+			want: nodeInfo{
 				Name: "ds", Address: netip.MustParseAddr("192.168.200.11"), AddressV6: netip.MustParseAddr("fd00:200::11"),
 				PodCIDRs: pfx("fd00:10:244:1::/64", "10.244.1.0/24"),
 			},
@@ -63,62 +63,62 @@ func TestParseNode(t *testing.T) {
 		{
 			name: "IPv6 peers and prefix limits come from the annotations, one limit for all",
 			node: node("a", "10.0.0.1", nil, map[string]string{
-				AnnotationPeerIPs: "192.0.2.1,2001:db8::1", AnnotationPeerASNs: "65000", AnnotationPeerMaxPrefixes: "100",
+				annotationPeerIPs: "192.0.2.1,2001:db8::1", annotationPeerASNs: "65000", annotationPeerMaxPrefixes: "100",
 			}),
-			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
+			want: nodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
 				{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65000, HoldTime: hold, MaxPrefixes: 100},
 				{Address: netip.MustParseAddr("2001:db8::1"), ASN: 65000, HoldTime: hold, MaxPrefixes: 100},
 			}},
 		},
 		{
 			name:    "a prefix limit that is not a number is logged with the node name and the peers ignored",
-			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1", AnnotationPeerASNs: "65000", AnnotationPeerMaxPrefixes: "lots"}),
-			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{annotationPeerIPs: "192.0.2.1", annotationPeerASNs: "65000", annotationPeerMaxPrefixes: "lots"}),
+			want:    nodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
 			wantLog: "node=bad-node",
 		},
 		{
 			name: "peer annotations give external peers, one ASN for all, passwords decoded",
 			node: node("a", "10.0.0.1", nil, map[string]string{
-				AnnotationPeerIPs: "192.0.2.1, 192.0.2.2", AnnotationPeerASNs: "65000", AnnotationPeerPasswords: "c2VjcmV0,b3RoZXI=",
+				annotationPeerIPs: "192.0.2.1, 192.0.2.2", annotationPeerASNs: "65000", annotationPeerPasswords: "c2VjcmV0,b3RoZXI=",
 			}),
-			want: NodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
+			want: nodeInfo{Name: "a", Address: netip.MustParseAddr("10.0.0.1"), Peers: []Peer{
 				{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65000, Password: "secret", HoldTime: hold},
 				{Address: netip.MustParseAddr("192.0.2.2"), ASN: 65000, Password: "other", HoldTime: hold},
 			}},
 		},
 		{
 			name:    "mismatched peer ASN list is logged with the node name and ignored",
-			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1,192.0.2.2,192.0.2.3", AnnotationPeerASNs: "65000,65001"}),
-			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{annotationPeerIPs: "192.0.2.1,192.0.2.2,192.0.2.3", annotationPeerASNs: "65000,65001"}),
+			want:    nodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
 			wantLog: "node=bad-node",
 		},
 		{
 			name:    "a peer IP that is not an address is logged and all peer annotations ignored",
-			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1,router", AnnotationPeerASNs: "65000"}),
-			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{annotationPeerIPs: "192.0.2.1,router", annotationPeerASNs: "65000"}),
+			want:    nodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
 			wantLog: "ignoring invalid peer annotations",
 		},
 		{
 			name:    "an AS number out of range is rejected",
-			node:    node("bad-node", "10.0.0.1", nil, map[string]string{AnnotationPeerIPs: "192.0.2.1", AnnotationPeerASNs: "4294967295"}),
-			want:    NodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
+			node:    node("bad-node", "10.0.0.1", nil, map[string]string{annotationPeerIPs: "192.0.2.1", annotationPeerASNs: "4294967295"}),
+			want:    nodeInfo{Name: "bad-node", Address: netip.MustParseAddr("10.0.0.1")},
 			wantLog: "node=bad-node",
 		},
 		{
 			name: "route reflector cluster id may be a number or an address",
-			node: node("rr", "10.0.0.1", nil, map[string]string{AnnotationRRServer: "42"}),
-			want: NodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1"), RRServer: "0.0.0.42"},
+			node: node("rr", "10.0.0.1", nil, map[string]string{annotationRRServer: "42"}),
+			want: nodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1"), RRServer: "0.0.0.42"},
 		},
 		{
 			name:    "invalid route reflector id is logged and ignored",
-			node:    node("rr", "10.0.0.1", nil, map[string]string{AnnotationRRClient: "zero"}),
-			want:    NodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1")},
+			node:    node("rr", "10.0.0.1", nil, map[string]string{annotationRRClient: "zero"}),
+			want:    nodeInfo{Name: "rr", Address: netip.MustParseAddr("10.0.0.1")},
 			wantLog: "node=rr",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			log, buf := captureLog()
-			got := ParseNode(tc.node, cfg, log)
+			got := parseNode(tc.node, cfg, log)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}
@@ -132,8 +132,8 @@ func TestParseNode(t *testing.T) {
 	}
 }
 
-func info(name, ip string, cidrs ...string) NodeInfo {
-	return NodeInfo{Name: name, Address: netip.MustParseAddr(ip), PodCIDRs: pfx(cidrs...)}
+func info(name, ip string, cidrs ...string) nodeInfo {
+	return nodeInfo{Name: name, Address: netip.MustParseAddr(ip), PodCIDRs: pfx(cidrs...)}
 }
 
 func peerSummary(ps []Peer) []string {
@@ -167,36 +167,36 @@ func TestDesiredPeers(t *testing.T) {
 	clientB.RRClient, clientC.RRClient = "0.0.0.1", "0.0.0.1"
 	selfWithAnnotations := a
 	selfWithAnnotations.Peers = []Peer{{Address: netip.MustParseAddr("192.0.2.1"), ASN: 65111}}
-	noAddress := NodeInfo{Name: "d"}
+	noAddress := nodeInfo{Name: "d"}
 	for _, tc := range []struct {
 		name  string
 		cfg   config.Routing
-		self  NodeInfo
-		nodes []NodeInfo
+		self  nodeInfo
+		nodes []nodeInfo
 		want  []string
 	}{
-		{"full mesh peers with every other node that has an address", base, a, []NodeInfo{a, b, c, noAddress}, []string{"10.0.0.2 node=b", "10.0.1.3 node=c"}},
-		{"no mesh and no reflectors means no node peers", noMesh, a, []NodeInfo{a, b, c}, nil},
-		{"route reflector server peers with its clients as reflector clients", noMesh, server, []NodeInfo{server, clientB, clientC}, []string{"10.0.0.2 node=b rr-client=0.0.0.1", "10.0.1.3 node=c rr-client=0.0.0.1"}},
-		{"route reflector clients peer only with the server", base, clientB, []NodeInfo{server, clientB, clientC}, []string{"10.0.0.1 node=a"}},
-		{"plain nodes skip reflector clients in the mesh", base, a, []NodeInfo{a, clientB, c}, []string{"10.0.1.3 node=c"}},
-		{"external peers from the config are added", withPeers, a, []NodeInfo{a, b}, []string{"10.0.0.2 node=b", "192.0.2.1", "192.0.2.9"}},
+		{"full mesh peers with every other node that has an address", base, a, []nodeInfo{a, b, c, noAddress}, []string{"10.0.0.2 node=b", "10.0.1.3 node=c"}},
+		{"no mesh and no reflectors means no node peers", noMesh, a, []nodeInfo{a, b, c}, nil},
+		{"route reflector server peers with its clients as reflector clients", noMesh, server, []nodeInfo{server, clientB, clientC}, []string{"10.0.0.2 node=b rr-client=0.0.0.1", "10.0.1.3 node=c rr-client=0.0.0.1"}},
+		{"route reflector clients peer only with the server", base, clientB, []nodeInfo{server, clientB, clientC}, []string{"10.0.0.1 node=a"}},
+		{"plain nodes skip reflector clients in the mesh", base, a, []nodeInfo{a, clientB, c}, []string{"10.0.1.3 node=c"}},
+		{"external peers from the config are added", withPeers, a, []nodeInfo{a, b}, []string{"10.0.0.2 node=b", "192.0.2.1", "192.0.2.9"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := peerSummary(DesiredPeers(tc.cfg, tc.self, tc.nodes))
+			got := peerSummary(desiredPeers(tc.cfg, tc.self, tc.nodes))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
 		})
 	}
 	t.Run("a node's annotation overrides the config for the same address", func(t *testing.T) {
-		ps := DesiredPeers(withPeers, selfWithAnnotations, []NodeInfo{selfWithAnnotations})
+		ps := desiredPeers(withPeers, selfWithAnnotations, []nodeInfo{selfWithAnnotations})
 		if len(ps) != 2 || ps[0].ASN != 65111 || ps[0].HoldTime != base.HoldTime.Duration {
 			t.Errorf("got %+v", ps)
 		}
 	})
 	t.Run("config peer settings carry over", func(t *testing.T) {
-		ps := DesiredPeers(withPeers, a, []NodeInfo{a})
+		ps := desiredPeers(withPeers, a, []nodeInfo{a})
 		if ps[0].Multihop != 2 || ps[0].HoldTime != 90*time.Second {
 			t.Errorf("got %+v", ps[0])
 		}
@@ -236,7 +236,7 @@ func TestDesiredAdvertisements(t *testing.T) {
 		name       string
 		cfg        config.Routing
 		services   []*corev1.Service
-		endpoints  ServiceEndpoints
+		endpoints  serviceEndpoints
 		toExternal []string
 		wantLog    string
 	}{
@@ -248,20 +248,20 @@ func TestDesiredAdvertisements(t *testing.T) {
 			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", nil, ext("192.0.2.10"), lb("198.51.100.7"))}, nil,
 			[]string{"10.96.0.10/32", "10.244.1.0/24", "192.0.2.10/32", "198.51.100.7/32"}, ""},
 		{"a service annotation opts out of one kind", all,
-			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "false"}, lb("198.51.100.7"))}, nil,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "false"}, lb("198.51.100.7"))}, nil,
 			[]string{"10.244.1.0/24", "198.51.100.7/32"}, ""},
 		{"a service annotation opts in when the config is off", config.Default().Routing,
-			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "true"})}, nil,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "true"})}, nil,
 			[]string{"10.96.0.10/32", "10.244.1.0/24"}, ""},
 		{"an invalid annotation is logged with the service and the config applies", all,
-			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "maybe"})}, nil,
+			[]*corev1.Service{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "maybe"})}, nil,
 			[]string{"10.96.0.10/32", "10.244.1.0/24"}, "service=default/web"},
 		{"externalTrafficPolicy Local is announced only with a local endpoint", all,
 			[]*corev1.Service{
 				svc("here", corev1.ServiceTypeLoadBalancer, "10.96.0.11", nil, local, lb("198.51.100.1")),
 				svc("elsewhere", corev1.ServiceTypeLoadBalancer, "10.96.0.12", nil, local, lb("198.51.100.2")),
 			},
-			ServiceEndpoints{"default/here": true, "default/elsewhere": false},
+			serviceEndpoints{"default/here": true, "default/elsewhere": false},
 			[]string{"10.96.0.11/32", "10.244.1.0/24", "198.51.100.1/32"}, ""},
 		{"headless and ExternalName services are never announced", all,
 			[]*corev1.Service{svc("headless", corev1.ServiceTypeClusterIP, "None", nil), svc("name", corev1.ServiceTypeExternalName, "", nil)}, nil,
@@ -269,7 +269,7 @@ func TestDesiredAdvertisements(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			log, buf := captureLog()
-			adv := DesiredAdvertisements(tc.cfg, self, []NodeInfo{self, other}, tc.services, tc.endpoints, log)
+			adv := desiredAdvertisements(tc.cfg, self, []nodeInfo{self, other}, tc.services, tc.endpoints, log)
 			var got []string
 			for _, p := range adv.ToExternal {
 				got = append(got, p.String())
@@ -305,8 +305,8 @@ func TestLocalEndpoints(t *testing.T) {
 		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db-1", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
 			Endpoints: []discoveryv1.Endpoint{{NodeName: &a, Conditions: discoveryv1.EndpointConditions{Ready: &no}}}},
 	}
-	got := LocalEndpoints(slices, "a")
-	want := ServiceEndpoints{"ns/web": true, "ns/db": false}
+	got := localEndpoints(slices, "a")
+	want := serviceEndpoints{"ns/web": true, "ns/db": false}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
@@ -316,7 +316,7 @@ func TestDesiredKernel(t *testing.T) {
 	self := info("a", "10.0.0.1", "10.244.1.0/24")
 	same := info("b", "10.0.0.2", "10.244.2.0/24")
 	far := info("c", "10.0.1.3", "10.244.3.0/24")
-	nodes := []NodeInfo{self, same, far}
+	nodes := []nodeInfo{self, same, far}
 	local := pfx("10.0.0.0/24")
 	learned := []LearnedRoute{
 		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("10.0.0.2")},
@@ -346,7 +346,7 @@ route 172.16.0.0/16 via 10.0.0.254
 `},
 	} {
 		t.Run("overlay "+tc.overlay, func(t *testing.T) {
-			rs, ts := DesiredKernel(tc.overlay, self, nodes, learned, local)
+			rs, ts := desiredKernel(tc.overlay, self, nodes, learned, local)
 			if got := route.Dump(rs, ts); got != tc.want {
 				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
 			}
@@ -354,7 +354,7 @@ route 172.16.0.0/16 via 10.0.0.254
 	}
 }
 
-func dualStack(name, ip4, ip6 string, cidrs ...string) NodeInfo {
+func dualStack(name, ip4, ip6 string, cidrs ...string) nodeInfo {
 	n := info(name, ip4, cidrs...)
 	n.AddressV6 = netip.MustParseAddr(ip6)
 	return n
@@ -365,19 +365,19 @@ func TestDesiredPeersDualStack(t *testing.T) {
 	a := dualStack("a", "10.0.0.1", "fd00::1")
 	b := dualStack("b", "10.0.0.2", "fd00::2")
 	v4only := info("c", "10.0.0.3")
-	v6only := NodeInfo{Name: "d", AddressV6: netip.MustParseAddr("fd00::4")}
+	v6only := nodeInfo{Name: "d", AddressV6: netip.MustParseAddr("fd00::4")}
 	for _, tc := range []struct {
 		name  string
-		self  NodeInfo
-		nodes []NodeInfo
+		self  nodeInfo
+		nodes []nodeInfo
 		want  []string
 	}{
-		{"dual-stack nodes hold one session per family", a, []NodeInfo{a, b}, []string{"10.0.0.2 node=b", "fd00::2 node=b"}},
-		{"a single-stack node gets the session of its family only", a, []NodeInfo{a, v4only, v6only}, []string{"10.0.0.3 node=c", "fd00::4 node=d"}},
-		{"an IPv4-only node cannot reach an IPv6-only one", v4only, []NodeInfo{v4only, v6only, b}, []string{"10.0.0.2 node=b"}},
+		{"dual-stack nodes hold one session per family", a, []nodeInfo{a, b}, []string{"10.0.0.2 node=b", "fd00::2 node=b"}},
+		{"a single-stack node gets the session of its family only", a, []nodeInfo{a, v4only, v6only}, []string{"10.0.0.3 node=c", "fd00::4 node=d"}},
+		{"an IPv4-only node cannot reach an IPv6-only one", v4only, []nodeInfo{v4only, v6only, b}, []string{"10.0.0.2 node=b"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := peerSummary(DesiredPeers(cfg, tc.self, tc.nodes))
+			got := peerSummary(desiredPeers(cfg, tc.self, tc.nodes))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %q, want %q", got, tc.want)
 			}
@@ -386,7 +386,7 @@ func TestDesiredPeersDualStack(t *testing.T) {
 	t.Run("an external IPv6 peer from the config keeps its prefix limit", func(t *testing.T) {
 		withPeer := cfg
 		withPeer.Peers = []config.Peer{{Address: config.Addr{Addr: netip.MustParseAddr("2001:db8::1")}, ASN: 65000, MaxPrefixes: 50}}
-		ps := DesiredPeers(withPeer, a, []NodeInfo{a})
+		ps := desiredPeers(withPeer, a, []nodeInfo{a})
 		if len(ps) != 1 || ps[0].MaxPrefixes != 50 || !ps[0].External() {
 			t.Errorf("got %+v", ps)
 		}
@@ -423,7 +423,7 @@ route fd00:244:2::/64 dev ` + v6Tunnel + `
 route fd00:244:2::/64 via fd00::2
 `},
 	} {
-		rs, ts := DesiredKernel(tc.overlay, self, []NodeInfo{self, b}, learned, tc.local)
+		rs, ts := desiredKernel(tc.overlay, self, []nodeInfo{self, b}, learned, tc.local)
 		if got := route.Dump(rs, ts); got != tc.want {
 			t.Errorf("overlay %s, local %v: got\n%s\nwant\n%s", tc.overlay, tc.local, got, tc.want)
 		}
@@ -454,7 +454,7 @@ func TestDesiredAdvertisementsDualStack(t *testing.T) {
 		s.Spec.ClusterIPs = []string{"10.96.0.10", "fd00:96::10"}
 	})
 	log, _ := captureLog()
-	adv := DesiredAdvertisements(cfg, self, []NodeInfo{self, other}, []*corev1.Service{web}, nil, log)
+	adv := desiredAdvertisements(cfg, self, []nodeInfo{self, other}, []*corev1.Service{web}, nil, log)
 	for what, tc := range map[string]struct{ got, want []netip.Prefix }{
 		"prefixes":    {adv.Prefixes, pfx("10.96.0.10/32", "10.244.1.0/24", "fd00:96::10/128", "fd00:244:1::/64")},
 		"to nodes":    {adv.ToNodes, pfx("10.244.1.0/24", "10.244.2.0/24", "fd00:244:1::/64", "fd00:244:2::/64")},

@@ -33,13 +33,13 @@ func FuzzParseNode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, ips, asns, passwords, rrServer, rrClient, internalIP, podCIDR string) {
 		n := &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: "self", Annotations: map[string]string{
-				AnnotationPeerIPs: ips, AnnotationPeerASNs: asns, AnnotationPeerPasswords: passwords,
-				AnnotationRRServer: rrServer, AnnotationRRClient: rrClient,
+				annotationPeerIPs: ips, annotationPeerASNs: asns, annotationPeerPasswords: passwords,
+				annotationRRServer: rrServer, annotationRRClient: rrClient,
 			}},
 			Spec:   corev1.NodeSpec{PodCIDR: podCIDR, PodCIDRs: []string{podCIDR, podCIDR}},
 			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: internalIP}}},
 		}
-		info := ParseNode(n, cfg, log)
+		info := parseNode(n, cfg, log)
 		if info.Address.IsValid() && !info.Address.Is4() {
 			t.Fatalf("non-IPv4 node address %s", info.Address)
 		}
@@ -59,8 +59,8 @@ func FuzzParseNode(f *testing.F) {
 				t.Fatalf("unusable peer from annotations: %+v", p)
 			}
 		}
-		other := NodeInfo{Name: "other", Address: info.Address, AddressV6: info.AddressV6, PodCIDRs: info.PodCIDRs, RRClient: info.RRClient, RRServer: info.RRServer}
-		for _, p := range DesiredPeers(cfg, info, []NodeInfo{info, other}) {
+		other := nodeInfo{Name: "other", Address: info.Address, AddressV6: info.AddressV6, PodCIDRs: info.PodCIDRs, RRClient: info.RRClient, RRServer: info.RRServer}
+		for _, p := range desiredPeers(cfg, info, []nodeInfo{info, other}) {
 			if info.HasAddress(p.Address) {
 				t.Fatalf("node peers with its own address %s: %+v", p.Address, p)
 			}

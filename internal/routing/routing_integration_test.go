@@ -354,7 +354,7 @@ func TestFullMeshInstallsPodRoutesAndCarriesPodTraffic(t *testing.T) {
 	}
 
 	t.Run("an invalid peer annotation is logged with the node name and the mesh keeps working", func(t *testing.T) {
-		annotateNode(t, cs, nodes[0].Name, map[string]string{AnnotationPeerIPs: "192.0.2.1,not-an-ip", AnnotationPeerASNs: "65000"})
+		annotateNode(t, cs, nodes[0].Name, map[string]string{annotationPeerIPs: "192.0.2.1,not-an-ip", annotationPeerASNs: "65000"})
 		waitFor(t, "the warning", func() bool {
 			return strings.Contains(procs[0].log.String(), "ignoring invalid peer annotations") &&
 				strings.Contains(procs[0].log.String(), "node="+nodes[0].Name)
@@ -442,7 +442,7 @@ asn = 65000
 address = "%s"
 asn = 65000
 `, router.IPv4, router.IPv6)
-	annotateNode(t, cs, n2.Name, map[string]string{AnnotationPeerIPs: router.IPv4.String(), AnnotationPeerASNs: "65000"})
+	annotateNode(t, cs, n2.Name, map[string]string{annotationPeerIPs: router.IPv4.String(), annotationPeerASNs: "65000"})
 	startController(t, n1, api, cfgWithPeer)
 	startController(t, n2, api, meshConfig+"advertise_cluster_ips = true\n")
 

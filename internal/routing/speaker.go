@@ -54,10 +54,10 @@ func v6(set string) string { return set + v6Suffix }
 // setter takes the whole desired state and applies only the difference.
 type speaker interface {
 	// Watch reports session state changes and best path changes until ctx ends.
-	Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error
+	Watch(ctx context.Context, onPeer func(addr string, old, new peerState), onBestPath func()) error
 	// SetPolicy classifies peers (node or external) and opens the prefixes each class
 	// may receive and may not announce.
-	SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error
+	SetPolicy(ctx context.Context, adv advertisements, peers []Peer) error
 	// SetPeers makes the configured peers exactly peers.
 	SetPeers(ctx context.Context, peers []Peer) error
 	// SetPaths makes the originated prefixes exactly prefixes.
@@ -65,7 +65,7 @@ type speaker interface {
 	// Learned lists the best paths learned from peers.
 	Learned(ctx context.Context) ([]LearnedRoute, error)
 	// PeerStates returns each configured peer's session state.
-	PeerStates(ctx context.Context) map[string]PeerState
+	PeerStates(ctx context.Context) map[string]peerState
 	// Stop closes every session and ends the speaker.
 	Stop()
 }
@@ -89,8 +89,8 @@ type speakerConfig struct {
 	Log         *slog.Logger
 }
 
-// PeerState is the last session state the speaker reported for a peer.
-type PeerState struct {
+// peerState is the last session state the speaker reported for a peer.
+type peerState struct {
 	State string `json:"state"`
 	// Flaps counts drops out of the established state since we started.
 	Flaps int `json:"flaps"`
@@ -111,7 +111,7 @@ type gobgpSpeaker struct {
 	policySent bool
 
 	mu     sync.Mutex
-	states map[string]PeerState
+	states map[string]peerState
 }
 
 var _ speaker = (*gobgpSpeaker)(nil)
@@ -139,7 +139,7 @@ func startGoBGP(ctx context.Context, cfg speakerConfig) (*gobgpSpeaker, error) {
 		srv: srv, cfg: cfg, log: log,
 		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{},
 		sets:   map[string][]string{setNodePeers: {neighborSentinel}, setExternalPeers: {neighborSentinel}},
-		states: map[string]PeerState{},
+		states: map[string]peerState{},
 	}
 	if err := s.installPolicies(ctx); err != nil {
 		s.Stop()
@@ -221,7 +221,7 @@ func matchAny(set string) *api.MatchSet { return &api.MatchSet{Type: api.MatchSe
 
 // SetPolicy updates the policies' sets: which prefixes go to node and external peers,
 // which ranges external peers may not announce into, and who is who among peers.
-func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv Advertisements, peers []Peer) error {
+func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv advertisements, peers []Peer) error {
 	// GoBGP treats an empty neighbor set as matching every neighbor; a sentinel that is
 	// never a BGP neighbor (the broadcast address) keeps an empty class empty.
 	nodes, external := []string{neighborSentinel}, []string{neighborSentinel}
@@ -500,7 +500,7 @@ func learnedRoute(p *api.Path) (LearnedRoute, bool) {
 
 // Watch reports peer state changes and best path changes until ctx ends. Callbacks run
 // on GoBGP's goroutine and must be quick.
-func (s *gobgpSpeaker) Watch(ctx context.Context, onPeer func(addr string, old, new PeerState), onBestPath func()) error {
+func (s *gobgpSpeaker) Watch(ctx context.Context, onPeer func(addr string, old, new peerState), onBestPath func()) error {
 	req := &api.WatchEventRequest{
 		Peer:  &api.WatchEventRequest_Peer{},
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
@@ -511,7 +511,7 @@ func (s *gobgpSpeaker) Watch(ctx context.Context, onPeer func(addr string, old, 
 			state := pe.Peer.State.SessionState.String()
 			s.mu.Lock()
 			old := s.states[addr]
-			next := PeerState{State: state, Flaps: old.Flaps}
+			next := peerState{State: state, Flaps: old.Flaps}
 			if old.State == api.PeerState_ESTABLISHED.String() && state != old.State {
 				next.Flaps++
 			}
@@ -530,14 +530,14 @@ func (s *gobgpSpeaker) Watch(ctx context.Context, onPeer func(addr string, old, 
 // PeerStates returns every configured peer's session state and accepted route count,
 // with the flaps counted by Watch. One ListPeer call: it is the costly part of a sync
 // with hundreds of peers.
-func (s *gobgpSpeaker) PeerStates(ctx context.Context) map[string]PeerState {
-	out := map[string]PeerState{}
+func (s *gobgpSpeaker) PeerStates(ctx context.Context) map[string]peerState {
+	out := map[string]peerState{}
 	_ = s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
 		st := p.GetState()
 		if st == nil {
 			return
 		}
-		ps := PeerState{State: st.SessionState.String()}
+		ps := peerState{State: st.SessionState.String()}
 		for _, af := range p.AfiSafis {
 			if as := af.GetState(); as != nil && (proto.Equal(as.Family, familyIPv4) || proto.Equal(as.Family, familyIPv6)) {
 				ps.Received += as.Accepted

@@ -19,12 +19,12 @@ type fakeSpeaker struct {
 	cfg     speakerConfig
 	peers   []Peer
 	paths   []netip.Prefix
-	policy  Advertisements
+	policy  advertisements
 	learned []LearnedRoute
 	states  map[string]string
 	calls   []string
 
-	onPeer     func(addr string, old, new PeerState)
+	onPeer     func(addr string, old, new peerState)
 	onBestPath func()
 }
 
@@ -46,14 +46,14 @@ func (f *fakeSpeaker) call(name string) {
 	f.calls = append(f.calls, name)
 }
 
-func (f *fakeSpeaker) Watch(_ context.Context, onPeer func(string, PeerState, PeerState), onBestPath func()) error {
+func (f *fakeSpeaker) Watch(_ context.Context, onPeer func(string, peerState, peerState), onBestPath func()) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.onPeer, f.onBestPath = onPeer, onBestPath
 	return nil
 }
 
-func (f *fakeSpeaker) SetPolicy(_ context.Context, adv Advertisements, _ []Peer) error {
+func (f *fakeSpeaker) SetPolicy(_ context.Context, adv advertisements, _ []Peer) error {
 	f.call("SetPolicy")
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -85,17 +85,17 @@ func (f *fakeSpeaker) Learned(context.Context) ([]LearnedRoute, error) {
 }
 
 // PeerStates reports every configured peer, ACTIVE unless a test set its state.
-func (f *fakeSpeaker) PeerStates(context.Context) map[string]PeerState {
+func (f *fakeSpeaker) PeerStates(context.Context) map[string]peerState {
 	f.call("PeerStates")
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := map[string]PeerState{}
+	out := map[string]peerState{}
 	for _, p := range f.peers {
 		st := f.states[p.Address.String()]
 		if st == "" {
 			st = api.PeerState_ACTIVE.String()
 		}
-		out[p.Address.String()] = PeerState{State: st}
+		out[p.Address.String()] = peerState{State: st}
 	}
 	return out
 }
@@ -119,11 +119,11 @@ func (f *fakeSpeaker) learn(routes ...string) {
 // setState sets a peer's session state and reports the change.
 func (f *fakeSpeaker) setState(addr string, state api.PeerState_SessionState) {
 	f.mu.Lock()
-	old := PeerState{State: f.states[addr]}
+	old := peerState{State: f.states[addr]}
 	f.states[addr] = state.String()
 	onPeer := f.onPeer
 	f.mu.Unlock()
-	onPeer(addr, old, PeerState{State: state.String()})
+	onPeer(addr, old, peerState{State: state.String()})
 }
 
 // takeCalls returns the calls since the last takeCalls, joined by spaces.

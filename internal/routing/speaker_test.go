@@ -79,12 +79,12 @@ func TestSpeakerSendsNodesOnlyPodCIDRs(t *testing.T) {
 	ctx := context.Background()
 	peerB := Peer{Address: netip.MustParseAddr("127.0.0.2"), ASN: 64512, Node: "b", HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.1"), Port: uint16(port)}
 	peerA := Peer{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, Node: "a", HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.2"), Port: uint16(port)}
-	advA := Advertisements{
+	advA := advertisements{
 		Prefixes:   pfx("10.244.1.0/24", "10.96.0.10/32"),
 		ToNodes:    pfx("10.244.1.0/24", "10.244.2.0/24"),
 		ToExternal: pfx("10.244.1.0/24", "10.96.0.10/32"),
 	}
-	advB := Advertisements{Prefixes: pfx("10.244.2.0/24"), ToNodes: pfx("10.244.1.0/24", "10.244.2.0/24")}
+	advB := advertisements{Prefixes: pfx("10.244.2.0/24"), ToNodes: pfx("10.244.1.0/24", "10.244.2.0/24")}
 	for _, step := range []func() error{
 		func() error { return a.SetPolicy(ctx, advA, []Peer{peerB}) },
 		func() error { return a.SetPeers(ctx, []Peer{peerB}) },
@@ -119,14 +119,14 @@ func TestSpeakerExternalPeerGetsServiceIPsAndCannotInjectIntoProtectedRanges(t *
 	ctx := context.Background()
 	routerPeer := Peer{Address: netip.MustParseAddr("127.0.0.3"), ASN: 65000, HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.1"), Port: uint16(port)}
 	nodeAsRouterPeer := Peer{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.3"), Port: uint16(port)}
-	adv := Advertisements{
+	adv := advertisements{
 		Prefixes:   pfx("10.244.1.0/24", "10.96.0.10/32"),
 		ToNodes:    pfx("10.244.1.0/24"),
 		ToExternal: pfx("10.244.1.0/24", "10.96.0.10/32"),
 		Protected:  pfx("10.244.0.0/16", "10.96.0.0/12"),
 	}
 	// The router accepts and exports everything: it plays an upstream that leaks.
-	routerAdv := Advertisements{
+	routerAdv := advertisements{
 		Prefixes:   pfx("10.244.1.128/25", "172.20.0.0/16", "192.168.50.0/24"),
 		ToExternal: pfx("10.244.1.128/25", "172.20.0.0/16", "192.168.50.0/24"),
 	}

@@ -127,11 +127,11 @@ func TestSyncPeersFollowNodes(t *testing.T) {
 		{"a deleted node is no peer any more", func() { h.remove(node("b", "10.0.0.2", nil, nil)) },
 			"peer 10.0.0.4 asn 64512 node d\npeer 10.0.1.3 asn 64512 node c"},
 		{"our peer annotations add an external peer", func() {
-			h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, map[string]string{AnnotationPeerIPs: "192.0.2.1", AnnotationPeerASNs: "65000"}))
+			h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, map[string]string{annotationPeerIPs: "192.0.2.1", annotationPeerASNs: "65000"}))
 		}, "peer 10.0.0.4 asn 64512 node d\npeer 10.0.1.3 asn 64512 node c\npeer 192.0.2.1 asn 65000"},
 		{"route reflector annotations replace the mesh", func() {
-			h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, map[string]string{AnnotationRRClient: "1.1.1.1"}))
-			h.store(node("c", "10.0.1.3", []string{"10.244.3.0/24"}, map[string]string{AnnotationRRServer: "1.1.1.1"}))
+			h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, map[string]string{annotationRRClient: "1.1.1.1"}))
+			h.store(node("c", "10.0.1.3", []string{"10.244.3.0/24"}, map[string]string{annotationRRServer: "1.1.1.1"}))
 		}, "peer 10.0.1.3 asn 64512 node c"},
 	} {
 		step.change()
@@ -160,7 +160,7 @@ func TestSyncAdvertisementsFollowServicesAndConfig(t *testing.T) {
 			[]any{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", nil, ext)},
 			"path 10.96.0.10/32\npath 10.244.1.0/24\npath 192.0.2.10/32"},
 		{"a Service annotation opts in when the config is off", config.Default().Routing,
-			[]any{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "true"})},
+			[]any{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "true"})},
 			"path 10.96.0.10/32\npath 10.244.1.0/24"},
 		{"externalTrafficPolicy Local is announced with an endpoint on this node", all,
 			[]any{svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", nil, local), slice("web", "a")},
@@ -351,7 +351,7 @@ func TestSyncRedoesOnlyWhatTheChangeTouches(t *testing.T) {
 
 func TestBadAdvertiseAnnotationIsLoggedOnceWhileItLasts(t *testing.T) {
 	h := newSyncHarness(t, config.Default().Routing)
-	bad := svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{AnnotationAdvertiseClusterIP: "maybe"})
+	bad := svc("web", corev1.ServiceTypeClusterIP, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "maybe"})
 	warnings := func() int { return strings.Count(h.log.String(), "ignoring invalid advertise annotation") }
 	h.store(bad)
 	h.sync(true)
