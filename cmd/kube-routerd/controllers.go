@@ -102,7 +102,12 @@ func cleanup(ctx context.Context, cfg config.Config) error {
 	if err := routing.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("routing: %w", err))
 	}
-	if err := podnet.Cleanup(ctx, cfg.PodNetwork.CNIConfigFile); err != nil {
+	// The pod bridge is ours only when our conflist told the bridge plugin to make it.
+	bridge := ""
+	if cfg.PodNetwork.WriteCNIConfig {
+		bridge = cfg.PodNetwork.Bridge
+	}
+	if err := podnet.Cleanup(ctx, cfg.PodNetwork.CNIConfigFile, bridge); err != nil {
 		errs = append(errs, fmt.Errorf("pod network: %w", err))
 	}
 	return errors.Join(errs...)

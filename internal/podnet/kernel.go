@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
@@ -66,14 +67,53 @@ func linkMTU(nl *netlink.Handle, addr netip.Addr) (int, error) {
 	return 0, fmt.Errorf("no interface holds %s", addr)
 }
 
-// Cleanup removes the pod egress chains, jumps and sets of both families and the CNI
-// config file when kube-routerd wrote it.
-func Cleanup(_ context.Context, cniFile string) error {
+// Cleanup removes the pod egress chains, jumps and sets of both families, the CNI
+// config file when kube-routerd wrote it, and bridge (empty: none), the pod bridge the
+// CNI bridge plugin made from that file, with its gateway addresses and pod routes,
+// unless pods are still attached to it.
+func Cleanup(_ context.Context, cniFile, bridge string) error {
 	k, err := KernelAt(netns.None())
 	if err != nil {
 		return err
 	}
-	return CleanupKernel(k, CNIFile{Path: cniFile})
+	return errors.Join(CleanupKernel(k, CNIFile{Path: cniFile}), deleteBridge(bridge))
+}
+
+// deleteBridge deletes the link called name if it is a bridge without ports; a missing
+// one is fine, one with pods on it stays (deleting it would cut them off).
+func deleteBridge(name string) error {
+	if name == "" {
+		return nil
+	}
+	link, err := netlink.LinkByName(name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("finding pod bridge %s: %w", name, err)
+	}
+	if link.Type() != "bridge" {
+		return nil
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	ports := 0
+	for _, l := range links {
+		if l.Attrs().MasterIndex == link.Attrs().Index {
+			ports++
+		}
+	}
+	if ports > 0 {
+		slog.Info("kept the pod bridge: pods are still attached", "bridge", name, "ports", ports)
+		return nil
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("deleting pod bridge %s: %w", name, err)
+	}
+	slog.Info("deleted the pod bridge", "bridge", name)
+	return nil
 }
 
 // CleanupKernel is Cleanup for a given kernel (tests, other namespaces).
