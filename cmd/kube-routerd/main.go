@@ -19,6 +19,11 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
+// exitBadConfig is the exit status when the config cannot be read or is invalid:
+// EX_CONFIG of sysexits.h. The unit's RestartPreventExitStatus= names it, so systemd
+// does not restart a daemon that would fail the same way every time.
+const exitBadConfig = 78
+
 const usage = `kube-routerd: Kubernetes node networking (IPVS service proxy, network policy, BGP routing)
 
 Usage:
@@ -72,7 +77,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(*configPath)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
+		return exitBadConfig
 	}
 	slog.SetDefault(newLogger(cfg.Logging, stderr))
 
@@ -102,7 +107,7 @@ func checkConfig(path string, stdout, stderr io.Writer) int {
 	cfg, err := config.Load(path)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
-		return 1
+		return exitBadConfig
 	}
 	out, err := cfg.Encode()
 	if err != nil {

@@ -33,8 +33,8 @@ func TestCheckConfigPrintsEffectiveConfig(t *testing.T) {
 func TestCheckConfigListsEveryProblemAndExits1(t *testing.T) {
 	p := writeConfig(t, "[routing]\nasn = 0\noverlay = \"maybe\"\nfoo = 1\n")
 	var out, errOut bytes.Buffer
-	if code := runMain([]string{"check-config", "--config", p}, &out, &errOut); code != 1 {
-		t.Fatalf("exit %d, want 1", code)
+	if code := runMain([]string{"check-config", "--config", p}, &out, &errOut); code != exitBadConfig {
+		t.Fatalf("exit %d, want %d", code, exitBadConfig)
 	}
 	for _, want := range []string{"3 problem(s)", "line 2: routing.asn", "line 3: routing.overlay", "line 4: routing.foo: unknown key"} {
 		if !strings.Contains(errOut.String(), want) {
@@ -58,8 +58,8 @@ func TestCommandLineErrors(t *testing.T) {
 
 func TestRunWithMissingConfigFails(t *testing.T) {
 	var out, errOut bytes.Buffer
-	if code := runMain([]string{"run", "--config", "/nonexistent/config.toml"}, &out, &errOut); code != 1 {
-		t.Fatalf("exit %d, want 1", code)
+	if code := runMain([]string{"run", "--config", "/nonexistent/config.toml"}, &out, &errOut); code != exitBadConfig {
+		t.Fatalf("exit %d, want %d", code, exitBadConfig)
 	}
 	if !strings.Contains(errOut.String(), "/nonexistent/config.toml") {
 		t.Errorf("error does not name the file: %s", errOut.String())
