@@ -9,11 +9,16 @@
 # Debian's kernel; hack/vm/run-tests.sh); everything else runs in network namespaces on
 # the host. The scenes are the tests of test/demo, which `make test` also runs.
 #
+# The last scene is the installed package on a Debian machine with systemd as PID 1
+# (the node tier, hack/node/run-tests.sh, which `make test` runs as its own tier): apt
+# install, systemctl enable --now, pods from the CNI plugins, the watchdog, a config
+# change, an upgrade, remove and purge, told step by step.
+#
 # Usage: hack/demo.sh [--smoke]
 #   --smoke (or DEMO_SMOKE=1)  run every scene but print only whether each passed; the
 #                              story goes to the test log and is shown when a scene fails.
 # Environment (optional):
-#   DEMO_SCENES   "host vm" (default), "host" or "vm"
+#   DEMO_SCENES   any of "host vm node" (the default: all three)
 # Needs root (network namespaces). Takes about 20 s on the host and 2-3 minutes in the
 # VM once kube-bin and the VM image are cached.
 set -euo pipefail
@@ -22,7 +27,7 @@ cd "$root"
 export GOTOOLCHAIN=local CGO_ENABLED=${CGO_ENABLED:-0} GOFLAGS=${GOFLAGS:--trimpath}
 smoke=${DEMO_SMOKE:-0}
 [[ ${1:-} == --smoke ]] && smoke=1
-scenes=${DEMO_SCENES:-host vm}
+scenes=${DEMO_SCENES:-host vm node}
 
 say() { printf '\n\033[1m%s\033[0m\n' "$*"; }
 if ((EUID != 0)); then
@@ -78,6 +83,13 @@ if [[ $scenes == *vm* ]] && ((status == 0)); then
   # stream keeps them in order.
   bash hack/vm/run-tests.sh -test.run='^TestDemoServiceProxyInVM$' ./test/demo 2>&1 |
     if ((smoke)); then grep --line-buffered -E '^(--- |ok|FAIL|vm: .*(fail|FAIL|SKIP))' || true; else grep --line-buffered -vE '^(=== RUN|--- PASS|PASS$|ok  )' || true; fi
+  status=${PIPESTATUS[0]}
+fi
+
+if [[ $scenes == *node* ]] && ((status == 0)); then
+  ((smoke)) || say "Scene 7: the package on a Debian node with systemd as PID 1 — apt install, systemctl enable --now, pods made by the CNI plugins, the watchdog, a config change, an upgrade, remove and purge (qemu without KVM: allow several minutes)"
+  bash hack/node/run-tests.sh -test.run='^TestPackagedNode$' -test.v 2>&1 |
+    if ((smoke)); then grep --line-buffered -E '^(--- |ok|FAIL|node: .*(fail|FAIL|SKIP))' || true; else grep --line-buffered -vE '^(=== RUN|=== PAUSE|=== CONT|PASS$|ok  )' || true; fi
   status=${PIPESTATUS[0]}
 fi
 
