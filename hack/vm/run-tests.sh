@@ -29,6 +29,8 @@ vm_timeout=${KUBEROUTERD_VM_TIMEOUT:-1800}
 vm_cpus=${KUBEROUTERD_VM_CPUS:-2}
 vm_memory=${KUBEROUTERD_VM_MEMORY:-2048}
 apiserver_guest_addr=10.0.2.100:6443
+# shellcheck source=hack/vm/control-plane.sh
+source "$here/control-plane.sh"
 
 log() { echo "vm: $*" >&2; }
 now() { date +%s.%N; }
@@ -99,7 +101,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-mkdir -p "$run/bin" "$run/status" "$run/control-plane/pki" "$run/control-plane/etcd"
+mkdir -p "$run/bin" "$run/status"
 
 # 1. Static test binaries, one per package.
 failed=0
@@ -122,75 +124,9 @@ log "built $(wc -l <"$run/plan") test binaries in $(since "$build_start") s"
 if [[ ! -s "$run/plan" ]]; then exit "$failed"; fi
 
 # 2. etcd and kube-apiserver on the host's loopback, for tests that need a real API server.
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
-      ! (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null; then
-      echo "$p"
-      return 0
-    fi
-  done
-  return 1
-}
-cp_dir=$run/control-plane
-etcd_port=$(free_port)
-apiserver_port=$(free_port)
-"$kube_bin/etcd" --name default --data-dir "$cp_dir/etcd" --log-level warn --unsafe-no-fsync \
-  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
-  --initial-advertise-peer-urls "http://127.0.0.1:$((etcd_port + 1))" \
-  --initial-cluster "default=http://127.0.0.1:$((etcd_port + 1))" >"$cp_dir/etcd.log" 2>&1 &
-etcd_pid=$!
-token=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
-echo "$token,admin,admin,system:masters" >"$cp_dir/pki/tokens.csv"
-openssl genrsa -out "$cp_dir/pki/sa.key" 2048 2>/dev/null
-openssl rsa -in "$cp_dir/pki/sa.key" -pubout -out "$cp_dir/pki/sa.pub" 2>/dev/null
-# Loopback advertise address needs the none endpoint reconciler; no controller-manager runs,
-# so the ServiceAccount admission plugin would reject every Pod. Dual-stack Service ranges,
-# so tests can create IPv6 and dual-stack Services.
-"$kube_bin/kube-apiserver" --etcd-servers="http://127.0.0.1:$etcd_port" \
-  --bind-address=127.0.0.1 --secure-port="$apiserver_port" \
-  --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
-  --cert-dir="$cp_dir/pki" --service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/108 \
-  --service-account-issuer=https://kubernetes.default.svc \
-  --service-account-key-file="$cp_dir/pki/sa.pub" \
-  --service-account-signing-key-file="$cp_dir/pki/sa.key" \
-  --token-auth-file="$cp_dir/pki/tokens.csv" --authorization-mode=RBAC \
-  --disable-admission-plugins=ServiceAccount --allow-privileged=true \
-  >"$cp_dir/kube-apiserver.log" 2>&1 &
-apiserver_pid=$!
 cp_start=$(now)
-until curl -skf -H "Authorization: Bearer $token" "https://127.0.0.1:$apiserver_port/readyz" >/dev/null 2>&1; do
-  if ! kill -0 "$apiserver_pid" 2>/dev/null || ! kill -0 "$etcd_pid" 2>/dev/null ||
-    (($(date +%s) - ${cp_start%.*} > 120)); then
-    tail -20 "$cp_dir/etcd.log" "$cp_dir/kube-apiserver.log" >&2
-    cannot_run "the control plane did not become ready"
-  fi
-  sleep 0.2
-done
+start_control_plane "$run" "$apiserver_guest_addr" "$kube_bin" || cannot_run "the control plane did not become ready"
 log "control plane ready in $(since "$cp_start") s (kube-apiserver 127.0.0.1:$apiserver_port, guest $apiserver_guest_addr)"
-# The serving certificate names kubernetes(.default.svc) and loopback, not the forwarded
-# guest address.
-cat >"$run/kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: host
-  cluster:
-    server: https://$apiserver_guest_addr
-    tls-server-name: kubernetes
-    certificate-authority-data: $(base64 -w0 <"$cp_dir/pki/apiserver.crt")
-contexts:
-- name: host
-  context: {cluster: host, user: admin}
-current-context: host
-users:
-- name: admin
-  user:
-    token: $token
-EOF
 
 # 3. The VM: test output on the second serial port (streamed here), kernel console to a file.
 printf '%s\n' "${test_flags[@]}" >"$run/flags"
