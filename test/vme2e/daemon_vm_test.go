@@ -3,11 +3,9 @@
 package vme2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -97,9 +95,12 @@ func (d *daemon) reconfigure(body string) {
 kubeconfig = %q
 node_name = %q
 %s
+[pod_network]
+cni_config_file = %q
+
 [logging]
 level = "debug"
-`, d.kubeconfig, d.Node.Name, body)
+`, d.kubeconfig, d.Node.Name, body, filepath.Join(filepath.Dir(d.Config), "10-kube-routerd.conflist"))
 	if err := os.WriteFile(d.Config, []byte(text), 0o600); err != nil {
 		panic(err) // t.TempDir is writable
 	}
@@ -174,41 +175,6 @@ func dataplaneState(t *testing.T, n *netns.Node) string {
 	b.WriteString("# routes of protocol 144\n")
 	b.WriteString(ourRoutes(t, n))
 	return b.String()
-}
-
-// echoServer answers every line it reads on a connection with the namespace's label
-// and the line, until the test ends.
-func echoServer(t *testing.T, ns *netns.NS, port int) {
-	t.Helper()
-	var ln net.Listener
-	if err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
-		return err
-	}); err != nil {
-		t.Fatalf("echo server in %s: %v", ns.Label, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				r := bufio.NewReader(conn)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if _, err := fmt.Fprintf(conn, "%s %s", ns.Label, line); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
 }
 
 // probeTarget expects target to answer a fresh TCP connection from ns, retrying a

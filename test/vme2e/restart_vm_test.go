@@ -3,13 +3,10 @@
 package vme2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,102 +83,6 @@ func waitIPVS(t *testing.T, node *netns.Node, target netip.AddrPort, backends ..
 	})
 }
 
-// echoStream is one long-lived TCP connection that sends a numbered line every
-// interval and checks its echo before sending the next, so a lost, reordered or
-// broken exchange ends it with an error.
-type echoStream struct {
-	conn   net.Conn
-	server string // the backend IPVS chose for the connection
-	echoed atomic.Int64
-	stop   chan struct{}
-	done   chan struct{}
-	err    error // valid once done is closed
-}
-
-func startEchoStream(t *testing.T, from *netns.NS, target netip.AddrPort, interval time.Duration) *echoStream {
-	t.Helper()
-	s := &echoStream{stop: make(chan struct{}), done: make(chan struct{})}
-	if err := from.Do(func() (err error) {
-		s.conn, err = net.DialTimeout("tcp", target.String(), 10*time.Second)
-		return err
-	}); err != nil {
-		t.Fatalf("echo connection from %s to %s: %v", from.Label, target, err)
-	}
-	r := bufio.NewReader(s.conn)
-	exchange := func(seq int64) (string, error) {
-		_ = s.conn.SetDeadline(time.Now().Add(15 * time.Second))
-		line := fmt.Sprintf("echo %d\n", seq)
-		if _, err := s.conn.Write([]byte(line)); err != nil {
-			return "", fmt.Errorf("send echo %d: %w", seq, err)
-		}
-		reply, err := r.ReadString('\n')
-		if err != nil {
-			return "", fmt.Errorf("read echo %d: %w", seq, err)
-		}
-		server, echoed, _ := strings.Cut(reply, " ")
-		if echoed != line {
-			return "", fmt.Errorf("sent %q, got back %q", line, reply)
-		}
-		return server, nil
-	}
-	server, err := exchange(0)
-	if err != nil {
-		t.Fatalf("echo stream from %s to %s: %v", from.Label, target, err)
-	}
-	s.server = server
-	s.echoed.Store(1)
-	go func() {
-		defer close(s.done)
-		tick := time.NewTicker(interval)
-		defer tick.Stop()
-		for seq := int64(1); ; seq++ {
-			select {
-			case <-s.stop:
-				return
-			case <-tick.C:
-			}
-			got, err := exchange(seq)
-			if err == nil && got != s.server {
-				err = fmt.Errorf("echo %d came from %s, the connection started on %s", seq, got, s.server)
-			}
-			if err != nil {
-				s.err = err
-				return
-			}
-			s.echoed.Add(1)
-		}
-	}()
-	t.Cleanup(func() { s.finish() })
-	return s
-}
-
-// waitEchoes waits for n more echoes and fails the test if the stream broke.
-func (s *echoStream) waitEchoes(t *testing.T, n int64, what string) {
-	t.Helper()
-	want := s.echoed.Load() + n
-	testenv.Eventually(t, fmt.Sprintf("%d more echoes %s", n, what), 2*time.Minute, func() bool {
-		select {
-		case <-s.done:
-			t.Fatalf("the echo stream broke %s after %d echoes: %v", what, s.echoed.Load(), s.err)
-		default:
-		}
-		return s.echoed.Load() >= want
-	})
-}
-
-// finish stops the stream and returns how many echoes came back and why it ended
-// early, if it did.
-func (s *echoStream) finish() (int64, error) {
-	select {
-	case <-s.stop:
-	default:
-		close(s.stop)
-	}
-	<-s.done
-	s.conn.Close()
-	return s.echoed.Load(), s.err
-}
-
 // TestEstablishedConnectionsSurviveRestarts: a client holds a TCP connection to a
 // ClusterIP, echoing a line every 100 ms, while kube-routerd is stopped with SIGTERM
 // and an upgraded binary started (the package upgrade path), and then while it is
@@ -200,7 +101,7 @@ func TestEstablishedConnectionsSurviveRestarts(t *testing.T) {
 	client := node.AddPod(t, netns.PodOptions{Name: "client", Namespace: ns})
 	for _, b := range []*netns.Pod{backendA, backendB} {
 		b.Serve(t, netns.TCP, probeTargetPort)
-		echoServer(t, b.NS, echoTargetPort)
+		b.ServeEcho(t, echoTargetPort)
 	}
 
 	d := newDaemon(t, node, rc, bin, fmt.Sprintf(`
@@ -216,9 +117,14 @@ router_id = %q
 	probe, echo := netip.AddrPortFrom(vip, probePort), netip.AddrPortFrom(vip, echoPort)
 	waitIPVS(t, node, probe, backendA, backendB)
 	waitIPVS(t, node, echo, backendA, backendB)
-	stream := startEchoStream(t, client.NS, echo, 100*time.Millisecond)
-	stream.waitEchoes(t, 5, "before any restart")
-	t.Logf("the echo connection %s -> %s is served by %s", client.IPv4, echo, stream.server)
+	conn, err := client.DialTCP(echo, 10*time.Second)
+	if err != nil {
+		t.Fatalf("echo connection from %s to %s: %v", client.Label, echo, err)
+	}
+	stream := netns.StartEchoStream(t, conn, 100*time.Millisecond)
+	t.Cleanup(func() { stream.Finish() })
+	stream.WaitEchoes(t, 5, "before any restart")
+	t.Logf("the echo connection %s -> %s is served by %s", client.IPv4, echo, stream.Server)
 	before := dataplaneState(t, node)
 	t.Logf("dataplane of %s:\n%s", node.Name, before)
 
@@ -230,17 +136,17 @@ router_id = %q
 	}
 	restartUnderTraffic := func(how string, down func()) {
 		t.Helper()
-		echoesBefore := stream.echoed.Load()
+		echoesBefore := stream.Echoed()
 		downAt := time.Now()
 		down()
 		sameState("after " + how)
-		stream.waitEchoes(t, 5, "while kube-routerd is down after "+how)
+		stream.WaitEchoes(t, 5, "while kube-routerd is down after "+how)
 		gapServers := []string{probeTarget(t, client.NS, probe), probeTarget(t, client.NS, probe)}
-		echoesDown := stream.echoed.Load() - echoesBefore
+		echoesDown := stream.Echoed() - echoesBefore
 		ready := d.StartReady(readyTimeout)
 		gap := time.Since(downAt)
 		sameState("by the restart after " + how)
-		stream.waitEchoes(t, 5, "after the restart after "+how)
+		stream.WaitEchoes(t, 5, "after the restart after "+how)
 		after := []string{probeTarget(t, client.NS, probe), probeTarget(t, client.NS, probe)}
 		t.Logf("%s: down to READY %s (start to READY %s), %d echoes while down, new connections while down answered by %v, after by %v",
 			how, gap.Round(time.Millisecond), ready.Round(time.Millisecond), echoesDown, gapServers, after)
@@ -253,7 +159,7 @@ router_id = %q
 	})
 	restartUnderTraffic("SIGKILL", d.Kill)
 
-	echoed, err := stream.finish()
+	echoed, err := stream.Finish()
 	if err != nil {
 		t.Fatalf("the echo stream broke after %d echoes: %v", echoed, err)
 	}
