@@ -133,6 +133,10 @@ func (c *Controller) sync(_ context.Context, full bool) (string, error) {
 	var errs []error
 	if full {
 		errs = append(errs, c.ensureSysctls())
+	}
+	// A partial sync can come first; without the link's MTU the conflist would say
+	// 0 less the tunnel header.
+	if full || c.linkMTU == 0 {
 		c.linkMTU = c.readLinkMTU(self)
 	}
 	want := compute(c.opts, self, nodes, c.linkMTU)
