@@ -22,7 +22,7 @@ export GOFLAGS := -trimpath
 
 help:
 	@echo "make build     build bin/kube-routerd (static; BIN=path elsewhere)"
-	@echo "make test      every test tier: unit, host namespaces + real API server, VM (IPVS)"
+	@echo "make test      every test tier: unit, host namespaces + real API server, VM (IPVS), node (the .deb under systemd)"
 	@echo "make demo      a real control plane and a small simulated cluster, each controller working"
 	@echo "make bench     speed and memory figures of each controller"
 	@echo "make package   dist/kube-routerd_<version>_<arch>.deb and .rpm (VERSION=, DIST=dir)"
@@ -66,6 +66,7 @@ lint: $(TOOLS)/staticcheck-$(STATICCHECK_VERSION)
 	go vet ./...
 	go vet -tags integration ./...
 	go vet -tags vm ./...
+	go vet -tags node ./...
 	$(TOOLS)/staticcheck-$(STATICCHECK_VERSION) ./...
 
 clean:

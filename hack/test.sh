@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# test.sh — the body of `make test`. Three tiers, each with a timeout:
+# test.sh — the body of `make test`. Four tiers, each with a timeout:
 #   1. unit:        go test ./...  (fakes only; no root, no network)
 #   2. integration: go test -tags integration -p 1  (root: network namespaces with real
 #                   iptables/ipset/routes/veth/bridge, and a real kube-apiserver + etcd)
 #   3. vm:          hack/vm/run-tests.sh  (-tags vm tests inside a qemu VM with Debian's
 #                   kernel: IPVS, dummy, ipip)
+#   4. node:        hack/node/run-tests.sh  (-tags node: the .deb installed and run by
+#                   systemd on a Debian machine in qemu, as an operator runs it)
 # It first installs what is missing (hack/deps.sh, hack/kube-bin.sh). The last line of
 # output is always `N passed, N failed, N skipped` (top-level tests; a package that
 # fails without a failing test, e.g. a build error, counts as one failure). The exit
@@ -12,13 +14,13 @@
 # integration or VM tier counts as a failure: CI must not pass by skipping.
 #
 # Environment (optional):
-#   KUBEROUTERD_TEST_TIERS   tiers to run, default "unit integration vm"
+#   KUBEROUTERD_TEST_TIERS   tiers to run, default "unit integration vm node"
 #   KUBEROUTERD_TEST_LOGS    directory for the full logs (default: a new dir under /tmp)
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export GOTOOLCHAIN=local
-tiers=${KUBEROUTERD_TEST_TIERS:-unit integration vm}
+tiers=${KUBEROUTERD_TEST_TIERS:-unit integration vm node}
 logs=${KUBEROUTERD_TEST_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/kube-routerd-test.XXXXXX")}
 mkdir -p "$logs"
 ci=false
@@ -77,14 +79,14 @@ summarize_json() {
     END { print pass + 0, fail + 0, skip + 0 > counts }'
 }
 
-# summarize_verbose COUNTS: the same for `go test -v`-style output (the VM runner's).
+# summarize_verbose COUNTS: the same for `go test -v`-style output (the VM runners').
 summarize_verbose() {
   awk -v counts="$1" '
     { print; fflush() }
     /^--- PASS: / { pass++ }
     /^--- FAIL: / { fail++; since++ }
     /^--- SKIP: / { skip++ }
-    /SKIP: cannot run the VM tier/ { skip++ }
+    /SKIP: cannot run the (VM|node) tier/ { skip++ }
     /^ok  / { since = 0 }
     /^FAIL\t/ { if (!since) fail++; since = 0 }
     END { print pass + 0, fail + 0, skip + 0 > counts }'
@@ -113,7 +115,7 @@ start=$(now)
 if ! bash hack/deps.sh; then
   record deps 0 1 0 $(($(now) - start)) "hack/deps.sh failed"
 fi
-if [[ $tiers == *integration* || $tiers == *vm* ]]; then
+if [[ $tiers == *integration* || $tiers == *vm* || $tiers == *node* ]]; then
   start=$(now)
   if assets=$(bash hack/kube-bin.sh); then
     export KUBEBUILDER_ASSETS=$assets
@@ -154,6 +156,15 @@ for tier in $tiers; do
     else
       record vm 0 0 1 0 "hack/vm/run-tests.sh is missing"
     fi
+    ;;
+  node)
+    start=$(now)
+    say "tier node: hack/node/run-tests.sh (log: $logs/node.log)"
+    bash hack/node/run-tests.sh 2>&1 | tee "$logs/node.log" | summarize_verbose "$logs/node.counts"
+    rc=${PIPESTATUS[0]}
+    read -r p f s <"$logs/node.counts"
+    if ((rc != 0 && f == 0)); then f=1; fi
+    record node "$p" "$f" "$s" $(($(now) - start))
     ;;
   *)
     say "unknown tier $tier"
