@@ -110,15 +110,15 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	return nil
 }
 
-// forwardingSysctls let the node route its pods' traffic, and bridge netfilter sends
-// traffic between pods of one bridge through iptables, where network policies apply.
-// The bridge keys exist only once br_netfilter is loaded (the package loads it at
-// boot); Ensure skips none, so they are set only when present.
+// forwardingSysctls let the node route its pods' traffic.
 var forwardingSysctls = []sysctl.KV{
 	{Key: "net/ipv4/ip_forward", Value: "1"},
 	{Key: "net/ipv6/conf/all/forwarding", Value: "1"},
 }
 
+// bridgeSysctls send traffic between pods of one bridge through iptables, where
+// network policies apply. Their keys exist only once br_netfilter is loaded (the
+// package loads it), so ensureSysctls sets them only when present.
 var bridgeSysctls = []sysctl.KV{
 	{Key: "net/bridge/bridge-nf-call-iptables", Value: "1"},
 	{Key: "net/bridge/bridge-nf-call-ip6tables", Value: "1"},
