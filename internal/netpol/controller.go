@@ -21,6 +21,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
@@ -56,23 +57,23 @@ type changed struct {
 	key    string
 }
 
-// familyState is the compiled policies and reconciler of one IP family.
+// familyState is the compiled policies and netfilter writer of one IP family.
 type familyState struct {
-	opts     options
-	compiled map[string]*compiledPolicy
-	asm      *assembler
-	rec      *reconciler
+	opts      options
+	compiled  map[string]*compiledPolicy
+	asm       *assembler
+	netfilter netfilter.Interface
 }
 
 // Details is what `kube-routerd status` shows about the policy controller.
 type Details struct {
-	Policies  int                 `json:"policies"`
-	Pods      int                 `json:"isolatedPods"`
-	Rules     int                 `json:"rules"`
-	Sets      int                 `json:"sets"`
-	Entries   int                 `json:"setEntries"`
-	Problems  map[string][]string `json:"problems,omitempty"`
-	LastApply map[int]applyStats  `json:"lastApplyByFamily,omitempty"`
+	Policies  int                     `json:"policies"`
+	Pods      int                     `json:"isolatedPods"`
+	Rules     int                     `json:"rules"`
+	Sets      int                     `json:"sets"`
+	Entries   int                     `json:"setEntries"`
+	Problems  map[string][]string     `json:"problems,omitempty"`
+	LastApply map[int]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
 }
 
 // KernelDataplanes returns the real IPv4 and IPv6 dataplanes of network namespace ns
@@ -118,7 +119,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 	for _, dp := range dataplanes {
 		o := c.opts
 		o.Family = dp.Family
-		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*compiledPolicy{}, asm: newAssembler(o), rec: newReconciler(dp)})
+		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*compiledPolicy{}, asm: newAssembler(o), netfilter: dp.writer(slog.Default())})
 	}
 	m, err := newMetrics(env.Registry)
 	if err != nil {
@@ -208,7 +209,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		byKey[p.Namespace+"/"+p.Name] = p
 	}
 
-	details := Details{Problems: map[string][]string{}, LastApply: map[int]applyStats{}}
+	details := Details{Problems: map[string][]string{}, LastApply: map[int]netfilter.Stats{}}
 	for _, fs := range c.families {
 		for key := range fs.compiled {
 			if byKey[key] == nil {
@@ -237,7 +238,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 		desired := fs.asm.Assemble(list, c.idx)
 		applyStart := time.Now()
-		st, err := fs.rec.apply(desired, full)
+		st, err := fs.netfilter.Apply(&desired.Ruleset, full)
 		applyTime += time.Since(applyStart)
 		details.LastApply[fs.opts.Family] = st
 		if st.Drifted > 0 {
@@ -328,7 +329,7 @@ func cleanupDataplanes(ctx context.Context, dps []Dataplane) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := cleanup(dp); err != nil {
+		if err := dp.writer(slog.Default()).Cleanup(); err != nil {
 			return fmt.Errorf("cleaning up network policy state (IPv%d): %w", dp.Family, err)
 		}
 	}

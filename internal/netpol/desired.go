@@ -31,7 +31,7 @@ import (
 	"strings"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // options are the node-wide compiler settings.
@@ -60,7 +60,7 @@ type compiledPolicy struct {
 	// Targets are the keys of the local pods the policy selects, sorted.
 	Targets []string
 	// Chains are the policy's ingress and egress chains (when it has those types).
-	Chains []iptables.Chain
+	Chains []netfilter.Chain
 	// Sets are the ipsets the chains reference, entries sorted.
 	Sets []ipset.SetEntries
 	// Problems describe parts of the policy that could not be compiled; those parts
@@ -71,11 +71,11 @@ type compiledPolicy struct {
 // Desired is the whole state the controller wants in the kernel for one family.
 type Desired struct {
 	// Chains are the local pods' chains (pods by namespace and name), then the
-	// policies' chains (policies by key), then topChain.
-	Chains []iptables.Chain
-	Sets   []ipset.SetEntries // the policies' sets, policies by key
-	Pods   int                // local pods with at least one isolated direction
-	Rules  int                // total rules in Chains
+	// policies' chains (policies by key), then topChain; Sets are the policies' sets,
+	// policies by key; Jumps are hookJumps.
+	netfilter.Ruleset
+	Pods  int // local pods with at least one isolated direction
+	Rules int // total rules in Chains
 }
 
 // SetEntriesCount is the number of entries over all sets.

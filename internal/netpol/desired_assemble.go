@@ -8,6 +8,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // assemble combines compiled policies with the local pods into the full desired
@@ -69,7 +70,7 @@ type assembledPod struct {
 	ip              netip.Addr
 	ingress, egress []string
 	beta            bool
-	chains          []iptables.Chain
+	chains          []netfilter.Chain
 	dispatchIngress string // top chain rule sending traffic to the pod to its ingress chain
 	dispatchEgress  string
 	gen             uint64
@@ -103,7 +104,7 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 		}
 		ip, _ := o.podIP(pod)
 		ap := a.pods[ref]
-		if ap == nil || ap.ip != ip || ap.beta != beta || !sameStrings(ap.ingress, ingress) || !sameStrings(ap.egress, egress) {
+		if ap == nil || ap.ip != ip || ap.beta != beta || !slices.Equal(ap.ingress, ingress) || !slices.Equal(ap.egress, egress) {
 			rebuilt := assemblePod(pod.Key(), ip, ingress, egress, beta, o)
 			dispatchChanged = dispatchChanged || ap == nil ||
 				ap.dispatchIngress != rebuilt.dispatchIngress || ap.dispatchEgress != rebuilt.dispatchEgress
@@ -127,11 +128,12 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 	}
 
 	d := &Desired{Pods: len(a.order)}
+	d.Jumps = hookJumps
 	if a.last != nil {
-		d.Chains = make([]iptables.Chain, 0, len(a.last.Chains)+2)
+		d.Chains = make([]netfilter.Chain, 0, len(a.last.Chains)+2)
 		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))
 	}
-	top := iptables.Chain{Name: topChain, Rules: o.topChainHead()}
+	top := netfilter.Chain{Table: iptables.TableFilter, Name: topChain, Rules: o.topChainHead()}
 	if !dispatchChanged && a.last != nil {
 		top = a.last.Chains[len(a.last.Chains)-1]
 	} else {
@@ -243,12 +245,12 @@ func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool,
 }
 
 // podChain is a pod's ingress or egress chain: the union of its policies' allows.
-func podChain(kind, podKey string, policyChains []string, o options) iptables.Chain {
+func podChain(kind, podKey string, policyChains []string, o options) netfilter.Chain {
 	dir := "ingress"
 	if kind == podEgressKind {
 		dir = "egress"
 	}
-	c := iptables.Chain{Name: name(kind, podKey, o.familyTag())}
+	c := netfilter.Chain{Table: iptables.TableFilter, Name: name(kind, podKey, o.familyTag())}
 	if kind == podIngressKind {
 		// The node itself (kubelet probes) always reaches its pods.
 		c.Rules = append(c.Rules, `-m comment --comment "node to its own pods" -m addrtype --src-type LOCAL -j RETURN`)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // policyTypes applies the API's defaulting when spec.policyTypes is empty: Ingress
@@ -54,14 +55,14 @@ func compilePolicy(p *networkingv1.NetworkPolicy, idx *index, o options) *compil
 	}
 	b := &policyBuilder{policy: key, idx: idx, o: o, namespace: p.Namespace, out: c, targets: targets}
 	if c.Ingress {
-		chain := iptables.Chain{Name: name(polIngressKind, key, o.familyTag())}
+		chain := netfilter.Chain{Table: iptables.TableFilter, Name: name(polIngressKind, key, o.familyTag())}
 		for i, rule := range p.Spec.Ingress {
 			chain.Rules = append(chain.Rules, b.rule("ingress", i, rule.From, rule.Ports)...)
 		}
 		c.Chains = append(c.Chains, chain)
 	}
 	if c.Egress {
-		chain := iptables.Chain{Name: name(polEgressKind, key, o.familyTag())}
+		chain := netfilter.Chain{Table: iptables.TableFilter, Name: name(polEgressKind, key, o.familyTag())}
 		for i, rule := range p.Spec.Egress {
 			chain.Rules = append(chain.Rules, b.rule("egress", i, rule.To, rule.Ports)...)
 		}

@@ -7,8 +7,8 @@ import (
 	"sync"
 )
 
-// Names of what the compiler produces. Every chain and set carries the
-// KUBE-ROUTER- prefix, so Cleanup and the full resync recognise them.
+// Names of what the compiler produces: the KUBE-ROUTER- prefix and a kind, which
+// Owner claims.
 const (
 	topChain        = "KUBE-ROUTER-FORWARD"
 	chainPrefix     = "KUBE-ROUTER-"
@@ -19,7 +19,6 @@ const (
 	peerSetKind     = "SP" // hash:ip of peer pods
 	exceptSetKind   = "SX" // hash:net of an ipBlock's except list
 	namedPortKind   = "SN" // hash:ip,port of pods exposing a named port
-	tempSetSuffix   = "-T" // a set being rebuilt before a swap
 	hashLen         = 13
 	commentMaxBytes = 200
 )
@@ -39,28 +38,3 @@ func name(kind string, parts ...string) string {
 }
 
 var nameCache sync.Map
-
-// OwnsChain reports whether chain is one the policy controller creates (other
-// kube-routerd controllers share the KUBE-ROUTER- prefix).
-func OwnsChain(chain string) bool {
-	if chain == topChain {
-		return true
-	}
-	for _, kind := range []string{podIngressKind, podEgressKind, polIngressKind, polEgressKind} {
-		if strings.HasPrefix(chain, chainPrefix+kind+"-") {
-			return true
-		}
-	}
-	return false
-}
-
-// OwnsSet reports whether set is one the policy controller creates, including sets
-// left half-built before a swap.
-func OwnsSet(set string) bool {
-	for _, kind := range []string{peerSetKind, exceptSetKind, namedPortKind} {
-		if strings.HasPrefix(set, chainPrefix+kind+"-") {
-			return true
-		}
-	}
-	return false
-}

@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"flag"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -133,8 +134,8 @@ func apply(t *testing.T, idx *index, o options, policies ...*networkingv1.Networ
 	for _, p := range policies {
 		compiled = append(compiled, compilePolicy(p, idx, o))
 	}
-	rec := newReconciler(Dataplane{Family: o.Family, IPTables: ipt, IPSets: sets})
-	if _, err := rec.apply(assemble(compiled, idx, o), true); err != nil {
+	rec := Dataplane{Family: o.Family, IPTables: ipt, IPSets: sets}.writer(slog.Default())
+	if _, err := rec.Apply(&assemble(compiled, idx, o).Ruleset, true); err != nil {
 		t.Fatal(err)
 	}
 	return readKernel(t, ipt, sets), ipt, sets, compiled

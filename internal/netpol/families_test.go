@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // IPv4 and IPv6 sets live in one kernel namespace: a full sync of one family must
@@ -20,7 +22,7 @@ func TestFamiliesShareTheSetNamespace(t *testing.T) {
 	}
 	policies := []*networkingv1.NetworkPolicy{policy("x", "web", l("app", "a"), ingress(nil, pods(l("app", "b"))))}
 	sets := ipset.NewFake()
-	var recs []*reconciler
+	var recs []netfilter.Interface
 	var opts []options
 	for _, fam := range []struct {
 		family int
@@ -28,11 +30,11 @@ func TestFamiliesShareTheSetNamespace(t *testing.T) {
 	}{{4, iptables.IPv4}, {6, iptables.IPv6}} {
 		o := options{NodeName: node, Family: fam.family, MarkBit: defaultMarkBit}
 		opts = append(opts, o)
-		recs = append(recs, newReconciler(Dataplane{Family: fam.family, IPTables: iptables.NewFake(fam.proto), IPSets: sets}))
+		recs = append(recs, Dataplane{Family: fam.family, IPTables: iptables.NewFake(fam.proto), IPSets: sets}.writer(slog.Default()))
 	}
 	for round := range 2 {
 		for i, rec := range recs {
-			st, err := rec.apply(compileAll(idx, opts[i], policies), true)
+			st, err := rec.Apply(&compileAll(idx, opts[i], policies).Ruleset, true)
 			if err != nil {
 				t.Fatal(err)
 			}

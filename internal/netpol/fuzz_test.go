@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"log/slog"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -108,7 +109,8 @@ func FuzzCompilePolicy(f *testing.F) {
 			if family == 6 {
 				ipt = iptables.NewFake(iptables.IPv6)
 			}
-			if _, err := newReconciler(Dataplane{Family: family, IPTables: ipt, IPSets: sets}).apply(d, true); err != nil {
+			dp := Dataplane{Family: family, IPTables: ipt, IPSets: sets}
+			if _, err := dp.writer(slog.Default()).Apply(&d.Ruleset, true); err != nil {
 				t.Fatalf("IPv%d: applying the compiled policy: %v", family, err)
 			}
 			if family == 6 {

@@ -121,13 +121,13 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 				t.Error(err)
 			}
 			for name := range chains {
-				if OwnsChain(name) {
+				if Owner.OwnsChain(name) {
 					t.Errorf("chain %s left after Cleanup", name)
 				}
 			}
 			sets, _ := dp.IPSets.ListAll()
 			for _, s := range sets {
-				if OwnsSet(s.Name) {
+				if Owner.OwnsSet(s.Name) {
 					t.Errorf("set %s left after Cleanup", s.Name)
 				}
 			}

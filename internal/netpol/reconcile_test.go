@@ -1,7 +1,7 @@
 package netpol
 
 import (
-	"strings"
+	"log/slog"
 	"testing"
 
 	networkingv1 "k8s.io/api/networking/v1"
@@ -42,14 +42,14 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	if err := sets.Add(foreign.Name, "10.9.9.9"); err != nil {
 		t.Fatal(err)
 	}
-	rec := newReconciler(Dataplane{Family: 4, IPTables: ipt, IPSets: sets})
-	if _, err := rec.apply(compileAll(idx, o, policies), true); err != nil {
+	rec := Dataplane{Family: 4, IPTables: ipt, IPSets: sets}.writer(slog.Default())
+	if _, err := rec.Apply(&compileAll(idx, o, policies).Ruleset, true); err != nil {
 		t.Fatal(err)
 	}
 
 	// Nothing changed: an incremental sync touches nothing.
 	restores, ops := len(ipt.Restores), sets.Ops
-	st, err := rec.apply(compileAll(idx, o, policies), false)
+	st, err := rec.Apply(&compileAll(idx, o, policies).Ruleset, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,7 +59,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 
 	// x/b loses its label: only the peer set changes, no chain is rewritten.
 	idx.Pod("x", "b").Labels = map[string]string{"app": "other"}
-	st, err = rec.apply(compileAll(idx, o, policies), false)
+	st, err = rec.Apply(&compileAll(idx, o, policies).Ruleset, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	p.Name, p.IPs = "new", nil
 	p.IPs = append(p.IPs, mustAddr("10.0.2.9"))
 	idx.SetPod(&p)
-	st, err = rec.apply(compileAll(idx, o, policies), false)
+	st, err = rec.Apply(&compileAll(idx, o, policies).Ruleset, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 		t.Fatalf("new pod applied %+v with %d restores; want 2 chains in 1 restore", st, len(ipt.Restores)-restores)
 	}
 	want := ipt.Dump() + sets.Dump()
-	if st, err := rec.apply(compileAll(idx, o, policies), true); err != nil || st.Drifted != 0 {
+	if st, err := rec.Apply(&compileAll(idx, o, policies).Ruleset, true); err != nil || st.Drifted != 0 {
 		t.Fatalf("full sync of an untouched kernel: drifted %d, err %v", st.Drifted, err)
 	}
 
@@ -97,14 +97,14 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	var ourSet string
 	all, _ := sets.ListAll()
 	for _, s := range all {
-		if s.Type == ipset.HashIP && OwnsSet(s.Name) {
+		if s.Type == ipset.HashIP && Owner.OwnsSet(s.Name) {
 			ourSet = s.Name
 		}
 	}
 	if err := sets.Add(ourSet, "10.6.6.6"); err != nil {
 		t.Fatal(err)
 	}
-	st, err = rec.apply(compileAll(idx, o, policies), true)
+	st, err = rec.Apply(&compileAll(idx, o, policies).Ruleset, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,10 +116,10 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	}
 
 	// Policies deleted: our chains and sets go, the others' stay.
-	if _, err := rec.apply(compileAll(idx, o, nil), false); err != nil {
+	if _, err := rec.Apply(&compileAll(idx, o, nil).Ruleset, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := cleanup(Dataplane{Family: 4, IPTables: ipt, IPSets: sets}); err != nil {
+	if err := rec.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
 	got := ipt.Dump() + sets.Dump()
@@ -136,29 +136,5 @@ set KUBE-ROUTER-LB-IPS hash:ip inet
 `
 	if got != wantAfter {
 		t.Fatalf("after cleanup:\n%s\nwant:\n%s", got, wantAfter)
-	}
-}
-
-func TestSwapReplacesMostlyChangedSets(t *testing.T) {
-	sets := ipset.NewFake()
-	rec := newReconciler(Dataplane{Family: 4, IPTables: iptables.NewFake(iptables.IPv4), IPSets: sets})
-	set := ipset.SetEntries{Set: ipset.Set{Name: "KUBE-ROUTER-SP-TEST", Type: ipset.HashIP, Family: ipset.IPv4}}
-	for i := range 100 {
-		set.Entries = append(set.Entries, "10.0.0."+itoa(i))
-	}
-	if _, err := rec.applySet(set); err != nil {
-		t.Fatal(err)
-	}
-	next := set
-	next.Entries = nil
-	for i := range 100 {
-		next.Entries = append(next.Entries, "10.0.1."+itoa(i))
-	}
-	if _, err := rec.applySet(ipset.SetEntries{Set: next.Set, Entries: sortStrings(next.Entries)}); err != nil {
-		t.Fatal(err)
-	}
-	dump := sets.Dump()
-	if strings.Contains(dump, "10.0.0.") || !strings.Contains(dump, "10.0.1.99") || strings.Contains(dump, tempSetSuffix+" ") {
-		t.Fatalf("swap left:\n%s", dump)
 	}
 }

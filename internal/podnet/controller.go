@@ -55,7 +55,7 @@ type Controller struct {
 	changes *loop.Tracker[struct{}]
 
 	// Owned by the sync loop.
-	egress  *egressReconciler
+	egress  *egressWriter
 	parsed  map[string]parsedNode
 	linkMTU int
 	lastCNI CNIState
@@ -80,7 +80,7 @@ func New(env daemon.Env, opts Options, kernel Kernel) (*Controller, error) {
 		log:      slog.Default().With("controller", "podnet"),
 		kernel:   kernel,
 		cni:      CNIFile{Path: opts.Config.CNIConfigFile},
-		egress:   newEgressReconciler(kernel.Dataplane),
+		egress:   newEgressWriter(kernel.Dataplane, slog.Default()),
 		parsed:   map[string]parsedNode{},
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
 	}

@@ -2,11 +2,12 @@ package podnet
 
 import (
 	"errors"
-	"fmt"
+	"log/slog"
 	"slices"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // Pod egress masquerading, per IP family:
@@ -52,167 +53,56 @@ func egressRules(f egressFamily) []string {
 	return rules
 }
 
-// egressApplied mirrors what one family's kernel holds of ours.
-type egressApplied struct {
-	members map[string]bool
-	rules   []string
-	jump    bool
-	chain   bool // our chain exists
-	set     bool // our set exists
+// Owner is what pod egress masquerading has in the kernel.
+var Owner = netfilter.Owner{
+	Name:   "pod egress",
+	Tables: []string{iptables.TableNAT},
+	Chains: []string{chainEgress},
+	Sets:   []string{clusterDstV4, clusterDstV6},
 }
 
-// egressReconciler keeps pod egress masquerading in line with the desired state.
-// Between full syncs it trusts its mirror of the kernel and writes only differences.
-type egressReconciler struct {
-	dp      Dataplane
-	applied map[bool]*egressApplied // by IPv6
-	writes  int
+// egressRuleset is the desired kernel state of one family's masquerading.
+func egressRuleset(f egressFamily) *netfilter.Ruleset {
+	return &netfilter.Ruleset{
+		Sets:   []ipset.SetEntries{{Set: clusterDstSet(f.IPv6), Entries: f.ClusterDestinations}},
+		Chains: []netfilter.Chain{{Table: iptables.TableNAT, Name: chainEgress, Rules: egressRules(f)}},
+		Jumps:  []netfilter.Jump{{Table: iptables.TableNAT, Chain: "POSTROUTING", Rule: iptables.RuleText(egressJump)}},
+	}
 }
 
-func newEgressReconciler(dp Dataplane) *egressReconciler {
-	return &egressReconciler{dp: dp, applied: map[bool]*egressApplied{}}
+// egressWriter hands each family's desired masquerading to that family's netfilter
+// writer, the one owner of our chains and sets.
+type egressWriter struct {
+	families []egressWriterFamily
+	writes   int // kernel changes of the last sync
 }
 
-func isIPv6(t iptables.Interface) bool { return t.Protocol() == iptables.IPv6 }
+type egressWriterFamily struct {
+	ipv6      bool
+	netfilter netfilter.Interface
+}
 
-// sync makes each family's kernel state match want (families absent from want lose
-// our chain, jump and set). A full sync re-reads the kernel first.
-func (r *egressReconciler) sync(want []egressFamily, full bool) error {
-	r.writes = 0
+func newEgressWriter(dp Dataplane, log *slog.Logger) *egressWriter {
+	w := &egressWriter{}
+	for _, ipt := range dp.IPTables {
+		w.families = append(w.families, egressWriterFamily{ipv6: ipt.Protocol() == iptables.IPv6, netfilter: netfilter.NewWriter(Owner, ipt, dp.IPSets, log)})
+	}
+	return w
+}
+
+// sync makes each family's kernel state match want; families absent from want lose
+// our chain, jump and set. A full sync re-reads the kernel first.
+func (w *egressWriter) sync(want []egressFamily, full bool) error {
+	w.writes = 0
 	var errs []error
-	for _, ipt := range r.dp.IPTables {
-		v6 := isIPv6(ipt)
-		if full || r.applied[v6] == nil {
-			a, err := r.read(ipt)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			r.applied[v6] = a
+	for _, f := range w.families {
+		rs := &netfilter.Ruleset{}
+		if i := slices.IndexFunc(want, func(e egressFamily) bool { return e.IPv6 == f.ipv6 }); i >= 0 {
+			rs = egressRuleset(want[i])
 		}
-		i := slices.IndexFunc(want, func(f egressFamily) bool { return f.IPv6 == v6 })
-		var err error
-		if i < 0 {
-			err = r.remove(ipt, r.applied[v6])
-		} else {
-			err = r.apply(ipt, want[i], r.applied[v6])
-		}
-		if err != nil {
-			r.applied[v6] = nil // unknown now: re-read next time
-			errs = append(errs, err)
-		}
+		st, err := f.netfilter.Apply(rs, full)
+		w.writes += st.Writes()
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
-
-func (r *egressReconciler) read(ipt iptables.Interface) (*egressApplied, error) {
-	set := clusterDstSet(isIPv6(ipt))
-	a := &egressApplied{members: map[string]bool{}}
-	chains, err := ipt.SaveChains(iptables.TableNAT)
-	if err != nil {
-		return nil, err
-	}
-	a.rules, a.chain = chains[chainEgress]
-	a.jump = slices.Contains(chains["POSTROUTING"], iptables.RuleText(egressJump))
-	cur, err := r.dp.IPSets.List(set.Name)
-	if err == nil {
-		a.set = true
-		for _, e := range cur.Entries {
-			a.members[e] = true
-		}
-	}
-	return a, nil
-}
-
-func (r *egressReconciler) apply(ipt iptables.Interface, want egressFamily, a *egressApplied) error {
-	set := clusterDstSet(want.IPv6)
-	// The set first: iptables-restore refuses a rule that names a missing set.
-	if !a.set {
-		if err := r.dp.IPSets.Create(set); err != nil {
-			return err
-		}
-		a.set = true
-		r.writes++
-	}
-	wantMembers := make(map[string]bool, len(want.ClusterDestinations))
-	var adds []string
-	for _, e := range want.ClusterDestinations {
-		wantMembers[e] = true
-		if !a.members[e] {
-			adds = append(adds, e)
-		}
-	}
-	if len(adds) > 0 {
-		if err := errors.Join(r.dp.IPSets.AddEntries(set.Name, adds)...); err != nil {
-			return err
-		}
-		for _, e := range adds {
-			a.members[e] = true
-		}
-		r.writes += len(adds)
-	}
-	for e := range a.members {
-		if !wantMembers[e] {
-			if err := r.dp.IPSets.Del(set.Name, e); err != nil {
-				return err
-			}
-			delete(a.members, e)
-			r.writes++
-		}
-	}
-	rules := egressRules(want)
-	if a.chain && a.jump && slices.Equal(a.rules, rules) {
-		return nil
-	}
-	buf := iptables.Buffer{Table: iptables.TableNAT, Write: []iptables.Chain{{Name: chainEgress, Rules: rules}}}
-	if !a.jump {
-		buf.Jumps = []iptables.Jump{{Chain: "POSTROUTING", Rule: iptables.RuleText(egressJump)}}
-	}
-	data, err := buf.Bytes()
-	if err != nil {
-		return err
-	}
-	if err := ipt.Restore(data); err != nil {
-		return fmt.Errorf("writing %s: %w", chainEgress, err)
-	}
-	a.rules, a.chain, a.jump = rules, true, true
-	r.writes++
-	return nil
-}
-
-// remove takes out the jump, then the chain, then the set (the kernel refuses to
-// destroy a set a rule still names).
-func (r *egressReconciler) remove(ipt iptables.Interface, a *egressApplied) error {
-	if a.jump {
-		if err := ipt.DeleteRule(iptables.TableNAT, "POSTROUTING", egressJump...); err != nil {
-			return err
-		}
-		a.jump = false
-		r.writes++
-	}
-	if a.chain {
-		data, err := iptables.Buffer{Table: iptables.TableNAT, Delete: []string{chainEgress}}.Bytes()
-		if err != nil {
-			return err
-		}
-		if err := ipt.Restore(data); err != nil {
-			return fmt.Errorf("deleting %s: %w", chainEgress, err)
-		}
-		a.chain, a.rules = false, nil
-		r.writes++
-	}
-	if a.set {
-		if err := r.dp.IPSets.Destroy(clusterDstSet(isIPv6(ipt)).Name); err != nil {
-			return err
-		}
-		a.set, a.members = false, map[string]bool{}
-		r.writes++
-	}
-	return nil
-}
-
-// OwnsChain reports whether chain is one the pod network creates.
-func OwnsChain(chain string) bool { return chain == chainEgress }
-
-// OwnsSet reports whether set is one the pod network creates.
-func OwnsSet(set string) bool { return set == clusterDstV4 || set == clusterDstV6 }

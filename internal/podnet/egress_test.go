@@ -1,6 +1,7 @@
 package podnet
 
 import (
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -9,9 +10,9 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 )
 
-func TestEgressReconcilerWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
+func TestEgressWriterWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 	ipt4, ipt6, sets := iptables.NewFake(iptables.IPv4), iptables.NewFake(iptables.IPv6), ipset.NewFake()
-	r := newEgressReconciler(Dataplane{IPTables: []iptables.Interface{ipt4, ipt6}, IPSets: sets})
+	r := newEgressWriter(Dataplane{IPTables: []iptables.Interface{ipt4, ipt6}, IPSets: sets}, slog.Default())
 	v4 := egressFamily{Sources: prefixes("10.244.1.0/24"), ClusterDestinations: []string{"10.244.1.0/24", "10.244.2.0/24", "192.0.2.2/32"}}
 	if err := r.sync([]egressFamily{v4}, true); err != nil {
 		t.Fatal(err)

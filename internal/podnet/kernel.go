@@ -118,7 +118,7 @@ func deleteBridge(name string) error {
 
 // CleanupKernel is Cleanup for a given kernel (tests, other namespaces).
 func CleanupKernel(k Kernel, cni CNIFile) error {
-	r := newEgressReconciler(k.Dataplane)
+	r := newEgressWriter(k.Dataplane, slog.Default())
 	errs := []error{r.sync(nil, true)}
 	if _, err := cni.Remove(); err != nil {
 		errs = append(errs, err)

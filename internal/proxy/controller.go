@@ -51,7 +51,7 @@ type Controller struct {
 	nodes    corelisters.NodeLister
 	runner   *loop.Runner
 	rec      *reconciler
-	fw       *firewallReconciler
+	fw       *firewall
 	metrics  *metrics
 
 	// changes collects the Services whose objects or EndpointSlices changed; "all"
@@ -153,7 +153,7 @@ func newWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		services: env.Informers.Core().V1().Services().Lister(),
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
 		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration),
-		fw:       newFirewallReconciler(dp, firewallOptions(cfg)),
+		fw:       newFirewall(dp, firewallOptions(cfg), slog.Default()),
 		metrics:  newMetrics(env.Registry),
 		desired:  newDesiredState(),
 	}
@@ -321,7 +321,6 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		changed = append(changed, c.rec.drainingKeys()...)
 		err = errors.Join(c.rec.partial(c.desired, changed), c.fw.partial(c.desired, changed))
 	}
-	clear(c.desired.hairpinTouched)
 	c.scheduleDrainPoll()
 	c.publish(node)
 	summary := fmt.Sprintf("%d virtual services, %d destinations", c.desired.services, c.desired.endpoints)

@@ -7,6 +7,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 // The service proxy's firewall, per IP family:
@@ -68,21 +69,15 @@ func familyOf(a netip.Addr) family {
 	return families[1]
 }
 
-// jump is a rule in a built-in chain that sends traffic into one of ours.
-type jump struct {
-	table, chain string
-	rule         []string
-}
-
-func (f family) jumps() []jump {
-	to := func(target string) []string {
-		return []string{"-m", "comment", "--comment", jumpComment, "-j", target}
+func (f family) jumps() []netfilter.Jump {
+	to := func(target string) string {
+		return iptables.RuleText([]string{"-m", "comment", "--comment", jumpComment, "-j", target})
 	}
-	return []jump{
-		{iptables.TableFilter, "INPUT", to(chainServices)},
-		{iptables.TableNAT, "PREROUTING", to(chainServices)},
-		{iptables.TableNAT, "OUTPUT", to(chainServices)},
-		{iptables.TableNAT, "POSTROUTING", to(chainPostrouting)},
+	return []netfilter.Jump{
+		{Table: iptables.TableFilter, Chain: "INPUT", Rule: to(chainServices)},
+		{Table: iptables.TableNAT, Chain: "PREROUTING", Rule: to(chainServices)},
+		{Table: iptables.TableNAT, Chain: "OUTPUT", Rule: to(chainServices)},
+		{Table: iptables.TableNAT, Chain: "POSTROUTING", Rule: to(chainPostrouting)},
 	}
 }
 
@@ -94,13 +89,10 @@ func (f family) sets() []ipset.Set {
 	}
 }
 
-// tableChain names one of our chains in one table.
-type tableChain struct{ table, chain string }
-
-// FirewallChains returns the rules of our chains for one family, in iptables-save's
+// firewallChains returns the rules of our chains for one family, in iptables-save's
 // canonical form so that they compare equal to what the kernel reports. hairpin lists
 // the local endpoint addresses of that family, sorted.
-func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[tableChain][]string {
+func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) []netfilter.Chain {
 	mark := fmt.Sprintf("0x%x", masqueradeMark)
 	served := "-m set --match-set " + f.ledger + " dst,dst"
 	filter := []string{
@@ -131,10 +123,10 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) map[ta
 		"-j MARK --set-xmark 0x0/"+mark,
 		"-j MASQUERADE",
 	)
-	return map[tableChain][]string{
-		{iptables.TableFilter, chainServices}: filter,
-		{iptables.TableNAT, chainServices}:    nat,
-		{iptables.TableNAT, chainPostrouting}: post,
+	return []netfilter.Chain{
+		{Table: iptables.TableFilter, Name: chainServices, Rules: filter},
+		{Table: iptables.TableNAT, Name: chainServices, Rules: nat},
+		{Table: iptables.TableNAT, Name: chainPostrouting, Rules: post},
 	}
 }
 
@@ -144,14 +136,11 @@ func keepsClientAddr(vs *virtualServer) bool {
 	return vs != nil && vs.LocalOnly && vs.Kind != ClusterIP
 }
 
-// OwnsChain reports whether chain is one the service proxy creates.
-func OwnsChain(chain string) bool { return chain == chainServices || chain == chainPostrouting }
-
-// OwnsSet reports whether set is one the service proxy creates (the IPVS ledger too).
-func OwnsSet(set string) bool {
-	switch set {
-	case setVIPsV4, setVIPsV6, setLocalV4, setLocalV6, ipvs.LedgerSetV4, ipvs.LedgerSetV6:
-		return true
-	}
-	return false
+// Owner is what the service proxy's firewall has in the kernel. The IPVS ledger sets
+// are the IPVS reconciler's (internal/dataplane/ipvs).
+var Owner = netfilter.Owner{
+	Name:   "service proxy",
+	Tables: []string{iptables.TableFilter, iptables.TableNAT},
+	Chains: []string{chainServices, chainPostrouting},
+	Sets:   []string{setVIPsV4, setVIPsV6, setLocalV4, setLocalV6},
 }

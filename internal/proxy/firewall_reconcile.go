@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -10,294 +9,119 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
-// firewallReconciler keeps our sets, chains and jumps in line with the desired state.
-// It mirrors what the kernel holds of ours, so a partial sync compares against memory
-// and writes only entries and chains that differ. Used by the sync loop only.
-type firewallReconciler struct {
-	sets    ipset.Interface
-	tables  map[iptables.Protocol]iptables.Interface
-	sysctls sysctl.Interface
-	opts    FirewallOptions
-	// members mirrors the entries of our sets, by set name.
-	members map[string]map[string]bool
-	// chains mirrors the rules of our chains, by family.
-	chains map[iptables.Protocol]map[tableChain][]string
-	// missingJumps lists, by family, the jumps into our chains the last read did not
-	// find; the next chain write inserts them.
-	missingJumps map[iptables.Protocol][]jump
-	// hairpinApplied holds the addresses the hairpin rules in the kernel cover.
-	hairpinApplied map[netip.Addr]bool
-	writes         int
+// firewall builds the desired firewall of each family and hands it to that family's
+// netfilter writer, the one owner of our chains and sets. It keeps the sets' desired
+// entries between syncs, so a partial sync changes them only for the keys it touched.
+// Used by the sync loop only.
+type firewall struct {
+	sysctls  sysctl.Interface
+	opts     FirewallOptions
+	families []*firewallFamily
+	// writes counts the kernel changes of the last sync.
+	writes int
 }
 
-func newFirewallReconciler(dp Dataplane, opts FirewallOptions) *firewallReconciler {
-	tables := map[iptables.Protocol]iptables.Interface{}
-	for _, t := range dp.IPTables {
-		tables[t.Protocol()] = t
+// firewallFamily is one IP family's writer and desired set entries.
+type firewallFamily struct {
+	family
+	netfilter   netfilter.Interface
+	vips, local sortedEntries
+}
+
+func newFirewall(dp Dataplane, opts FirewallOptions, log *slog.Logger) *firewall {
+	fw := &firewall{sysctls: dp.Sysctls, opts: opts}
+	for _, ipt := range dp.IPTables {
+		f := families[0]
+		if ipt.Protocol() == iptables.IPv6 {
+			f = families[1]
+		}
+		fw.families = append(fw.families, &firewallFamily{family: f, netfilter: netfilter.NewWriter(Owner, ipt, dp.IPSets, log)})
 	}
-	return &firewallReconciler{sets: dp.IPSets, tables: tables, sysctls: dp.Sysctls, opts: opts,
-		members: map[string]map[string]bool{}, chains: map[iptables.Protocol]map[tableChain][]string{},
-		missingJumps:   map[iptables.Protocol][]jump{},
-		hairpinApplied: map[netip.Addr]bool{}}
+	return fw
+}
+
+// of returns the family of address a, nil when this node does not serve it.
+func (r *firewall) of(a netip.Addr) *firewallFamily {
+	want := familyOf(a).proto
+	for _, ff := range r.families {
+		if ff.proto == want {
+			return ff
+		}
+	}
+	return nil
 }
 
 // full re-reads the kernel and repairs everything of ours: sysctls, sets, chains and
 // the jumps into them.
-func (r *firewallReconciler) full(d *desiredState) error {
+func (r *firewall) full(d *desiredState) error {
 	r.writes = 0
 	n, err := sysctl.Ensure(r.sysctls, requiredSysctls)
 	r.writes += n
 	if err != nil {
 		return err
 	}
-	wantVIPs := map[string]map[string]bool{}
-	wantLocal := map[string]map[string]bool{}
-	for _, f := range families {
-		wantVIPs[f.vipSet], wantLocal[f.localSet] = map[string]bool{}, map[string]bool{}
-	}
+	vips := map[*firewallFamily][]string{}
+	local := map[*firewallFamily][]string{}
 	for a := range d.vipUsers {
-		wantVIPs[familyOf(a).vipSet][a.String()] = true
+		if ff := r.of(a); ff != nil {
+			vips[ff] = append(vips[ff], a.String())
+		}
 	}
 	for k, vs := range d.byKey {
-		if keepsClientAddr(vs) {
-			wantLocal[familyOf(k.Addr).localSet][ipvs.LedgerEntry(k)] = true
+		if ff := r.of(k.Addr); ff != nil && keepsClientAddr(vs) {
+			local[ff] = append(local[ff], ipvs.LedgerEntry(k))
 		}
 	}
 	var errs []error
-	for _, f := range families {
-		ipt := r.tables[f.proto]
-		if ipt == nil {
-			continue
-		}
-		// Sets first: iptables-restore refuses rules that name a missing set.
-		errs = append(errs, r.syncSet(f.sets()[0], wantVIPs[f.vipSet]), r.syncSet(f.sets()[1], wantLocal[f.localSet]))
-		if err := r.readChains(f, ipt); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		errs = append(errs, r.syncChains(f, d))
+	for _, ff := range r.families {
+		ff.vips.reset(vips[ff])
+		ff.local.reset(local[ff])
+		errs = append(errs, r.apply(ff, d, true))
 	}
 	return errors.Join(errs...)
 }
 
-// partial updates the set entries of the given keys and addresses and the hairpin
-// rules, trusting the mirror of the kernel the last full sync built.
-func (r *firewallReconciler) partial(d *desiredState, keys []ipvs.Key) error {
+// partial brings the set entries of the given keys and the hairpin rules up to date,
+// trusting the writers' record of the kernel.
+func (r *firewall) partial(d *desiredState, keys []ipvs.Key) error {
 	r.writes = 0
-	var errs []error
 	for _, k := range keys {
-		f := familyOf(k.Addr)
-		if r.tables[f.proto] == nil {
-			continue
-		}
-		errs = append(errs,
-			r.syncEntry(f.localSet, ipvs.LedgerEntry(k), keepsClientAddr(d.byKey[k])),
-			r.syncEntry(f.vipSet, k.Addr.String(), d.vipUsers[k.Addr] > 0))
-	}
-	stale := map[iptables.Protocol]bool{}
-	for a := range d.hairpinTouched {
-		if (d.localEndpoints[a] > 0) != r.hairpinApplied[a] {
-			stale[familyOf(a).proto] = true
+		if ff := r.of(k.Addr); ff != nil {
+			ff.local.set(ipvs.LedgerEntry(k), keepsClientAddr(d.byKey[k]))
+			ff.vips.set(k.Addr.String(), d.vipUsers[k.Addr] > 0)
 		}
 	}
-	for _, f := range families {
-		if stale[f.proto] && r.tables[f.proto] != nil {
-			errs = append(errs, r.syncChains(f, d))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// syncSet makes set s hold exactly want, reading the kernel's entries first.
-func (r *firewallReconciler) syncSet(s ipset.Set, want map[string]bool) error {
-	if err := r.sets.Create(s); err != nil {
-		return err
-	}
-	cur, err := r.sets.List(s.Name)
-	if err != nil {
-		return err
-	}
-	have := make(map[string]bool, len(cur.Entries))
-	for _, e := range cur.Entries {
-		have[e] = true
-	}
-	r.members[s.Name] = have
 	var errs []error
-	// Adds first: while both happen the set holds the union, so nothing is rejected.
-	var add []string
-	for e := range want {
-		if !have[e] {
-			add = append(add, e)
-		}
-	}
-	for i, err := range r.sets.AddEntries(s.Name, add) {
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		have[add[i]] = true
-		r.writes++
-	}
-	for e := range have {
-		if !want[e] {
-			errs = append(errs, r.syncEntry(s.Name, e, false))
-		}
+	for _, ff := range r.families {
+		errs = append(errs, r.apply(ff, d, false))
 	}
 	return errors.Join(errs...)
 }
 
-// syncEntry adds or removes one entry of one of our sets if the mirror says it differs.
-func (r *firewallReconciler) syncEntry(set, entry string, want bool) error {
-	members := r.members[set]
-	if members == nil || members[entry] == want {
-		return nil
+func (r *firewall) apply(ff *firewallFamily, d *desiredState, full bool) error {
+	sets := ff.sets()
+	want := &netfilter.Ruleset{
+		Sets: []ipset.SetEntries{
+			{Set: sets[0], Entries: ff.vips.share()},
+			{Set: sets[1], Entries: ff.local.share()},
+		},
+		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == iptables.IPv4)),
+		Jumps:  ff.jumps(),
 	}
-	r.writes++
-	if want {
-		if err := r.sets.Add(set, entry); err != nil {
-			return err
-		}
-		members[entry] = true
-		return nil
-	}
-	if err := r.sets.Del(set, entry); err != nil {
-		return err
-	}
-	delete(members, entry)
-	return nil
-}
-
-// readChains refreshes the mirror of our chains of one family from the kernel, and
-// notes which jumps into them are missing.
-func (r *firewallReconciler) readChains(f family, ipt iptables.Interface) error {
-	got := map[tableChain][]string{}
-	var missing []jump
-	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
-		chains, err := ipt.SaveChains(table)
-		if err != nil {
-			return err
-		}
-		for name, rules := range chains {
-			if name == chainServices || name == chainPostrouting {
-				got[tableChain{table, name}] = rules
-			}
-		}
-		for _, j := range f.jumps() {
-			if j.table == table && !slices.Contains(chains[j.chain], iptables.RuleText(j.rule)) {
-				missing = append(missing, j)
-			}
-		}
-	}
-	r.chains[f.proto] = got
-	r.missingJumps[f.proto] = missing
-	return nil
-}
-
-// syncChains rewrites, one iptables-restore transaction per table, the chains of one
-// family whose rules differ from the mirror.
-func (r *firewallReconciler) syncChains(f family, d *desiredState) error {
-	hairpin := d.hairpinAddrs(f.proto == iptables.IPv4)
-	want := firewallChains(f, r.opts, hairpin)
-	have := r.chains[f.proto]
-	if have == nil {
-		return nil // no full sync has read this family yet
-	}
-	// Both tables in one iptables-restore run: a process start is most of the cost.
-	var data []byte
-	var written []tableChain
-	jumps := r.missingJumps[f.proto]
-	for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
-		buf := iptables.Buffer{Table: table}
-		for _, name := range []string{chainServices, chainPostrouting} {
-			tc := tableChain{table, name}
-			rules, ok := want[tc]
-			if !ok {
-				continue
-			}
-			if cur, exists := have[tc]; exists && slices.Equal(cur, rules) {
-				continue
-			}
-			buf.Write = append(buf.Write, iptables.Chain{Name: name, Rules: rules})
-			written = append(written, tc)
-		}
-		for _, j := range jumps {
-			if j.table == table {
-				buf.Jumps = append(buf.Jumps, iptables.Jump{Chain: j.chain, Rule: iptables.RuleText(j.rule)})
-			}
-		}
-		if len(buf.Write) == 0 && len(buf.Jumps) == 0 {
-			continue
-		}
-		section, err := buf.Bytes()
-		if err != nil {
-			return err
-		}
-		data = append(data, section...)
-	}
-	if len(data) > 0 {
-		if err := r.tables[f.proto].Restore(data); err != nil {
-			// The mirror may be wrong now; the next full sync re-reads the kernel.
-			delete(r.chains, f.proto)
-			return fmt.Errorf("writing service proxy chains (IPv%d): %w", f.proto, err)
-		}
-		for _, tc := range written {
-			have[tc] = want[tc]
-		}
-		for _, j := range jumps {
-			slog.Info("installed service proxy jump", "table", j.table, "chain", j.chain, "family", f.proto)
-		}
-		r.writes += len(written) + len(jumps)
-		delete(r.missingJumps, f.proto)
-	}
-	for a := range r.hairpinApplied {
-		if familyOf(a).proto == f.proto {
-			delete(r.hairpinApplied, a)
-		}
-	}
-	for _, a := range hairpin {
-		r.hairpinApplied[a] = true
-	}
-	return nil
+	st, err := ff.netfilter.Apply(want, full)
+	r.writes += st.Writes()
+	return err
 }
 
 // cleanupFirewall removes our jumps, chains and sets (but the ledger set).
 func cleanupFirewall(dp Dataplane) error {
 	var errs []error
-	for _, ipt := range dp.IPTables {
-		f := families[0]
-		if ipt.Protocol() == iptables.IPv6 {
-			f = families[1]
-		}
-		for _, j := range f.jumps() {
-			errs = append(errs, ipt.DeleteRule(j.table, j.chain, j.rule...))
-		}
-		for _, table := range []string{iptables.TableFilter, iptables.TableNAT} {
-			chains, err := ipt.SaveChains(table)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			buf := iptables.Buffer{Table: table}
-			for _, name := range []string{chainServices, chainPostrouting} {
-				if _, ok := chains[name]; ok {
-					buf.Delete = append(buf.Delete, name)
-				}
-			}
-			if len(buf.Delete) == 0 {
-				continue
-			}
-			data, err := buf.Bytes()
-			if err == nil {
-				err = ipt.Restore(data)
-			}
-			errs = append(errs, err)
-		}
-		for _, s := range f.sets() {
-			errs = append(errs, dp.IPSets.Destroy(s.Name))
-		}
+	for _, ff := range newFirewall(dp, FirewallOptions{}, slog.Default()).families {
+		errs = append(errs, ff.netfilter.Cleanup())
 	}
 	return errors.Join(errs...)
 }
@@ -312,4 +136,38 @@ func (d *desiredState) hairpinAddrs(v4 bool) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
+}
+
+// sortedEntries are a set's desired entries, sorted. They change in place until they
+// are shared with the writer, which keeps them as its record of the kernel; the next
+// change after that works on a copy.
+type sortedEntries struct {
+	entries []string
+	shared  bool
+}
+
+func (s *sortedEntries) reset(entries []string) {
+	slices.Sort(entries)
+	s.entries, s.shared = entries, false
+}
+
+// set adds or removes one entry.
+func (s *sortedEntries) set(entry string, want bool) {
+	i, found := slices.BinarySearch(s.entries, entry)
+	if found == want {
+		return
+	}
+	if s.shared {
+		s.entries, s.shared = slices.Clone(s.entries), false
+	}
+	if want {
+		s.entries = slices.Insert(s.entries, i, entry)
+	} else {
+		s.entries = slices.Delete(s.entries, i, i+1)
+	}
+}
+
+func (s *sortedEntries) share() []string {
+	s.shared = true
+	return s.entries
 }

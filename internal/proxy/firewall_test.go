@@ -6,12 +6,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata")
@@ -83,11 +85,10 @@ nat KUBE-ROUTER-SERVICES
 		t.Run(tt.name, func(t *testing.T) {
 			chains := firewallChains(tt.fam, tt.opts, tt.hairpin)
 			var b strings.Builder
-			for _, tc := range []tableChain{
-				{iptables.TableFilter, chainServices}, {iptables.TableNAT, chainPostrouting}, {iptables.TableNAT, chainServices},
-			} {
-				b.WriteString(tc.table + " " + tc.chain + "\n")
-				for _, r := range chains[tc] {
+			slices.SortFunc(chains, func(a, b netfilter.Chain) int { return strings.Compare(a.Table+a.Name, b.Table+b.Name) })
+			for _, c := range chains {
+				b.WriteString(c.Table + " " + c.Name + "\n")
+				for _, r := range c.Rules {
 					b.WriteString("  " + r + "\n")
 				}
 			}

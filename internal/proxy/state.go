@@ -18,10 +18,8 @@ type desiredState struct {
 	// vipUsers counts the virtual services that need an address on the dummy interface.
 	vipUsers map[netip.Addr]int
 	// localEndpoints counts the destinations on this node by address (for hairpin
-	// masquerading); hairpinTouched holds addresses that came or went since the last
-	// sync (possibly coming back: the firewall compares with what it applied).
+	// masquerading).
 	localEndpoints map[netip.Addr]int
-	hairpinTouched map[netip.Addr]bool
 	// programmed counts non-frozen virtual services and their serving destinations.
 	services, endpoints int
 }
@@ -33,7 +31,6 @@ func newDesiredState() *desiredState {
 		vipUsers:  map[netip.Addr]int{},
 
 		localEndpoints: map[netip.Addr]int{},
-		hairpinTouched: map[netip.Addr]bool{},
 	}
 }
 
@@ -58,9 +55,6 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 				delete(d.localEndpoints, dst.Addr)
 			} else {
 				d.localEndpoints[dst.Addr] = n
-			}
-			if n == 0 || n == sign {
-				d.hairpinTouched[dst.Addr] = true
 			}
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
@@ -82,12 +84,16 @@ const ourComment = `"kube-routerd`
 // builtinChains are where kube-router's jumps and single rules live.
 var builtinChains = []string{"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
 
+// owners are what each controller of ours has in the kernel.
+var owners = []netfilter.Owner{netpol.Owner, proxy.Owner, podnet.Owner}
+
 func ourChain(name string) bool {
-	return netpol.OwnsChain(name) || proxy.OwnsChain(name) || podnet.OwnsChain(name)
+	return slices.ContainsFunc(owners, func(o netfilter.Owner) bool { return o.OwnsChain(name) })
 }
 
 func ourSet(name string) bool {
-	return netpol.OwnsSet(name) || proxy.OwnsSet(name) || podnet.OwnsSet(name)
+	return name == ipvs.LedgerSetV4 || name == ipvs.LedgerSetV6 ||
+		slices.ContainsFunc(owners, func(o netfilter.Owner) bool { return o.OwnsSet(name) })
 }
 
 // theirChain reports whether an iptables chain is kube-router's.

@@ -140,7 +140,7 @@ func (f *Fake) List(name string) (SetEntries, error) {
 	defer f.mu.Unlock()
 	s, ok := f.sets[name]
 	if !ok {
-		return SetEntries{}, fmt.Errorf("listing ipset %s: no such set", name)
+		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, ErrNoSuchSet)
 	}
 	return SetEntries{Set: s.Set, Entries: sortedEntries(s.entries)}, nil
 }

@@ -12,6 +12,7 @@
 package ipset
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -37,6 +38,9 @@ const (
 	IPv4 Family = "inet"
 	IPv6 Family = "inet6"
 )
+
+// ErrNoSuchSet is what List returns (wrapped) for a set that does not exist.
+var ErrNoSuchSet = errors.New("no such set")
 
 // MaxNameLen is the longest set name the kernel accepts (IPSET_MAXNAMELEN - 1).
 const MaxNameLen = 31

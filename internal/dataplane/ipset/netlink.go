@@ -191,6 +191,9 @@ func (n *Netlink) Swap(a, b string) error {
 // List implements Interface.
 func (n *Netlink) List(name string) (SetEntries, error) {
 	r, err := n.h.IpsetList(name)
+	if isNoSuchSet(err) {
+		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, ErrNoSuchSet)
+	}
 	if err != nil {
 		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, err)
 	}

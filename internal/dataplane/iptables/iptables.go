@@ -32,8 +32,10 @@ const (
 	TableRaw    = "raw"
 )
 
-// OwnedChainPrefixes are the name prefixes of chains kube-routerd creates. Chains
-// with other names are never flushed, rewritten or deleted by Restore.
+// OwnedChainPrefixes are the name prefixes of the chains Restore may touch: those
+// kube-routerd creates (KUBE-ROUTER-; which of them each controller owns is
+// internal/dataplane/netfilter's Owner) and kube-router's, which a takeover deletes.
+// Chains with other names are never flushed, rewritten or deleted by Restore.
 var OwnedChainPrefixes = []string{"KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-"}
 
 // MaxChainNameLen is the longest chain name iptables accepts.
@@ -84,13 +86,15 @@ type Jump struct {
 }
 
 // Buffer renders iptables-restore input for one table: chains written in full, jumps
-// inserted into them, then chains deleted. Bytes returns an error if any chain written
-// or deleted, or any jump's target, is not owned.
+// inserted, jumps deleted (Unjumps, each one copy of a rule as iptables-save prints
+// it), then chains deleted. Bytes returns an error if any chain written or deleted,
+// or any jump's target, is not owned.
 type Buffer struct {
-	Table  string
-	Write  []Chain
-	Jumps  []Jump
-	Delete []string
+	Table   string
+	Write   []Chain
+	Jumps   []Jump
+	Unjumps []Jump
+	Delete  []string
 }
 
 // RuleText renders rule arguments as iptables-save prints them, quoting arguments
@@ -145,6 +149,12 @@ func (b Buffer) Bytes() ([]byte, error) {
 		}
 		fmt.Fprintf(&out, "-I %s %s\n", j.Chain, j.Rule)
 	}
+	for _, j := range b.Unjumps {
+		if err := checkOwned(jumpTarget(j.Rule)); err != nil {
+			return nil, fmt.Errorf("jump from %s: %w", j.Chain, err)
+		}
+		fmt.Fprintf(&out, "-D %s %s\n", j.Chain, j.Rule)
+	}
 	for _, name := range b.Delete {
 		fmt.Fprintf(&out, "-X %s\n", name)
 	}
@@ -163,7 +173,7 @@ func checkOwned(chain string) error {
 }
 
 // checkRestoreInput verifies that a restore buffer touches only owned chains, but for
-// rules inserted elsewhere that jump to an owned chain.
+// rules inserted into or deleted from other chains that jump to an owned chain.
 func checkRestoreInput(data []byte) error {
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
@@ -179,7 +189,7 @@ func checkRestoreInput(data []byte) error {
 				return fmt.Errorf("restore line %d: %q: missing chain", n, line)
 			}
 			chain = f[1]
-			if f[0] == "-I" && !IsOwned(chain) {
+			if (f[0] == "-I" || f[0] == "-D") && !IsOwned(chain) {
 				chain = jumpTarget(line)
 			}
 		default:

@@ -1,0 +1,237 @@
+package netfilter
+
+import (
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+)
+
+// testOwner has a chain in two tables, a prefix of chains and exact set names.
+var testOwner = Owner{
+	Name:          "test",
+	Tables:        []string{iptables.TableFilter, iptables.TableNAT},
+	Chains:        []string{"KUBE-ROUTER-TEST"},
+	ChainPrefixes: []string{"KUBE-ROUTER-TP-"},
+	Sets:          []string{"kube-router-test", "kube-router-test6"},
+}
+
+func testJump(table, chain, target string) Jump {
+	return Jump{Table: table, Chain: chain, Rule: iptables.RuleText([]string{"-m", "comment", "--comment", "kube-routerd test", "-j", target})}
+}
+
+func testSet(family ipset.Family, entries ...string) ipset.SetEntries {
+	name := "kube-router-test"
+	if family == ipset.IPv6 {
+		name += "6"
+	}
+	return ipset.SetEntries{Set: ipset.Set{Name: name, Type: ipset.HashIP, Family: family}, Entries: entries}
+}
+
+func testRuleset() *Ruleset {
+	return &Ruleset{
+		Sets: []ipset.SetEntries{testSet(ipset.IPv4, "10.0.0.1", "10.0.0.2")},
+		Chains: []Chain{
+			{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TEST", Rules: []string{"-m set --match-set kube-router-test dst -j KUBE-ROUTER-TP-A"}},
+			{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TP-A", Rules: []string{"-j ACCEPT"}},
+			{Table: iptables.TableNAT, Name: "KUBE-ROUTER-TEST", Rules: []string{"-j RETURN"}},
+		},
+		Jumps: []Jump{
+			testJump(iptables.TableFilter, "INPUT", "KUBE-ROUTER-TEST"),
+			testJump(iptables.TableNAT, "OUTPUT", "KUBE-ROUTER-TEST"),
+		},
+	}
+}
+
+func TestApplyWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
+	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	// Somebody else's: a rule in a built-in chain, a chain, a jump into our chain
+	// without our comment, and a set. All of it must survive everything below.
+	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-OTHER - [0:0]\n-A KUBE-ROUTER-OTHER -j RETURN\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipt.EnsureRule(iptables.TableFilter, "INPUT", true, "-j", "ACCEPT"); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.Create(ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipset.IPv4}); err != nil {
+		t.Fatal(err)
+	}
+	// The other family's set of the same Owner is not this writer's either.
+	if err := sets.Create(testSet(ipset.IPv6).Set); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(testOwner, ipt, sets, slog.Default())
+	st, err := w.Apply(testRuleset(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChainsWritten != 3 || st.JumpsInserted != 2 || st.SetsWritten != 1 || st.EntriesChanged != 2 || len(ipt.Restores) != 2 {
+		t.Fatalf("first apply: %+v with %d restores; want 3 chains and 2 jumps in one restore, 2 entries", st, len(ipt.Restores)-1)
+	}
+	want := ipt.Dump() + sets.Dump()
+
+	// Unchanged: nothing is written, incrementally or after a restart.
+	restores, ops := len(ipt.Restores), sets.Ops
+	if st, err := w.Apply(testRuleset(), false); err != nil || st.Writes() != 0 {
+		t.Fatalf("unchanged incremental apply: %+v, %v", st, err)
+	}
+	if st, err := NewWriter(testOwner, ipt, sets, slog.Default()).Apply(testRuleset(), true); err != nil || st.Writes() != 0 || st.Drifted != 0 {
+		t.Fatalf("apply after a restart: %+v, %v", st, err)
+	}
+	if len(ipt.Restores) != restores || sets.Ops != ops {
+		t.Fatalf("unchanged applies wrote %d buffers and %d set ops", len(ipt.Restores)-restores, sets.Ops-ops)
+	}
+
+	// Drift: a chain flushed, a jump deleted, a set entry added, a jump doubled.
+	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-TP-A - [0:0]\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	j := testRuleset().Jumps
+	if err := ipt.Restore([]byte("*nat\n-D OUTPUT " + j[1].Rule + "\nCOMMIT\n*filter\n-I INPUT " + j[0].Rule + "\nCOMMIT\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := sets.Add("kube-router-test", "10.6.6.6"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := w.Apply(testRuleset(), false); err != nil || st.Writes() != 0 {
+		t.Fatalf("an incremental apply trusts its record: %+v, %v", st, err)
+	}
+	st, err = w.Apply(testRuleset(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Drifted != 4 {
+		t.Errorf("full apply counted %d drifted objects; want 4 (chain, two jumps, set)", st.Drifted)
+	}
+	if got := ipt.Dump() + sets.Dump(); got != want {
+		t.Fatalf("full apply did not repair drift:\n%s\nwant:\n%s", got, want)
+	}
+
+	// Less wanted: the chain, the jump and the set that go are removed, in order.
+	less := testRuleset()
+	less.Sets, less.Chains, less.Jumps = nil, less.Chains[2:], less.Jumps[1:]
+	st, err = w.Apply(less, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.ChainsDeleted != 2 || st.JumpsDeleted != 1 || st.SetsDestroyed != 1 {
+		t.Fatalf("shrinking: %+v; want 2 chains, 1 jump, 1 set gone", st)
+	}
+
+	if err := w.Cleanup(); err != nil {
+		t.Fatal(err)
+	}
+	wantAfter := `*filter
+:INPUT
+-A INPUT -j ACCEPT
+:FORWARD
+:OUTPUT
+:KUBE-ROUTER-OTHER
+-A KUBE-ROUTER-OTHER -j RETURN
+set kube-router-other hash:ip inet
+set kube-router-test6 hash:ip inet6
+`
+	if got := ipt.Dump() + sets.Dump(); got != wantAfter {
+		t.Fatalf("after cleanup:\n%s\nwant:\n%s", got, wantAfter)
+	}
+}
+
+func TestForeignJumpIntoOurChainIsLeftAlone(t *testing.T) {
+	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	w := NewWriter(testOwner, ipt, sets, slog.Default())
+	if _, err := w.Apply(testRuleset(), true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ipt.EnsureRule(iptables.TableFilter, "FORWARD", true, "-j", "KUBE-ROUTER-TEST"); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := w.Apply(testRuleset(), true); err != nil || st.Writes() != 0 {
+		t.Fatalf("apply with someone's jump into our chain: %+v, %v", st, err)
+	}
+	chains, _ := ipt.SaveChains(iptables.TableFilter)
+	if len(chains["FORWARD"]) != 1 {
+		t.Fatalf("FORWARD = %v; the jump without our comment is not ours to delete", chains["FORWARD"])
+	}
+}
+
+func TestApplyRefusesWhatTheOwnerDoesNotOwn(t *testing.T) {
+	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), ipset.NewFake(), slog.Default())
+	for name, rs := range map[string]*Ruleset{
+		"foreign chain":      {Chains: []Chain{{Table: iptables.TableFilter, Name: "KUBE-ROUTER-OTHER"}}},
+		"table not declared": {Chains: []Chain{{Table: iptables.TableMangle, Name: "KUBE-ROUTER-TEST"}}},
+		"foreign set":        {Sets: []ipset.SetEntries{{Set: ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipset.IPv4}}}},
+		"other family's set": {Sets: []ipset.SetEntries{testSet(ipset.IPv6)}},
+		"jump to foreign":    {Jumps: []Jump{testJump(iptables.TableFilter, "INPUT", "KUBE-ROUTER-OTHER")}},
+		"jump without mark":  {Jumps: []Jump{{Table: iptables.TableFilter, Chain: "INPUT", Rule: "-j KUBE-ROUTER-TEST"}}},
+	} {
+		if _, err := w.Apply(rs, true); err == nil || !strings.Contains(err.Error(), "test: ") {
+			t.Errorf("%s: err %v; want a refusal naming the owner", name, err)
+		}
+	}
+}
+
+func TestSwapReplacesMostlyChangedSets(t *testing.T) {
+	sets := ipset.NewFake()
+	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), sets, slog.Default())
+	var old, next []string
+	for i := range 100 {
+		old = append(old, "10.0.0."+strconv.Itoa(i))
+		next = append(next, "10.0.1."+strconv.Itoa(i))
+	}
+	slices.Sort(old)
+	slices.Sort(next)
+	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipset.IPv4, old...)}}, true); err != nil {
+		t.Fatal(err)
+	}
+	ops := sets.Ops
+	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipset.IPv4, next...)}}, false); err != nil {
+		t.Fatal(err)
+	}
+	dump := sets.Dump()
+	if strings.Contains(dump, "10.0.0.") || !strings.Contains(dump, "10.0.1.99") || strings.Contains(dump, TempSetSuffix+" ") {
+		t.Fatalf("swap left:\n%s", dump)
+	}
+	if got := sets.Ops - ops; got >= 200 {
+		t.Errorf("replacing 100 of 100 entries took %d set operations; a swap needs about 105", got)
+	}
+}
+
+func TestLeftoverTempSetIsDestroyed(t *testing.T) {
+	sets := ipset.NewFake()
+	tmp := testSet(ipset.IPv4).Set
+	tmp.Name += TempSetSuffix
+	if err := sets.Create(tmp); err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), sets, slog.Default())
+	st, err := w.Apply(testRuleset(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.SetsDestroyed != 1 || strings.Contains(sets.Dump(), TempSetSuffix) {
+		t.Fatalf("%+v\n%s", st, sets.Dump())
+	}
+}
+
+func TestFailedRestoreMakesTheNextApplyReadTheKernel(t *testing.T) {
+	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	w := NewWriter(testOwner, ipt, sets, slog.Default())
+	broken := testRuleset()
+	broken.Chains[0].Rules = []string{"-j KUBE-ROUTER-TP-MISSING"}
+	if _, err := w.Apply(broken, true); err == nil {
+		t.Fatal("a chain jumping to a missing chain was accepted")
+	}
+	// Someone else fixes nothing; our next, correct apply must not trust a record of
+	// a write that failed.
+	if _, err := w.Apply(testRuleset(), false); err != nil {
+		t.Fatal(err)
+	}
+	chains, _ := ipt.SaveChains(iptables.TableFilter)
+	if len(chains["KUBE-ROUTER-TEST"]) != 1 || len(chains["INPUT"]) != 1 {
+		t.Fatalf("after the failed and the good apply:\n%s", ipt.Dump())
+	}
+}
