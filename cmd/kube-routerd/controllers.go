@@ -21,32 +21,36 @@ import (
 func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, error) {
 	var out []daemon.Controller
 	if cfg.ServiceProxy.Enabled {
-		c, err := proxy.New(env, cfg.ServiceProxy)
+		dp, err := proxy.KernelDataplane(cfg.ServiceProxy, netns.None())
+		if err != nil {
+			return nil, fmt.Errorf("service proxy dataplane: %w", err)
+		}
+		c, err := proxy.New(env, cfg.ServiceProxy, dp)
 		if err != nil {
 			return nil, fmt.Errorf("service proxy: %w", err)
 		}
 		out = append(out, c)
 	}
 	if cfg.NetworkPolicy.Enabled {
-		dps, err := netpol.KernelDataplanes(netns.None())
+		dp, err := netpol.KernelDataplane(netns.None())
 		if err != nil {
 			return nil, fmt.Errorf("network policy dataplane: %w", err)
 		}
-		c, err := netpol.New(env, cfg.NetworkPolicy, dps)
+		c, err := netpol.New(env, cfg.NetworkPolicy, dp)
 		if err != nil {
 			return nil, fmt.Errorf("network policy: %w", err)
 		}
 		out = append(out, c)
 	}
 	if cfg.Routing.Enabled {
-		c, err := routing.New(env, cfg.Routing)
+		c, err := routing.New(env, cfg.Routing, routing.KernelDataplane())
 		if err != nil {
 			return nil, fmt.Errorf("routing: %w", err)
 		}
 		out = append(out, c)
 	}
 	if cfg.PodNetwork.Enabled() {
-		k, err := podnet.KernelAt(netns.None())
+		k, err := podnet.KernelDataplane(netns.None())
 		if err != nil {
 			return nil, fmt.Errorf("pod network dataplane: %w", err)
 		}

@@ -32,6 +32,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 		Informers: k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration),
 		NodeName:  nodeName,
 		Registry:  registry,
+		Log:       slog.Default(),
 	}
 	controllers, err := buildControllers(cfg, env)
 	if err != nil {

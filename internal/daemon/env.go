@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"fmt"
+	"log/slog"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -16,6 +19,32 @@ type Env struct {
 	NodeName string
 	// Registry is where controllers register their Prometheus metrics.
 	Registry prometheus.Registerer
+	// Log is the daemon's logger; nil means slog.Default().
+	Log *slog.Logger
+}
+
+// Logger returns the logger a controller passes down to everything it builds: every
+// line it writes names the controller.
+func (e Env) Logger(controller string) *slog.Logger {
+	log := e.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	return log.With("controller", controller)
+}
+
+// RegisterMetrics registers a controller's collectors with Registry (none when
+// Registry is nil, as in tests that do not look at metrics).
+func (e Env) RegisterMetrics(controller string, collectors ...prometheus.Collector) error {
+	if e.Registry == nil {
+		return nil
+	}
+	for _, c := range collectors {
+		if err := e.Registry.Register(c); err != nil {
+			return fmt.Errorf("registering %s metrics: %w", controller, err)
+		}
+	}
+	return nil
 }
 
 // StatusReporter is implemented by controllers that can describe what they have

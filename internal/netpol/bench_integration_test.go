@@ -4,6 +4,7 @@ package netpol
 
 import (
 	"context"
+	"log/slog"
 	"testing"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
@@ -14,19 +15,19 @@ import (
 // a network namespace of its own.
 func BenchmarkScaleKernel(b *testing.B) {
 	testenv.RequireRoot(b)
-	runScaleBenchmarks(b, func(b *testing.B) []Dataplane {
+	runScaleBenchmarks(b, func(b *testing.B) Dataplane {
 		ns := tnetns.NewNS(b, "node", "bench")
-		dps, err := KernelDataplanes(ns.Handle)
+		dp, err := KernelDataplane(ns.Handle)
 		if err != nil {
 			b.Fatal(err)
 		}
 		// Only IPv4: the benchmark pods have no IPv6 addresses.
-		dps = dps[:1]
+		dp.IPTables = dp.IPTables[:1]
 		b.Cleanup(func() {
-			if err := cleanupDataplanes(context.Background(), dps); err != nil {
+			if err := cleanup(context.Background(), dp, slog.Default()); err != nil {
 				b.Error(err)
 			}
 		})
-		return dps
+		return dp
 	})
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Scale of the benchmark cluster: 1,000 policies over 10,000 pods, 2,000 of them on
@@ -80,11 +81,11 @@ func benchPolicy(ns, j int) *networkingv1.NetworkPolicy {
 	return p
 }
 
-func newBenchController(b testing.TB, namespaces int, dps []Dataplane) *benchController {
+func newBenchController(b testing.TB, namespaces int, dp Dataplane) *benchController {
 	b.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().NetworkPolicy
-	c, err := New(daemon.Env{Informers: factory, NodeName: benchNode, Registry: prometheus.NewRegistry()}, cfg, dps)
+	c, err := New(daemon.Env{Informers: factory, NodeName: benchNode, Registry: prometheus.NewRegistry()}, cfg, dp)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -134,10 +135,10 @@ func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
 // runScaleBenchmarks runs full sync and single-change latency and reports rules, set
 // entries and peak RSS. Single changes run at two scales (2,000 and 10,000 pods) and
 // report their time split between compiling and writing the kernel.
-func runScaleBenchmarks(b *testing.B, newDataplanes func(b *testing.B) []Dataplane) {
+func runScaleBenchmarks(b *testing.B, newDataplane func(b *testing.B) Dataplane) {
 	ctx := context.Background()
 	b.Run("FullSync", func(b *testing.B) {
-		bc := newBenchController(b, benchNamespaces, newDataplanes(b))
+		bc := newBenchController(b, benchNamespaces, newDataplane(b))
 		b.ResetTimer()
 		for b.Loop() {
 			if _, err := bc.c.sync(ctx, true); err != nil {
@@ -155,7 +156,7 @@ func runScaleBenchmarks(b *testing.B, newDataplanes func(b *testing.B) []Datapla
 	} {
 		for _, namespaces := range []int{benchSmallNamespaces, benchNamespaces} {
 			b.Run(fmt.Sprintf("%s/pods=%d", change.name, namespaces*benchPodsPerNS), func(b *testing.B) {
-				bc := newBenchController(b, namespaces, newDataplanes(b))
+				bc := newBenchController(b, namespaces, newDataplane(b))
 				if _, err := bc.c.sync(ctx, true); err != nil {
 					b.Fatal(err)
 				}
@@ -230,7 +231,7 @@ func peakRSSMiB() float64 {
 // BenchmarkScaleFake runs the scale benchmark against in-memory dataplanes: the cost
 // of compiling and diffing alone.
 func BenchmarkScaleFake(b *testing.B) {
-	runScaleBenchmarks(b, func(*testing.B) []Dataplane {
-		return []Dataplane{{Family: 4, IPTables: iptables.NewFake(iptables.IPv4), IPSets: ipset.NewFake()}}
+	runScaleBenchmarks(b, func(*testing.B) Dataplane {
+		return Dataplane{IPTables: []iptables.Interface{iptables.NewFake(ipfamily.IPv4)}, IPSets: ipset.NewFake()}
 	})
 }

@@ -6,11 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netns"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -19,14 +18,14 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
 // Controller enforces NetworkPolicies for the pods on this node.
 type Controller struct {
+	log      *slog.Logger
 	opts     options
 	cfg      config.NetworkPolicy
 	runner   *loop.Runner
@@ -65,47 +64,11 @@ type familyState struct {
 	netfilter netfilter.Interface
 }
 
-// Details is what `kube-routerd status` shows about the policy controller.
-type Details struct {
-	Policies  int                     `json:"policies"`
-	Pods      int                     `json:"isolatedPods"`
-	Rules     int                     `json:"rules"`
-	Sets      int                     `json:"sets"`
-	Entries   int                     `json:"setEntries"`
-	Problems  map[string][]string     `json:"problems,omitempty"`
-	LastApply map[int]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
-}
-
-// KernelDataplanes returns the real IPv4 and IPv6 dataplanes of network namespace ns
-// (netns.None() for the daemon's own namespace).
-func KernelDataplanes(ns netns.NsHandle) ([]Dataplane, error) {
-	var out []Dataplane
-	for _, fam := range []struct {
-		family int
-		proto  iptables.Protocol
-	}{{4, iptables.IPv4}, {6, iptables.IPv6}} {
-		ipt, err := iptables.NewAt(fam.proto, ns)
-		if err != nil {
-			return nil, err
-		}
-		var sets *ipset.Netlink
-		if ns.IsOpen() {
-			sets, err = ipset.NewAt(ns)
-		} else {
-			sets, err = ipset.New()
-		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, Dataplane{Family: fam.family, IPTables: ipt, IPSets: sets})
-	}
-	return out, nil
-}
-
 // New builds the controller and registers its informer handlers and metrics.
-func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Controller, error) {
+func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, error) {
 	c := &Controller{
 		cfg: cfg,
+		log: env.Logger("netpol"),
 		opts: options{
 			NodeName:               env.NodeName,
 			MarkBit:                defaultMarkBit,
@@ -116,12 +79,13 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dataplanes []Dataplane) (*Con
 		},
 		idx: newIndex(),
 	}
-	for _, dp := range dataplanes {
+	for _, ipt := range dp.IPTables {
 		o := c.opts
-		o.Family = dp.Family
-		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*compiledPolicy{}, asm: newAssembler(o), netfilter: dp.writer(slog.Default())})
+		o.Family = ipt.Family()
+		c.families = append(c.families, &familyState{opts: o, compiled: map[string]*compiledPolicy{},
+			asm: newAssembler(o), netfilter: newWriter(ipt, dp.IPSets, c.log)})
 	}
-	m, err := newMetrics(env.Registry)
+	m, err := newMetrics(env)
 	if err != nil {
 		return nil, err
 	}
@@ -159,13 +123,6 @@ func (c *Controller) Name() string { return "netpol" }
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	loop.Run(ctx, c.changes, c.runner, hb)
 	return nil
-}
-
-// Details implements daemon.StatusReporter.
-func (c *Controller) Details() any {
-	c.detailsMu.Lock()
-	defer c.detailsMu.Unlock()
-	return c.details
 }
 
 // sync recompiles what changed and applies it. A full sync (first, periodic, after an
@@ -209,7 +166,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		byKey[p.Namespace+"/"+p.Name] = p
 	}
 
-	details := Details{Problems: map[string][]string{}, LastApply: map[int]netfilter.Stats{}}
+	details := Details{Problems: map[string][]string{}, LastApply: map[ipfamily.Family]netfilter.Stats{}}
 	for _, fs := range c.families {
 		for key := range fs.compiled {
 			if byKey[key] == nil {
@@ -224,7 +181,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			cp := compilePolicy(p, c.idx, fs.opts)
 			if old == nil || !slices.Equal(old.Problems, cp.Problems) {
 				for _, problem := range cp.Problems {
-					slog.Warn("network policy partly not enforceable", "policy", key, "family", fs.opts.Family, "problem", problem)
+					c.log.Warn("network policy partly not enforceable", "policy", key, "family", fs.opts.Family, "problem", problem)
 				}
 			}
 			fs.compiled[key] = cp
@@ -242,8 +199,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		applyTime += time.Since(applyStart)
 		details.LastApply[fs.opts.Family] = st
 		if st.Drifted > 0 {
-			slog.Warn("repaired network policy state changed by someone else", "family", fs.opts.Family, "drifted", st.Drifted)
-			c.metrics.driftRepairs.WithLabelValues(fmt.Sprint(fs.opts.Family)).Add(float64(st.Drifted))
+			c.log.Warn("repaired network policy state changed by someone else", "family", fs.opts.Family, "drifted", st.Drifted)
+			c.metrics.driftRepairs.WithLabelValues(strconv.Itoa(int(fs.opts.Family))).Add(float64(st.Drifted))
 		}
 		if err != nil {
 			// Recompile everything next time (the runner retries with a kernel re-read).
@@ -296,7 +253,7 @@ func (c *Controller) rebuildIndex() error {
 	for _, ns := range nss {
 		n, err := namespaceFromAPI(ns)
 		if err != nil && c.opts.BetaNamespaceIsolation {
-			slog.Warn("ignoring malformed namespace annotation", "namespace", ns.Name, "annotation", betaIsolationAnnotation, "err", err)
+			c.log.Warn("ignoring malformed namespace annotation", "namespace", ns.Name, "annotation", betaIsolationAnnotation, "err", err)
 		}
 		idx.Namespaces[ns.Name] = n
 	}
@@ -311,85 +268,4 @@ func (c *Controller) rebuildIndex() error {
 	}
 	c.idx = idx
 	return nil
-}
-
-// Cleanup removes every chain, jump and set the policy controller owns, in the IPv4
-// and IPv6 filter tables of the daemon's network namespace.
-func Cleanup(ctx context.Context) error {
-	dps, err := KernelDataplanes(netns.None())
-	if err != nil {
-		return err
-	}
-	return cleanupDataplanes(ctx, dps)
-}
-
-// cleanupDataplanes is Cleanup for given dataplanes (tests, other namespaces).
-func cleanupDataplanes(ctx context.Context, dps []Dataplane) error {
-	for _, dp := range dps {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := dp.writer(slog.Default()).Cleanup(); err != nil {
-			return fmt.Errorf("cleaning up network policy state (IPv%d): %w", dp.Family, err)
-		}
-	}
-	return nil
-}
-
-// metrics are the controller's Prometheus series.
-type metrics struct {
-	phaseDuration *prometheus.HistogramVec
-	driftRepairs  *prometheus.CounterVec
-	policies      prometheus.Gauge
-	pods          *prometheus.GaugeVec
-	rules         *prometheus.GaugeVec
-	sets          *prometheus.GaugeVec
-	entries       *prometheus.GaugeVec
-}
-
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	fam := []string{"family"}
-	m := &metrics{
-		phaseDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "kube_routerd_netpol_sync_phase_duration_seconds",
-			Help:    "Time of each successful sync spent compiling (phase=compile) and writing the kernel (phase=apply).",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
-		}, []string{"phase"}),
-		driftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kube_routerd_netpol_drift_repairs_total",
-			Help: "Chains, sets and jumps of ours that a full resync found changed by someone else, and repaired.",
-		}, fam),
-		policies: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kube_routerd_netpol_policies_enforced", Help: "NetworkPolicies compiled and enforced.",
-		}),
-		pods: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kube_routerd_netpol_pods_isolated", Help: "Local pods isolated by at least one policy direction.",
-		}, fam),
-		rules: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kube_routerd_netpol_iptables_rules", Help: "iptables rules in the policy controller's chains.",
-		}, fam),
-		sets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kube_routerd_netpol_ipsets", Help: "ipsets the policy controller maintains.",
-		}, fam),
-		entries: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kube_routerd_netpol_ipset_entries", Help: "Entries over all of the policy controller's ipsets.",
-		}, fam),
-	}
-	if reg != nil {
-		for _, col := range []prometheus.Collector{m.phaseDuration, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries} {
-			if err := reg.Register(col); err != nil {
-				return nil, fmt.Errorf("registering network policy metrics: %w", err)
-			}
-		}
-	}
-	return m, nil
-}
-
-func (m *metrics) record(family int, policies int, d *Desired) {
-	f := fmt.Sprint(family)
-	m.policies.Set(float64(policies))
-	m.pods.WithLabelValues(f).Set(float64(d.Pods))
-	m.rules.WithLabelValues(f).Set(float64(d.Rules))
-	m.sets.WithLabelValues(f).Set(float64(len(d.Sets)))
-	m.entries.WithLabelValues(f).Set(float64(d.SetEntriesCount()))
 }

@@ -32,13 +32,14 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // options are the node-wide compiler settings.
 type options struct {
 	NodeName string
-	// Family is 4 or 6: which pod IPs and ipBlocks this compilation covers.
-	Family int
+	// Family says which pod IPs and ipBlocks this compilation covers.
+	Family ipfamily.Family
 	// MarkBit is the packet mark bit policy chains set to say "allowed".
 	MarkBit uint32
 	// BetaNamespaceIsolation honours betaIsolationAnnotation.
@@ -87,19 +88,12 @@ func (d *Desired) SetEntriesCount() int {
 	return n
 }
 
-func (o options) familyTag() string { return strconv.Itoa(o.Family) }
-
-func (o options) ipsetFamily() ipset.Family {
-	if o.Family == 6 {
-		return ipset.IPv6
-	}
-	return ipset.IPv4
-}
+func (o options) familyTag() string { return strconv.Itoa(int(o.Family)) }
 
 // podIP returns the pod's address of the compiled family.
 func (o options) podIP(p *Pod) (netip.Addr, bool) {
 	for _, ip := range p.IPs {
-		if ip.Is4() == (o.Family == 4) {
+		if o.Family.Has(ip) {
 			return ip, true
 		}
 	}

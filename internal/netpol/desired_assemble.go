@@ -9,6 +9,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // assemble combines compiled policies with the local pods into the full desired
@@ -40,7 +41,7 @@ var neighbourDiscoveryRules = []string{
 // topChainHead is the start of the top chain, before the dispatch to pod chains.
 func (o options) topChainHead() []string {
 	head := []string{repliesRule}
-	if o.Family == 6 {
+	if o.Family == ipfamily.IPv6 {
 		head = append(head, neighbourDiscoveryRules...)
 	}
 	return head

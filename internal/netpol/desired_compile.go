@@ -93,7 +93,7 @@ func (b *policyBuilder) addSet(kind string, t ipset.Type, entries map[string]str
 	}
 	sort.Strings(list)
 	b.out.Sets = append(b.out.Sets, ipset.SetEntries{
-		Set:     ipset.Set{Name: setName, Type: t, Family: b.o.ipsetFamily()},
+		Set:     ipset.Set{Name: setName, Type: t, Family: b.o.Family},
 		Entries: list,
 	})
 	return setName
@@ -263,7 +263,7 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 		b.problem("%s: ipBlock cidr %q: %v (matches nothing)", peerID, block.CIDR, err)
 		return ipBlockPeer{}, false
 	}
-	if cidr.Addr().Is4() != (b.o.Family == 4) {
+	if !b.o.Family.Has(cidr.Addr()) {
 		return ipBlockPeer{}, false
 	}
 	blk := ipBlockPeer{match: addrFlag + " " + cidr.Masked().String(), cidr: cidr.Masked()}

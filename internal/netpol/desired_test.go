@@ -16,6 +16,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files under testdata")
@@ -125,16 +126,16 @@ var (
 // apply compiles policies over idx and applies them to fresh fakes.
 func apply(t *testing.T, idx *index, o options, policies ...*networkingv1.NetworkPolicy) (*kernel, *iptables.Fake, *ipset.Fake, []*compiledPolicy) {
 	t.Helper()
-	proto := iptables.IPv4
-	if o.Family == 6 {
-		proto = iptables.IPv6
+	proto := ipfamily.IPv4
+	if o.Family == ipfamily.IPv6 {
+		proto = ipfamily.IPv6
 	}
 	ipt, sets := iptables.NewFake(proto), ipset.NewFake()
 	var compiled []*compiledPolicy
 	for _, p := range policies {
 		compiled = append(compiled, compilePolicy(p, idx, o))
 	}
-	rec := Dataplane{Family: o.Family, IPTables: ipt, IPSets: sets}.writer(slog.Default())
+	rec := newWriter(ipt, sets, slog.Default())
 	if _, err := rec.Apply(&assemble(compiled, idx, o).Ruleset, true); err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // IPv4 and IPv6 sets live in one kernel namespace: a full sync of one family must
@@ -24,13 +25,9 @@ func TestFamiliesShareTheSetNamespace(t *testing.T) {
 	sets := ipset.NewFake()
 	var recs []netfilter.Interface
 	var opts []options
-	for _, fam := range []struct {
-		family int
-		proto  iptables.Protocol
-	}{{4, iptables.IPv4}, {6, iptables.IPv6}} {
-		o := options{NodeName: node, Family: fam.family, MarkBit: defaultMarkBit}
-		opts = append(opts, o)
-		recs = append(recs, Dataplane{Family: fam.family, IPTables: iptables.NewFake(fam.proto), IPSets: sets}.writer(slog.Default()))
+	for _, f := range ipfamily.Both {
+		opts = append(opts, options{NodeName: node, Family: f, MarkBit: defaultMarkBit})
+		recs = append(recs, newWriter(iptables.NewFake(f), sets, slog.Default()))
 	}
 	for round := range 2 {
 		for i, rec := range recs {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // FuzzCompilePolicy compiles a policy with one fuzzed ingress rule (one peer, one port)
@@ -94,7 +95,7 @@ func FuzzCompilePolicy(f *testing.F) {
 			},
 		}
 
-		for _, family := range []int{4, 6} {
+		for _, family := range ipfamily.Both {
 			o := options{NodeName: "n1", Family: family, MarkBit: defaultMarkBit}
 			cp := compilePolicy(pol, idx, o)
 			d := assemble([]*compiledPolicy{cp}, idx, o)
@@ -105,15 +106,11 @@ func FuzzCompilePolicy(f *testing.F) {
 					}
 				}
 			}
-			ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
-			if family == 6 {
-				ipt = iptables.NewFake(iptables.IPv6)
+			ipt, sets := iptables.NewFake(family), ipset.NewFake()
+			if _, err := newWriter(ipt, sets, slog.Default()).Apply(&d.Ruleset, true); err != nil {
+				t.Fatalf("%s: applying the compiled policy: %v", family, err)
 			}
-			dp := Dataplane{Family: family, IPTables: ipt, IPSets: sets}
-			if _, err := dp.writer(slog.Default()).Apply(&d.Ruleset, true); err != nil {
-				t.Fatalf("IPv%d: applying the compiled policy: %v", family, err)
-			}
-			if family == 6 {
+			if family == ipfamily.IPv6 {
 				continue // the pods are IPv4; compiling for IPv6 only has to hold up
 			}
 			k := readKernel(t, ipt, sets)

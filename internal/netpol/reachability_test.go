@@ -9,6 +9,7 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -86,7 +87,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	c.addPod(t, "A/b", map[string]string{"app": "b"})
 	c.addPod(t, "B/c", map[string]string{"app": "c"})
 
-	dps, err := KernelDataplanes(c.node.Handle)
+	dp, err := KernelDataplane(c.node.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +98,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	if tune != nil {
 		tune(&cfg)
 	}
-	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dps)
+	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,11 +113,11 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 		cancel()
 		<-done
 		factory.Shutdown()
-		if err := cleanupDataplanes(context.Background(), dps); err != nil {
+		if err := cleanup(context.Background(), dp, slog.Default()); err != nil {
 			t.Errorf("cleanup: %v", err)
 		}
-		for _, dp := range dps {
-			chains, err := dp.IPTables.SaveChains(iptables.TableFilter)
+		for _, ipt := range dp.IPTables {
+			chains, err := ipt.SaveChains(iptables.TableFilter)
 			if err != nil {
 				t.Error(err)
 			}

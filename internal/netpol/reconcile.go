@@ -1,25 +1,9 @@
 package netpol
 
 import (
-	"log/slog"
-
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
-
-// Dataplane is the kernel state of one IP family in one network namespace.
-type Dataplane struct {
-	Family   int // 4 or 6
-	IPTables iptables.Interface
-	IPSets   ipset.Interface
-}
-
-// writer is the one owner of this family's chains and sets (internal/dataplane/netfilter):
-// the controller only computes the Ruleset it hands over.
-func (dp Dataplane) writer(log *slog.Logger) netfilter.Interface {
-	return netfilter.NewWriter(Owner, dp.IPTables, dp.IPSets, log)
-}
 
 // Owner is what network policy has in the kernel: the top chain, the chains of pods
 // and policies, and the sets of peers, except lists and named ports.

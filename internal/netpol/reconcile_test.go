@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 func compileAll(idx *index, o options, policies []*networkingv1.NetworkPolicy) *Desired {
@@ -25,7 +26,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 		policy("x", "web", l("app", "a"), ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")))),
 		policy("y", "deny", nil),
 	}
-	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
 	// State of other programs that must survive everything below.
 	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-SERVICES - [0:0]\n-A KUBE-ROUTER-SERVICES -j RETURN\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
@@ -35,14 +36,14 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	foreign := ipset.Set{Name: "KUBE-ROUTER-LB-IPS", Type: ipset.HashIP, Family: ipset.IPv4}
+	foreign := ipset.Set{Name: "KUBE-ROUTER-LB-IPS", Type: ipset.HashIP, Family: ipfamily.IPv4}
 	if err := sets.Create(foreign); err != nil {
 		t.Fatal(err)
 	}
 	if err := sets.Add(foreign.Name, "10.9.9.9"); err != nil {
 		t.Fatal(err)
 	}
-	rec := Dataplane{Family: 4, IPTables: ipt, IPSets: sets}.writer(slog.Default())
+	rec := newWriter(ipt, sets, slog.Default())
 	if _, err := rec.Apply(&compileAll(idx, o, policies).Ruleset, true); err != nil {
 		t.Fatal(err)
 	}

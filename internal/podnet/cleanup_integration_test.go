@@ -4,6 +4,7 @@ package podnet
 
 import (
 	"errors"
+	"log/slog"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -18,7 +19,7 @@ func TestCleanupDeletesThePodBridgeOnlyWithoutPods(t *testing.T) {
 	pod := node.AddPod(t, tnetns.PodOptions{})
 	cleanup := func() {
 		t.Helper()
-		if err := node.Do(func() error { return deleteBridge(node.Bridge) }); err != nil {
+		if err := node.Do(func() error { return deleteBridge(node.Bridge, slog.Default()) }); err != nil {
 			t.Fatal(err)
 		}
 	}

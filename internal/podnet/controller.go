@@ -22,15 +22,6 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
-// Kernel is what the controller reads and sets in the node's kernel besides
-// iptables and sets.
-type Kernel struct {
-	Dataplane
-	Sysctls sysctl.Interface
-	// LinkMTU returns the MTU of the interface that holds addr.
-	LinkMTU func(addr netip.Addr) (int, error)
-}
-
 // Node addresses and pod CIDRs change rarely and are cheap to apply; the periodic
 // full sync repairs drift.
 const (
@@ -46,7 +37,8 @@ type Controller struct {
 	opts     Options
 	nodeName string
 	log      *slog.Logger
-	kernel   Kernel
+	dp       Dataplane
+	metrics  *metrics
 	cni      CNIFile
 	runner   *loop.Runner
 	nodes    corelisters.NodeLister
@@ -73,14 +65,20 @@ var _ daemon.Controller = (*Controller)(nil)
 var _ daemon.StatusReporter = (*Controller)(nil)
 
 // New builds the controller and registers its Node handler. opts.Config must be valid.
-func New(env daemon.Env, opts Options, kernel Kernel) (*Controller, error) {
+func New(env daemon.Env, opts Options, dp Dataplane) (*Controller, error) {
+	m, err := newMetrics(env)
+	if err != nil {
+		return nil, err
+	}
+	log := env.Logger("podnet")
 	c := &Controller{
 		opts:     opts,
 		nodeName: env.NodeName,
-		log:      slog.Default().With("controller", "podnet"),
-		kernel:   kernel,
+		log:      log,
+		dp:       dp,
+		metrics:  m,
 		cni:      CNIFile{Path: opts.Config.CNIConfigFile},
-		egress:   newEgressWriter(kernel.Dataplane, slog.Default()),
+		egress:   newEgressWriter(dp, log),
 		parsed:   map[string]parsedNode{},
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
 	}
@@ -145,6 +143,7 @@ func (c *Controller) sync(_ context.Context, full bool) (string, error) {
 		errs = append(errs, fmt.Errorf("pod egress: %w", err))
 	}
 	err = errors.Join(errs...)
+	c.metrics.record(want)
 	c.setDetails(want, self, err)
 	return c.summary(want), err
 }
@@ -182,11 +181,11 @@ func (c *Controller) readNodes() (k8s.NodeAddresses, []k8s.NodeAddresses, error)
 func (c *Controller) ensureSysctls() error {
 	want := slices.Clone(forwardingSysctls)
 	for _, kv := range bridgeSysctls {
-		if _, err := c.kernel.Sysctls.Get(kv.Key); err == nil {
+		if _, err := c.dp.Sysctls.Get(kv.Key); err == nil {
 			want = append(want, kv)
 		}
 	}
-	_, err := sysctl.Ensure(c.kernel.Sysctls, want)
+	_, err := sysctl.Ensure(c.dp.Sysctls, want)
 	return err
 }
 
@@ -195,7 +194,7 @@ func (c *Controller) readLinkMTU(self k8s.NodeAddresses) int {
 		if !a.IsValid() {
 			continue
 		}
-		mtu, err := c.kernel.LinkMTU(a)
+		mtu, err := c.dp.LinkMTU(a)
 		if err == nil {
 			return mtu
 		}
@@ -249,7 +248,7 @@ func egressFamilies(fs []egressFamily) string {
 	}
 	names := make([]string, len(fs))
 	for i, f := range fs {
-		names[i] = f.Family()
+		names[i] = f.Family.String()
 	}
 	return strings.Join(names, "+")
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
@@ -47,19 +48,11 @@ type desired struct {
 // egressFamily is what pod egress masquerading needs for one IP family: traffic from
 // Sources to anything outside ClusterDestinations leaves with the node's address.
 type egressFamily struct {
-	IPv6    bool
+	Family  ipfamily.Family
 	Sources []netip.Prefix
 	// ClusterDestinations are every node's pod CIDRs and addresses, the cluster CIDRs
 	// and the service CIDRs of this family, as hash:net entries, sorted and unique.
 	ClusterDestinations []string
-}
-
-// Family names the IP family: "IPv4" or "IPv6".
-func (f egressFamily) Family() string {
-	if f.IPv6 {
-		return "IPv6"
-	}
-	return "IPv4"
 }
 
 // podMTU is the MTU pods get: the configured one, or the node's link MTU less the
@@ -97,8 +90,8 @@ func compute(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses, li
 
 func egress(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses) []egressFamily {
 	var out []egressFamily
-	for _, v6 := range []bool{false, true} {
-		ofFamily := func(p netip.Prefix) bool { return p.Addr().Is6() == v6 }
+	for _, f := range ipfamily.Both {
+		ofFamily := func(p netip.Prefix) bool { return ipfamily.OfPrefix(p) == f }
 		var sources []netip.Prefix
 		for _, p := range self.PodCIDRs {
 			if ofFamily(p) {
@@ -131,7 +124,7 @@ func egress(opts Options, self k8s.NodeAddresses, nodes []k8s.NodeAddresses) []e
 			add(p.Prefix)
 		}
 		slices.Sort(dst)
-		out = append(out, egressFamily{IPv6: v6, Sources: sources, ClusterDestinations: slices.Compact(dst)})
+		out = append(out, egressFamily{Family: f, Sources: sources, ClusterDestinations: slices.Compact(dst)})
 	}
 	return out
 }

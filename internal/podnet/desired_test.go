@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
@@ -88,7 +89,7 @@ func TestComputeExemptsEveryClusterDestinationOfTheFamily(t *testing.T) {
 	cfg.ServiceCIDRs = []config.Prefix{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}, {Prefix: netip.MustParsePrefix("fd00:96::/112")}}
 	opts := Options{Config: cfg, ClusterCIDRs: prefixes("10.244.0.0/16")}
 	d := compute(opts, self, []k8s.NodeAddresses{self, other}, 1500)
-	if len(d.Egress) != 1 || d.Egress[0].IPv6 {
+	if len(d.Egress) != 1 || d.Egress[0].Family != ipfamily.IPv4 {
 		t.Fatalf("want IPv4 egress only (the node has no IPv6 pod CIDR), got %+v", d.Egress)
 	}
 	want := []string{"10.244.0.0/16", "10.244.1.0/24", "10.244.2.0/24", "10.96.0.0/12", "192.0.2.1/32", "192.0.2.2/32"}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -125,13 +126,13 @@ func TestPodNetworkOnANodeOfTheCluster(t *testing.T) {
 	dir := t.TempDir()
 	cfg := config.Default().PodNetwork
 	cfg.CNIConfigFile = filepath.Join(dir, "net.d", "10-kube-routerd.conflist")
-	kernel, err := KernelAt(nodeA.Handle)
+	dp, err := KernelDataplane(nodeA.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: nodeA.Name, Registry: prometheus.NewRegistry()},
-		Options{Config: cfg, MayTunnel: true}, kernel)
+		Options{Config: cfg, MayTunnel: true}, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,22 +208,22 @@ func TestPodNetworkOnANodeOfTheCluster(t *testing.T) {
 		return string(after) != string(before) && !strings.Contains(string(after), nodeA.PodCIDRv6.String())
 	})
 	testenv.Eventually(t, "IPv6 egress masquerading goes with the IPv6 pod CIDR", 10*time.Second, func() bool {
-		chains, err := kernel.IPTables[1].SaveChains(iptables.TableNAT)
+		chains, err := dp.IPTables[1].SaveChains(iptables.TableNAT)
 		return err == nil && chains[chainEgress] == nil
 	})
 
 	cancel()
 	<-done
-	if err := CleanupKernel(kernel, CNIFile{Path: cfg.CNIConfigFile}); err != nil {
+	if err := cleanup(dp, CNIFile{Path: cfg.CNIConfigFile}, slog.Default()); err != nil {
 		t.Fatal(err)
 	}
-	for _, ipt := range kernel.IPTables {
+	for _, ipt := range dp.IPTables {
 		chains, _ := ipt.SaveChains(iptables.TableNAT)
 		if _, ok := chains[chainEgress]; ok || strings.Contains(fmt.Sprint(chains["POSTROUTING"]), chainEgress) {
-			t.Errorf("IPv%d: pod egress left after cleanup: %v", ipt.Protocol(), chains["POSTROUTING"])
+			t.Errorf("IPv%d: pod egress left after cleanup: %v", ipt.Family(), chains["POSTROUTING"])
 		}
 	}
-	if sets, _ := kernel.IPSets.ListAll(); len(sets) != 0 {
+	if sets, _ := dp.IPSets.ListAll(); len(sets) != 0 {
 		t.Errorf("sets left after cleanup: %v", sets)
 	}
 	if _, err := os.Stat(cfg.CNIConfigFile); !os.IsNotExist(err) {

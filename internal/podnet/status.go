@@ -43,7 +43,7 @@ func (c *Controller) setDetails(want desired, self k8s.NodeAddresses, err error)
 		d.PodCIDRs = append(d.PodCIDRs, p.String())
 	}
 	for _, f := range want.Egress {
-		e := EgressDetails{Family: f.Family(), ClusterDestinations: len(f.ClusterDestinations)}
+		e := EgressDetails{Family: f.Family.String(), ClusterDestinations: len(f.ClusterDestinations)}
 		for _, s := range f.Sources {
 			e.Sources = append(e.Sources, s.String())
 		}

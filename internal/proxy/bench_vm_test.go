@@ -38,7 +38,7 @@ func BenchmarkKernelFullSync(b *testing.B) {
 			writes := 0
 			for b.Loop() {
 				b.StopTimer()
-				h, _ := benchHarnessOn(b, kernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
+				h, _ := benchHarnessOn(b, testKernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
 				b.StartTimer()
 				h.sync(true)
 				writes += h.c.writes()
@@ -55,7 +55,7 @@ func BenchmarkKernelFullSync(b *testing.B) {
 func BenchmarkKernelSingleServiceChange(b *testing.B) {
 	testenv.RequireVM(b)
 	const n = 10000
-	h, epSlices := benchHarnessOn(b, kernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
+	h, epSlices := benchHarnessOn(b, testKernelDataplane(b, netns.NewNS(b, "node", "bench")), n)
 	h.sync(true)
 	// The periodic full resync finding nothing to do: what a change may queue behind.
 	began := time.Now()
@@ -105,7 +105,7 @@ func BenchmarkKernelAPIToIPVS(b *testing.B) {
 	b.Logf("created %d Services and EndpointSlices in the API server in %.1f s", n, time.Since(start).Seconds())
 
 	node := netns.NewNS(b, "node", "bench")
-	dp := kernelDataplane(b, node)
+	dp := testKernelDataplane(b, node)
 	cfg := config.Default().ServiceProxy
 	start = time.Now()
 	ctl := startController(b, cs, "bench-node", cfg, dp)

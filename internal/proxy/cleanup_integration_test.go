@@ -37,7 +37,7 @@ func TestCleanupWithoutIPVSSaysSoInOneLine(t *testing.T) {
 		logrus.SetOutput(os.Stderr)
 	})
 
-	if err := cleanupAt(t.Context(), config.Default().ServiceProxy, ns.Handle); err != nil {
+	if err := cleanupAt(t.Context(), config.Default().ServiceProxy, ns.Handle, slog.Default()); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")

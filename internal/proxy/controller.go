@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -27,12 +25,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
@@ -44,6 +37,7 @@ const drainPoll = time.Second
 
 // Controller is the service proxy controller.
 type Controller struct {
+	log      *slog.Logger
 	cfg      config.ServiceProxy
 	nodeName string
 	services corelisters.ServiceLister
@@ -73,89 +67,24 @@ type Controller struct {
 	details     Details
 }
 
-// Details is what `kube-routerd status` shows for the service proxy.
-type Details struct {
-	Services          int          `json:"services"`
-	VirtualServices   int          `json:"virtualServices"`
-	Destinations      int          `json:"destinations"`
-	Draining          int          `json:"draining"`
-	NodePortAddresses []netip.Addr `json:"nodePortAddresses"`
-	LastSyncWrites    int          `json:"lastSyncWrites"`
-}
-
-// realDataplane returns the kernel state of the daemon's own network namespace.
-func realDataplane(cfg config.ServiceProxy) (Dataplane, error) {
-	return RealDataplaneAt(cfg, netns.None())
-}
-
-// RealDataplaneAt returns IPVS, ipsets, iptables (IPv4 and IPv6), the dummy interface,
-// conntrack and sysctls of network namespace ns (netns.None() is the caller's); the
-// handle must stay open while the dataplane is used.
-func RealDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle) (Dataplane, error) {
-	return realDataplaneAt(cfg, ns, true)
-}
-
-// realDataplaneAt is RealDataplaneAt, leaving Dataplane.IPVS nil unless withIPVS.
-func realDataplaneAt(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) (Dataplane, error) {
-	nsPath := ""
-	var nl *netlink.Handle
-	var sets *ipset.Netlink
-	var err error
-	if ns.IsOpen() {
-		nsPath = fmt.Sprintf("/proc/self/fd/%d", int(ns))
-		if nl, err = netlink.NewHandleAt(ns); err != nil {
-			return Dataplane{}, fmt.Errorf("opening netlink in the target namespace: %w", err)
-		}
-		sets, err = ipset.NewAt(ns)
-	} else {
-		sets, err = ipset.New()
-	}
-	if err != nil {
-		return Dataplane{}, err
-	}
-	dp := Dataplane{
-		Ledger:    &ipvs.IPSetLedger{Sets: sets},
-		Dummy:     &dummy.Link{Name: cfg.DummyInterface, Netlink: nl, NS: ns},
-		Conntrack: conntrack.Kernel{Netlink: nl},
-		IPSets:    sets,
-		Sysctls:   sysctl.Proc{NS: ns},
-	}
-	if withIPVS {
-		if dp.IPVS, err = ipvs.NewKernelAt(nsPath); err != nil {
-			return Dataplane{}, err
-		}
-	}
-	for _, proto := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
-		ipt, err := iptables.NewAt(proto, ns)
-		if err != nil {
-			return Dataplane{}, err
-		}
-		dp.IPTables = append(dp.IPTables, ipt)
-	}
-	return dp, nil
-}
-
-// New builds the service proxy on the host's kernel.
-func New(env daemon.Env, cfg config.ServiceProxy) (*Controller, error) {
-	dp, err := realDataplane(cfg)
+// New builds the service proxy on dp: KernelDataplane's in the daemon, fakes or kernel
+// adapters inside a test namespace in tests.
+func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, error) {
+	log := env.Logger("proxy")
+	m, err := newMetrics(env)
 	if err != nil {
 		return nil, err
 	}
-	return newWithDataplane(env, cfg, dp)
-}
-
-// newWithDataplane builds the service proxy on the given dataplane (tests pass fakes
-// or kernel adapters inside a test namespace).
-func newWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, error) {
 	c := &Controller{
+		log:      log,
 		cfg:      cfg,
 		nodeName: env.NodeName,
 		services: env.Informers.Core().V1().Services().Lister(),
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
-		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration),
-		fw:       newFirewall(dp, firewallOptions(cfg), slog.Default()),
-		metrics:  newMetrics(env.Registry),
-		desired:  newDesiredState(),
+		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration, log),
+		fw:       newFirewall(dp, firewallOptions(cfg), log),
+		metrics:  m,
+		desired:  newDesiredState(log),
 	}
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	c.changes = loop.NewTracker[types.NamespacedName](c.runner.Request)
@@ -192,13 +121,6 @@ func (c *Controller) Name() string { return "proxy" }
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	loop.Run(ctx, c.changes, c.runner, hb)
 	return nil
-}
-
-// Details implements daemon.StatusReporter.
-func (c *Controller) Details() any {
-	c.detailsLock.Lock()
-	defer c.detailsLock.Unlock()
-	return c.details
 }
 
 func serviceName(obj any) (types.NamespacedName, bool) {
@@ -328,7 +250,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		return summary, fmt.Errorf("programming IPVS: %w", err)
 	}
 	if w := c.writes(); w > 0 {
-		slog.Debug("proxy sync applied changes", "full", full, "writes", w, "servicesRecomputed", c.recomputed)
+		c.log.Debug("proxy sync applied changes", "full", full, "writes", w, "servicesRecomputed", c.recomputed)
 	}
 	return summary, ctx.Err()
 }
@@ -341,7 +263,7 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 	}
 	objs, err := c.slices.ByIndex(sliceIndex, name.String())
 	if err != nil {
-		slog.Error("reading endpoint slices", "service", name.String(), "err", err)
+		c.log.Error("reading endpoint slices", "service", name.String(), "err", err)
 	}
 	epSlices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
 	for _, o := range objs {
@@ -351,7 +273,7 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 	}
 	vss, err := desiredForService(svc, epSlices, node, opts)
 	if err != nil {
-		slog.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
+		c.log.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
 	}
 	return vss
 }
@@ -368,76 +290,5 @@ func (c *Controller) scheduleDrainPoll() {
 	})
 }
 
-func (c *Controller) publish(node Node) {
-	c.metrics.services.Set(float64(c.desired.services))
-	c.metrics.endpoints.Set(float64(c.desired.endpoints))
-	c.metrics.draining.Set(float64(len(c.rec.draining)))
-	c.detailsLock.Lock()
-	c.details = Details{
-		Services:          len(c.desired.byService),
-		VirtualServices:   c.desired.services,
-		Destinations:      c.desired.endpoints,
-		Draining:          len(c.rec.draining),
-		NodePortAddresses: node.NodePortAddrs,
-		LastSyncWrites:    c.writes(),
-	}
-	c.detailsLock.Unlock()
-}
-
 // writes counts the kernel changes of the last sync.
 func (c *Controller) writes() int { return c.rec.writes + c.fw.writes }
-
-// Cleanup removes everything the service proxy created: the IPVS services recorded
-// in the ledger, the firewall jumps, chains and sets, the ledger itself and the dummy
-// interface with the VIPs.
-func Cleanup(ctx context.Context, cfg config.ServiceProxy) error {
-	return cleanupAt(ctx, cfg, netns.None())
-}
-
-// cleanupAt runs Cleanup in network namespace ns. A kernel without IPVS loaded has no
-// virtual services, so IPVS is then left unopened (opening it would try to load the
-// module and log moby/ipvs's warnings).
-func cleanupAt(ctx context.Context, cfg config.ServiceProxy, ns netns.NsHandle) error {
-	loaded, err := ipvs.Loaded()
-	if err != nil {
-		return err
-	}
-	dp, err := realDataplaneAt(cfg, ns, loaded)
-	if err != nil {
-		return err
-	}
-	if !loaded {
-		slog.Info("IPVS is not loaded in this kernel: no IPVS services to remove")
-	}
-	return cleanup(ctx, dp)
-}
-
-// cleanup removes what the service proxy created in dp; with dp.IPVS nil it skips the
-// IPVS services.
-func cleanup(ctx context.Context, dp Dataplane) error {
-	keys, err := dp.Ledger.Keys()
-	if err != nil {
-		return err
-	}
-	if dp.IPVS == nil {
-		keys = nil // records of a kernel that has no IPVS services
-	}
-	var errs []error
-	for _, k := range keys {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err := dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
-			errs = append(errs, err)
-		}
-	}
-	// Rules before sets: the kernel keeps a set while a rule refers to it.
-	if err := cleanupFirewall(dp); err != nil {
-		errs = append(errs, err)
-	}
-	if len(errs) == 0 {
-		errs = append(errs, dp.Ledger.Destroy())
-	}
-	errs = append(errs, dp.Dummy.Delete())
-	return errors.Join(errs...)
-}

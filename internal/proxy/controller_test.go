@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // fakeKernel is the fake dataplane; it outlives controllers to model restarts.
@@ -43,7 +45,7 @@ func newFakeKernel() *fakeKernel {
 	sets := ipset.NewFake()
 	return &fakeKernel{ipvs: ipvs.NewFake(), ipsets: sets, ledger: &ipvs.IPSetLedger{Sets: sets},
 		dummy: dummy.NewFake(), conntrack: &conntrack.Fake{},
-		ipt4: iptables.NewFake(iptables.IPv4), ipt6: iptables.NewFake(iptables.IPv6), sysctls: &sysctl.Fake{}}
+		ipt4: iptables.NewFake(ipfamily.IPv4), ipt6: iptables.NewFake(ipfamily.IPv6), sysctls: &sysctl.Fake{}}
 }
 
 func (k *fakeKernel) dataplane() Dataplane {
@@ -73,7 +75,7 @@ func newHarnessOn(t testing.TB, dp Dataplane) *harness {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().ServiceProxy
-	c, err := newWithDataplane(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
+	c, err := New(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +422,7 @@ func TestCleanupRemovesOnlyWhatIsOurs(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.sync(true)
-	if err := cleanup(context.Background(), h.kernel.dataplane()); err != nil {
+	if err := cleanup(context.Background(), h.kernel.dataplane(), slog.Default()); err != nil {
 		t.Fatal(err)
 	}
 	h.wantIPVS("10.0.0.99:80/TCP wlc")

@@ -5,6 +5,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
@@ -28,10 +29,10 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-// kernelDataplane returns the real dataplane of a fresh network namespace.
-func kernelDataplane(t testing.TB, ns *netns.NS) Dataplane {
+// testKernelDataplane returns the real dataplane of a fresh network namespace.
+func testKernelDataplane(t testing.TB, ns *netns.NS) Dataplane {
 	t.Helper()
-	dp, err := RealDataplaneAt(config.Default().ServiceProxy, ns.Handle)
+	dp, err := KernelDataplane(config.Default().ServiceProxy, ns.Handle)
 	if err != nil {
 		testenv.Unavailable(t, "kernel dataplane: %v", err)
 	}
@@ -41,7 +42,7 @@ func kernelDataplane(t testing.TB, ns *netns.NS) Dataplane {
 func TestKernelIPVSSyncRepairAndForeignServices(t *testing.T) {
 	testenv.RequireVM(t)
 	ns := netns.NewNS(t, "node", "proxy")
-	dp := kernelDataplane(t, ns)
+	dp := testKernelDataplane(t, ns)
 	k := dp.IPVS
 	foreign := ipvs.Service{Key: ipvs.Key{Addr: netip.MustParseAddr("10.0.0.99"), Proto: ipvs.TCP, Port: 80}, Scheduler: "wlc"}
 	if err := k.AddService(foreign); err != nil {
@@ -105,7 +106,7 @@ func TestKernelIPVSSyncRepairAndForeignServices(t *testing.T) {
 	if _, ok, _ := k.Service(web); ok {
 		t.Error("virtual service of a deleted Service still exists")
 	}
-	if err := cleanup(t.Context(), dp); err != nil {
+	if err := cleanup(t.Context(), dp, slog.Default()); err != nil {
 		t.Fatalf("cleanup: %v", err)
 	}
 	list, err := k.Services()
@@ -136,7 +137,7 @@ func startController(t testing.TB, cs kubernetes.Interface, nodeName string, cfg
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	env := daemon.Env{Client: cs, Informers: factory, NodeName: nodeName, Registry: prometheus.NewRegistry()}
-	c, err := newWithDataplane(env, cfg, dp)
+	c, err := New(env, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +178,7 @@ func TestServiceProxyEndToEnd(t *testing.T) {
 	// A host service on the node listening on every address, VIPs included.
 	node.Serve(t, netns.TCP, 81)
 
-	dp := kernelDataplane(t, node.NS)
+	dp := testKernelDataplane(t, node.NS)
 	foreign := ipvs.Service{Key: ipvs.Key{Addr: netip.MustParseAddr("10.0.0.99"), Proto: ipvs.TCP, Port: 80}, Scheduler: "wlc"}
 	if err := dp.IPVS.AddService(foreign); err != nil {
 		t.Fatal(err)

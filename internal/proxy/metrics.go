@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kube-routerd/kube-routerd/internal/daemon"
 )
 
 // metrics are the service proxy's Prometheus metrics.
@@ -11,7 +13,7 @@ type metrics struct {
 	draining  prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(env daemon.Env) (*metrics, error) {
 	m := &metrics{
 		services: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kube_routerd_proxy_virtual_services",
@@ -26,8 +28,5 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "IPVS destinations kept with weight 0 until their connections end.",
 		}),
 	}
-	if reg != nil {
-		reg.MustRegister(m.services, m.endpoints, m.draining)
-	}
-	return m
+	return m, env.RegisterMetrics("proxy", m.services, m.endpoints, m.draining)
 }

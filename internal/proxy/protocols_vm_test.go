@@ -154,7 +154,7 @@ func TestServiceProxyIPv6UDPAndSCTP(t *testing.T) {
 		p.Serve(t, netns.SCTP, 9000)
 	}
 
-	dp := kernelDataplane(t, node.NS)
+	dp := testKernelDataplane(t, node.NS)
 	cfg := config.Default().ServiceProxy
 	cfg.ClusterCIDRs = []config.Prefix{
 		{Prefix: netip.MustParsePrefix("10.244.0.0/16")},

@@ -13,27 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/conntrack"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
-
-// Dataplane is the kernel state the service proxy programs, all in one network
-// namespace.
-type Dataplane struct {
-	IPVS ipvs.Interface
-	// Ledger records which IPVS services are ours; nothing else is ever changed.
-	Ledger    ipvs.Ledger
-	Dummy     dummy.Interface
-	Conntrack conntrack.Interface
-	// IPSets holds the ledger and the firewall's sets.
-	IPSets ipset.Interface
-	// IPTables has one instance per IP family served.
-	IPTables []iptables.Interface
-	Sysctls  sysctl.Interface
-}
 
 // drainKey identifies a destination being drained.
 type drainKey struct {
@@ -45,6 +26,7 @@ type drainKey struct {
 // difference. It is used by one goroutine (the sync loop).
 type reconciler struct {
 	dp    Dataplane
+	log   *slog.Logger
 	grace time.Duration
 	now   func() time.Time
 	// owned mirrors the ledger.
@@ -61,8 +43,8 @@ type reconciler struct {
 	toOwn map[ipvs.Key]bool
 }
 
-func newReconciler(dp Dataplane, grace time.Duration) *reconciler {
-	return &reconciler{dp: dp, grace: grace, now: time.Now, draining: map[drainKey]time.Time{},
+func newReconciler(dp Dataplane, grace time.Duration, log *slog.Logger) *reconciler {
+	return &reconciler{dp: dp, log: log, grace: grace, now: time.Now, draining: map[drainKey]time.Time{},
 		toOwn: map[ipvs.Key]bool{}}
 }
 
@@ -263,7 +245,7 @@ func (r *reconciler) syncVirtualServer(vs *virtualServer, cur *ipvs.Service, act
 	}
 	if cur != nil && !r.owned[vs.Key] {
 		// The API says this address and port are a Service's: take the entry over.
-		slog.Info("adopting existing IPVS service", "service", vs.Owner.String(), "vip", vs.Key.String())
+		r.log.Info("adopting existing IPVS service", "service", vs.Owner.String(), "vip", vs.Key.String())
 	}
 	r.own(vs.Key)
 	switch {
@@ -353,7 +335,7 @@ func (r *reconciler) deleteDestination(vs *virtualServer, d ipvs.DestKey) {
 func (r *reconciler) clearUDP(k ipvs.Key, endpoint netip.Addr) {
 	f := conntrack.Flow{ServiceAddr: k.Addr, ServicePort: k.Port, Endpoint: endpoint}
 	if _, err := r.dp.Conntrack.DeleteUDP(f); err != nil {
-		slog.Warn("clearing conntrack entries failed", "flow", f.String(), "err", err)
+		r.log.Warn("clearing conntrack entries failed", "flow", f.String(), "err", err)
 	}
 }
 

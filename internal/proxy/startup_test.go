@@ -65,7 +65,7 @@ func TestStartupAddsDoNotMakeTheFirstPartialSyncRecomputeEverything(t *testing.T
 	cfg := config.Default().ServiceProxy
 	cfg.MinSyncInterval.Duration = 10 * time.Millisecond
 	cfg.SyncPeriod.Duration = time.Hour
-	c, err := newWithDataplane(daemon.Env{Client: client, Informers: factory, NodeName: thisNode}, cfg, kernel.dataplane())
+	c, err := New(daemon.Env{Client: client, Informers: factory, NodeName: thisNode}, cfg, kernel.dataplane())
 	if err != nil {
 		t.Fatal(err)
 	}

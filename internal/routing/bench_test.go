@@ -162,7 +162,7 @@ func setUpBench(b *testing.B) {
 	cfg := config.Default().Routing
 	cfg.Overlay = "never"
 	cfg.HoldTime = config.Duration{Duration: 30 * time.Second}
-	c, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: "self", Registry: prometheus.NewRegistry()}, cfg)
+	c, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: "self", Registry: prometheus.NewRegistry()}, cfg, KernelDataplane())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
@@ -26,14 +25,13 @@ import (
 
 // Controller is the routing controller (daemon.Controller).
 type Controller struct {
-	cfg        config.Routing
-	nodeName   string
-	log        *slog.Logger
-	kernel     route.Interface
-	newSpeaker startSpeakerFunc
-	runner     *loop.Runner
-	metrics    *metrics
-	changes    *loop.Tracker[input]
+	cfg      config.Routing
+	nodeName string
+	log      *slog.Logger
+	dp       Dataplane
+	runner   *loop.Runner
+	metrics  *metrics
+	changes  *loop.Tracker[input]
 
 	nodes     corelisters.NodeLister
 	services  corelisters.ServiceLister
@@ -120,27 +118,14 @@ func changeSetOf(inputs map[input]struct{}) changeSet {
 var _ daemon.Controller = (*Controller)(nil)
 var _ daemon.StatusReporter = (*Controller)(nil)
 
-// New builds the routing controller and registers its informer handlers and metrics.
-func New(env daemon.Env, cfg config.Routing) (*Controller, error) {
-	startGoBGPSpeaker := func(ctx context.Context, cfg speakerConfig) (speaker, error) {
-		s, err := startGoBGP(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		return s, nil
-	}
-	return newController(env, cfg, slog.Default().With("controller", "routing"), route.Netlink{}, startGoBGPSpeaker)
-}
-
-// newController is New with the logger, the kernel and the speaker injected (fakes in
-// tests).
-func newController(env daemon.Env, cfg config.Routing, log *slog.Logger, kernel route.Interface, newSpeaker startSpeakerFunc) (*Controller, error) {
+// New builds the routing controller on dp (KernelDataplane's in the daemon, fakes in
+// tests) and registers its informer handlers and metrics.
+func New(env daemon.Env, cfg config.Routing, dp Dataplane) (*Controller, error) {
 	c := &Controller{
 		cfg:             cfg,
 		nodeName:        env.NodeName,
-		log:             log,
-		kernel:          kernel,
-		newSpeaker:      newSpeaker,
+		log:             env.Logger("routing"),
+		dp:              dp,
 		parsed:          map[string]parsedNode{},
 		heardFrom:       map[string]bool{},
 		downSince:       map[string]time.Time{},
@@ -151,7 +136,7 @@ func newController(env daemon.Env, cfg config.Routing, log *slog.Logger, kernel 
 	}
 	c.advertiseLog = slog.New(repeatFilter{next: c.log.Handler(), rounds: c.advertiseRounds})
 	c.runner = loop.NewRunner("routing", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
-	m, err := newMetrics(env.Registry)
+	m, err := newMetrics(env)
 	if err != nil {
 		return nil, err
 	}
@@ -319,7 +304,7 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	localPrefixes, err := c.kernel.LocalPrefixes()
+	localPrefixes, err := c.dp.Routes.LocalPrefixes()
 	if err != nil {
 		return nil, err
 	}
@@ -327,11 +312,11 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 	l.states = c.speaker.PeerStates(ctx)
 	c.observePeers(l.states)
 
-	drifted, err := c.drift.count(c.kernel, routes, tunnels)
+	drifted, err := c.drift.count(c.dp.Routes, routes, tunnels)
 	if err != nil {
 		return nil, err
 	}
-	installed, unreachable, kernelErr := reconcileKernel(c.kernel, routes, tunnels, c.keepUntilHeardFrom(l.nodes), c.log)
+	installed, unreachable, kernelErr := reconcileKernel(c.dp.Routes, routes, tunnels, c.keepUntilHeardFrom(l.nodes), c.log)
 	c.reportUnreachable(unreachable, l.nodes)
 	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
 	if drifted > 0 {
@@ -449,7 +434,7 @@ func (c *Controller) startSpeaker(ctx context.Context, self nodeInfo) error {
 			listen = append(listen, "::")
 		}
 	}
-	s, err := c.newSpeaker(ctx, speakerConfig{
+	s, err := c.dp.startSpeaker(ctx, speakerConfig{
 		ASN:             uint32(c.cfg.ASN),
 		RouterID:        routerID,
 		ListenPort:      int32(c.cfg.ListenPort),
@@ -491,128 +476,6 @@ func routerIDFromIPv6(a netip.Addr) netip.Addr {
 	return id
 }
 
-// Details is the routing controller's state for `kube-routerd status`.
-type Details struct {
-	Node       string        `json:"node"`
-	Address    string        `json:"address"`
-	AddressV6  string        `json:"addressV6,omitempty"`
-	PodCIDRs   []string      `json:"podCIDRs"`
-	Peers      []PeerDetails `json:"peers"`
-	Announced  []string      `json:"announced"`
-	ToExternal []string      `json:"toExternal"`
-	Routes     []string      `json:"routes"`
-	Tunnels    []string      `json:"tunnels,omitempty"`
-}
-
-// PeerDetails describes one BGP neighbour.
-type PeerDetails struct {
-	Address  string `json:"address"`
-	ASN      uint32 `json:"asn"`
-	Node     string `json:"node,omitempty"`
-	State    string `json:"state"`
-	Flaps    int    `json:"flaps"`
-	RRClient bool   `json:"rrClient,omitempty"`
-}
-
-// Details implements daemon.StatusReporter.
-func (c *Controller) Details() any {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.details
-}
-
-func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
-	d := Details{Node: self.Name, Address: self.Address.String()}
-	if self.AddressV6.IsValid() {
-		d.AddressV6 = self.AddressV6.String()
-	}
-	for _, p := range self.PodCIDRs {
-		d.PodCIDRs = append(d.PodCIDRs, p.String())
-	}
-	for _, p := range peers {
-		st := states[p.Address.String()]
-		d.Peers = append(d.Peers, PeerDetails{Address: p.Address.String(), ASN: p.ASN, Node: p.Node, State: st.State, Flaps: st.Flaps, RRClient: p.RRClient})
-	}
-	for _, p := range adv.Prefixes {
-		d.Announced = append(d.Announced, p.String())
-	}
-	for _, p := range adv.ToExternal {
-		d.ToExternal = append(d.ToExternal, p.String())
-	}
-	for _, r := range routes {
-		d.Routes = append(d.Routes, r.String())
-	}
-	for _, t := range tunnels {
-		d.Tunnels = append(d.Tunnels, t.String())
-	}
-	c.mu.Lock()
-	c.details = d
-	c.mu.Unlock()
-}
-
-type metrics struct {
-	peers        *prometheus.GaugeVec
-	advertised   prometheus.Gauge
-	received     prometheus.Gauge
-	installed    prometheus.Gauge
-	flaps        prometheus.Counter
-	driftRepairs prometheus.Counter
-}
-
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
-	m := &metrics{
-		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kube_routerd_routing_bgp_peers", Help: "BGP peers by session state.",
-		}, []string{"state"}),
-		advertised: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kube_routerd_routing_routes_advertised", Help: "Prefixes this node announces (pod CIDRs and Service IPs) before export policy.",
-		}),
-		received: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kube_routerd_routing_routes_received", Help: "Routes accepted from BGP peers, summed over peers.",
-		}),
-		installed: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "kube_routerd_routing_routes_installed", Help: "Routes kube-routerd installed in the kernel.",
-		}),
-		flaps: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kube_routerd_routing_bgp_session_flaps_total", Help: "Times an established BGP session went down.",
-		}),
-		driftRepairs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "kube_routerd_routing_drift_repairs_total",
-			Help: "Routes and tunnels of ours that someone else removed or changed, and a sync repaired.",
-		}),
-	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, col := range []prometheus.Collector{m.peers, m.advertised, m.received, m.installed, m.flaps, m.driftRepairs} {
-		if err := reg.Register(col); err != nil {
-			return nil, fmt.Errorf("routing: registering metrics: %w", err)
-		}
-	}
-	return m, nil
-}
-
-func (m *metrics) update(states map[string]peerState, originated, installed int) {
-	counts := map[string]int{}
-	for name := range api.PeerState_SessionState_value {
-		counts[name] = 0
-	}
-	var received uint64
-	for _, st := range states {
-		counts[st.State]++
-		received += st.Received
-	}
-	for state, n := range counts {
-		m.peers.WithLabelValues(state).Set(float64(n))
-	}
-	m.advertised.Set(float64(originated))
-	m.received.Set(float64(received))
-	m.installed.Set(float64(installed))
-}
-
-// reportUnreachable warns once about each route the kernel refused because its next
-// hop is on no connected network (a node in another subnet with overlay = "never"),
-// naming the node behind it.
 func (c *Controller) reportUnreachable(routes []route.Route, nodes []nodeInfo) {
 	now := make(map[netip.Prefix]route.Route, len(routes))
 	for _, r := range routes {
@@ -639,60 +502,4 @@ func withoutRoutes(routes, drop []route.Route) []route.Route {
 		return routes
 	}
 	return slices.DeleteFunc(slices.Clone(routes), func(r route.Route) bool { return slices.Contains(drop, r) })
-}
-
-// repeatFilter is a log handler that drops a record its rounds saw in the previous
-// round. A computation that runs on many syncs logs through it and ends each run
-// with rounds.next, so a problem is logged once while it lasts, and again if it
-// comes back after it was gone.
-type repeatFilter struct {
-	next   slog.Handler
-	rounds *logRounds
-}
-
-// logRounds holds the records (level, message, attributes) logged in this round and
-// the previous one.
-type logRounds struct {
-	mu         sync.Mutex
-	prev, this map[string]bool
-}
-
-// next ends a round.
-func (r *logRounds) next() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.prev, r.this = r.this, nil
-}
-
-// repeated records key in this round and reports whether the previous one had it.
-func (r *logRounds) repeated(key string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.this == nil {
-		r.this = map[string]bool{}
-	}
-	r.this[key] = true
-	return r.prev[key]
-}
-
-func (f repeatFilter) Enabled(ctx context.Context, l slog.Level) bool { return f.next.Enabled(ctx, l) }
-
-func (f repeatFilter) Handle(ctx context.Context, rec slog.Record) error {
-	key := rec.Level.String() + " " + rec.Message
-	rec.Attrs(func(a slog.Attr) bool {
-		key += " " + a.String()
-		return true
-	})
-	if f.rounds.repeated(key) {
-		return nil
-	}
-	return f.next.Handle(ctx, rec)
-}
-
-func (f repeatFilter) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return repeatFilter{next: f.next.WithAttrs(attrs), rounds: f.rounds}
-}
-
-func (f repeatFilter) WithGroup(name string) slog.Handler {
-	return repeatFilter{next: f.next.WithGroup(name), rounds: f.rounds}
 }

@@ -87,7 +87,7 @@ func runChild() error {
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	reg := prometheus.NewRegistry()
 	env := daemon.Env{Client: cs, Informers: factory, NodeName: os.Getenv(childNodeEnv), Registry: reg}
-	c, err := New(env, cfg.Routing)
+	c, err := New(env, cfg.Routing, KernelDataplane())
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,7 @@ func newSyncHarness(t *testing.T, cfg config.Routing) *syncHarness {
 	log, buf := captureLog()
 	h := &syncHarness{t: t, factory: factory, speaker: newFakeSpeaker(),
 		kernel: route.NewFake(netip.MustParsePrefix("10.0.0.0/24")), log: buf}
-	c, err := newController(daemon.Env{Informers: factory, NodeName: "a"}, cfg, log, h.kernel, h.speaker.start)
+	c, err := New(daemon.Env{Informers: factory, NodeName: "a", Log: log}, cfg, Dataplane{Routes: h.kernel, startSpeaker: h.speaker.start})
 	if err != nil {
 		t.Fatal(err)
 	}

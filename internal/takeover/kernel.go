@@ -13,6 +13,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // iptablesTables are the tables kube-router writes to.
@@ -33,7 +34,7 @@ type Kernel struct {
 // caller's namespace: the daemon runs in the node's).
 func KernelAt(ns netns.NsHandle, ourCNIFile string) (Kernel, error) {
 	k := Kernel{OurCNIFile: ourCNIFile}
-	for _, proto := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
+	for _, proto := range []ipfamily.Family{ipfamily.IPv4, ipfamily.IPv6} {
 		ipt, err := iptables.NewAt(proto, ns)
 		if err != nil {
 			return Kernel{}, err
@@ -50,7 +51,7 @@ func KernelAt(ns netns.NsHandle, ourCNIFile string) (Kernel, error) {
 
 // Read returns what the kernel and the CNI directory hold now.
 func (k Kernel) Read() (View, error) {
-	v := View{IPTables: map[iptables.Protocol]map[string]map[string][]string{}}
+	v := View{IPTables: map[ipfamily.Family]map[string]map[string][]string{}}
 	for _, ipt := range k.IPTables {
 		tables := map[string]map[string][]string{}
 		for _, table := range iptablesTables {
@@ -60,7 +61,7 @@ func (k Kernel) Read() (View, error) {
 			}
 			tables[table] = chains
 		}
-		v.IPTables[ipt.Protocol()] = tables
+		v.IPTables[ipt.Family()] = tables
 	}
 	sets, err := k.IPSets.ListAll()
 	if err != nil {
@@ -143,9 +144,9 @@ func (k Kernel) Remove(objs []Object) (removed []Object, errs []error) {
 	return removed, errs
 }
 
-func (k Kernel) iptables(fam iptables.Protocol) iptables.Interface {
+func (k Kernel) iptables(fam ipfamily.Family) iptables.Interface {
 	for _, ipt := range k.IPTables {
-		if ipt.Protocol() == fam {
+		if ipt.Family() == fam {
 			return ipt
 		}
 	}

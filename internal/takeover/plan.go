@@ -6,9 +6,9 @@ import (
 	"slices"
 	"sort"
 
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Kind is a kind of kernel or file system object.
@@ -32,7 +32,7 @@ type Object struct {
 	Kind   Kind
 	Domain Domain
 	// Family, Table and Chain locate a chain (Name) or a rule (Rule).
-	Family iptables.Protocol
+	Family ipfamily.Family
 	Table  string
 	Chain  string
 	Rule   string
@@ -65,7 +65,7 @@ func (o Object) String() string {
 // View is what the kernel and the CNI directory hold, as far as a takeover looks.
 type View struct {
 	// IPTables holds the rules of every chain by family, table and chain.
-	IPTables map[iptables.Protocol]map[string]map[string][]string
+	IPTables map[ipfamily.Family]map[string]map[string][]string
 	Sets     []string
 	// ZebraRoutes are the main table's routes of protocol zebra.
 	ZebraRoutes []route.TableRoute
@@ -136,7 +136,7 @@ func Compute(v View, enabled map[Domain]bool) Plan {
 
 // planIPTables plans kube-router's rules in built-in chains, then its chains.
 func planIPTables(v View, p *Plan, remove func(Object)) {
-	for _, fam := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
+	for _, fam := range []ipfamily.Family{ipfamily.IPv4, ipfamily.IPv6} {
 		tables := v.IPTables[fam]
 		for _, table := range sortedKeys(tables) {
 			for _, chain := range builtinChains {
@@ -154,7 +154,7 @@ func planIPTables(v View, p *Plan, remove func(Object)) {
 			}
 		}
 	}
-	for _, fam := range []iptables.Protocol{iptables.IPv4, iptables.IPv6} {
+	for _, fam := range []ipfamily.Family{ipfamily.IPv4, ipfamily.IPv6} {
 		tables := v.IPTables[fam]
 		for _, table := range sortedKeys(tables) {
 			for _, chain := range sortedKeys(tables[table]) {

@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 var all = map[Domain]bool{DomainProxy: true, DomainNetpol: true, DomainRouting: true, DomainPodNet: true}
@@ -70,8 +70,8 @@ func TestRulesAndChainsOfKubeRouterAreTheirsAndOursAreNot(t *testing.T) {
 
 func kubeRouterNode() View {
 	return View{
-		IPTables: map[iptables.Protocol]map[string]map[string][]string{
-			iptables.IPv4: {
+		IPTables: map[ipfamily.Family]map[string]map[string][]string{
+			ipfamily.IPv4: {
 				"filter": {
 					"FORWARD":                      {`-m comment --comment "kube-router netpol - X" -j KUBE-ROUTER-FORWARD`, `-j DOCKER-USER`},
 					"KUBE-ROUTER-FORWARD":          {`-j KUBE-POD-FW-AAAAAAAAAAAAAAAA`},
@@ -145,7 +145,7 @@ func TestNothingIsRemovedWhoseReplacementIsOff(t *testing.T) {
 
 func TestANodeWithoutKubeRouterHasAnEmptyPlan(t *testing.T) {
 	v := View{
-		IPTables: map[iptables.Protocol]map[string]map[string][]string{iptables.IPv4: {"filter": {
+		IPTables: map[ipfamily.Family]map[string]map[string][]string{ipfamily.IPv4: {"filter": {
 			"FORWARD":             {`-m comment --comment "kube-routerd network policy" -j KUBE-ROUTER-FORWARD`},
 			"KUBE-ROUTER-FORWARD": nil,
 		}}},

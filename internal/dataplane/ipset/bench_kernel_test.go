@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
@@ -20,7 +21,7 @@ func BenchmarkKernelAddEntries(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(s.Close)
-	set := Set{Name: "KUBE-ROUTER-BENCH", Type: HashIPPort, Family: IPv4}
+	set := Set{Name: "KUBE-ROUTER-BENCH", Type: HashIPPort, Family: ipfamily.IPv4}
 	entries := make([]string, 100_000)
 	for i := range entries {
 		entries[i] = fmt.Sprintf("10.%d.%d.%d,tcp:%d", i>>16, i>>8&0xff, i&0xff, 80+i%3)

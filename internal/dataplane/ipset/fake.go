@@ -5,6 +5,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Fake is an in-memory Interface for tests. It checks entries like the kernel would
@@ -37,7 +39,7 @@ func (f *Fake) Create(s Set) error {
 	f.Ops++
 	if old, ok := f.sets[s.Name]; ok {
 		if old.Set != s {
-			return fmt.Errorf("creating ipset %s: exists with type %s %s", s.Name, old.Type, old.Family)
+			return fmt.Errorf("creating ipset %s: exists with type %s %s", s.Name, old.Type, kernelFamilyName(old.Family))
 		}
 		return nil
 	}
@@ -112,8 +114,8 @@ func (f *Fake) lookup(name, entry string) (*fakeSet, string, error) {
 		return nil, "", err
 	}
 	isV6 := strings.Contains(strings.SplitN(canon, ",", 2)[0], ":")
-	if isV6 != (s.Family == IPv6) {
-		return nil, "", fmt.Errorf("address family does not match set family %s", s.Family)
+	if isV6 != (s.Family == ipfamily.IPv6) {
+		return nil, "", fmt.Errorf("address family does not match set family %s", kernelFamilyName(s.Family))
 	}
 	return s, canon, nil
 }
@@ -170,7 +172,7 @@ func (f *Fake) Dump() string {
 	all, _ := f.ListAll()
 	var b strings.Builder
 	for _, s := range all {
-		fmt.Fprintf(&b, "set %s %s %s\n", s.Name, s.Type, s.Family)
+		fmt.Fprintf(&b, "set %s %s %s\n", s.Name, s.Type, kernelFamilyName(s.Family))
 		for _, e := range s.Entries {
 			fmt.Fprintf(&b, "  %s\n", e)
 		}

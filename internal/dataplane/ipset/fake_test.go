@@ -1,6 +1,10 @@
 package ipset
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+)
 
 func TestCanonical(t *testing.T) {
 	tests := []struct {
@@ -9,11 +13,11 @@ func TestCanonical(t *testing.T) {
 		entry string
 		want  string
 	}{
-		{"hash:ip keeps an IPv4 address", HashIP, "10.0.0.1", "10.0.0.1"},
-		{"hash:ip unmaps IPv4-in-IPv6", HashIP, "::ffff:10.0.0.1", "10.0.0.1"},
+		{"hash:ip keeps an ipfamily.IPv4 address", HashIP, "10.0.0.1", "10.0.0.1"},
+		{"hash:ip unmaps ipfamily.IPv4-in-ipfamily.IPv6", HashIP, "::ffff:10.0.0.1", "10.0.0.1"},
 		{"hash:net adds /32 to a bare address", HashNet, "10.0.0.1", "10.0.0.1/32"},
 		{"hash:net masks host bits", HashNet, "10.0.0.1/24", "10.0.0.0/24"},
-		{"hash:net IPv6", HashNet, "fd00::1/64", "fd00::/64"},
+		{"hash:net ipfamily.IPv6", HashNet, "fd00::1/64", "fd00::/64"},
 		{"hash:ip,port defaults to tcp", HashIPPort, "10.0.0.1,80", "10.0.0.1,tcp:80"},
 		{"hash:ip,port lowercases the protocol", HashIPPort, "fd00::1,SCTP:9", "fd00::1,sctp:9"},
 	}
@@ -40,20 +44,20 @@ func TestFakeSetLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashIP, Family: IPv4}))
-	must(f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashIP, Family: IPv4}))
-	if err := f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashNet, Family: IPv4}); err == nil {
+	must(f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashIP, Family: ipfamily.IPv4}))
+	must(f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashIP, Family: ipfamily.IPv4}))
+	if err := f.Create(Set{Name: "KUBE-ROUTER-A", Type: HashNet, Family: ipfamily.IPv4}); err == nil {
 		t.Error("re-creating a set with another type succeeded")
 	}
 	must(f.Add("KUBE-ROUTER-A", "10.0.0.2"))
 	must(f.Add("KUBE-ROUTER-A", "10.0.0.1"))
 	must(f.Add("KUBE-ROUTER-A", "10.0.0.1"))
 	if err := f.Add("KUBE-ROUTER-A", "fd00::1"); err == nil {
-		t.Error("adding an IPv6 address to an IPv4 set succeeded")
+		t.Error("adding an ipfamily.IPv6 address to an ipfamily.IPv4 set succeeded")
 	}
-	must(f.Create(Set{Name: "KUBE-ROUTER-B", Type: HashIPPort, Family: IPv6}))
+	must(f.Create(Set{Name: "KUBE-ROUTER-B", Type: HashIPPort, Family: ipfamily.IPv6}))
 	must(f.Add("KUBE-ROUTER-B", "fd00::1,udp:53"))
-	must(f.Create(Set{Name: "KUBE-ROUTER-T", Type: HashIP, Family: IPv4}))
+	must(f.Create(Set{Name: "KUBE-ROUTER-T", Type: HashIP, Family: ipfamily.IPv4}))
 	must(f.Add("KUBE-ROUTER-T", "10.9.9.9"))
 	must(f.Swap("KUBE-ROUTER-A", "KUBE-ROUTER-T"))
 	must(f.Del("KUBE-ROUTER-T", "10.0.0.2"))

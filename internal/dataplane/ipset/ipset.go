@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Type is an ipset type name as the kernel knows it.
@@ -30,14 +32,13 @@ const (
 	HashIPPort Type = "hash:ip,port"
 )
 
-// Family is the address family of a set.
-type Family string
-
-// Address families.
-const (
-	IPv4 Family = "inet"
-	IPv6 Family = "inet6"
-)
+// kernelFamilyName is how the ipset tool names a set's family ("inet", "inet6").
+func kernelFamilyName(f ipfamily.Family) string {
+	if f == ipfamily.IPv6 {
+		return "inet6"
+	}
+	return "inet"
+}
 
 // ErrNoSuchSet is what List returns (wrapped) for a set that does not exist.
 var ErrNoSuchSet = errors.New("no such set")
@@ -49,7 +50,7 @@ const MaxNameLen = 31
 type Set struct {
 	Name   string
 	Type   Type
-	Family Family
+	Family ipfamily.Family
 }
 
 // SetEntries is a set with its entries in canonical form, sorted.

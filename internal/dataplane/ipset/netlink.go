@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/nlbatch"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // maxElements is the capacity of every set we create; a namespaceSelector {} peer
@@ -68,7 +69,7 @@ func (n *Netlink) Create(s Set) error {
 		return err
 	}
 	family := uint8(unix.AF_INET)
-	if s.Family == IPv6 {
+	if s.Family == ipfamily.IPv6 {
 		family = unix.AF_INET6
 	}
 	// Replace leaves out NLM_F_EXCL: an identical existing set is then not an error.
@@ -76,7 +77,7 @@ func (n *Netlink) Create(s Set) error {
 		Replace: true, Family: family, MaxElements: maxElements,
 	})
 	if err != nil {
-		return fmt.Errorf("creating ipset %s (%s %s): %w", s.Name, s.Type, s.Family, err)
+		return fmt.Errorf("creating ipset %s (%s %s): %w", s.Name, s.Type, kernelFamilyName(s.Family), err)
 	}
 	return nil
 }
@@ -251,9 +252,9 @@ func (n *Netlink) entry(name, entry string) (*netlink.IPSetEntry, error) {
 
 func fromResult(parts []netlink.IPSetResult) (SetEntries, error) {
 	first := parts[0]
-	s := SetEntries{Set: Set{Name: first.SetName, Type: Type(first.TypeName), Family: IPv4}}
+	s := SetEntries{Set: Set{Name: first.SetName, Type: Type(first.TypeName), Family: ipfamily.IPv4}}
 	if first.Family == unix.AF_INET6 {
-		s.Family = IPv6
+		s.Family = ipfamily.IPv6
 	}
 	seen := map[string]struct{}{}
 	for _, p := range parts {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
@@ -24,9 +25,9 @@ func TestNetlinkInNetns(t *testing.T) {
 		}
 	}
 	sets := []SetEntries{
-		{Set: Set{Name: "KUBE-ROUTER-IP", Type: HashIP, Family: IPv4}, Entries: []string{"10.0.0.1", "10.0.0.2"}},
-		{Set: Set{Name: "KUBE-ROUTER-NET6", Type: HashNet, Family: IPv6}, Entries: []string{"fd00::/64", "fd01::1/128"}},
-		{Set: Set{Name: "KUBE-ROUTER-IPPORT", Type: HashIPPort, Family: IPv4}, Entries: []string{"10.0.0.1,sctp:9", "10.0.0.1,tcp:80", "10.0.0.1,udp:53"}},
+		{Set: Set{Name: "KUBE-ROUTER-IP", Type: HashIP, Family: ipfamily.IPv4}, Entries: []string{"10.0.0.1", "10.0.0.2"}},
+		{Set: Set{Name: "KUBE-ROUTER-NET6", Type: HashNet, Family: ipfamily.IPv6}, Entries: []string{"fd00::/64", "fd01::1/128"}},
+		{Set: Set{Name: "KUBE-ROUTER-IPPORT", Type: HashIPPort, Family: ipfamily.IPv4}, Entries: []string{"10.0.0.1,sctp:9", "10.0.0.1,tcp:80", "10.0.0.1,udp:53"}},
 	}
 	for _, set := range sets {
 		must(s.Create(set.Set))
@@ -44,7 +45,7 @@ func TestNetlinkInNetns(t *testing.T) {
 	must(s.Del("KUBE-ROUTER-IP", "10.0.0.2"))
 	must(s.Del("KUBE-ROUTER-IP", "10.0.0.2"))
 	// Large sets arrive in several netlink messages.
-	must(s.Create(Set{Name: "KUBE-ROUTER-BIG", Type: HashIP, Family: IPv4}))
+	must(s.Create(Set{Name: "KUBE-ROUTER-BIG", Type: HashIP, Family: ipfamily.IPv4}))
 	var big []string
 	for i := range 5000 {
 		big = append(big, fmt.Sprintf("10.1.%d.%d", i/256, i%256))
@@ -93,12 +94,12 @@ func TestAddEntriesReportsEachEntry(t *testing.T) {
 		set  Set
 		make func(i int) string
 	}{
-		{Set{Name: "KUBE-ROUTER-IP", Type: HashIP, Family: IPv4}, func(i int) string { return fmt.Sprintf("10.2.%d.%d", i/250, i%250+1) }},
-		{Set{Name: "KUBE-ROUTER-NET6", Type: HashNet, Family: IPv6}, func(i int) string { return fmt.Sprintf("fd00:%x::/64", i) }},
-		{Set{Name: "KUBE-ROUTER-IPPORT", Type: HashIPPort, Family: IPv4}, func(i int) string {
+		{Set{Name: "KUBE-ROUTER-IP", Type: HashIP, Family: ipfamily.IPv4}, func(i int) string { return fmt.Sprintf("10.2.%d.%d", i/250, i%250+1) }},
+		{Set{Name: "KUBE-ROUTER-NET6", Type: HashNet, Family: ipfamily.IPv6}, func(i int) string { return fmt.Sprintf("fd00:%x::/64", i) }},
+		{Set{Name: "KUBE-ROUTER-IPPORT", Type: HashIPPort, Family: ipfamily.IPv4}, func(i int) string {
 			return fmt.Sprintf("10.3.0.%d,%s:%d", i%200+1, []string{"tcp", "udp", "sctp"}[i%3], 1000+i)
 		}},
-		{Set{Name: "KUBE-ROUTER-IPPORT6", Type: HashIPPort, Family: IPv6}, func(i int) string { return fmt.Sprintf("fd00::%x,tcp:%d", i+1, 80+i%7) }},
+		{Set{Name: "KUBE-ROUTER-IPPORT6", Type: HashIPPort, Family: ipfamily.IPv6}, func(i int) string { return fmt.Sprintf("fd00::%x,tcp:%d", i+1, 80+i%7) }},
 	}
 	for _, c := range cases {
 		if err := s.Create(c.set); err != nil {
@@ -122,7 +123,7 @@ func TestAddEntriesReportsEachEntry(t *testing.T) {
 		slices.Sort(want.Entries)
 		want.Entries = slices.Compact(want.Entries)
 		wrongFamily := "10.9.9.9"
-		if c.set.Family == IPv4 {
+		if c.set.Family == ipfamily.IPv4 {
 			wrongFamily = "fd00::99"
 		}
 		if c.set.Type == HashIPPort {

@@ -6,27 +6,29 @@ import (
 	"os/exec"
 
 	goipt "github.com/coreos/go-iptables/iptables"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
 	"github.com/vishvananda/netns"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/nsexec"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Exec is the real Interface: it runs the iptables binaries, inside a given network
 // namespace when it has one.
 type Exec struct {
-	proto Protocol
+	proto ipfamily.Family
 	ns    netns.NsHandle // netns.None() means the caller's namespace
 	ipt   *goipt.IPTables
 }
 
 // New returns an Interface for the caller's network namespace.
-func New(proto Protocol) (*Exec, error) { return NewAt(proto, netns.None()) }
+func New(proto ipfamily.Family) (*Exec, error) { return NewAt(proto, netns.None()) }
 
 // NewAt returns an Interface whose commands run inside network namespace ns (the
 // handle must stay open while the Interface is used).
-func NewAt(proto Protocol, ns netns.NsHandle) (*Exec, error) {
+func NewAt(proto ipfamily.Family, ns netns.NsHandle) (*Exec, error) {
 	e := &Exec{proto: proto, ns: ns}
 	goProto := goipt.ProtocolIPv4
-	if proto == IPv6 {
+	if proto == ipfamily.IPv6 {
 		goProto = goipt.ProtocolIPv6
 	}
 	err := e.inNetns(func() error {
@@ -40,11 +42,11 @@ func NewAt(proto Protocol, ns netns.NsHandle) (*Exec, error) {
 	return e, nil
 }
 
-// Protocol implements Interface.
-func (e *Exec) Protocol() Protocol { return e.proto }
+// Family implements Interface.
+func (e *Exec) Family() ipfamily.Family { return e.proto }
 
 func (e *Exec) binary(name string) string {
-	if e.proto == IPv6 {
+	if e.proto == ipfamily.IPv6 {
 		return "ip6tables-" + name
 	}
 	return "iptables-" + name

@@ -6,12 +6,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
 func TestExecInNetns(t *testing.T) {
 	ns := tnetns.NewNS(t, "ipt", t.Name()).Handle
-	ipt, err := NewAt(IPv4, ns)
+	ipt, err := NewAt(ipfamily.IPv4, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +42,7 @@ func TestExecInNetns(t *testing.T) {
 		t.Errorf("FORWARD = %q", got)
 	}
 	// The host namespace must not have seen any of it.
-	host, err := New(IPv4)
+	host, err := New(ipfamily.IPv4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func TestExecInNetns(t *testing.T) {
 	if _, ok := chains["KUBE-ROUTER-TEST"]; ok {
 		t.Error("chain still there after delete")
 	}
-	ip6, err := NewAt(IPv6, ns)
+	ip6, err := NewAt(ipfamily.IPv6, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +83,7 @@ func TestExecInNetns(t *testing.T) {
 // DeleteRule, given the same arguments, removes it.
 func TestRestoredJumpReadsBackAsRuleText(t *testing.T) {
 	ns := tnetns.NewNS(t, "ipt", t.Name()).Handle
-	for _, proto := range []Protocol{IPv4, IPv6} {
+	for _, proto := range []ipfamily.Family{ipfamily.IPv4, ipfamily.IPv6} {
 		ipt, err := NewAt(proto, ns)
 		if err != nil {
 			t.Fatal(err)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // builtinChains are the chains each table starts with, in iptables-save order.
@@ -23,7 +25,7 @@ var builtinChains = map[string][]string{
 // state as text.
 type Fake struct {
 	mu     sync.Mutex
-	proto  Protocol
+	proto  ipfamily.Family
 	tables map[string]map[string][]string
 	// Restores records every buffer passed to Restore, so tests can check what a sync
 	// rewrote.
@@ -33,7 +35,7 @@ type Fake struct {
 var _ Interface = (*Fake)(nil)
 
 // NewFake returns a Fake with the built-in chains of every table, all empty.
-func NewFake(proto Protocol) *Fake {
+func NewFake(proto ipfamily.Family) *Fake {
 	f := &Fake{proto: proto, tables: map[string]map[string][]string{}}
 	for t, chains := range builtinChains {
 		f.tables[t] = map[string][]string{}
@@ -44,8 +46,8 @@ func NewFake(proto Protocol) *Fake {
 	return f
 }
 
-// Protocol implements Interface.
-func (f *Fake) Protocol() Protocol { return f.proto }
+// Family implements Interface.
+func (f *Fake) Family() ipfamily.Family { return f.proto }
 
 // Restore implements Interface. Like iptables-restore, a table section is applied
 // entirely or not at all. Its cost is proportional to the chains it touches, like

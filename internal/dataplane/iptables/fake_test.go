@@ -3,6 +3,8 @@ package iptables
 import (
 	"strings"
 	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 func TestBufferRefusesChainsWeDoNotOwn(t *testing.T) {
@@ -10,7 +12,7 @@ func TestBufferRefusesChainsWeDoNotOwn(t *testing.T) {
 	if err == nil {
 		t.Fatal("rendering a buffer that rewrites FORWARD succeeded")
 	}
-	f := NewFake(IPv4)
+	f := NewFake(ipfamily.IPv4)
 	if err := f.Restore([]byte("*filter\n-A INPUT -j DROP\nCOMMIT\n")); err == nil {
 		t.Fatal("restoring a rule into INPUT succeeded")
 	}
@@ -25,7 +27,7 @@ func TestBufferRefusesChainsWeDoNotOwn(t *testing.T) {
 }
 
 func TestJumpsAreInsertedAtTheTopOfBuiltinChains(t *testing.T) {
-	f := NewFake(IPv4)
+	f := NewFake(ipfamily.IPv4)
 	if _, err := f.EnsureRule(TableFilter, "INPUT", true, "-j", "ACCEPT"); err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +50,7 @@ func TestJumpsAreInsertedAtTheTopOfBuiltinChains(t *testing.T) {
 }
 
 func TestFakeRestoreRewritesOnlyNamedChains(t *testing.T) {
-	f := NewFake(IPv4)
+	f := NewFake(ipfamily.IPv4)
 	if _, err := f.EnsureRule(TableFilter, "FORWARD", true, "-s", "192.0.2.1", "-j", "ACCEPT"); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +99,7 @@ func TestFakeRestoreRewritesOnlyNamedChains(t *testing.T) {
 // The Fake stages a transaction apart from the committed table: a refused one leaves
 // no trace, including appends to chains it did not redeclare.
 func TestFakeRestoreRefusedTransactionLeavesNoTrace(t *testing.T) {
-	f := NewFake(IPv4)
+	f := NewFake(ipfamily.IPv4)
 	if err := f.Restore([]byte("*filter\n:KUBE-ROUTER-A - [0:0]\n:KUBE-ROUTER-B - [0:0]\n-A KUBE-ROUTER-A -j KUBE-ROUTER-B\nCOMMIT\n")); err != nil {
 		t.Fatal(err)
 	}

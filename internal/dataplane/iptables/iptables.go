@@ -13,15 +13,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
-)
 
-// Protocol is the IP family an Interface manages.
-type Protocol int
-
-// IP families.
-const (
-	IPv4 Protocol = 4
-	IPv6 Protocol = 6
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // The tables kube-routerd writes to.
@@ -54,8 +47,8 @@ func IsOwned(chain string) bool {
 // Interface is what controllers need from iptables. Implementations are bound to one
 // network namespace and one IP family.
 type Interface interface {
-	// Protocol is the IP family this instance manages.
-	Protocol() Protocol
+	// Family is the IP family this instance manages.
+	Family() ipfamily.Family
 	// Restore feeds data (iptables-restore format, see Buffer) to iptables-restore
 	// --noflush: each table section is one atomic transaction. Declaring a chain
 	// (":NAME - [0:0]") creates it or flushes it. Only owned chains may appear.

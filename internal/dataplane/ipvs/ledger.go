@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Ledger records which virtual services kube-routerd created. It lives in the kernel
@@ -54,8 +55,8 @@ type IPSetLedger struct {
 func (l *IPSetLedger) ensure() error {
 	l.once.Do(func() {
 		for _, s := range []ipset.Set{
-			{Name: LedgerSetV4, Type: ipset.HashIPPort, Family: ipset.IPv4},
-			{Name: LedgerSetV6, Type: ipset.HashIPPort, Family: ipset.IPv6},
+			{Name: LedgerSetV4, Type: ipset.HashIPPort, Family: ipfamily.IPv4},
+			{Name: LedgerSetV6, Type: ipset.HashIPPort, Family: ipfamily.IPv6},
 		} {
 			if err := l.Sets.Create(s); err != nil {
 				l.initErr = err

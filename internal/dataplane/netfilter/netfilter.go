@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Interface brings one IP family's kernel state of one Owner in line with a Ruleset.
@@ -109,7 +110,7 @@ func (o Owner) OwnsSet(set string) bool {
 // checkSet, checkChain and checkJump refuse what the Owner does not own: a bug in a
 // controller must not reach someone else's state. They run on what is about to be
 // written, so an unchanged Ruleset costs no checks.
-func (o Owner) checkSet(s ipset.SetEntries, family ipset.Family) error {
+func (o Owner) checkSet(s ipset.SetEntries, family ipfamily.Family) error {
 	if !o.OwnsSet(s.Name) || strings.HasSuffix(s.Name, TempSetSuffix) {
 		return fmt.Errorf("%s: set %s is not ours", o.Name, s.Name)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // jumpCommentPrefix starts the comment of every jump kube-routerd puts into a chain
@@ -43,7 +44,7 @@ type Writer struct {
 	log    *slog.Logger
 	ipt    iptables.Interface
 	ipsets ipset.Interface
-	family ipset.Family
+	family ipfamily.Family
 
 	chains chainsByTable
 	jumps  map[Jump]int // our jumps in the kernel, by how often each is there
@@ -55,11 +56,11 @@ var _ Interface = (*Writer)(nil)
 
 // NewWriter returns the Writer of owner for the IP family of ipt.
 func NewWriter(owner Owner, ipt iptables.Interface, ipsets ipset.Interface, log *slog.Logger) *Writer {
-	family := ipset.IPv4
-	if ipt.Protocol() == iptables.IPv6 {
-		family = ipset.IPv6
+	family := ipfamily.IPv4
+	if ipt.Family() == ipfamily.IPv6 {
+		family = ipfamily.IPv6
 	}
-	return &Writer{owner: owner, log: log.With("family", int(ipt.Protocol())), ipt: ipt, ipsets: ipsets, family: family}
+	return &Writer{owner: owner, log: log.With("family", int(ipt.Family())), ipt: ipt, ipsets: ipsets, family: family}
 }
 
 // Apply implements Interface. The order keeps traffic under the old or the new rules,
@@ -278,7 +279,7 @@ func (w *Writer) applyChains(want *Ruleset, st *Stats) error {
 		return nil
 	}
 	if err := w.ipt.Restore(data); err != nil {
-		return fmt.Errorf("%s: writing %d chains, deleting %d (IPv%d): %w", w.owner.Name, len(written), len(gone), w.ipt.Protocol(), err)
+		return fmt.Errorf("%s: writing %d chains, deleting %d (IPv%d): %w", w.owner.Name, len(written), len(gone), w.ipt.Family(), err)
 	}
 	for _, c := range written {
 		if w.chains[c.Table] == nil {

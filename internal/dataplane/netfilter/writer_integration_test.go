@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
@@ -17,7 +18,7 @@ import (
 // inserted and deleted in the restore itself, and Cleanup leaves the tables as found.
 func TestWriterOnTheKernel(t *testing.T) {
 	ns := tnetns.NewNS(t, "nf", t.Name()).Handle
-	ipt, err := iptables.NewAt(iptables.IPv4, ns)
+	ipt, err := iptables.NewAt(ipfamily.IPv4, ns)
 	if err != nil {
 		t.Fatal(err)
 	}

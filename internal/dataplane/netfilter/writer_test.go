@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // testOwner has a chain in two tables, a prefix of chains and exact set names.
@@ -24,9 +25,9 @@ func testJump(table, chain, target string) Jump {
 	return Jump{Table: table, Chain: chain, Rule: iptables.RuleText([]string{"-m", "comment", "--comment", "kube-routerd test", "-j", target})}
 }
 
-func testSet(family ipset.Family, entries ...string) ipset.SetEntries {
+func testSet(family ipfamily.Family, entries ...string) ipset.SetEntries {
 	name := "kube-router-test"
-	if family == ipset.IPv6 {
+	if family == ipfamily.IPv6 {
 		name += "6"
 	}
 	return ipset.SetEntries{Set: ipset.Set{Name: name, Type: ipset.HashIP, Family: family}, Entries: entries}
@@ -34,7 +35,7 @@ func testSet(family ipset.Family, entries ...string) ipset.SetEntries {
 
 func testRuleset() *Ruleset {
 	return &Ruleset{
-		Sets: []ipset.SetEntries{testSet(ipset.IPv4, "10.0.0.1", "10.0.0.2")},
+		Sets: []ipset.SetEntries{testSet(ipfamily.IPv4, "10.0.0.1", "10.0.0.2")},
 		Chains: []Chain{
 			{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TEST", Rules: []string{"-m set --match-set kube-router-test dst -j KUBE-ROUTER-TP-A"}},
 			{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TP-A", Rules: []string{"-j ACCEPT"}},
@@ -48,7 +49,7 @@ func testRuleset() *Ruleset {
 }
 
 func TestApplyWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
-	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
 	// Somebody else's: a rule in a built-in chain, a chain, a jump into our chain
 	// without our comment, and a set. All of it must survive everything below.
 	if err := ipt.Restore([]byte("*filter\n:KUBE-ROUTER-OTHER - [0:0]\n-A KUBE-ROUTER-OTHER -j RETURN\nCOMMIT\n")); err != nil {
@@ -57,11 +58,11 @@ func TestApplyWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
 	if _, err := ipt.EnsureRule(iptables.TableFilter, "INPUT", true, "-j", "ACCEPT"); err != nil {
 		t.Fatal(err)
 	}
-	if err := sets.Create(ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipset.IPv4}); err != nil {
+	if err := sets.Create(ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipfamily.IPv4}); err != nil {
 		t.Fatal(err)
 	}
 	// The other family's set of the same Owner is not this writer's either.
-	if err := sets.Create(testSet(ipset.IPv6).Set); err != nil {
+	if err := sets.Create(testSet(ipfamily.IPv6).Set); err != nil {
 		t.Fatal(err)
 	}
 	w := NewWriter(testOwner, ipt, sets, slog.Default())
@@ -141,7 +142,7 @@ set kube-router-test6 hash:ip inet6
 }
 
 func TestForeignJumpIntoOurChainIsLeftAlone(t *testing.T) {
-	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
 	w := NewWriter(testOwner, ipt, sets, slog.Default())
 	if _, err := w.Apply(testRuleset(), true); err != nil {
 		t.Fatal(err)
@@ -159,12 +160,12 @@ func TestForeignJumpIntoOurChainIsLeftAlone(t *testing.T) {
 }
 
 func TestApplyRefusesWhatTheOwnerDoesNotOwn(t *testing.T) {
-	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), ipset.NewFake(), slog.Default())
+	w := NewWriter(testOwner, iptables.NewFake(ipfamily.IPv4), ipset.NewFake(), slog.Default())
 	for name, rs := range map[string]*Ruleset{
 		"foreign chain":      {Chains: []Chain{{Table: iptables.TableFilter, Name: "KUBE-ROUTER-OTHER"}}},
 		"table not declared": {Chains: []Chain{{Table: iptables.TableMangle, Name: "KUBE-ROUTER-TEST"}}},
-		"foreign set":        {Sets: []ipset.SetEntries{{Set: ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipset.IPv4}}}},
-		"other family's set": {Sets: []ipset.SetEntries{testSet(ipset.IPv6)}},
+		"foreign set":        {Sets: []ipset.SetEntries{{Set: ipset.Set{Name: "kube-router-other", Type: ipset.HashIP, Family: ipfamily.IPv4}}}},
+		"other family's set": {Sets: []ipset.SetEntries{testSet(ipfamily.IPv6)}},
 		"jump to foreign":    {Jumps: []Jump{testJump(iptables.TableFilter, "INPUT", "KUBE-ROUTER-OTHER")}},
 		"jump without mark":  {Jumps: []Jump{{Table: iptables.TableFilter, Chain: "INPUT", Rule: "-j KUBE-ROUTER-TEST"}}},
 	} {
@@ -176,7 +177,7 @@ func TestApplyRefusesWhatTheOwnerDoesNotOwn(t *testing.T) {
 
 func TestSwapReplacesMostlyChangedSets(t *testing.T) {
 	sets := ipset.NewFake()
-	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), sets, slog.Default())
+	w := NewWriter(testOwner, iptables.NewFake(ipfamily.IPv4), sets, slog.Default())
 	var old, next []string
 	for i := range 100 {
 		old = append(old, "10.0.0."+strconv.Itoa(i))
@@ -184,11 +185,11 @@ func TestSwapReplacesMostlyChangedSets(t *testing.T) {
 	}
 	slices.Sort(old)
 	slices.Sort(next)
-	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipset.IPv4, old...)}}, true); err != nil {
+	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipfamily.IPv4, old...)}}, true); err != nil {
 		t.Fatal(err)
 	}
 	ops := sets.Ops
-	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipset.IPv4, next...)}}, false); err != nil {
+	if _, err := w.Apply(&Ruleset{Sets: []ipset.SetEntries{testSet(ipfamily.IPv4, next...)}}, false); err != nil {
 		t.Fatal(err)
 	}
 	dump := sets.Dump()
@@ -202,12 +203,12 @@ func TestSwapReplacesMostlyChangedSets(t *testing.T) {
 
 func TestLeftoverTempSetIsDestroyed(t *testing.T) {
 	sets := ipset.NewFake()
-	tmp := testSet(ipset.IPv4).Set
+	tmp := testSet(ipfamily.IPv4).Set
 	tmp.Name += TempSetSuffix
 	if err := sets.Create(tmp); err != nil {
 		t.Fatal(err)
 	}
-	w := NewWriter(testOwner, iptables.NewFake(iptables.IPv4), sets, slog.Default())
+	w := NewWriter(testOwner, iptables.NewFake(ipfamily.IPv4), sets, slog.Default())
 	st, err := w.Apply(testRuleset(), true)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +219,7 @@ func TestLeftoverTempSetIsDestroyed(t *testing.T) {
 }
 
 func TestFailedRestoreMakesTheNextApplyReadTheKernel(t *testing.T) {
-	ipt, sets := iptables.NewFake(iptables.IPv4), ipset.NewFake()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
 	w := NewWriter(testOwner, ipt, sets, slog.Default())
 	broken := testRuleset()
 	broken.Chains[0].Rules = []string{"-j KUBE-ROUTER-TP-MISSING"}

@@ -7,10 +7,10 @@ import (
 	"slices"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
-	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // firewall builds the desired firewall of each family and hands it to that family's
@@ -36,7 +36,7 @@ func newFirewall(dp Dataplane, opts FirewallOptions, log *slog.Logger) *firewall
 	fw := &firewall{sysctls: dp.Sysctls, opts: opts}
 	for _, ipt := range dp.IPTables {
 		f := families[0]
-		if ipt.Protocol() == iptables.IPv6 {
+		if ipt.Family() == ipfamily.IPv6 {
 			f = families[1]
 		}
 		fw.families = append(fw.families, &firewallFamily{family: f, netfilter: netfilter.NewWriter(Owner, ipt, dp.IPSets, log)})
@@ -109,21 +109,12 @@ func (r *firewall) apply(ff *firewallFamily, d *desiredState, full bool) error {
 			{Set: sets[0], Entries: ff.vips.share()},
 			{Set: sets[1], Entries: ff.local.share()},
 		},
-		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == iptables.IPv4)),
+		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4)),
 		Jumps:  ff.jumps(),
 	}
 	st, err := ff.netfilter.Apply(want, full)
 	r.writes += st.Writes()
 	return err
-}
-
-// cleanupFirewall removes our jumps, chains and sets (but the ledger set).
-func cleanupFirewall(dp Dataplane) error {
-	var errs []error
-	for _, ff := range newFirewall(dp, FirewallOptions{}, slog.Default()).families {
-		errs = append(errs, ff.netfilter.Cleanup())
-	}
-	return errors.Join(errs...)
 }
 
 // hairpinAddrs returns the local endpoint addresses of one family, sorted.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"flag"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -179,7 +180,7 @@ func TestFirewallFollowsServicesIncrementally(t *testing.T) {
 	}
 
 	// Cleanup leaves only what was not ours.
-	if err := cleanup(context.Background(), kernel.dataplane()); err != nil {
+	if err := cleanup(context.Background(), kernel.dataplane(), slog.Default()); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "firewall-after-cleanup.golden", kernel.firewallDump())

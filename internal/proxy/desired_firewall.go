@@ -8,6 +8,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // The service proxy's firewall, per IP family:
@@ -51,15 +52,15 @@ type FirewallOptions struct {
 
 // family is what differs between the IPv4 and IPv6 firewall.
 type family struct {
-	proto                    iptables.Protocol
-	ipsetFamily              ipset.Family
+	proto                    ipfamily.Family
+	ipsetFamily              ipfamily.Family
 	vipSet, localSet, ledger string
 	icmp, reject             string
 }
 
 var families = []family{
-	{iptables.IPv4, ipset.IPv4, setVIPsV4, setLocalV4, ipvs.LedgerSetV4, "icmp", "icmp-port-unreachable"},
-	{iptables.IPv6, ipset.IPv6, setVIPsV6, setLocalV6, ipvs.LedgerSetV6, "ipv6-icmp", "icmp6-port-unreachable"},
+	{ipfamily.IPv4, ipfamily.IPv4, setVIPsV4, setLocalV4, ipvs.LedgerSetV4, "icmp", "icmp-port-unreachable"},
+	{ipfamily.IPv6, ipfamily.IPv6, setVIPsV6, setLocalV6, ipvs.LedgerSetV6, "ipv6-icmp", "icmp6-port-unreachable"},
 }
 
 func familyOf(a netip.Addr) family {
@@ -106,7 +107,7 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) []netf
 	if !opts.MasqueradeAll {
 		nat = append(nat, "-m set --match-set "+f.localSet+" dst,dst -j RETURN")
 		for _, p := range opts.ClusterCIDRs {
-			if p.Addr().Is4() == (f.proto == iptables.IPv4) {
+			if p.Addr().Is4() == (f.proto == ipfamily.IPv4) {
 				nat = append(nat, "-s "+p.Masked().String()+" -j RETURN")
 			}
 		}

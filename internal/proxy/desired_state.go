@@ -13,6 +13,7 @@ import (
 // desiredState is the whole desired IPVS state, indexed so that replacing one
 // Service's virtual services costs the same whatever the number of other Services.
 type desiredState struct {
+	log       *slog.Logger
 	byService map[types.NamespacedName][]*virtualServer
 	byKey     map[ipvs.Key]*virtualServer
 	// vipUsers counts the virtual services that need an address on the dummy interface.
@@ -24,8 +25,9 @@ type desiredState struct {
 	services, endpoints int
 }
 
-func newDesiredState() *desiredState {
+func newDesiredState(log *slog.Logger) *desiredState {
 	return &desiredState{
+		log:       log,
 		byService: map[types.NamespacedName][]*virtualServer{},
 		byKey:     map[ipvs.Key]*virtualServer{},
 		vipUsers:  map[netip.Addr]int{},
@@ -76,7 +78,7 @@ func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer
 	for i := range vss {
 		vs := &vss[i]
 		if other, taken := d.byKey[vs.Key]; taken {
-			slog.Warn("virtual service already used by another service, skipping",
+			d.log.Warn("virtual service already used by another service, skipping",
 				"service", name.String(), "other", other.Owner.String(), "vip", vs.Key.String())
 			continue
 		}

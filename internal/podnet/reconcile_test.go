@@ -8,12 +8,13 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 func TestEgressWriterWritesOnlyDifferencesAndRepairsDrift(t *testing.T) {
-	ipt4, ipt6, sets := iptables.NewFake(iptables.IPv4), iptables.NewFake(iptables.IPv6), ipset.NewFake()
+	ipt4, ipt6, sets := iptables.NewFake(ipfamily.IPv4), iptables.NewFake(ipfamily.IPv6), ipset.NewFake()
 	r := newEgressWriter(Dataplane{IPTables: []iptables.Interface{ipt4, ipt6}, IPSets: sets}, slog.Default())
-	v4 := egressFamily{Sources: prefixes("10.244.1.0/24"), ClusterDestinations: []string{"10.244.1.0/24", "10.244.2.0/24", "192.0.2.2/32"}}
+	v4 := egressFamily{Family: ipfamily.IPv4, Sources: prefixes("10.244.1.0/24"), ClusterDestinations: []string{"10.244.1.0/24", "10.244.2.0/24", "192.0.2.2/32"}}
 	if err := r.sync([]egressFamily{v4}, true); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,62 @@
+package routing
+
+import "github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+
+// Details is the routing controller's state for `kube-routerd status`.
+type Details struct {
+	Node       string        `json:"node"`
+	Address    string        `json:"address"`
+	AddressV6  string        `json:"addressV6,omitempty"`
+	PodCIDRs   []string      `json:"podCIDRs"`
+	Peers      []PeerDetails `json:"peers"`
+	Announced  []string      `json:"announced"`
+	ToExternal []string      `json:"toExternal"`
+	Routes     []string      `json:"routes"`
+	Tunnels    []string      `json:"tunnels,omitempty"`
+}
+
+// PeerDetails describes one BGP neighbour.
+type PeerDetails struct {
+	Address  string `json:"address"`
+	ASN      uint32 `json:"asn"`
+	Node     string `json:"node,omitempty"`
+	State    string `json:"state"`
+	Flaps    int    `json:"flaps"`
+	RRClient bool   `json:"rrClient,omitempty"`
+}
+
+// Details implements daemon.StatusReporter.
+func (c *Controller) Details() any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.details
+}
+
+func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
+	d := Details{Node: self.Name, Address: self.Address.String()}
+	if self.AddressV6.IsValid() {
+		d.AddressV6 = self.AddressV6.String()
+	}
+	for _, p := range self.PodCIDRs {
+		d.PodCIDRs = append(d.PodCIDRs, p.String())
+	}
+	for _, p := range peers {
+		st := states[p.Address.String()]
+		d.Peers = append(d.Peers, PeerDetails{Address: p.Address.String(), ASN: p.ASN, Node: p.Node, State: st.State, Flaps: st.Flaps, RRClient: p.RRClient})
+	}
+	for _, p := range adv.Prefixes {
+		d.Announced = append(d.Announced, p.String())
+	}
+	for _, p := range adv.ToExternal {
+		d.ToExternal = append(d.ToExternal, p.String())
+	}
+	for _, r := range routes {
+		d.Routes = append(d.Routes, r.String())
+	}
+	for _, t := range tunnels {
+		d.Tunnels = append(d.Tunnels, t.String())
+	}
+	c.mu.Lock()
+	c.details = d
+	c.mu.Unlock()
+}
