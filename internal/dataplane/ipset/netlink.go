@@ -110,26 +110,64 @@ func (n *Netlink) Add(name, entry string) error {
 	return nil
 }
 
-// AddEntries implements Interface: one request per entry, many per system call. A set
-// of 10,000 entries filled one request at a time spent most of its time in
-// per-request overhead.
+// maxRequestBody bounds one request that adds many entries. The kernel looks the set
+// up by name (a walk over every set) once per request: filling 422,000 entries one
+// request each spent most of its time there.
+const maxRequestBody = 16 << 10
+
+// AddEntries implements Interface: many entries per request, many requests per system
+// call. The kernel stops a request at its first bad entry, so the entries of a failed
+// request are sent again one per request, to give each its own error (re-adding an
+// entry that made it in is harmless).
 func (n *Netlink) AddEntries(name string, entries []string) []error {
 	errs := make([]error, len(entries))
-	reqs := make([]nlbatch.Request, 0, len(entries))
-	index := make([]int, 0, len(entries)) // request -> entry
+	encoded := make([]*netlink.IPSetEntry, len(entries))
+	var reqs []nlbatch.Request
+	var members [][]int // request -> entries
+	var body []byte
+	var adt int
+	var cur []int
+	flush := func() {
+		if len(cur) == 0 {
+			return
+		}
+		reqs = append(reqs, nlbatch.Request{Type: addType, Body: nlbatch.EndNested(body, adt)})
+		members = append(members, cur)
+		body, cur = nil, nil
+	}
 	for i, text := range entries {
 		e, err := n.entry(name, text)
 		if err != nil {
 			errs[i] = err
 			continue
 		}
-		reqs = append(reqs, nlbatch.Request{Type: unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_ADD, Body: addBody(name, e)})
-		index = append(index, i)
+		encoded[i] = e
+		if body == nil {
+			body, adt = nlbatch.BeginNested(requestHeader(name), nl.IPSET_ATTR_ADT|unix.NLA_F_NESTED)
+		}
+		body = appendEntry(body, e)
+		cur = append(cur, i)
+		if len(body) >= maxRequestBody {
+			flush()
+		}
 	}
+	flush()
 	n.mu.Lock()
-	sent := n.batch.Send(reqs)
-	n.mu.Unlock()
-	for j, err := range sent {
+	defer n.mu.Unlock()
+	var retry []int
+	for j, err := range n.batch.Send(reqs) {
+		if err != nil {
+			retry = append(retry, members[j]...)
+		}
+	}
+	if len(retry) == 0 {
+		return errs
+	}
+	single := make([]nlbatch.Request, len(retry))
+	for j, i := range retry {
+		single[j] = nlbatch.Request{Type: addType, Body: appendEntry(requestHeader(name), encoded[i])}
+	}
+	for j, err := range n.batch.Send(single) {
 		if err == nil {
 			continue
 		}
@@ -137,19 +175,27 @@ func (n *Netlink) AddEntries(name string, entries []string) []error {
 		if errors.As(err, &errno) && int(errno) >= nl.IPSET_ERR_PRIVATE {
 			err = nl.IPSetError(uintptr(errno))
 		}
-		i := index[j]
+		i := retry[j]
 		errs[i] = fmt.Errorf("adding %s to ipset %s: %w", entries[i], name, err)
 	}
 	return errs
 }
 
-// addBody encodes an IPSET_CMD_ADD request for one entry: an nfgenmsg header, the
-// protocol version, the set name and the entry's data. Without NLM_F_EXCL, adding an
+// addType is the netlink message type of IPSET_CMD_ADD. Without NLM_F_EXCL, adding an
 // entry that is present succeeds.
-func addBody(set string, e *netlink.IPSetEntry) []byte {
+const addType = unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_ADD
+
+// requestHeader starts an ipset request: an nfgenmsg header, the protocol version and
+// the set name.
+func requestHeader(set string) []byte {
 	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
 	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
-	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(set), 0))
+	return nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(set), 0))
+}
+
+// appendEntry appends one entry's data. Inside an IPSET_ATTR_ADT nest it is one of
+// many; directly after the header, the request's only entry.
+func appendEntry(b []byte, e *netlink.IPSetEntry) []byte {
 	// ipset insists on the nested flag, and on network byte order flags for numbers.
 	b, data := nlbatch.BeginNested(b, nl.IPSET_ATTR_DATA|unix.NLA_F_NESTED)
 	b, ip := nlbatch.BeginNested(b, nl.IPSET_ATTR_IP|unix.NLA_F_NESTED)

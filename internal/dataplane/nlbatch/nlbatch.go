@@ -18,8 +18,10 @@ import (
 
 const (
 	// batchSize bounds the requests of one sendmsg: the acks of a batch must all fit
-	// the socket's receive buffer.
+	// the socket's receive buffer. batchBytes bounds its size: the kernel refuses a
+	// sendmsg larger than the socket's send buffer (about 208 KiB by default).
 	batchSize     = 256
+	batchBytes    = 128 << 10
 	receiveBuffer = 4 << 20
 	// replyTimeout bounds the wait for the kernel's answer to one batch or dump.
 	replyTimeout = 30 * time.Second
@@ -63,9 +65,14 @@ func (s *Sender) Close() { s.sock.Close() }
 // kernel's errno (a syscall.Errno), or a transport error.
 func (s *Sender) Send(reqs []Request) []error {
 	errs := make([]error, len(reqs))
-	for start := 0; start < len(reqs); start += batchSize {
-		end := min(start+batchSize, len(reqs))
+	for start := 0; start < len(reqs); {
+		end, size := start, 0
+		for end < len(reqs) && end-start < batchSize && (end == start || size+len(reqs[end].Body) <= batchBytes) {
+			size += unix.SizeofNlMsghdr + len(reqs[end].Body)
+			end++
+		}
 		s.sendBatch(reqs[start:end], errs[start:end])
+		start = end
 	}
 	return errs
 }
