@@ -168,12 +168,19 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 
 	details := Details{Problems: map[string][]string{}, LastApply: map[ipfamily.Family]netfilter.Stats{}}
 	for _, fs := range c.families {
+		// A family no local pod has needs no policy chains or sets: on a node without
+		// IPv6 pods, compiling for IPv6 made thousands of empty sets. The family's first
+		// pod finds fs.compiled empty and has every policy compiled.
+		active := fs.opts.hasLocalPods(c.idx)
 		for key := range fs.compiled {
-			if byKey[key] == nil {
+			if byKey[key] == nil || !active {
 				delete(fs.compiled, key)
 			}
 		}
 		for key, p := range byKey {
+			if !active {
+				break
+			}
 			old := fs.compiled[key]
 			if _, marked := dirty[changed{policy: true, key: key}]; !recompileAll && old != nil && !marked && !c.touches(p, changedPods) {
 				continue

@@ -100,6 +100,11 @@ func (o options) podIP(p *Pod) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// hasLocalPods reports whether any pod this node polices has an address of o's family.
+func (o options) hasLocalPods(idx *index) bool {
+	return slices.ContainsFunc(idx.podsOnNode(o.NodeName), o.isLocalTarget)
+}
+
 // isLocalTarget reports whether p is a pod this node polices.
 func (o options) isLocalTarget(p *Pod) bool {
 	if p.NodeName != o.NodeName || p.HostNetwork {
