@@ -12,10 +12,11 @@ import (
 )
 
 // BenchmarkScaleKernel runs the scale benchmark against real iptables and ipsets in
-// a network namespace of its own.
+// network namespaces of its own (one per full sync and per kernel floor), with the
+// kernel floor of each full sync.
 func BenchmarkScaleKernel(b *testing.B) {
 	testenv.RequireRoot(b)
-	runScaleBenchmarks(b, func(b *testing.B) Dataplane {
+	runScaleBenchmarks(b, true, func(b *testing.B) Dataplane {
 		ns := tnetns.NewNS(b, "node", "bench")
 		dp, err := KernelDataplane(ns.Handle)
 		if err != nil {

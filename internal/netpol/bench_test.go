@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -23,6 +24,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
@@ -133,18 +135,46 @@ func (bc *benchController) changePolicy(b testing.TB, n int) {
 func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
 
 // runScaleBenchmarks runs full sync and single-change latency and reports rules, set
-// entries and peak RSS. Single changes run at two scales (2,000 and 10,000 pods) and
-// report their time split between compiling and writing the kernel.
-func runScaleBenchmarks(b *testing.B, newDataplane func(b *testing.B) Dataplane) {
+// entries and peak RSS. Every full sync starts from an empty dataplane (a fresh
+// namespace on the kernel), so each op is the same work and the spread over ops is
+// noise: it reports the mean (ns/op), min-ms and max-ms, the 1-minute load average
+// beside them (load1, mean of a sample before each op) and the time of a full resync
+// that finds nothing to change (idle-resync-ms). With kernel set, each op is followed
+// by the kernel floor of the same ruleset in another fresh namespace (floor-ms, see
+// netfilter.MeasureFloor) and x-floor is the mean full sync over the mean floor.
+// Single changes run at two scales (2,000 and 10,000 pods) and report their time
+// split between compiling and writing the kernel.
+func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.B) Dataplane) {
 	ctx := context.Background()
 	b.Run("FullSync", func(b *testing.B) {
-		bc := newBenchController(b, benchNamespaces, newDataplane(b))
-		b.ResetTimer()
+		var bc *benchController
+		var syncs, floors []time.Duration
+		var load float64
 		for b.Loop() {
+			b.StopTimer()
+			bc = newBenchController(b, benchNamespaces, newDataplane(b))
+			recorders := recordRulesets(bc.c)
+			runtime.GC()
+			load += loadAverage1()
+			b.StartTimer()
+			start := time.Now()
 			if _, err := bc.c.sync(ctx, true); err != nil {
 				b.Fatal(err)
 			}
+			syncs = append(syncs, time.Since(start))
+			b.StopTimer()
+			if kernel {
+				floors = append(floors, kernelFloor(b, newDataplane(b), recorders))
+			}
+			b.StartTimer()
 		}
+		b.StopTimer()
+		start := time.Now()
+		if _, err := bc.c.sync(ctx, true); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(ms(time.Since(start)), "idle-resync-ms")
+		reportSpread(b, syncs, floors, load/float64(len(syncs)))
 		reportSize(b, bc.c)
 	})
 	for _, change := range []struct {
@@ -194,6 +224,82 @@ func runScaleBenchmarks(b *testing.B, newDataplane func(b *testing.B) Dataplane)
 	}
 }
 
+// recordingNetfilter keeps the last Ruleset a controller handed to its writer: what
+// the kernel floor loads.
+type recordingNetfilter struct {
+	netfilter.Interface
+	last *netfilter.Ruleset
+}
+
+func (r *recordingNetfilter) Apply(want *netfilter.Ruleset, full bool) (netfilter.Stats, error) {
+	r.last = want
+	return r.Interface.Apply(want, full)
+}
+
+// recordRulesets puts a recorder in front of each family's writer of c.
+func recordRulesets(c *Controller) []*recordingNetfilter {
+	var out []*recordingNetfilter
+	for _, fs := range c.families {
+		r := &recordingNetfilter{Interface: fs.netfilter}
+		fs.netfilter = r
+		out = append(out, r)
+	}
+	return out
+}
+
+// kernelFloor loads the recorded rulesets into dp, a fresh namespace's dataplane of
+// the same families, the cheapest way (netfilter.MeasureFloor), and returns the time.
+func kernelFloor(b *testing.B, dp Dataplane, recorded []*recordingNetfilter) time.Duration {
+	b.Helper()
+	var loads []netfilter.FloorLoad
+	for i, ipt := range dp.IPTables {
+		loads = append(loads, netfilter.FloorLoad{IPTables: ipt, Ruleset: recorded[i].last})
+	}
+	took, err := netfilter.MeasureFloor(dp.IPSets, loads...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return took
+}
+
+// reportSpread reports min-ms and max-ms of the full syncs, load1, and, when floors
+// were measured, floor-ms (their mean) and x-floor (mean sync over mean floor).
+func reportSpread(b *testing.B, syncs, floors []time.Duration, load1 float64) {
+	b.ReportMetric(ms(slices.Min(syncs)), "min-ms")
+	b.ReportMetric(ms(slices.Max(syncs)), "max-ms")
+	b.ReportMetric(load1, "load1")
+	if len(floors) > 0 {
+		floor := mean(floors)
+		b.ReportMetric(ms(floor), "floor-ms")
+		b.ReportMetric(float64(mean(syncs))/float64(floor), "x-floor")
+	}
+}
+
+func mean(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(len(ds))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// loadAverage1 is the host's 1-minute load average (/proc/loadavg): how busy the
+// machine was besides the benchmark, printed beside its figures.
+func loadAverage1() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
 func reportSize(b *testing.B, c *Controller) {
 	d := c.Details().(Details)
 	b.ReportMetric(float64(d.Rules), "rules")
@@ -231,7 +337,7 @@ func peakRSSMiB() float64 {
 // BenchmarkScaleFake runs the scale benchmark against in-memory dataplanes: the cost
 // of compiling and diffing alone.
 func BenchmarkScaleFake(b *testing.B) {
-	runScaleBenchmarks(b, func(*testing.B) Dataplane {
+	runScaleBenchmarks(b, false, func(*testing.B) Dataplane {
 		return Dataplane{IPTables: []iptables.Interface{iptables.NewFake(ipfamily.IPv4)}, IPSets: ipset.NewFake()}
 	})
 }

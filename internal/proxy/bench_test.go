@@ -3,9 +3,11 @@ package proxy
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 )
@@ -61,16 +63,22 @@ func peakRSS(b *testing.B) {
 }
 
 // BenchmarkFullSync measures a first full sync (everything created) of N Services x
-// 10 endpoints against the fake dataplane.
+// 10 endpoints against the fake dataplane, with the spread over ops and the load.
 func BenchmarkFullSync(b *testing.B) {
 	for _, n := range []int{1000, 10000} {
 		b.Run(fmt.Sprintf("services=%d", n), func(b *testing.B) {
+			var syncs []time.Duration
+			var load float64
 			for b.Loop() {
 				b.StopTimer()
 				h, _ := benchHarness(b, n)
+				load += loadAverage1()
 				b.StartTimer()
+				start := time.Now()
 				h.sync(true)
+				syncs = append(syncs, time.Since(start))
 			}
+			reportSpread(b, syncs, nil, load/float64(len(syncs)))
 			peakRSS(b)
 		})
 	}
@@ -99,3 +107,43 @@ func BenchmarkSingleServiceChange(b *testing.B) {
 }
 
 func ptrBool(v bool) *bool { return &v }
+
+// reportSpread reports min-ms and max-ms of full syncs, load1 (loadAverage1, mean of
+// a sample before each sync) and, when floors were measured,
+// floor-ms (their mean) and x-floor (mean sync over mean floor).
+func reportSpread(b *testing.B, syncs, floors []time.Duration, load1 float64) {
+	b.ReportMetric(ms(slices.Min(syncs)), "min-ms")
+	b.ReportMetric(ms(slices.Max(syncs)), "max-ms")
+	b.ReportMetric(load1, "load1")
+	if len(floors) > 0 {
+		floor := mean(floors)
+		b.ReportMetric(ms(floor), "floor-ms")
+		b.ReportMetric(float64(mean(syncs))/float64(floor), "x-floor")
+	}
+}
+
+func mean(ds []time.Duration) time.Duration {
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(len(ds))
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// loadAverage1 is the machine's 1-minute load average (/proc/loadavg; in the VM the
+// guest's, which does not see the host's other work): how busy it was besides the
+// benchmark, printed beside its figures.
+func loadAverage1() float64 {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
