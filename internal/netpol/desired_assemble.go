@@ -152,9 +152,16 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 	for _, ap := range a.order {
 		d.Chains = append(d.Chains, ap.chains...)
 	}
+	// Policies with the same peers share their sets: each set once.
+	sets := make(map[string]bool, len(d.Sets))
 	for _, c := range policies {
 		d.Chains = append(d.Chains, c.Chains...)
-		d.Sets = append(d.Sets, c.Sets...)
+		for _, s := range c.Sets {
+			if !sets[s.Name] {
+				sets[s.Name] = true
+				d.Sets = append(d.Sets, s)
+			}
+		}
 	}
 	d.Chains = append(d.Chains, top)
 	for _, c := range d.Chains {

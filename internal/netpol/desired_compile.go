@@ -85,8 +85,21 @@ func (b *policyBuilder) problem(format string, args ...any) {
 	b.out.Problems = append(b.out.Problems, fmt.Sprintf(format, args...))
 }
 
+// addSet adds a set of this policy's, named after the policy and parts.
 func (b *policyBuilder) addSet(kind string, t ipset.Type, entries map[string]struct{}, parts ...string) string {
-	setName := name(kind, append([]string{b.policy, b.o.familyTag()}, parts...)...)
+	return b.addNamedSet(name(kind, append([]string{b.policy, b.o.familyTag()}, parts...)...), t, entries)
+}
+
+// addSharedSet adds a set named after what decides its members (key), so that every
+// policy with the same peers uses one set: in a cluster where many policies admit the
+// same namespaces, sets per policy held the same thousands of addresses many times
+// over. Policies sharing a set are recompiled together, since a change that moves its
+// members touches each of them.
+func (b *policyBuilder) addSharedSet(kind string, t ipset.Type, entries map[string]struct{}, key string) string {
+	return b.addNamedSet(name(kind, "shared", b.o.familyTag(), key), t, entries)
+}
+
+func (b *policyBuilder) addNamedSet(setName string, t ipset.Type, entries map[string]struct{}) string {
 	list := make([]string, 0, len(entries))
 	for e := range entries {
 		list = append(list, e)
@@ -112,6 +125,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	var peerPods []*Pod
 	selectorPeers := false
 	var blocks []ipBlockPeer
+	var peerKeys []string // what selects the peer pods, one per selector peer
 	for j, peer := range peers {
 		peerID := ruleID + "/peer/" + strconv.Itoa(j)
 		if peer.IPBlock != nil {
@@ -121,12 +135,13 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			continue
 		}
 		selectorPeers = true
-		pods, err := b.selectPeers(peer)
+		pods, key, err := b.selectPeers(peer)
 		if err != nil {
 			b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 			continue
 		}
 		peerPods = append(peerPods, pods...)
+		peerKeys = append(peerKeys, key)
 	}
 	peerPods = uniquePods(peerPods)
 	anyPeer := len(peers) == 0
@@ -141,7 +156,8 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			ip, _ := b.o.podIP(p)
 			entries[ip.String()] = struct{}{}
 		}
-		set := b.addSet(peerSetKind, ipset.HashIP, entries, ruleID)
+		slices.Sort(peerKeys)
+		set := b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(slices.Compact(peerKeys), "\x00"))
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}
 	for _, blk := range blocks {
@@ -283,30 +299,39 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 			blk.except = append(blk.except, p.Masked())
 		}
 	}
-	set := b.addSet(exceptSetKind, ipset.HashNet, entries, peerID)
+	excepts := make([]string, 0, len(entries))
+	for e := range entries {
+		excepts = append(excepts, e)
+	}
+	slices.Sort(excepts)
+	set := b.addSharedSet(exceptSetKind, ipset.HashNet, entries, strings.Join(excepts, ","))
 	blk.match += " -m set ! --match-set " + set + " " + side
 	return blk, true
 }
 
 // selectPeers returns the pods a podSelector/namespaceSelector peer selects, in every
-// node, that have an address of the compiled family and are not host-network pods.
-func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, error) {
+// node, that have an address of the compiled family and are not host-network pods,
+// and a key that is the same for every peer that selects the same pods: the
+// namespace or the canonical namespace selector, and the canonical pod selector.
+func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, string, error) {
 	podSel := labels.Everything()
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
-			return nil, fmt.Errorf("podSelector: %w", err)
+			return nil, "", fmt.Errorf("podSelector: %w", err)
 		}
 		podSel = s
 	}
 	var namespaces []string
+	key := "namespace " + b.namespace
 	if peer.NamespaceSelector == nil {
 		namespaces = []string{b.namespace}
 	} else {
 		nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {
-			return nil, fmt.Errorf("namespaceSelector: %w", err)
+			return nil, "", fmt.Errorf("namespaceSelector: %w", err)
 		}
+		key = "namespaces " + nsSel.String()
 		for nsName, ns := range b.idx.Namespaces {
 			if nsSel.Matches(labels.Set(ns.Labels)) {
 				namespaces = append(namespaces, nsName)
@@ -324,7 +349,7 @@ func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod
 			}
 		}
 	}
-	return out, nil
+	return out, key + " pods " + podSel.String(), nil
 }
 
 // allPods returns every non-host-network pod with an address of the compiled family.

@@ -444,3 +444,33 @@ func TestGolden(t *testing.T) {
 		t.Errorf("dump differs from %s (run with -update to accept):\n%s", path, got)
 	}
 }
+
+// Policies that admit the same peers share one set; a different peer gets its own.
+func TestPoliciesWithTheSamePeersShareASet(t *testing.T) {
+	idx, o := fixture(), opts()
+	d := compileAll(idx, o, []*networkingv1.NetworkPolicy{
+		policy("x", "one", l("app", "a"), ingress(nil, pods(l("app", "b")))),
+		policy("x", "two", l("app", "a"), ingress(port(tcp, intstr.FromInt32(80)), pods(l("app", "b")))),
+		policy("y", "three", nil, ingress(nil, pods(l("app", "b")))), // another namespace: other pods
+	})
+	var peerSets []string
+	for _, s := range d.Sets {
+		if strings.HasPrefix(s.Name, chainPrefix+peerSetKind+"-") {
+			peerSets = append(peerSets, s.Name)
+		}
+	}
+	if len(peerSets) != 2 {
+		t.Fatalf("peer sets %v; want one shared by x/one and x/two, one for y/three", peerSets)
+	}
+	users := 0
+	for _, c := range d.Chains {
+		for _, r := range c.Rules {
+			if strings.Contains(r, "--match-set "+peerSets[0]+" ") || strings.Contains(r, "--match-set "+peerSets[1]+" ") {
+				users++
+			}
+		}
+	}
+	if users != 3 {
+		t.Errorf("%d rules match a peer set; want 3", users)
+	}
+}
