@@ -21,6 +21,11 @@ bench() {
   echo "   go test $*"
   go test "$@" 2>&1 | grep -vE '^(goos|goarch|cpu|pkg):' || status=1
 }
+# Files the benchmarks leave (CPU profiles), outside the source tree's tracked files.
+BENCH_OUT=${BENCH_OUT:-bench-out}
+mkdir -p "$BENCH_OUT" || exit 1
+KUBEROUTERD_BENCH_OUT=$(cd "$BENCH_OUT" && pwd)
+export KUBEROUTERD_BENCH_OUT
 bash hack/deps.sh
 KUBEBUILDER_ASSETS=$(bash hack/kube-bin.sh) || exit 1
 export KUBEBUILDER_ASSETS
@@ -46,8 +51,18 @@ bench "network policy: full sync of 1,000 policies over 10,000 pods, 2,000 local
   -run '^$' -bench 'ScaleFake/FullSync' -benchtime 10x ./internal/netpol/
 bench "network policy: single changes over 2,000 and 10,000 pods (in-memory dataplane)" \
   -run '^$' -bench 'ScaleFake/(PodLabelChange|PolicyChange)' -benchtime 40x ./internal/netpol/
+profile=$KUBEROUTERD_BENCH_OUT/netpol-fullsync.cpu.pprof
+rm -f "$profile"
 bench "network policy: full sync at the same scale on the real kernel (iptables-restore + netlink ipset, a fresh namespace per run), with its kernel floor" \
   -tags integration -run '^$' -bench 'ScaleKernel/FullSync' -benchtime 5x -timeout 30m ./internal/netpol/
+if [[ -s $profile ]]; then
+  echo "   CPU profile of one full sync (this process; iptables-restore is restore-cpu-ms/op): $profile"
+  echo "   (go tool pprof -http=: $profile). Top 10 functions:"
+  go tool pprof -top -nodecount=10 "$profile" 2>&1 | sed 's/^/   /'
+else
+  echo "   no CPU profile of the full sync was written"
+  status=1
+fi
 bench "network policy: single changes on the real kernel" \
   -tags integration -run '^$' -bench 'ScaleKernel/(PodLabelChange|PolicyChange)' -benchtime 20x -timeout 30m ./internal/netpol/
 bench "routing: routes from 500 simulated BGP nodes installed in / withdrawn from the kernel (namespace)" \

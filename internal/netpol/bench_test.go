@@ -3,8 +3,11 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,7 +90,9 @@ func newBenchController(b testing.TB, namespaces int, dp Dataplane) *benchContro
 	b.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().NetworkPolicy
-	c, err := New(daemon.Env{Informers: factory, NodeName: benchNode, Registry: prometheus.NewRegistry()}, cfg, dp)
+	// No log: every full sync into a fresh namespace would log its jumps.
+	c, err := New(daemon.Env{Informers: factory, NodeName: benchNode, Registry: prometheus.NewRegistry(),
+		Log: slog.New(slog.DiscardHandler)}, cfg, dp)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -141,8 +146,10 @@ func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
 // beside them (load1, mean of a sample before each op) and the time of a full resync
 // that finds nothing to change (idle-resync-ms). With kernel set, each op is followed
 // by the kernel floor of the same ruleset in another fresh namespace (floor-ms, see
-// netfilter.MeasureFloor) and x-floor is the mean full sync over the mean floor.
-// Single changes run at two scales (2,000 and 10,000 pods) and report their time
+// netfilter.MeasureFloor) and x-floor is the mean full sync over the mean floor; with
+// $KUBEROUTERD_BENCH_OUT set, a CPU profile of one more full sync is written there
+// (profileFullSync). cpu-ms/op is a full sync's CPU time, restore-cpu-ms/op the part
+// of it iptables-restore used. Single changes run at two scales (2,000 and 10,000 pods) and report their time
 // split between compiling and writing the kernel.
 func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.B) Dataplane) {
 	ctx := context.Background()
@@ -150,12 +157,14 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 		var bc *benchController
 		var syncs, floors []time.Duration
 		var load float64
+		var cpu, restoreCPU time.Duration
 		for b.Loop() {
 			b.StopTimer()
 			bc = newBenchController(b, benchNamespaces, newDataplane(b))
 			recorders := recordRulesets(bc.c)
 			runtime.GC()
 			load += loadAverage1()
+			cpuStart, childStart := cpuTime()
 			b.StartTimer()
 			start := time.Now()
 			if _, err := bc.c.sync(ctx, true); err != nil {
@@ -163,6 +172,8 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			}
 			syncs = append(syncs, time.Since(start))
 			b.StopTimer()
+			cpuEnd, childEnd := cpuTime()
+			cpu, restoreCPU = cpu+cpuEnd-cpuStart, restoreCPU+childEnd-childStart
 			if kernel {
 				floors = append(floors, kernelFloor(b, newDataplane(b), recorders))
 			}
@@ -174,8 +185,15 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			b.Fatal(err)
 		}
 		b.ReportMetric(ms(time.Since(start)), "idle-resync-ms")
+		// Where a full sync's time goes: CPU time, of which iptables-restore's, and (on
+		// the kernel) a CPU profile of one more full sync.
+		b.ReportMetric(ms(cpu)/float64(len(syncs)), "cpu-ms/op")
+		b.ReportMetric(ms(restoreCPU)/float64(len(syncs)), "restore-cpu-ms/op")
 		reportSpread(b, syncs, floors, load/float64(len(syncs)))
 		reportSize(b, bc.c)
+		if kernel {
+			profileFullSync(b, newDataplane)
+		}
 	})
 	for _, change := range []struct {
 		name string
@@ -222,6 +240,45 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			})
 		}
 	}
+}
+
+// benchOutEnv names the directory where benchmarks leave files (hack/bench.sh's
+// BENCH_OUT); unset, they write none.
+const benchOutEnv = "KUBEROUTERD_BENCH_OUT"
+
+// profileFullSync writes a CPU profile of one more full sync from an empty dataplane
+// to netpol-fullsync.cpu.pprof in $KUBEROUTERD_BENCH_OUT. The profile is of this
+// process only: iptables-restore's share is restore-cpu-ms/op.
+func profileFullSync(b *testing.B, newDataplane func(*testing.B) Dataplane) {
+	b.Helper()
+	dir := os.Getenv(benchOutEnv)
+	if dir == "" {
+		return
+	}
+	bc := newBenchController(b, benchNamespaces, newDataplane(b))
+	runtime.GC()
+	path := filepath.Join(dir, "netpol-fullsync.cpu.pprof")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.StartCPUProfile(f); err != nil {
+		// go test -cpuprofile profiles the whole run already.
+		b.Logf("no CPU profile of a full sync: %v", err)
+		return
+	}
+	start := time.Now()
+	_, err = bc.c.sync(context.Background(), true)
+	took := time.Since(start)
+	pprof.StopCPUProfile()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("CPU profile of a full sync (%.0f ms) written to %s", ms(took), path)
 }
 
 // recordingNetfilter keeps the last Ruleset a controller handed to its writer: what
