@@ -52,6 +52,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	d := daemon.New(daemon.Options{
 		HealthListen:  string(cfg.Health.Listen),
 		MetricsListen: string(cfg.Metrics.Listen),
+		PprofListen:   string(cfg.Debug.PprofListen),
 		StallTimeout:  cfg.Health.StallTimeout.Duration,
 		Notifier:      daemon.SystemdNotifier{},
 		Registry:      registry,

@@ -30,6 +30,7 @@ type Config struct {
 	Health        Health        `toml:"health"`
 	Metrics       Metrics       `toml:"metrics"`
 	Logging       Logging       `toml:"logging"`
+	Debug         Debug         `toml:"debug"`
 }
 
 // Kubernetes says how to reach the API server and which Node object is ours.
@@ -66,6 +67,13 @@ type Logging struct {
 	Level string `toml:"level"`
 	// Format is "text" or "json".
 	Format string `toml:"format"`
+}
+
+// Debug holds diagnostics for operators, all off by default.
+type Debug struct {
+	// PprofListen is a loopback host:port that serves Go's runtime profiles
+	// (net/http/pprof) under /debug/pprof/; empty, the default, serves none.
+	PprofListen HostPort `toml:"pprof_listen"`
 }
 
 // Default returns the configuration a node runs with when the file sets nothing.
@@ -291,6 +299,12 @@ func (c Config) validate(v *validator) {
 	}
 	if err := c.Metrics.Listen.Validate(); err != nil {
 		v.add("metrics.listen", err.Error())
+	}
+	if err := c.Debug.PprofListen.Validate(); err != nil {
+		v.add("debug.pprof_listen", err.Error())
+	} else if c.Debug.PprofListen != "" && !c.Debug.PprofListen.IsLoopback() {
+		// Profiles show the daemon's memory and code and cost CPU on demand: never to the network.
+		v.add("debug.pprof_listen", fmt.Sprintf("%q is not a loopback address: want an IP of 127.0.0.0/8 or ::1 with a port, e.g. \"127.0.0.1:6060\"", string(c.Debug.PprofListen)))
 	}
 	switch c.Logging.Level {
 	case "debug", "info", "warn", "error":

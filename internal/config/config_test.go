@@ -42,6 +42,20 @@ func TestReferenceConfigIsTheDefault(t *testing.T) {
 	}
 }
 
+func TestPprofListenIsOffByDefaultAndTakesLoopbackAddresses(t *testing.T) {
+	if got := Default().Debug.PprofListen; got != "" {
+		t.Errorf("default debug.pprof_listen = %q, want off", got)
+	}
+	for _, addr := range []string{"127.0.0.1:6060", "127.0.0.2:6060", "[::1]:6060"} {
+		cfg, err := Parse("c.toml", []byte("[debug]\npprof_listen = \""+addr+"\"\n"))
+		if err != nil {
+			t.Errorf("%s: %v", addr, err)
+		} else if string(cfg.Debug.PprofListen) != addr {
+			t.Errorf("%s: got %q", addr, cfg.Debug.PprofListen)
+		}
+	}
+}
+
 func TestValidSettingsAreApplied(t *testing.T) {
 	cfg, err := Parse("c.toml", []byte(`
 [kubernetes]
@@ -209,6 +223,21 @@ local_address = "2001:db8::1"
 				`line 1: routing.peers[0].address: is required`,
 				`line 1: routing.peers[0].asn: invalid AS number 0 (want 1-4294967294)`,
 			},
+		},
+		{
+			name: "a pprof listener off loopback is refused",
+			toml: "[debug]\npprof_listen = \"0.0.0.0:6060\"\n",
+			want: []string{`line 2: debug.pprof_listen: "0.0.0.0:6060" is not a loopback address: want an IP of 127.0.0.0/8 or ::1 with a port, e.g. "127.0.0.1:6060"`},
+		},
+		{
+			name: "a pprof listener on every address is refused",
+			toml: "[debug]\npprof_listen = \":6060\"\n",
+			want: []string{`line 2: debug.pprof_listen: ":6060" is not a loopback address: want an IP of 127.0.0.0/8 or ::1 with a port, e.g. "127.0.0.1:6060"`},
+		},
+		{
+			name: "a pprof listener named by host name is refused",
+			toml: "[debug]\npprof_listen = \"localhost:6060\"\n",
+			want: []string{`line 2: debug.pprof_listen: "localhost:6060" is not a loopback address: want an IP of 127.0.0.0/8 or ::1 with a port, e.g. "127.0.0.1:6060"`},
 		},
 		{
 			name: "a syntax error names its line",

@@ -99,6 +99,17 @@ func (h HostPort) Validate() error {
 	return nil
 }
 
+// IsLoopback reports whether the host is an IP address of 127.0.0.0/8 or ::1 (not a
+// name, not empty: an empty host listens on every address).
+func (h HostPort) IsLoopback() bool {
+	host, _, err := splitHostPort(string(h))
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
 func splitHostPort(s string) (string, string, error) {
 	i := strings.LastIndex(s, ":")
 	if i < 0 {

@@ -31,6 +31,9 @@ type Options struct {
 	// HealthListen and MetricsListen are host:port; empty disables the listener.
 	HealthListen  string
 	MetricsListen string
+	// PprofListen is host:port for Go's runtime profiles (/debug/pprof/) on a
+	// listener of their own; empty, the default, serves none.
+	PprofListen string
 	// StallTimeout is how long a controller loop may go without beating before it
 	// counts as stuck.
 	StallTimeout time.Duration
@@ -61,6 +64,7 @@ type Daemon struct {
 	mu          sync.Mutex
 	healthAddr  string
 	metricsAddr string
+	pprofAddr   string
 }
 
 // New returns a daemon for the given controllers.
@@ -111,6 +115,13 @@ func (d *Daemon) MetricsAddr() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.metricsAddr
+}
+
+// PprofAddr is the bound pprof listener address ("" until it listens, or when off).
+func (d *Daemon) PprofAddr() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.pprofAddr
 }
 
 func (d *Daemon) checkReady() {
@@ -302,14 +313,22 @@ func (d *Daemon) startServers() ([]*http.Server, error) {
 		slog.Info("listening", "endpoint", what, "addr", ln.Addr().String())
 		return nil
 	}
-	if err := listen(d.opts.HealthListen, d.healthHandler(), &d.healthAddr, "health"); err != nil {
-		return nil, err
-	}
-	if err := listen(d.opts.MetricsListen, d.metricsHandler(), &d.metricsAddr, "metrics"); err != nil {
-		for _, s := range servers {
-			_ = s.Close()
+	for _, l := range []struct {
+		addr    string
+		handler http.Handler
+		set     *string
+		what    string
+	}{
+		{d.opts.HealthListen, d.healthHandler(), &d.healthAddr, "health"},
+		{d.opts.MetricsListen, d.metricsHandler(), &d.metricsAddr, "metrics"},
+		{d.opts.PprofListen, pprofHandler(), &d.pprofAddr, "pprof"},
+	} {
+		if err := listen(l.addr, l.handler, l.set, l.what); err != nil {
+			for _, s := range servers {
+				_ = s.Close()
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	return servers, nil
 }

@@ -225,6 +225,55 @@ func TestHealthReadyAndStatusEndpoints(t *testing.T) {
 	}
 }
 
+func TestPprofIsServedOnlyOnItsOwnListenerWhenSet(t *testing.T) {
+	off := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, newFake("proxy"))
+	runDaemon(t, off)
+	waitReady(t, off)
+	if addr := off.PprofAddr(); addr != "" {
+		t.Errorf("pprof listens on %s without being asked", addr)
+	}
+	for _, base := range []string{off.HealthAddr(), off.MetricsAddr()} {
+		if code, _ := getStatus(t, "http://"+base+"/debug/pprof/"); code != http.StatusNotFound {
+			t.Errorf("%s/debug/pprof/ = %d, want 404", base, code)
+		}
+	}
+
+	on := New(Options{PprofListen: "127.0.0.1:0", StallTimeout: time.Minute}, newFake("proxy"))
+	runDaemon(t, on)
+	waitReady(t, on)
+	base := "http://" + on.PprofAddr() + "/debug/pprof/"
+	if code, body := getStatus(t, base); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("/debug/pprof/ = %d %q, want the index of profiles", code, body)
+	}
+	if code, body := getStatus(t, base+"goroutine?debug=1"); code != http.StatusOK || !strings.Contains(body, "goroutine profile:") {
+		t.Errorf("/debug/pprof/goroutine = %d %q", code, body)
+	}
+	if code, _ := getStatus(t, base+"profile?seconds=1"); code != http.StatusOK {
+		t.Errorf("/debug/pprof/profile = %d, want a CPU profile", code)
+	}
+}
+
+// waitReady waits until d is ready, which it is only once every listener is up.
+func waitReady(t *testing.T, d *Daemon) {
+	t.Helper()
+	select {
+	case <-d.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("never ready")
+	}
+}
+
+func getStatus(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func TestNotReadyUntilFirstFullSync(t *testing.T) {
 	d := New(Options{StallTimeout: time.Minute}, newFake("a"), newFake("b"))
 	d.beats[0].SyncDone(false, 0, nil, "")
