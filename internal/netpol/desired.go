@@ -154,6 +154,34 @@ func joinNonEmpty(parts ...string) string {
 	return strings.Join(out, " ")
 }
 
+// saveOrder moves a rule's -s, -d and -p options to its front, in that order, where
+// iptables-save prints them: a rule written in the form the kernel reads back is
+// never rewritten by a full sync or a restart that finds it in place.
+func saveOrder(rule string) string {
+	var front [3]string // -s, -d, -p with their values
+	var rest []string
+	fields := strings.Fields(rule)
+	for i := 0; i < len(fields); i++ {
+		f := fields[i]
+		if strings.HasPrefix(f, `"`) { // a quoted argument: keep it whole
+			j := i
+			for !strings.HasSuffix(fields[j], `"`) || (j == i && len(f) == 1) {
+				j++
+			}
+			rest = append(rest, strings.Join(fields[i:j+1], " "))
+			i = j
+			continue
+		}
+		if slot := strings.Index("sdp", strings.TrimPrefix(f, "-")); len(f) == 2 && f[0] == '-' && slot >= 0 && i+1 < len(fields) {
+			front[slot] = f + " " + fields[i+1]
+			i++
+			continue
+		}
+		rest = append(rest, f)
+	}
+	return joinNonEmpty(append(front[:], rest...)...)
+}
+
 // truncate keeps s within n bytes and free of quotes, for comments and log prefixes.
 func truncate(s string, n int) string {
 	s = strings.ReplaceAll(s, `"`, "'")

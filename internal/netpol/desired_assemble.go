@@ -34,8 +34,8 @@ const repliesRule = `-m comment --comment "kube-routerd: replies to allowed conn
 // stay under policy: a pod's router is the node, whose exchanges with its pods never
 // reach these chains, and an advertisement from another pod is a rogue router.
 var neighbourDiscoveryRules = []string{
-	`-m comment --comment "kube-routerd: neighbour solicitation" -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN`,
-	`-m comment --comment "kube-routerd: neighbour advertisement" -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN`,
+	`-p ipv6-icmp -m comment --comment "kube-routerd: neighbour solicitation" -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN`,
+	`-p ipv6-icmp -m comment --comment "kube-routerd: neighbour advertisement" -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN`,
 }
 
 // topChainHead is the start of the top chain, before the dispatch to pod chains.
@@ -242,12 +242,12 @@ func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool,
 	if len(ingress) > 0 || beta {
 		chain := podChain(podIngressKind, key, ingress, o)
 		ap.chains = append(ap.chains, chain)
-		ap.dispatchIngress = fmt.Sprintf(`-m comment --comment "ingress to %s" -d %s -j %s`, key, hostPrefix(ip), chain.Name)
+		ap.dispatchIngress = fmt.Sprintf(`-d %s -m comment --comment "ingress to %s" -j %s`, hostPrefix(ip), key, chain.Name)
 	}
 	if len(egress) > 0 {
 		chain := podChain(podEgressKind, key, egress, o)
 		ap.chains = append(ap.chains, chain)
-		ap.dispatchEgress = fmt.Sprintf(`-m comment --comment "egress from %s" -s %s -j %s`, key, hostPrefix(ip), chain.Name)
+		ap.dispatchEgress = fmt.Sprintf(`-s %s -m comment --comment "egress from %s" -j %s`, hostPrefix(ip), key, chain.Name)
 	}
 	return ap
 }
@@ -268,8 +268,8 @@ func podChain(kind, podKey string, policyChains []string, o options) netfilter.C
 	}
 	mark := fmt.Sprintf("0x%x/0x%x", o.MarkBit, o.MarkBit)
 	if o.LogDrops {
-		c.Rules = append(c.Rules, fmt.Sprintf(`-m mark ! --mark %s -m limit --limit %d/minute --limit-burst %d -j NFLOG --nflog-group %d --nflog-prefix "%s"`,
-			mark, o.LogRatePerMinute, o.LogRatePerMinute, o.NFLOGGroup, truncate("DROP "+dir+" "+podKey, 63)))
+		c.Rules = append(c.Rules, fmt.Sprintf(`-m mark ! --mark %s -m limit --limit %d/min --limit-burst %d -j NFLOG --nflog-prefix "%s" --nflog-group %d`,
+			mark, o.LogRatePerMinute, o.LogRatePerMinute, truncate("DROP "+dir+" "+podKey, 63), o.NFLOGGroup))
 	}
 	c.Rules = append(c.Rules,
 		fmt.Sprintf(`-m comment --comment "%s not allowed by policy" -m mark ! --mark %s -j DROP`, truncate(dir+" "+podKey, commentMaxBytes), mark),

@@ -206,7 +206,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	var out []string
 	for _, pm := range portMatches {
 		for _, peer := range peerMatches {
-			out = append(out, joinNonEmpty(comment, peer, pm, mark))
+			out = append(out, saveOrder(joinNonEmpty(comment, peer, pm, mark)))
 		}
 	}
 	return out

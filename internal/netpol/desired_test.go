@@ -474,3 +474,16 @@ func TestPoliciesWithTheSamePeersShareASet(t *testing.T) {
 		t.Errorf("%d rules match a peer set; want 3", users)
 	}
 }
+
+func TestSaveOrder(t *testing.T) {
+	for in, want := range map[string]string{
+		`-m comment --comment "x/a ingress/0" -s 10.0.0.0/8 -m set ! --match-set S src -p udp -m udp --dport 53 -j MARK --set-xmark 0x1/0x1`: `-s 10.0.0.0/8 -p udp -m comment --comment "x/a ingress/0" -m set ! --match-set S src -m udp --dport 53 -j MARK --set-xmark 0x1/0x1`,
+		`-m comment --comment "a b" -d 10.0.0.1/32 -j X`: `-d 10.0.0.1/32 -m comment --comment "a b" -j X`,
+		`-m comment --comment "-p not an option" -j X`:   `-m comment --comment "-p not an option" -j X`,
+		`-j X`: `-j X`,
+	} {
+		if got := saveOrder(in); got != want {
+			t.Errorf("saveOrder(%s)\n = %s\nwant %s", in, got, want)
+		}
+	}
+}
