@@ -26,7 +26,24 @@ const (
 	// annotationWeights sets destination weights for weighted schedulers:
 	// "pod-name=3,10.1.2.3=2"; a key is a pod name or an endpoint address, others get 1.
 	annotationWeights = "kube-router.io/service.weights"
+	// annotationLocal "true" forces externalTrafficPolicy Local, as in kube-router:
+	// external kinds get only this node's endpoints and keep the client address.
+	annotationLocal = "kube-router.io/service.local"
 )
+
+// labelServiceProxyName names the proxy that implements a Service; kube-proxy
+// ignores every Service carrying it, whatever the value, and so do we.
+const labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
+// notOurs reports whether a Service or EndpointSlice is left to another proxy or has
+// nothing to proxy, as kube-proxy decides it: labelled with a proxy name, or
+// labelled headless (set by the EndpointSlice controller on slices of headless
+// Services, whatever the value).
+func notOurs(labels map[string]string) bool {
+	_, named := labels[labelServiceProxyName]
+	_, headless := labels[corev1.IsHeadlessService]
+	return named || headless
+}
 
 // defaultAffinityTimeout is the Kubernetes default for sessionAffinity ClientIP (3 hours).
 const defaultAffinityTimeout = 10800
@@ -205,17 +222,25 @@ func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
 }
 
 // desiredForService computes the virtual services of one Service from its
-// EndpointSlices. It is pure. The error lists what was skipped (bad addresses,
-// unsupported protocols) or, for invalid annotations, why every virtual service of the
-// Service is returned Frozen.
+// EndpointSlices. It is pure. A Service or slice that is not ours (see notOurs) gets
+// nothing. The error lists what was skipped or ignored (bad addresses, unsupported
+// protocols, a malformed service.local annotation) or, for invalid IPVS settings
+// annotations, why every virtual service of the Service is returned Frozen.
 func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts options) ([]virtualServer, error) {
-	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || notOurs(svc.Labels) {
 		return nil, nil
 	}
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	settings, settingsErr := decodeSettings(svc, opts)
 	addrs, errs := serviceAddrs(svc)
 	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+	switch v, ok := svc.Annotations[annotationLocal]; {
+	case !ok || v == "false":
+	case v == "true":
+		externalLocal = true
+	default:
+		errs = append(errs, fmt.Errorf("annotation %s: %q is neither true nor false, ignored", annotationLocal, v))
+	}
 	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
@@ -281,7 +306,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 	var order []ipvs.DestKey
 	anyReady := false
 	for _, slice := range epSlices {
-		if slice.AddressType != family {
+		if slice.AddressType != family || notOurs(slice.Labels) {
 			continue
 		}
 		port, ok := slicePort(slice, sp)

@@ -121,6 +121,30 @@ func TestDesiredForService(t *testing.T) {
 			want:   "",
 		},
 		{
+			name: "a Service labelled with a service proxy name belongs to another proxy, whatever the value",
+			svc: service(func(s *corev1.Service) {
+				s.Labels = map[string]string{"service.kubernetes.io/service-proxy-name": ""}
+			}),
+			slices: two,
+			want:   "",
+		},
+		{
+			name:   "a Service labelled headless gets no virtual service even with a ClusterIP",
+			svc:    service(func(s *corev1.Service) { s.Labels = map[string]string{"service.kubernetes.io/headless": ""} }),
+			slices: two,
+			want:   "",
+		},
+		{
+			name: "endpoints of a slice labelled headless are not used",
+			svc:  service(),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"}), func() *discoveryv1.EndpointSlice {
+				s := v4(ep{ip: "10.1.0.2"})
+				s.Name, s.Labels["service.kubernetes.io/headless"] = "web-headless", ""
+				return s
+			}()},
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1",
+		},
+		{
 			name: "an ExternalName Service gets no virtual service",
 			svc:  service(func(s *corev1.Service) { s.Spec.Type = corev1.ServiceTypeExternalName }),
 			want: "",
@@ -254,6 +278,41 @@ func TestDesiredForService(t *testing.T) {
 			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.2", node: "node-b"})},
 			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.2:8080 w1\n" +
 				"ExternalIP 203.0.113.5:80/TCP rr local",
+		},
+		{
+			name: "the service.local annotation forces externalTrafficPolicy Local: external kinds keep only local endpoints, the ClusterIP all",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeNodePort
+				s.Spec.Ports[0].NodePort = 30080
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "true"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr local -> 10.1.0.1:8080 w1\n" +
+				"NodePort 192.168.1.10:30080/TCP rr local -> 10.1.0.1:8080 w1\n" +
+				"NodePort [fd00::10]:30080/TCP rr local",
+		},
+		{
+			name: "service.local false leaves externalTrafficPolicy Cluster as it is",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "false"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1",
+		},
+		{
+			name: "a malformed service.local annotation is reported and ignored, the Service keeps working",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "yes"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1",
+			wantErr: `annotation kube-router.io/service.local: "yes" is neither true nor false`,
 		},
 		{
 			name: "internalTrafficPolicy Local keeps only local endpoints for the ClusterIP",
