@@ -116,6 +116,9 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 			fmt.Fprintf(w, "  node ports on: %s\n", strings.Join(addrs, ", "))
 		}
 		fmt.Fprintf(w, "  kernel writes in the last sync: %d\n", d.LastSyncWrites)
+		if t := d.IPVSTimeouts; t.TCP.Duration != 0 {
+			fmt.Fprintf(w, "  IPVS timeouts: tcp %s, tcpfin %s, udp %s\n", t.TCP, t.TCPFin, t.UDP)
+		}
 	case "netpol":
 		var d netpol.Details
 		if !redecode(raw, &d) {

@@ -53,6 +53,8 @@ scheduler = "wrr"
 masquerade_all = true
 cluster_cidrs = ["10.244.0.0/16", "fd00:10:244::/56"]
 sync_period = "1m"
+ipvs_tcp_timeout = "1h"
+ipvs_udp_timeout = "30s"
 
 [routing]
 asn = 4200000000
@@ -80,6 +82,9 @@ format = "json"
 	}
 	if cfg.ServiceProxy.SyncPeriod.Duration != time.Minute {
 		t.Errorf("sync_period = %s", cfg.ServiceProxy.SyncPeriod)
+	}
+	if sp := cfg.ServiceProxy; sp.IPVSTCPTimeout.Duration != time.Hour || sp.IPVSTCPFinTimeout.Duration != 0 || sp.IPVSUDPTimeout.Duration != 30*time.Second {
+		t.Errorf("IPVS timeouts = %s, %s, %s; want 1h, 0 (kernel's), 30s", sp.IPVSTCPTimeout, sp.IPVSTCPFinTimeout, sp.IPVSUDPTimeout)
 	}
 	if cfg.Routing.ASN != 4200000000 || cfg.Routing.Peers[0].ASN != 65000 || cfg.Routing.Peers[0].Multihop != 2 {
 		t.Errorf("routing not applied: %+v", cfg.Routing)
@@ -179,6 +184,19 @@ listen = "127.0.0.1"
 				`line 11: routing.peers.asn: incompatible types: TOML value has type string; destination has type integer`,
 				`line 13: pod_network.mtu: invalid MTU 100 (want 0 for automatic, or 576-65535)`,
 				`line 15: health.listen: invalid listen address "127.0.0.1": want host:port`,
+			},
+		},
+		{
+			name: "IPVS timeouts that are negative, too long for the kernel or not whole seconds are rejected",
+			toml: `[service_proxy]
+ipvs_tcp_timeout = "-5s"
+ipvs_tcpfin_timeout = "600h"
+ipvs_udp_timeout = "1500ms"
+`,
+			want: []string{
+				`line 2: service_proxy.ipvs_tcp_timeout: invalid duration "-5s": must not be negative`,
+				`line 3: service_proxy.ipvs_tcpfin_timeout: 600h0m0s is too long: the kernel takes at most 596h31m23s`,
+				`line 4: service_proxy.ipvs_udp_timeout: 1.5s is not a whole number of seconds, which is all IPVS keeps`,
 			},
 		},
 		{

@@ -81,6 +81,15 @@ type Details struct {
 	Draining          int          `json:"draining"`
 	NodePortAddresses []netip.Addr `json:"nodePortAddresses"`
 	LastSyncWrites    int          `json:"lastSyncWrites"`
+	// IPVSTimeouts are the kernel's at the last full sync, configured or not.
+	IPVSTimeouts TimeoutDetails `json:"ipvsTimeouts"`
+}
+
+// TimeoutDetails are IPVS's connection timeouts as `kube-routerd status` shows them.
+type TimeoutDetails struct {
+	TCP    config.Duration `json:"tcp"`
+	TCPFin config.Duration `json:"tcpFin"`
+	UDP    config.Duration `json:"udp"`
 }
 
 // realDataplane returns the kernel state of the daemon's own network namespace.
@@ -157,6 +166,7 @@ func newWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		metrics:  newMetrics(env.Registry),
 		desired:  newDesiredState(),
 	}
+	c.rec.timeouts = configuredTimeouts(cfg)
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	c.changes = loop.NewTracker[types.NamespacedName](c.runner.Request)
 
@@ -380,6 +390,8 @@ func (c *Controller) publish(node Node) {
 		Draining:          len(c.rec.draining),
 		NodePortAddresses: node.NodePortAddrs,
 		LastSyncWrites:    c.writes(),
+		IPVSTimeouts: TimeoutDetails{TCP: config.Duration{Duration: c.rec.kernelTimeouts.TCP},
+			TCPFin: config.Duration{Duration: c.rec.kernelTimeouts.TCPFin}, UDP: config.Duration{Duration: c.rec.kernelTimeouts.UDP}},
 	}
 	c.detailsLock.Unlock()
 }

@@ -61,18 +61,22 @@ type harness struct {
 	clock   time.Time
 }
 
-func newHarness(t testing.TB, kernel *fakeKernel) *harness {
+func newHarness(t testing.TB, kernel *fakeKernel, mods ...func(*config.ServiceProxy)) *harness {
 	t.Helper()
-	h := newHarnessOn(t, kernel.dataplane())
+	h := newHarnessOn(t, kernel.dataplane(), mods...)
 	h.kernel = kernel
 	return h
 }
 
-// newHarnessOn builds a harness over any dataplane (the VM tests pass the kernel's).
-func newHarnessOn(t testing.TB, dp Dataplane) *harness {
+// newHarnessOn builds a harness over any dataplane (the VM tests pass the kernel's),
+// with the default config changed by mods.
+func newHarnessOn(t testing.TB, dp Dataplane, mods ...func(*config.ServiceProxy)) *harness {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().ServiceProxy
+	for _, m := range mods {
+		m(&cfg)
+	}
 	c, err := newWithDataplane(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
