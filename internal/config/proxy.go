@@ -33,6 +33,13 @@ type ServiceProxy struct {
 	IPVSTCPTimeout    Duration `toml:"ipvs_tcp_timeout"`
 	IPVSTCPFinTimeout Duration `toml:"ipvs_tcpfin_timeout"`
 	IPVSUDPTimeout    Duration `toml:"ipvs_udp_timeout"`
+	// ExternalIPRanges are the CIDRs a Service's spec.externalIPs may come from; the
+	// others are not programmed. Empty allows none: any Service author could
+	// otherwise capture traffic to any address (CVE-2020-8554).
+	ExternalIPRanges []Prefix `toml:"external_ip_ranges"`
+	// LoadBalancerIPRanges, when not empty, are the CIDRs load-balancer ingress IPs
+	// may come from; empty allows every one.
+	LoadBalancerIPRanges []Prefix `toml:"loadbalancer_ip_ranges"`
 }
 
 // MaxIPVSTimeout is the longest IPVS timeout every kernel accepts: the kernel keeps

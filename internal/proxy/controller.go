@@ -66,6 +66,8 @@ type Controller struct {
 	fullDone bool
 	// recomputed is how many Services the last sync recomputed.
 	recomputed int
+	// refused holds the addresses each Service was refused (outside the ranges).
+	refused map[types.NamespacedName][]refusedAddr
 	// drainPollPending is set while a drain re-check is scheduled.
 	drainPollPending atomic.Bool
 
@@ -81,6 +83,9 @@ type Details struct {
 	Draining          int          `json:"draining"`
 	NodePortAddresses []netip.Addr `json:"nodePortAddresses"`
 	LastSyncWrites    int          `json:"lastSyncWrites"`
+	// RefusedAddresses lists by Service ("namespace/name") the external and
+	// load-balancer IPs outside the configured ranges, which are not programmed.
+	RefusedAddresses map[string][]string `json:"refusedAddresses,omitempty"`
 	// IPVSTimeouts are the kernel's at the last full sync, configured or not.
 	IPVSTimeouts TimeoutDetails `json:"ipvsTimeouts"`
 }
@@ -165,6 +170,7 @@ func newWithDataplane(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*C
 		fw:       newFirewall(dp, firewallOptions(cfg), slog.Default()),
 		metrics:  newMetrics(env.Registry),
 		desired:  newDesiredState(),
+		refused:  map[types.NamespacedName][]refusedAddr{},
 	}
 	c.rec.timeouts = configuredTimeouts(cfg)
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
@@ -315,7 +321,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	slices.SortFunc(names, func(a, b types.NamespacedName) int {
 		return strings.Compare(a.String(), b.String())
 	})
-	opts := options{Scheduler: c.cfg.Scheduler}
+	opts := desiredOptions(c.cfg)
 	var changed []ipvs.Key
 	for _, name := range names {
 		changed = append(changed, c.desired.setService(name, c.compute(name, node, opts))...)
@@ -347,6 +353,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 func (c *Controller) compute(name types.NamespacedName, node Node, opts options) []virtualServer {
 	svc, err := c.services.Services(name.Namespace).Get(name.Name)
 	if err != nil {
+		c.noteRefused(name, nil)
 		return nil
 	}
 	objs, err := c.slices.ByIndex(sliceIndex, name.String())
@@ -359,10 +366,11 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 			epSlices = append(epSlices, s)
 		}
 	}
-	vss, err := desiredForService(svc, epSlices, node, opts)
+	vss, refused, err := desiredForService(svc, epSlices, node, opts)
 	if err != nil {
 		slog.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
 	}
+	c.noteRefused(name, refused)
 	return vss
 }
 
@@ -382,6 +390,7 @@ func (c *Controller) publish(node Node) {
 	c.metrics.services.Set(float64(c.desired.services))
 	c.metrics.endpoints.Set(float64(c.desired.endpoints))
 	c.metrics.draining.Set(float64(len(c.rec.draining)))
+	refused := c.refusedDetails()
 	c.detailsLock.Lock()
 	c.details = Details{
 		Services:          len(c.desired.byService),
@@ -390,6 +399,7 @@ func (c *Controller) publish(node Node) {
 		Draining:          len(c.rec.draining),
 		NodePortAddresses: node.NodePortAddrs,
 		LastSyncWrites:    c.writes(),
+		RefusedAddresses:  refused,
 		IPVSTimeouts: TimeoutDetails{TCP: config.Duration{Duration: c.rec.kernelTimeouts.TCP},
 			TCPFin: config.Duration{Duration: c.rec.kernelTimeouts.TCPFin}, UDP: config.Duration{Duration: c.rec.kernelTimeouts.UDP}},
 	}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -12,6 +13,12 @@ import (
 )
 
 const thisNode = "node-a"
+
+// testOptions allow the external IPs of the tests (203.0.113.0/24) and every
+// load-balancer IP.
+func testOptions() options {
+	return options{Scheduler: "rr", ExternalIPRanges: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+}
 
 func testNode() Node {
 	return Node{Name: thisNode, NodePortAddrs: addrs("192.168.1.10", "fd00::10")}
@@ -102,11 +109,14 @@ func TestDesiredForService(t *testing.T) {
 	tru, fals := ptr.To(true), ptr.To(false)
 	two := []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"}, ep{ip: "10.1.0.2", node: "node-b"})}
 	tests := []struct {
-		name    string
-		svc     *corev1.Service
-		slices  []*discoveryv1.EndpointSlice
-		want    string
-		wantErr string
+		name   string
+		svc    *corev1.Service
+		slices []*discoveryv1.EndpointSlice
+		// opts default to testOptions().
+		opts        options
+		want        string
+		wantErr     string
+		wantRefused string
 	}{
 		{
 			name:   "a ClusterIP Service balances round robin over its ready endpoints on the resolved named target port",
@@ -175,6 +185,37 @@ func TestDesiredForService(t *testing.T) {
 			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\n" +
 				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1\n" +
 				"LoadBalancer 198.51.100.7:80/TCP rr -> 10.1.0.1:8080 w1",
+		},
+		{
+			name: "external IPs outside external_ip_ranges are refused, those inside are programmed",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"198.51.100.9", "203.0.113.5", "10.96.0.10"}
+			}),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "198.51.100.9 (ExternalIP)",
+		},
+		{
+			name: "without external_ip_ranges no external IP is programmed, IPv6 ones included",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5", "2001:db8::5"}
+			}),
+			opts:        options{Scheduler: "rr"},
+			slices:      []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want:        "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "203.0.113.5 (ExternalIP), 2001:db8::5 (ExternalIP)",
+		},
+		{
+			name: "loadbalancer_ip_ranges, when set, refuse ingress IPs outside them",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}, {IP: "192.0.2.7"}}
+			}),
+			opts:        options{Scheduler: "rr", LoadBalancerIPRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+			slices:      []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want:        "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\nLoadBalancer 198.51.100.7:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "192.0.2.7 (LoadBalancer)",
 		},
 		{
 			name: "load balancer ingress IPs are ignored unless the Service is of type LoadBalancer",
@@ -388,7 +429,14 @@ func TestDesiredForService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := desiredForService(tt.svc, tt.slices, testNode(), options{Scheduler: "rr"})
+			opts := tt.opts
+			if opts.Scheduler == "" {
+				opts = testOptions()
+			}
+			got, refused, err := desiredForService(tt.svc, tt.slices, testNode(), opts)
+			if r := strings.Join(refusedStrings(refused), ", "); r != tt.wantRefused {
+				t.Errorf("refused %q, want %q", r, tt.wantRefused)
+			}
 			if tt.wantErr == "" && err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}

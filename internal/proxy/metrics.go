@@ -9,6 +9,9 @@ type metrics struct {
 	services  prometheus.Gauge
 	endpoints prometheus.Gauge
 	draining  prometheus.Gauge
+	// refused counts addresses outside the configured ranges by kind (ExternalIP,
+	// LoadBalancer).
+	refused *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -25,9 +28,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "kube_routerd_proxy_draining_destinations",
 			Help: "IPVS destinations kept with weight 0 until their connections end.",
 		}),
+		refused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_proxy_refused_addresses",
+			Help: "External and load-balancer IPs of Services not programmed because they are outside the configured ranges.",
+		}, []string{"kind"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.services, m.endpoints, m.draining)
+		reg.MustRegister(m.services, m.endpoints, m.draining, m.refused)
 	}
 	return m
 }
