@@ -116,6 +116,17 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 			fmt.Fprintf(w, "  node ports on: %s\n", strings.Join(addrs, ", "))
 		}
 		fmt.Fprintf(w, "  kernel writes in the last sync: %d\n", d.LastSyncWrites)
+		services := make([]string, 0, len(d.RefusedAddresses))
+		for svc := range d.RefusedAddresses {
+			services = append(services, svc)
+		}
+		sort.Strings(services)
+		for _, svc := range services {
+			fmt.Fprintf(w, "  refused, outside the allowed ranges, in %s: %s\n", svc, strings.Join(d.RefusedAddresses[svc], ", "))
+		}
+		if t := d.IPVSTimeouts; t.TCP.Duration != 0 {
+			fmt.Fprintf(w, "  IPVS timeouts: tcp %s, tcpfin %s, udp %s\n", t.TCP, t.TCPFin, t.UDP)
+		}
 	case "netpol":
 		var d netpol.Details
 		if !redecode(raw, &d) {

@@ -18,7 +18,9 @@ const statusJSON = `{
     {"name": "routing", "ready": true, "alive": true, "lastSync": "2026-01-02T10:00:25Z", "lastSyncMs": 3, "syncs": 9, "errors": 1, "lastError": "adding route 10.244.2.0/24: no such device"}
   ],
   "details": {
-    "proxy": {"services": 1, "virtualServices": 2, "destinations": 4, "draining": 1, "nodePortAddresses": ["192.168.200.10"], "lastSyncWrites": 3},
+    "proxy": {"services": 1, "virtualServices": 2, "destinations": 4, "draining": 1, "nodePortAddresses": ["192.168.200.10"], "lastSyncWrites": 3,
+      "ipvsTimeouts": {"tcp": "1h0m0s", "tcpFin": "2m0s", "udp": "5m0s"},
+      "refusedAddresses": {"demo/web": ["198.51.100.9 (ExternalIP)"]}},
     "netpol": {"policies": 2, "isolatedPods": 1, "rules": 7, "sets": 3, "setEntries": 5, "problems": {"policy=demo/bad": ["port \"x\": unknown named port"]}},
     "routing": {"node": "node-a", "address": "192.168.200.10", "podCIDRs": ["10.244.1.0/24"],
       "peers": [{"address": "192.168.200.11", "asn": 64512, "node": "node-b", "state": "ESTABLISHED", "flaps": 0},
@@ -44,6 +46,8 @@ func TestStatusPrintsEachControllerForAPerson(t *testing.T) {
 		"routing last error: adding route 10.244.2.0/24: no such device",
 		"service proxy: 1 services as 2 IPVS virtual services, 4 destinations (1 draining)",
 		"node ports on: 192.168.200.10",
+		"IPVS timeouts: tcp 1h0m0s, tcpfin 2m0s, udp 5m0s",
+		"refused, outside the allowed ranges, in demo/web: 198.51.100.9 (ExternalIP)",
 		"network policy: 2 policies isolate 1 local pods: 7 rules, 3 sets with 5 entries",
 		`skipped in policy=demo/bad: port "x": unknown named port`,
 		"routing: node node-a (192.168.200.10), pod CIDRs 10.244.1.0/24",

@@ -264,7 +264,8 @@ func decodeProblem(err error) Problem {
 
 // normalize makes lists the file wrote as [] equal to lists it left out.
 func (c *Config) normalize() {
-	for _, l := range []*[]Prefix{&c.ServiceProxy.ClusterCIDRs, &c.ServiceProxy.NodePortAddresses, &c.PodNetwork.ServiceCIDRs} {
+	for _, l := range []*[]Prefix{&c.ServiceProxy.ClusterCIDRs, &c.ServiceProxy.NodePortAddresses,
+		&c.ServiceProxy.ExternalIPRanges, &c.ServiceProxy.LoadBalancerIPRanges, &c.PodNetwork.ServiceCIDRs} {
 		if len(*l) == 0 {
 			*l = nil
 		}

@@ -67,6 +67,10 @@ scheduler = "wrr"
 masquerade_all = true
 cluster_cidrs = ["10.244.0.0/16", "fd00:10:244::/56"]
 sync_period = "1m"
+ipvs_tcp_timeout = "1h"
+ipvs_udp_timeout = "30s"
+external_ip_ranges = ["203.0.113.0/24", "2001:db8:5::/48"]
+loadbalancer_ip_ranges = []
 
 [routing]
 asn = 4200000000
@@ -94,6 +98,12 @@ format = "json"
 	}
 	if cfg.ServiceProxy.SyncPeriod.Duration != time.Minute {
 		t.Errorf("sync_period = %s", cfg.ServiceProxy.SyncPeriod)
+	}
+	if sp := cfg.ServiceProxy; len(sp.ExternalIPRanges) != 2 || sp.ExternalIPRanges[1].String() != "2001:db8:5::/48" || sp.LoadBalancerIPRanges != nil {
+		t.Errorf("external_ip_ranges = %v, loadbalancer_ip_ranges = %v", sp.ExternalIPRanges, sp.LoadBalancerIPRanges)
+	}
+	if sp := cfg.ServiceProxy; sp.IPVSTCPTimeout.Duration != time.Hour || sp.IPVSTCPFinTimeout.Duration != 0 || sp.IPVSUDPTimeout.Duration != 30*time.Second {
+		t.Errorf("IPVS timeouts = %s, %s, %s; want 1h, 0 (kernel's), 30s", sp.IPVSTCPTimeout, sp.IPVSTCPFinTimeout, sp.IPVSUDPTimeout)
 	}
 	if cfg.Routing.ASN != 4200000000 || cfg.Routing.Peers[0].ASN != 65000 || cfg.Routing.Peers[0].Multihop != 2 {
 		t.Errorf("routing not applied: %+v", cfg.Routing)
@@ -133,6 +143,11 @@ func TestBadInputIsReportedWithKeyAndLine(t *testing.T) {
 			name: "a CIDR with host bits set suggests the network",
 			toml: "[service_proxy]\ncluster_cidrs = [\"10.244.1.0/16\"]\n",
 			want: []string{`line 2: service_proxy.cluster_cidrs: invalid CIDR "10.244.1.0/16": host bits set (did you mean 10.244.0.0/16?)`},
+		},
+		{
+			name: "a bad external IP range names the key and line",
+			toml: "[service_proxy]\nloadbalancer_ip_ranges = [\"192.0.2.0/24\"]\nexternal_ip_ranges = [\"203.0.113.7/24\"]\n",
+			want: []string{`line 3: service_proxy.external_ip_ranges: invalid CIDR "203.0.113.7/24": host bits set (did you mean 203.0.113.0/24?)`},
 		},
 		{
 			name: "a bad duration names the key and line",
@@ -193,6 +208,19 @@ listen = "127.0.0.1"
 				`line 11: routing.peers.asn: incompatible types: TOML value has type string; destination has type integer`,
 				`line 13: pod_network.mtu: invalid MTU 100 (want 0 for automatic, or 576-65535)`,
 				`line 15: health.listen: invalid listen address "127.0.0.1": want host:port`,
+			},
+		},
+		{
+			name: "IPVS timeouts that are negative, too long for the kernel or not whole seconds are rejected",
+			toml: `[service_proxy]
+ipvs_tcp_timeout = "-5s"
+ipvs_tcpfin_timeout = "600h"
+ipvs_udp_timeout = "1500ms"
+`,
+			want: []string{
+				`line 2: service_proxy.ipvs_tcp_timeout: invalid duration "-5s": must not be negative`,
+				`line 3: service_proxy.ipvs_tcpfin_timeout: 600h0m0s is too long: the kernel takes at most 596h31m23s`,
+				`line 4: service_proxy.ipvs_udp_timeout: 1.5s is not a whole number of seconds, which is all IPVS keeps`,
 			},
 		},
 		{

@@ -27,7 +27,24 @@ type ServiceProxy struct {
 	DummyInterface string `toml:"dummy_interface"`
 	// GracefulTerminationTimeout bounds how long a terminating endpoint is drained.
 	GracefulTerminationTimeout Duration `toml:"graceful_termination_timeout"`
+	// IPVSTCPTimeout, IPVSTCPFinTimeout and IPVSUDPTimeout are how long IPVS keeps an
+	// idle TCP connection, a TCP connection after its FIN and a UDP flow; 0 leaves
+	// the kernel's value (900s, 120s and 300s unless something changed them).
+	IPVSTCPTimeout    Duration `toml:"ipvs_tcp_timeout"`
+	IPVSTCPFinTimeout Duration `toml:"ipvs_tcpfin_timeout"`
+	IPVSUDPTimeout    Duration `toml:"ipvs_udp_timeout"`
+	// ExternalIPRanges are the CIDRs a Service's spec.externalIPs may come from; the
+	// others are not programmed. Empty allows none: any Service author could
+	// otherwise capture traffic to any address (CVE-2020-8554).
+	ExternalIPRanges []Prefix `toml:"external_ip_ranges"`
+	// LoadBalancerIPRanges, when not empty, are the CIDRs load-balancer ingress IPs
+	// may come from; empty allows every one.
+	LoadBalancerIPRanges []Prefix `toml:"loadbalancer_ip_ranges"`
 }
+
+// MaxIPVSTimeout is the longest IPVS timeout every kernel accepts: the kernel keeps
+// it as an int count of jiffies, INT_MAX/HZ seconds at the highest HZ (1000).
+const MaxIPVSTimeout = 2147483 * time.Second
 
 func defaultServiceProxy() ServiceProxy {
 	return ServiceProxy{
@@ -58,6 +75,23 @@ func (c ServiceProxy) validate(v *validator) {
 	}
 	if c.GracefulTerminationTimeout.Duration < 0 {
 		v.add("service_proxy.graceful_termination_timeout", "must not be negative")
+	}
+	for _, t := range []struct {
+		key string
+		d   time.Duration
+	}{
+		{"service_proxy.ipvs_tcp_timeout", c.IPVSTCPTimeout.Duration},
+		{"service_proxy.ipvs_tcpfin_timeout", c.IPVSTCPFinTimeout.Duration},
+		{"service_proxy.ipvs_udp_timeout", c.IPVSUDPTimeout.Duration},
+	} {
+		switch {
+		case t.d < 0:
+			v.add(t.key, "must not be negative")
+		case t.d > MaxIPVSTimeout:
+			v.add(t.key, fmt.Sprintf("%s is too long: the kernel takes at most %s", t.d, MaxIPVSTimeout))
+		case t.d%time.Second != 0:
+			v.add(t.key, fmt.Sprintf("%s is not a whole number of seconds, which is all IPVS keeps", t.d))
+		}
 	}
 	if c.DummyInterface == "" || len(c.DummyInterface) > 15 {
 		v.add("service_proxy.dummy_interface", fmt.Sprintf("invalid interface name %q (1-15 characters)", c.DummyInterface))

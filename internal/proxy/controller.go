@@ -60,6 +60,8 @@ type Controller struct {
 	fullDone bool
 	// recomputed is how many Services the last sync recomputed.
 	recomputed int
+	// refused holds the addresses each Service was refused (outside the ranges).
+	refused map[types.NamespacedName][]refusedAddr
 	// drainPollPending is set while a drain re-check is scheduled.
 	drainPollPending atomic.Bool
 
@@ -85,7 +87,9 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 		fw:       newFirewall(dp, firewallOptions(cfg), log),
 		metrics:  m,
 		desired:  newDesiredState(log),
+		refused:  map[types.NamespacedName][]refusedAddr{},
 	}
+	c.rec.timeouts = configuredTimeouts(cfg)
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	c.changes = loop.NewTracker[types.NamespacedName](c.runner.Request)
 
@@ -227,7 +231,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	slices.SortFunc(names, func(a, b types.NamespacedName) int {
 		return strings.Compare(a.String(), b.String())
 	})
-	opts := options{Scheduler: c.cfg.Scheduler}
+	opts := desiredOptions(c.cfg)
 	var changed []ipvs.Key
 	for _, name := range names {
 		changed = append(changed, c.desired.setService(name, c.compute(name, node, opts))...)
@@ -259,6 +263,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 func (c *Controller) compute(name types.NamespacedName, node Node, opts options) []virtualServer {
 	svc, err := c.services.Services(name.Namespace).Get(name.Name)
 	if err != nil {
+		c.noteRefused(name, nil)
 		return nil
 	}
 	objs, err := c.slices.ByIndex(sliceIndex, name.String())
@@ -271,10 +276,11 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 			epSlices = append(epSlices, s)
 		}
 	}
-	vss, err := desiredForService(svc, epSlices, node, opts)
+	vss, refused, err := desiredForService(svc, epSlices, node, opts)
 	if err != nil {
 		c.log.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
 	}
+	c.noteRefused(name, refused)
 	return vss
 }
 

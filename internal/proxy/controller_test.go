@@ -63,18 +63,22 @@ type harness struct {
 	clock   time.Time
 }
 
-func newHarness(t testing.TB, kernel *fakeKernel) *harness {
+func newHarness(t testing.TB, kernel *fakeKernel, mods ...func(*config.ServiceProxy)) *harness {
 	t.Helper()
-	h := newHarnessOn(t, kernel.dataplane())
+	h := newHarnessOn(t, kernel.dataplane(), mods...)
 	h.kernel = kernel
 	return h
 }
 
-// newHarnessOn builds a harness over any dataplane (the VM tests pass the kernel's).
-func newHarnessOn(t testing.TB, dp Dataplane) *harness {
+// newHarnessOn builds a harness over any dataplane (the VM tests pass the kernel's),
+// with the default config changed by mods.
+func newHarnessOn(t testing.TB, dp Dataplane, mods ...func(*config.ServiceProxy)) *harness {
 	t.Helper()
 	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
 	cfg := config.Default().ServiceProxy
+	for _, m := range mods {
+		m(&cfg)
+	}
 	c, err := New(daemon.Env{Informers: factory, NodeName: thisNode}, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
@@ -238,6 +242,36 @@ func TestPartialSyncTouchesOnlyTheChangedService(t *testing.T) {
 	if got, _ := h.kernel.dummy.Addrs(); len(got) != 2 {
 		t.Errorf("dummy addresses = %v, want the deleted Service's VIP gone", got)
 	}
+}
+
+func TestServiceThatGainsAServiceProxyNameLosesItsVirtualServices(t *testing.T) {
+	h := newHarness(t, newFakeKernel())
+	h.store(namedService("web", "10.96.0.10"))
+	h.store(sliceFor("web", ep{ip: "10.1.0.1"}))
+	h.store(namedService("db", "10.96.0.20"))
+	h.store(sliceFor("db", ep{ip: "10.1.0.3"}))
+	h.sync(true)
+	h.kernel.ipvs.ResetWrites()
+
+	h.store(namedService("web", "10.96.0.10", func(s *corev1.Service) {
+		s.Labels = map[string]string{labelServiceProxyName: "other-proxy"}
+	}))
+	h.sync(false)
+	h.wantWrites("delete service 10.96.0.10:80/TCP")
+	if got, _ := h.kernel.dummy.Addrs(); len(got) != 1 {
+		t.Errorf("dummy addresses = %v, want only db's VIP", got)
+	}
+	h.sync(true)
+	h.wantWrites()
+
+	// The label goes again: the Service is ours once more.
+	h.store(namedService("web", "10.96.0.10"))
+	h.sync(false)
+	h.wantIPVS(`
+10.96.0.10:80/TCP rr
+  -> 10.1.0.1:8080 weight 1
+10.96.0.20:80/TCP rr
+  -> 10.1.0.3:8080 weight 1`)
 }
 
 func TestFullSyncRepairsDriftAndLeavesForeignServicesAlone(t *testing.T) {

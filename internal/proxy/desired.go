@@ -26,7 +26,24 @@ const (
 	// annotationWeights sets destination weights for weighted schedulers:
 	// "pod-name=3,10.1.2.3=2"; a key is a pod name or an endpoint address, others get 1.
 	annotationWeights = "kube-router.io/service.weights"
+	// annotationLocal "true" forces externalTrafficPolicy Local, as in kube-router:
+	// external kinds get only this node's endpoints and keep the client address.
+	annotationLocal = "kube-router.io/service.local"
 )
+
+// labelServiceProxyName names the proxy that implements a Service; kube-proxy
+// ignores every Service carrying it, whatever the value, and so do we.
+const labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+
+// notOurs reports whether a Service or EndpointSlice is left to another proxy or has
+// nothing to proxy, as kube-proxy decides it: labelled with a proxy name, or
+// labelled headless (set by the EndpointSlice controller on slices of headless
+// Services, whatever the value).
+func notOurs(labels map[string]string) bool {
+	_, named := labels[labelServiceProxyName]
+	_, headless := labels[corev1.IsHeadlessService]
+	return named || headless
+}
 
 // defaultAffinityTimeout is the Kubernetes default for sessionAffinity ClientIP (3 hours).
 const defaultAffinityTimeout = 10800
@@ -53,10 +70,44 @@ type Node struct {
 	NodePortAddrs []netip.Addr
 }
 
-// options are the configured defaults.
+// options are the configured defaults and limits.
 type options struct {
 	Scheduler string
+	// ExternalIPRanges are where a Service's externalIPs may be; others are refused
+	// (none allowed when empty), so a Service author cannot capture any address.
+	ExternalIPRanges []netip.Prefix
+	// LoadBalancerIPRanges, when not empty, are where load-balancer ingress IPs may be.
+	LoadBalancerIPRanges []netip.Prefix
 }
+
+// allows reports whether an address of the given kind may be programmed.
+func (o options) allows(addr netip.Addr, kind Kind) bool {
+	switch kind {
+	case ExternalIP:
+		return inAny(o.ExternalIPRanges, addr)
+	case LoadBalancerIP:
+		return len(o.LoadBalancerIPRanges) == 0 || inAny(o.LoadBalancerIPRanges, addr)
+	}
+	return true
+}
+
+func inAny(prefixes []netip.Prefix, addr netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// refusedAddr is an external or load-balancer IP of a Service outside the configured
+// ranges: not programmed.
+type refusedAddr struct {
+	Addr netip.Addr
+	Kind Kind
+}
+
+func (r refusedAddr) String() string { return r.Addr.String() + " (" + r.Kind.String() + ")" }
 
 // destination is one endpoint of a virtual service.
 type destination struct {
@@ -161,9 +212,11 @@ type vipAddr struct {
 }
 
 // serviceAddrs returns the ClusterIPs, external IPs and load-balancer ingress IPs of
-// svc. Unparsable addresses are reported and skipped.
-func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
+// svc, and separately those the options do not allow. Unparsable addresses are
+// reported and skipped.
+func serviceAddrs(svc *corev1.Service, opts options) ([]vipAddr, []refusedAddr, []error) {
 	var out []vipAddr
+	var refused []refusedAddr
 	var errs []error
 	add := func(s string, kind Kind) {
 		a, err := netip.ParseAddr(s)
@@ -176,6 +229,10 @@ func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
 			if o.addr == a {
 				return
 			}
+		}
+		if !opts.allows(a, kind) {
+			refused = append(refused, refusedAddr{a, kind})
+			return
 		}
 		out = append(out, vipAddr{a, kind})
 	}
@@ -201,21 +258,30 @@ func serviceAddrs(svc *corev1.Service) ([]vipAddr, []error) {
 			add(ing.IP, LoadBalancerIP)
 		}
 	}
-	return out, errs
+	return out, refused, errs
 }
 
 // desiredForService computes the virtual services of one Service from its
-// EndpointSlices. It is pure. The error lists what was skipped (bad addresses,
-// unsupported protocols) or, for invalid annotations, why every virtual service of the
-// Service is returned Frozen.
-func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts options) ([]virtualServer, error) {
-	if svc.Spec.Type == corev1.ServiceTypeExternalName {
-		return nil, nil
+// EndpointSlices, and the addresses it was refused (outside the configured ranges).
+// It is pure. A Service or slice that is not ours (see notOurs) gets nothing. The
+// error lists what was skipped or ignored (bad addresses, unsupported protocols, a
+// malformed service.local annotation) or, for invalid IPVS settings annotations, why
+// every virtual service of the Service is returned Frozen.
+func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts options) ([]virtualServer, []refusedAddr, error) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || notOurs(svc.Labels) {
+		return nil, nil, nil
 	}
 	name := types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}
 	settings, settingsErr := decodeSettings(svc, opts)
-	addrs, errs := serviceAddrs(svc)
+	addrs, refused, errs := serviceAddrs(svc, opts)
 	externalLocal := svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal
+	switch v, ok := svc.Annotations[annotationLocal]; {
+	case !ok || v == "false":
+	case v == "true":
+		externalLocal = true
+	default:
+		errs = append(errs, fmt.Errorf("annotation %s: %q is neither true nor false, ignored", annotationLocal, v))
+	}
 	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
@@ -262,7 +328,7 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 		}
 		errs = append(errs, settingsErr)
 	}
-	return out, errors.Join(errs...)
+	return out, refused, errors.Join(errs...)
 }
 
 // destinations selects the endpoints of one Service port in one address family.
@@ -281,7 +347,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 	var order []ipvs.DestKey
 	anyReady := false
 	for _, slice := range epSlices {
-		if slice.AddressType != family {
+		if slice.AddressType != family || notOurs(slice.Labels) {
 			continue
 		}
 		port, ok := slicePort(slice, sp)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -12,6 +13,12 @@ import (
 )
 
 const thisNode = "node-a"
+
+// testOptions allow the external IPs of the tests (203.0.113.0/24) and every
+// load-balancer IP.
+func testOptions() options {
+	return options{Scheduler: "rr", ExternalIPRanges: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+}
 
 func testNode() Node {
 	return Node{Name: thisNode, NodePortAddrs: addrs("192.168.1.10", "fd00::10")}
@@ -102,11 +109,14 @@ func TestDesiredForService(t *testing.T) {
 	tru, fals := ptr.To(true), ptr.To(false)
 	two := []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"}, ep{ip: "10.1.0.2", node: "node-b"})}
 	tests := []struct {
-		name    string
-		svc     *corev1.Service
-		slices  []*discoveryv1.EndpointSlice
-		want    string
-		wantErr string
+		name   string
+		svc    *corev1.Service
+		slices []*discoveryv1.EndpointSlice
+		// opts default to testOptions().
+		opts        options
+		want        string
+		wantErr     string
+		wantRefused string
 	}{
 		{
 			name:   "a ClusterIP Service balances round robin over its ready endpoints on the resolved named target port",
@@ -119,6 +129,30 @@ func TestDesiredForService(t *testing.T) {
 			svc:    service(func(s *corev1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "None", []string{"None"} }),
 			slices: two,
 			want:   "",
+		},
+		{
+			name: "a Service labelled with a service proxy name belongs to another proxy, whatever the value",
+			svc: service(func(s *corev1.Service) {
+				s.Labels = map[string]string{"service.kubernetes.io/service-proxy-name": ""}
+			}),
+			slices: two,
+			want:   "",
+		},
+		{
+			name:   "a Service labelled headless gets no virtual service even with a ClusterIP",
+			svc:    service(func(s *corev1.Service) { s.Labels = map[string]string{"service.kubernetes.io/headless": ""} }),
+			slices: two,
+			want:   "",
+		},
+		{
+			name: "endpoints of a slice labelled headless are not used",
+			svc:  service(),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"}), func() *discoveryv1.EndpointSlice {
+				s := v4(ep{ip: "10.1.0.2"})
+				s.Name, s.Labels["service.kubernetes.io/headless"] = "web-headless", ""
+				return s
+			}()},
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1",
 		},
 		{
 			name: "an ExternalName Service gets no virtual service",
@@ -151,6 +185,37 @@ func TestDesiredForService(t *testing.T) {
 			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\n" +
 				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1\n" +
 				"LoadBalancer 198.51.100.7:80/TCP rr -> 10.1.0.1:8080 w1",
+		},
+		{
+			name: "external IPs outside external_ip_ranges are refused, those inside are programmed",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"198.51.100.9", "203.0.113.5", "10.96.0.10"}
+			}),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "198.51.100.9 (ExternalIP)",
+		},
+		{
+			name: "without external_ip_ranges no external IP is programmed, IPv6 ones included",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5", "2001:db8::5"}
+			}),
+			opts:        options{Scheduler: "rr"},
+			slices:      []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want:        "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "203.0.113.5 (ExternalIP), 2001:db8::5 (ExternalIP)",
+		},
+		{
+			name: "loadbalancer_ip_ranges, when set, refuse ingress IPs outside them",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeLoadBalancer
+				s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}, {IP: "192.0.2.7"}}
+			}),
+			opts:        options{Scheduler: "rr", LoadBalancerIPRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+			slices:      []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
+			want:        "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\nLoadBalancer 198.51.100.7:80/TCP rr -> 10.1.0.1:8080 w1",
+			wantRefused: "192.0.2.7 (LoadBalancer)",
 		},
 		{
 			name: "load balancer ingress IPs are ignored unless the Service is of type LoadBalancer",
@@ -256,6 +321,41 @@ func TestDesiredForService(t *testing.T) {
 				"ExternalIP 203.0.113.5:80/TCP rr local",
 		},
 		{
+			name: "the service.local annotation forces externalTrafficPolicy Local: external kinds keep only local endpoints, the ClusterIP all",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.Type = corev1.ServiceTypeNodePort
+				s.Spec.Ports[0].NodePort = 30080
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "true"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr local -> 10.1.0.1:8080 w1\n" +
+				"NodePort 192.168.1.10:30080/TCP rr local -> 10.1.0.1:8080 w1\n" +
+				"NodePort [fd00::10]:30080/TCP rr local",
+		},
+		{
+			name: "service.local false leaves externalTrafficPolicy Cluster as it is",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "false"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1",
+		},
+		{
+			name: "a malformed service.local annotation is reported and ignored, the Service keeps working",
+			svc: service(func(s *corev1.Service) {
+				s.Spec.ExternalIPs = []string{"203.0.113.5"}
+				s.Annotations["kube-router.io/service.local"] = "yes"
+			}),
+			slices: two,
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1\n" +
+				"ExternalIP 203.0.113.5:80/TCP rr -> 10.1.0.1:8080 w1 -> 10.1.0.2:8080 w1",
+			wantErr: `annotation kube-router.io/service.local: "yes" is neither true nor false`,
+		},
+		{
 			name: "internalTrafficPolicy Local keeps only local endpoints for the ClusterIP",
 			svc: service(func(s *corev1.Service) {
 				s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
@@ -329,7 +429,14 @@ func TestDesiredForService(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := desiredForService(tt.svc, tt.slices, testNode(), options{Scheduler: "rr"})
+			opts := tt.opts
+			if opts.Scheduler == "" {
+				opts = testOptions()
+			}
+			got, refused, err := desiredForService(tt.svc, tt.slices, testNode(), opts)
+			if r := strings.Join(refusedStrings(refused), ", "); r != tt.wantRefused {
+				t.Errorf("refused %q, want %q", r, tt.wantRefused)
+			}
 			if tt.wantErr == "" && err != nil {
 				t.Fatalf("unexpected error: %v", err)
 			}

@@ -29,7 +29,7 @@ func FuzzDesiredForService(f *testing.F) {
 		f.Add(s.scheduler, s.flags, s.weights, s.clusterIP, s.externalIP, s.proto, s.port, s.nodePort)
 	}
 	node := Node{Name: "self", NodePortAddrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}}
-	opts := options{Scheduler: "rr"}
+	opts := options{Scheduler: "rr", ExternalIPRanges: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
 	f.Fuzz(func(t *testing.T, scheduler, flags, weights, clusterIP, externalIP, proto string, port, nodePort int32) {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "svc", Annotations: map[string]string{
@@ -73,7 +73,7 @@ func FuzzDesiredForService(f *testing.F) {
 			}
 			slices = append(slices, slice)
 		}
-		got, err := desiredForService(svc, slices, node, opts)
+		got, refused, err := desiredForService(svc, slices, node, opts)
 		if _, settingsErr := decodeSettings(svc, opts); settingsErr != nil {
 			if err == nil {
 				t.Fatalf("invalid annotations (%v) but no error", settingsErr)
@@ -84,6 +84,11 @@ func FuzzDesiredForService(f *testing.F) {
 				}
 			}
 			return
+		}
+		for _, r := range refused {
+			if r.Kind != ExternalIP && r.Kind != LoadBalancerIP {
+				t.Fatalf("refused %s, only external and load-balancer IPs can be", r)
+			}
 		}
 		for _, vs := range got {
 			if vs.Frozen {

@@ -11,6 +11,9 @@ type metrics struct {
 	services  prometheus.Gauge
 	endpoints prometheus.Gauge
 	draining  prometheus.Gauge
+	// refused counts addresses outside the configured ranges by kind (ExternalIP,
+	// LoadBalancer).
+	refused *prometheus.GaugeVec
 }
 
 func newMetrics(env daemon.Env) (*metrics, error) {
@@ -27,6 +30,10 @@ func newMetrics(env daemon.Env) (*metrics, error) {
 			Name: "kube_routerd_proxy_draining_destinations",
 			Help: "IPVS destinations kept with weight 0 until their connections end.",
 		}),
+		refused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kube_routerd_proxy_refused_addresses",
+			Help: "External and load-balancer IPs of Services not programmed because they are outside the configured ranges.",
+		}, []string{"kind"}),
 	}
-	return m, env.RegisterMetrics("proxy", m.services, m.endpoints, m.draining)
+	return m, env.RegisterMetrics("proxy", m.services, m.endpoints, m.draining, m.refused)
 }

@@ -41,6 +41,9 @@ type reconciler struct {
 	queue []queuedChange
 	// toOwn holds keys to record in the ledger at the next flush.
 	toOwn map[ipvs.Key]bool
+	// timeouts are the configured IPVS timeouts (zero: the kernel's), set at each
+	// full sync where they differ; kernelTimeouts is what the kernel had after it.
+	timeouts, kernelTimeouts ipvs.Timeouts
 }
 
 func newReconciler(dp Dataplane, grace time.Duration, log *slog.Logger) *reconciler {
@@ -84,7 +87,7 @@ func (r *reconciler) full(d *desiredState) error {
 		return err
 	}
 
-	errs := []error{r.syncVIPs(maps.Keys(d.vipUsers), d)}
+	errs := []error{r.syncTimeouts(), r.syncVIPs(maps.Keys(d.vipUsers), d)}
 	for k, vs := range d.byKey {
 		var cur *ipvs.Service
 		if s, ok := actual[k]; ok {

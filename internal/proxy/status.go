@@ -1,6 +1,10 @@
 package proxy
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
+)
 
 // Details is what `kube-routerd status` shows for the service proxy.
 type Details struct {
@@ -10,6 +14,18 @@ type Details struct {
 	Draining          int          `json:"draining"`
 	NodePortAddresses []netip.Addr `json:"nodePortAddresses"`
 	LastSyncWrites    int          `json:"lastSyncWrites"`
+	// RefusedAddresses lists by Service ("namespace/name") the external and
+	// load-balancer IPs outside the configured ranges, which are not programmed.
+	RefusedAddresses map[string][]string `json:"refusedAddresses,omitempty"`
+	// IPVSTimeouts are the kernel's at the last full sync, configured or not.
+	IPVSTimeouts TimeoutDetails `json:"ipvsTimeouts"`
+}
+
+// TimeoutDetails are IPVS's connection timeouts as `kube-routerd status` shows them.
+type TimeoutDetails struct {
+	TCP    config.Duration `json:"tcp"`
+	TCPFin config.Duration `json:"tcpFin"`
+	UDP    config.Duration `json:"udp"`
 }
 
 // Details implements daemon.StatusReporter.
@@ -23,6 +39,7 @@ func (c *Controller) publish(node Node) {
 	c.metrics.services.Set(float64(c.desired.services))
 	c.metrics.endpoints.Set(float64(c.desired.endpoints))
 	c.metrics.draining.Set(float64(len(c.rec.draining)))
+	refused := c.refusedDetails()
 	c.detailsLock.Lock()
 	c.details = Details{
 		Services:          len(c.desired.byService),
@@ -31,6 +48,9 @@ func (c *Controller) publish(node Node) {
 		Draining:          len(c.rec.draining),
 		NodePortAddresses: node.NodePortAddrs,
 		LastSyncWrites:    c.writes(),
+		RefusedAddresses:  refused,
+		IPVSTimeouts: TimeoutDetails{TCP: config.Duration{Duration: c.rec.kernelTimeouts.TCP},
+			TCPFin: config.Duration{Duration: c.rec.kernelTimeouts.TCPFin}, UDP: config.Duration{Duration: c.rec.kernelTimeouts.UDP}},
 	}
 	c.detailsLock.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Fake is an in-memory IPVS table for tests. It counts the calls that change state so
@@ -15,7 +16,8 @@ type Fake struct {
 	// writes describes each state-changing call since the last ResetWrites.
 	writes []string
 	// applies counts Apply calls.
-	applies int
+	applies  int
+	timeouts Timeouts
 }
 
 type fakeService struct {
@@ -24,7 +26,12 @@ type fakeService struct {
 }
 
 // NewFake returns an empty fake IPVS table.
-func NewFake() *Fake { return &Fake{services: map[Key]*fakeService{}} }
+func NewFake() *Fake {
+	return &Fake{services: map[Key]*fakeService{}, timeouts: DefaultTimeouts}
+}
+
+// DefaultTimeouts are the timeouts of a fresh kernel (the fake starts with them).
+var DefaultTimeouts = Timeouts{TCP: 900 * time.Second, TCPFin: 120 * time.Second, UDP: 300 * time.Second}
 
 var _ Interface = (*Fake)(nil)
 
@@ -189,6 +196,28 @@ func (f *Fake) DeleteDestination(k Key, d DestKey) error {
 	}
 	delete(s.dests, d)
 	f.writes = append(f.writes, fmt.Sprintf("delete destination %s -> %s", k, d))
+	return nil
+}
+
+// Timeouts implements Interface.
+func (f *Fake) Timeouts() (Timeouts, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.timeouts, nil
+}
+
+// SetTimeouts implements Interface.
+func (f *Fake) SetTimeouts(t Timeouts) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range []struct{ to, from *time.Duration }{
+		{&f.timeouts.TCP, &t.TCP}, {&f.timeouts.TCPFin, &t.TCPFin}, {&f.timeouts.UDP, &t.UDP},
+	} {
+		if *p.from != 0 {
+			*p.to = p.from.Truncate(time.Second)
+		}
+	}
+	f.writes = append(f.writes, "set timeouts "+t.String())
 	return nil
 }
 

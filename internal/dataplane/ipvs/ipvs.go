@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 )
 
 // Protocol is an IP protocol number IPVS balances (TCP, UDP or SCTP).
@@ -120,6 +121,22 @@ type Interface interface {
 	// Apply makes the changes in order, in as few kernel round trips as it can, and
 	// returns one error per change (nil where it succeeded).
 	Apply(changes []Change) []error
+	// Timeouts reads the connection timeouts of the network namespace's IPVS.
+	Timeouts() (Timeouts, error)
+	// SetTimeouts sets them; a zero field leaves that timeout as it is.
+	SetTimeouts(t Timeouts) error
+}
+
+// Timeouts are IPVS's idle timeouts of the connections it tracks, in whole seconds
+// (ipvsadm --set tcp tcpfin udp); one set per network namespace.
+type Timeouts struct {
+	TCP    time.Duration
+	TCPFin time.Duration
+	UDP    time.Duration
+}
+
+func (t Timeouts) String() string {
+	return fmt.Sprintf("tcp %ds tcpfin %ds udp %ds", int64(t.TCP.Seconds()), int64(t.TCPFin.Seconds()), int64(t.UDP.Seconds()))
 }
 
 // Op is a kind of change to the IPVS table.

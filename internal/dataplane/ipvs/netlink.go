@@ -302,6 +302,27 @@ func (k *Kernel) Apply(changes []Change) []error {
 
 func (k *Kernel) applyOne(c Change) error { return k.Apply([]Change{c})[0] }
 
+// Timeouts implements Interface.
+func (k *Kernel) Timeouts() (Timeouts, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	c, err := k.h.GetConfig()
+	if err != nil {
+		return Timeouts{}, fmt.Errorf("reading the IPVS timeouts: %w", err)
+	}
+	return Timeouts{TCP: c.TimeoutTCP, TCPFin: c.TimeoutTCPFin, UDP: c.TimeoutUDP}, nil
+}
+
+// SetTimeouts implements Interface.
+func (k *Kernel) SetTimeouts(t Timeouts) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.h.SetConfig(&mobyipvs.Config{TimeoutTCP: t.TCP, TimeoutTCPFin: t.TCPFin, TimeoutUDP: t.UDP}); err != nil {
+		return fmt.Errorf("setting the IPVS timeouts to %s: %w", t, err)
+	}
+	return nil
+}
+
 // AddService implements Interface.
 func (k *Kernel) AddService(s Service) error {
 	return k.applyOne(Change{Op: OpAddService, Service: s})
