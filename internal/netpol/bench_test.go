@@ -149,8 +149,8 @@ func ptrIntStr(v intstr.IntOrString) *intstr.IntOrString { return &v }
 // netfilter.MeasureFloor) and x-floor is the mean full sync over the mean floor; with
 // $KUBEROUTERD_BENCH_OUT set, a CPU profile of one more full sync is written there
 // (profileFullSync). cpu-ms/op is a full sync's CPU time, restore-cpu-ms/op the part
-// of it iptables-restore used. Single changes run at two scales (2,000 and 10,000 pods) and report their time
-// split between compiling and writing the kernel.
+// of it iptables-restore used. Single changes run at two scales (2,000 and 10,000
+// pods) and report their time split between compiling and writing the kernel.
 func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.B) Dataplane) {
 	ctx := context.Background()
 	b.Run("FullSync", func(b *testing.B) {
