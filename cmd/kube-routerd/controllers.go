@@ -43,7 +43,12 @@ func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, e
 		out = append(out, c)
 	}
 	if cfg.Routing.Enabled {
-		c, err := routing.New(env, cfg.Routing, routing.KernelDataplane())
+		rcfg := cfg.Routing
+		if cfg.ServiceProxy.Enabled {
+			ranges := cfg.ServiceProxy.IPRanges()
+			rcfg.ServiceIPRanges = &ranges
+		}
+		c, err := routing.New(env, rcfg, routing.KernelDataplane())
 		if err != nil {
 			return nil, fmt.Errorf("routing: %w", err)
 		}

@@ -299,7 +299,7 @@ func documentedKeys(c Config) []string {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			name := f.Tag.Get("toml")
-			if name == "" {
+			if name == "" || name == "-" { // not read from the file
 				continue
 			}
 			key := prefix + name

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -40,6 +41,35 @@ type ServiceProxy struct {
 	// LoadBalancerIPRanges, when not empty, are the CIDRs load-balancer ingress IPs
 	// may come from; empty allows every one.
 	LoadBalancerIPRanges []Prefix `toml:"loadbalancer_ip_ranges"`
+}
+
+// ServiceIPRanges are where Services' external and load-balancer IPs may be.
+type ServiceIPRanges struct {
+	External, LoadBalancer []Prefix
+}
+
+// AllowsExternal reports whether an externalIP at a may be programmed (none when no
+// range is configured).
+func (r ServiceIPRanges) AllowsExternal(a netip.Addr) bool { return inAnyPrefix(r.External, a) }
+
+// AllowsLoadBalancer reports whether a load-balancer ingress IP at a may be programmed
+// (every one when no range is configured).
+func (r ServiceIPRanges) AllowsLoadBalancer(a netip.Addr) bool {
+	return len(r.LoadBalancer) == 0 || inAnyPrefix(r.LoadBalancer, a)
+}
+
+func inAnyPrefix(ps []Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a.Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// IPRanges returns the configured external and load-balancer IP ranges.
+func (c ServiceProxy) IPRanges() ServiceIPRanges {
+	return ServiceIPRanges{External: c.ExternalIPRanges, LoadBalancer: c.LoadBalancerIPRanges}
 }
 
 // MaxIPVSTimeout is the longest IPVS timeout every kernel accepts: the kernel keeps

@@ -10,6 +10,11 @@ import (
 // Routing configures the BGP routing controller.
 type Routing struct {
 	Enabled bool `toml:"enabled"`
+	// ServiceIPRanges, when set, are the service proxy's external_ip_ranges and
+	// loadbalancer_ip_ranges: an address the proxy refuses to program is not
+	// advertised either. Set from [service_proxy] when the proxy runs, never read
+	// from [routing].
+	ServiceIPRanges *ServiceIPRanges `toml:"-"`
 	// ASN is the cluster's AS number, used for the iBGP mesh between nodes.
 	ASN int64 `toml:"asn"`
 	// RouterID overrides the BGP router id; empty means the node's InternalIP (IPv4).

@@ -375,12 +375,24 @@ func serviceIPs(cfg config.Routing, svc *corev1.Service, local serviceEndpoints,
 			raw = append(raw, svc.Spec.ClusterIP)
 		}
 	}
+	// allowed drops what the service proxy refuses to program: announcing it would
+	// draw traffic this node does not serve, to any address a Service author picks.
+	allowed := func(ip string, ok func(config.ServiceIPRanges, netip.Addr) bool) bool {
+		a, err := netip.ParseAddr(ip)
+		return cfg.ServiceIPRanges == nil || err != nil || ok(*cfg.ServiceIPRanges, a)
+	}
 	if want(annotationAdvertiseExternalIP, cfg.AdvertiseExternalIPs) {
-		raw = append(raw, svc.Spec.ExternalIPs...)
+		for _, ip := range svc.Spec.ExternalIPs {
+			if allowed(ip, config.ServiceIPRanges.AllowsExternal) {
+				raw = append(raw, ip)
+			}
+		}
 	}
 	if want(annotationAdvertiseLoadBalancerIP, cfg.AdvertiseLoadBalancerIPs) && svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 		for _, in := range svc.Status.LoadBalancer.Ingress {
-			raw = append(raw, in.IP)
+			if allowed(in.IP, config.ServiceIPRanges.AllowsLoadBalancer) {
+				raw = append(raw, in.IP)
+			}
 		}
 	}
 	if len(raw) == 0 {

@@ -229,6 +229,11 @@ func TestDesiredAdvertisements(t *testing.T) {
 	all := config.Default().Routing
 	all.AdvertiseClusterIPs, all.AdvertiseExternalIPs, all.AdvertiseLoadBalancerIPs = true, true, true
 	all.ProtectedCIDRs = []config.Prefix{{Prefix: netip.MustParsePrefix("10.96.0.0/12")}}
+	ranged := all
+	ranged.ServiceIPRanges = &config.ServiceIPRanges{
+		External:     []config.Prefix{{Prefix: netip.MustParsePrefix("192.0.2.0/28")}},
+		LoadBalancer: []config.Prefix{{Prefix: netip.MustParsePrefix("198.51.100.0/28")}},
+	}
 	podOnlyMesh := config.Default().Routing
 	podOnlyMesh.AdvertisePodCIDR = false
 
@@ -247,6 +252,12 @@ func TestDesiredAdvertisements(t *testing.T) {
 		{"cluster, external and LoadBalancer IPs when switched on", all,
 			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", nil, ext("192.0.2.10"), lb("198.51.100.7"))}, nil,
 			[]string{"10.96.0.10/32", "10.244.1.0/24", "192.0.2.10/32", "198.51.100.7/32"}, ""},
+		{"addresses the service proxy refuses are not announced", ranged,
+			[]*corev1.Service{
+				svc("in", corev1.ServiceTypeLoadBalancer, "10.96.0.10", nil, ext("192.0.2.10"), lb("198.51.100.7")),
+				svc("out", corev1.ServiceTypeLoadBalancer, "10.96.0.11", nil, ext("203.0.113.1"), lb("198.51.100.200")),
+			}, nil,
+			[]string{"10.96.0.10/32", "10.96.0.11/32", "10.244.1.0/24", "192.0.2.10/32", "198.51.100.7/32"}, ""},
 		{"a service annotation opts out of one kind", all,
 			[]*corev1.Service{svc("web", corev1.ServiceTypeLoadBalancer, "10.96.0.10", map[string]string{annotationAdvertiseClusterIP: "false"}, lb("198.51.100.7"))}, nil,
 			[]string{"10.244.1.0/24", "198.51.100.7/32"}, ""},
