@@ -200,6 +200,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	node := Node{Name: c.nodeName}
 	if n, err := c.nodes.Get(c.nodeName); err == nil {
 		node.NodePortAddrs = nodePortAddrs(n, c.cfg.NodePortAddresses)
+		c.fw.nodeAddrs = nodePortAddrs(n, nil)
 	} else if !apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("reading node %s: %w", c.nodeName, err)
 	}
@@ -245,7 +246,10 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		c.fullDone = err == nil
 	} else {
 		changed = append(changed, c.rec.drainingKeys()...)
-		err = errors.Join(c.rec.partial(c.desired, changed), c.fw.partial(c.desired, changed))
+		// The firewall first: a new load-balancer IP with source ranges is never
+		// reachable before the rules that restrict it are in place.
+		fwErr := c.fw.partial(c.desired, changed)
+		err = errors.Join(fwErr, c.rec.partial(c.desired, changed))
 	}
 	c.scheduleDrainPoll()
 	c.publish(node)

@@ -26,6 +26,9 @@ const (
 	// annotationWeights sets destination weights for weighted schedulers:
 	// "pod-name=3,10.1.2.3=2"; a key is a pod name or an endpoint address, others get 1.
 	annotationWeights = "kube-router.io/service.weights"
+	// annotationSourceRanges is the older spelling of spec.loadBalancerSourceRanges,
+	// comma separated, read when the field is empty (as kube-proxy does).
+	annotationSourceRanges = "service.beta.kubernetes.io/load-balancer-source-ranges"
 	// annotationLocal "true" forces externalTrafficPolicy Local, as in kube-router:
 	// external kinds get only this node's endpoints and keep the client address.
 	annotationLocal = "kube-router.io/service.local"
@@ -128,7 +131,11 @@ type virtualServer struct {
 	Kind     Kind
 	// LocalOnly is set when a traffic policy Local restricts this virtual service to
 	// endpoints on this node (and, for external kinds, keeps the client address).
-	LocalOnly    bool
+	LocalOnly bool
+	// Restricted load-balancer IPs admit only clients in SourceRanges (of their
+	// family; none admits nobody): loadBalancerSourceRanges.
+	Restricted   bool
+	SourceRanges []netip.Prefix
 	Destinations []destination // sorted by address, port
 	// Frozen marks a virtual service of a Service whose settings are invalid: the
 	// kernel keeps whatever it has for this key until the Service is fixed.
@@ -282,6 +289,8 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	default:
 		errs = append(errs, fmt.Errorf("annotation %s: %q is neither true nor false, ignored", annotationLocal, v))
 	}
+	ranges, rangeErrs := loadBalancerSourceRanges(svc)
+	errs = append(errs, rangeErrs...)
 	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
 	hasNodePorts := svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer
 
@@ -309,6 +318,9 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 				Kind:      kind,
 				LocalOnly: local,
 			}
+			if kind == LoadBalancerIP {
+				vs.SourceRanges, vs.Restricted = ranges.forAddr(addr)
+			}
 			vs.Destinations = destinations(sp, addr.Is4(), epSlices, node.Name, local, settings.weights)
 			return vs
 		}
@@ -324,11 +336,55 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	if settingsErr != nil {
 		for i := range out {
 			out[i] = virtualServer{Service: ipvs.Service{Key: out[i].Key}, Owner: name,
-				PortName: out[i].PortName, Kind: out[i].Kind, LocalOnly: out[i].LocalOnly, Frozen: true}
+				PortName: out[i].PortName, Kind: out[i].Kind, LocalOnly: out[i].LocalOnly, Frozen: true,
+				// The firewall is not IPVS's settings: a frozen Service stays restricted.
+				Restricted: out[i].Restricted, SourceRanges: out[i].SourceRanges}
 		}
 		errs = append(errs, settingsErr)
 	}
 	return out, refused, errors.Join(errs...)
+}
+
+// sourceRanges are the client networks a Service's load-balancer IPs admit.
+type sourceRanges struct {
+	set      bool // the Service restricts its clients
+	prefixes []netip.Prefix
+}
+
+// loadBalancerSourceRanges reads spec.loadBalancerSourceRanges, or the older
+// annotation when the field is empty. A malformed entry is reported and left out; a
+// Service whose every entry is malformed admits no client rather than every client.
+func loadBalancerSourceRanges(svc *corev1.Service) (sourceRanges, []error) {
+	raw := svc.Spec.LoadBalancerSourceRanges
+	if v := svc.Annotations[annotationSourceRanges]; len(raw) == 0 && v != "" {
+		raw = strings.Split(v, ",")
+	}
+	r := sourceRanges{set: len(raw) > 0}
+	var errs []error
+	for _, s := range raw {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("loadBalancerSourceRanges: %q is not a CIDR, ignored", s))
+			continue
+		}
+		r.prefixes = append(r.prefixes, p.Masked())
+	}
+	return r, errs
+}
+
+// forAddr returns the ranges that restrict clients of a, and whether any do. As in
+// kube-proxy, ranges given only for the other family leave a unrestricted.
+func (r sourceRanges) forAddr(a netip.Addr) ([]netip.Prefix, bool) {
+	if !r.set {
+		return nil, false
+	}
+	var out []netip.Prefix
+	for _, p := range r.prefixes {
+		if p.Addr().Is4() == a.Is4() {
+			out = append(out, p)
+		}
+	}
+	return out, len(out) > 0 || len(r.prefixes) == 0
 }
 
 // destinations selects the endpoints of one Service port in one address family.

@@ -3,6 +3,8 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
@@ -28,6 +30,9 @@ import (
 const (
 	chainServices    = "KUBE-ROUTER-SERVICES"
 	chainPostrouting = "KUBE-ROUTER-POSTROUTING"
+	// chainSourceRanges drops clients outside a load-balancer IP's
+	// loadBalancerSourceRanges; filter KUBE-ROUTER-SERVICES enters it first.
+	chainSourceRanges = "KUBE-ROUTER-LB-SOURCES"
 
 	// masqueradeMark is the packet mark bit that asks for masquerading; netpol uses
 	// 0x10000 and kube-proxy 0x4000 and 0x8000.
@@ -93,10 +98,11 @@ func (f family) sets() []ipset.Set {
 // firewallChains returns the rules of our chains for one family, in iptables-save's
 // canonical form so that they compare equal to what the kernel reports. hairpin lists
 // the local endpoint addresses of that family, sorted.
-func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) []netfilter.Chain {
+func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr, restricted []*virtualServer, nodeAddrs []netip.Addr) []netfilter.Chain {
 	mark := fmt.Sprintf("0x%x", masqueradeMark)
 	served := "-m set --match-set " + f.ledger + " dst,dst"
 	filter := []string{
+		"-j " + chainSourceRanges,
 		served + " -j RETURN",
 		"-p " + f.icmp + " -m set --match-set " + f.vipSet + " dst -j RETURN",
 		// Only new connections: replies to the node's own connections to a VIP (the
@@ -125,10 +131,36 @@ func firewallChains(f family, opts FirewallOptions, hairpin []netip.Addr) []netf
 		"-j MASQUERADE",
 	)
 	return []netfilter.Chain{
+		{Table: iptables.TableFilter, Name: chainSourceRanges, Rules: sourceRangeRules(restricted, nodeAddrs)},
 		{Table: iptables.TableFilter, Name: chainServices, Rules: filter},
 		{Table: iptables.TableNAT, Name: chainServices, Rules: nat},
 		{Table: iptables.TableNAT, Name: chainPostrouting, Rules: post},
 	}
+}
+
+// sourceRangeRules admit the clients inside each restricted load-balancer IP's source
+// ranges and drop the others, as kube-proxy does: restricted holds virtual services
+// of one family, sorted by key. The node's own connections to a load-balancer IP
+// come from that IP itself (the address is local); like kube-proxy, they pass when
+// one of the node's addresses is inside the ranges.
+func sourceRangeRules(restricted []*virtualServer, nodeAddrs []netip.Addr) []string {
+	var rules []string
+	for _, vs := range restricted {
+		vip := netip.PrefixFrom(vs.Addr, vs.Addr.BitLen()).String()
+		proto := strings.ToLower(vs.Proto.String())
+		port := fmt.Sprintf("-p %s -m %s --dport %d", proto, proto, vs.Port)
+		for _, p := range vs.SourceRanges {
+			rules = append(rules, "-s "+p.String()+" -d "+vip+" "+port+" -j RETURN")
+		}
+		if slices.ContainsFunc(nodeAddrs, func(a netip.Addr) bool {
+			return slices.ContainsFunc(vs.SourceRanges, func(p netip.Prefix) bool { return p.Contains(a) })
+		}) {
+			rules = append(rules, "-s "+vip+" -d "+vip+" "+port+" -j RETURN")
+		}
+		comment := `-m comment --comment "` + vs.Owner.String() + ":" + vs.PortName + ` loadBalancerSourceRanges"`
+		rules = append(rules, fmt.Sprintf("-d %s -p %s %s -m %s --dport %d -j DROP", vip, proto, comment, proto, vs.Port))
+	}
+	return rules
 }
 
 // keepsClientAddr reports whether traffic to vs from outside the cluster keeps its
@@ -142,6 +174,6 @@ func keepsClientAddr(vs *virtualServer) bool {
 var Owner = netfilter.Owner{
 	Name:   "service proxy",
 	Tables: []string{iptables.TableFilter, iptables.TableNAT},
-	Chains: []string{chainServices, chainPostrouting},
+	Chains: []string{chainServices, chainPostrouting, chainSourceRanges},
 	Sets:   []string{setVIPsV4, setVIPsV6, setLocalV4, setLocalV6},
 }

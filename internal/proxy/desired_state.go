@@ -21,6 +21,8 @@ type desiredState struct {
 	// localEndpoints counts the destinations on this node by address (for hairpin
 	// masquerading).
 	localEndpoints map[netip.Addr]int
+	// restricted holds the load-balancer virtual services with source ranges.
+	restricted map[ipvs.Key]*virtualServer
 	// programmed counts non-frozen virtual services and their serving destinations.
 	services, endpoints int
 }
@@ -33,6 +35,7 @@ func newDesiredState(log *slog.Logger) *desiredState {
 		vipUsers:  map[netip.Addr]int{},
 
 		localEndpoints: map[netip.Addr]int{},
+		restricted:     map[ipvs.Key]*virtualServer{},
 	}
 }
 
@@ -41,6 +44,13 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 		d.vipUsers[vs.Addr] += sign
 		if d.vipUsers[vs.Addr] == 0 {
 			delete(d.vipUsers, vs.Addr)
+		}
+	}
+	if vs.Restricted {
+		if sign > 0 {
+			d.restricted[vs.Key] = vs
+		} else {
+			delete(d.restricted, vs.Key)
 		}
 	}
 	if vs.Frozen {
@@ -106,5 +116,6 @@ func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer
 
 func sameVirtualServer(a, b *virtualServer) bool {
 	return a.Service == b.Service && a.Kind == b.Kind && a.LocalOnly == b.LocalOnly &&
+		a.Restricted == b.Restricted && slices.Equal(a.SourceRanges, b.SourceRanges) &&
 		a.Frozen == b.Frozen && slices.Equal(a.Destinations, b.Destinations)
 }

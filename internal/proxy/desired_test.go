@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -445,6 +446,47 @@ func TestDesiredForService(t *testing.T) {
 			}
 			if r := render(got); r != tt.want {
 				t.Errorf("got\n%s\nwant\n%s", r, tt.want)
+			}
+		})
+	}
+}
+
+func TestLoadBalancerSourceRanges(t *testing.T) {
+	v4, v6 := netip.MustParseAddr("192.0.2.50"), netip.MustParseAddr("2001:db8::50")
+	for _, tc := range []struct {
+		name       string
+		spec       []string
+		annotation string
+		want4      []string
+		restrict4  bool
+		restrict6  bool
+		errors     int
+	}{
+		{name: "none: every client", restrict4: false},
+		{name: "the field, per family", spec: []string{"10.0.0.0/8", "2001:db8:1::/48"}, want4: []string{"10.0.0.0/8"}, restrict4: true, restrict6: true},
+		{name: "ranges of one family leave the other open, as in kube-proxy", spec: []string{"10.0.0.1/8"}, want4: []string{"10.0.0.0/8"}, restrict4: true},
+		{name: "the annotation when the field is empty", annotation: "10.0.0.0/8, 172.16.0.0/12", want4: []string{"10.0.0.0/8", "172.16.0.0/12"}, restrict4: true},
+		{name: "the field wins over the annotation", spec: []string{"10.0.0.0/8"}, annotation: "172.16.0.0/12", want4: []string{"10.0.0.0/8"}, restrict4: true},
+		{name: "a malformed entry is reported and left out", spec: []string{"10.0.0.0/8", "nonsense"}, want4: []string{"10.0.0.0/8"}, restrict4: true, errors: 1},
+		{name: "only malformed entries admit nobody", annotation: "nonsense", restrict4: true, restrict6: true, errors: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			svc := &corev1.Service{Spec: corev1.ServiceSpec{LoadBalancerSourceRanges: tc.spec}}
+			if tc.annotation != "" {
+				svc.Annotations = map[string]string{annotationSourceRanges: tc.annotation}
+			}
+			r, errs := loadBalancerSourceRanges(svc)
+			if len(errs) != tc.errors {
+				t.Errorf("errors %v, want %d", errs, tc.errors)
+			}
+			got4, restrict4 := r.forAddr(v4)
+			_, restrict6 := r.forAddr(v6)
+			var got []string
+			for _, p := range got4 {
+				got = append(got, p.String())
+			}
+			if !slices.Equal(got, tc.want4) || restrict4 != tc.restrict4 || restrict6 != tc.restrict6 {
+				t.Errorf("IPv4 %v restricted %v, IPv6 restricted %v; want %v %v %v", got, restrict4, restrict6, tc.want4, tc.restrict4, tc.restrict6)
 			}
 		})
 	}

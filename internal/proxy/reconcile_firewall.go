@@ -18,9 +18,12 @@ import (
 // entries between syncs, so a partial sync changes them only for the keys it touched.
 // Used by the sync loop only.
 type firewall struct {
-	sysctls  sysctl.Interface
-	opts     FirewallOptions
-	families []*firewallFamily
+	sysctls sysctl.Interface
+	opts    FirewallOptions
+	// nodeAddrs are the node's addresses, whose own connections to a restricted
+	// load-balancer IP pass when they are inside its source ranges.
+	nodeAddrs []netip.Addr
+	families  []*firewallFamily
 	// writes counts the kernel changes of the last sync.
 	writes int
 }
@@ -109,12 +112,25 @@ func (r *firewall) apply(ff *firewallFamily, d *desiredState, full bool) error {
 			{Set: sets[0], Entries: ff.vips.share()},
 			{Set: sets[1], Entries: ff.local.share()},
 		},
-		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4)),
+		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4), d.restrictedOf(ff.proto), r.nodeAddrs),
 		Jumps:  ff.jumps(),
 	}
 	st, err := ff.netfilter.Apply(want, full)
 	r.writes += st.Writes()
 	return err
+}
+
+// restrictedOf returns the restricted load-balancer virtual services of one family,
+// sorted by key.
+func (d *desiredState) restrictedOf(f ipfamily.Family) []*virtualServer {
+	var out []*virtualServer
+	for _, vs := range d.restricted {
+		if ipfamily.Of(vs.Addr) == f {
+			out = append(out, vs)
+		}
+	}
+	slices.SortFunc(out, func(a, b *virtualServer) int { return a.Key.Compare(b.Key) })
+	return out
 }
 
 // hairpinAddrs returns the local endpoint addresses of one family, sorted.

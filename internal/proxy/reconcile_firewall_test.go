@@ -12,8 +12,10 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 )
 
@@ -40,17 +42,21 @@ func golden(t *testing.T, name, got string) {
 func TestFirewallChains(t *testing.T) {
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")}
 	tests := []struct {
-		name    string
-		fam     family
-		opts    FirewallOptions
-		hairpin []netip.Addr
-		want    string
+		name       string
+		fam        family
+		opts       FirewallOptions
+		hairpin    []netip.Addr
+		restricted []*virtualServer
+		nodeAddrs  []netip.Addr
+		want       string
 	}{
 		{
 			name: "traffic from outside the cluster CIDRs is marked unless the service keeps client addresses",
 			fam:  families[0],
 			opts: FirewallOptions{ClusterCIDRs: cidrs},
-			want: `filter KUBE-ROUTER-SERVICES
+			want: `filter KUBE-ROUTER-LB-SOURCES
+filter KUBE-ROUTER-SERVICES
+  -j KUBE-ROUTER-LB-SOURCES
   -m set --match-set kube-router-svc-ports dst,dst -j RETURN
   -p icmp -m set --match-set kube-router-svip dst -j RETURN
   -m set --match-set kube-router-svip dst -m conntrack --ctstate NEW -j REJECT --reject-with icmp-port-unreachable
@@ -68,7 +74,9 @@ nat KUBE-ROUTER-SERVICES
 			fam:     families[1],
 			opts:    FirewallOptions{MasqueradeAll: true, ClusterCIDRs: cidrs},
 			hairpin: addrs("fd00:10:244::2", "fd00:10:244::3"),
-			want: `filter KUBE-ROUTER-SERVICES
+			want: `filter KUBE-ROUTER-LB-SOURCES
+filter KUBE-ROUTER-SERVICES
+  -j KUBE-ROUTER-LB-SOURCES
   -m set --match-set kube-router-svc-ports6 dst,dst -j RETURN
   -p ipv6-icmp -m set --match-set kube-router-svip6 dst -j RETURN
   -m set --match-set kube-router-svip6 dst -m conntrack --ctstate NEW -j REJECT --reject-with icmp6-port-unreachable
@@ -81,10 +89,40 @@ nat KUBE-ROUTER-POSTROUTING
 nat KUBE-ROUTER-SERVICES
   -m set --match-set kube-router-svc-ports6 dst,dst -j MARK --set-xmark 0x20000/0x20000`,
 		},
+		{
+			name: "load-balancer IPs with source ranges admit those clients, and the node when its address is inside",
+			fam:  families[0],
+			opts: FirewallOptions{MasqueradeAll: true},
+			restricted: []*virtualServer{
+				{Service: ipvs.Service{Key: ipvs.Key{Addr: netip.MustParseAddr("192.0.2.50"), Proto: ipvs.TCP, Port: 80}},
+					Owner: types.NamespacedName{Namespace: "ns", Name: "web"}, PortName: "http", Kind: LoadBalancerIP, Restricted: true,
+					SourceRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("10.0.0.0/8")}},
+				{Service: ipvs.Service{Key: ipvs.Key{Addr: netip.MustParseAddr("192.0.2.51"), Proto: ipvs.SCTP, Port: 9}},
+					Owner: types.NamespacedName{Namespace: "ns", Name: "closed"}, PortName: "x", Kind: LoadBalancerIP, Restricted: true},
+			},
+			nodeAddrs: addrs("10.1.2.3"),
+			want: `filter KUBE-ROUTER-LB-SOURCES
+  -s 198.51.100.0/24 -d 192.0.2.50/32 -p tcp -m tcp --dport 80 -j RETURN
+  -s 10.0.0.0/8 -d 192.0.2.50/32 -p tcp -m tcp --dport 80 -j RETURN
+  -s 192.0.2.50/32 -d 192.0.2.50/32 -p tcp -m tcp --dport 80 -j RETURN
+  -d 192.0.2.50/32 -p tcp -m comment --comment "ns/web:http loadBalancerSourceRanges" -m tcp --dport 80 -j DROP
+  -d 192.0.2.51/32 -p sctp -m comment --comment "ns/closed:x loadBalancerSourceRanges" -m sctp --dport 9 -j DROP
+filter KUBE-ROUTER-SERVICES
+  -j KUBE-ROUTER-LB-SOURCES
+  -m set --match-set kube-router-svc-ports dst,dst -j RETURN
+  -p icmp -m set --match-set kube-router-svip dst -j RETURN
+  -m set --match-set kube-router-svip dst -m conntrack --ctstate NEW -j REJECT --reject-with icmp-port-unreachable
+nat KUBE-ROUTER-POSTROUTING
+  -m mark ! --mark 0x20000/0x20000 -j RETURN
+  -j MARK --set-xmark 0x0/0x20000
+  -j MASQUERADE
+nat KUBE-ROUTER-SERVICES
+  -m set --match-set kube-router-svc-ports dst,dst -j MARK --set-xmark 0x20000/0x20000`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			chains := firewallChains(tt.fam, tt.opts, tt.hairpin)
+			chains := firewallChains(tt.fam, tt.opts, tt.hairpin, tt.restricted, tt.nodeAddrs)
 			var b strings.Builder
 			slices.SortFunc(chains, func(a, b netfilter.Chain) int { return strings.Compare(a.Table+a.Name, b.Table+b.Name) })
 			for _, c := range chains {

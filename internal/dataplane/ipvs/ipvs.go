@@ -57,6 +57,17 @@ func (k Key) String() string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.Addr, k.Port), k.Proto)
 }
 
+// Compare orders keys by address, protocol and port.
+func (k Key) Compare(o Key) int {
+	if c := k.Addr.Compare(o.Addr); c != 0 {
+		return c
+	}
+	if k.Proto != o.Proto {
+		return int(k.Proto) - int(o.Proto)
+	}
+	return int(k.Port) - int(o.Port)
+}
+
 // Service is a virtual service with the options we program.
 type Service struct {
 	Key
