@@ -8,10 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -29,6 +26,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/benchfig"
 )
 
 // Scale of the benchmark cluster: 1,000 policies over 10,000 pods, 2,000 of them on
@@ -163,8 +161,8 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			bc = newBenchController(b, benchNamespaces, newDataplane(b))
 			recorders := recordRulesets(bc.c)
 			runtime.GC()
-			load += loadAverage1()
-			cpuStart, childStart := cpuTime()
+			load += benchfig.LoadAverage1()
+			cpuStart, childStart := benchfig.CPUTime()
 			b.StartTimer()
 			start := time.Now()
 			if _, err := bc.c.sync(ctx, true); err != nil {
@@ -172,7 +170,7 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			}
 			syncs = append(syncs, time.Since(start))
 			b.StopTimer()
-			cpuEnd, childEnd := cpuTime()
+			cpuEnd, childEnd := benchfig.CPUTime()
 			cpu, restoreCPU = cpu+cpuEnd-cpuStart, restoreCPU+childEnd-childStart
 			if kernel {
 				floors = append(floors, kernelFloor(b, newDataplane(b), recorders))
@@ -184,12 +182,12 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 		if _, err := bc.c.sync(ctx, true); err != nil {
 			b.Fatal(err)
 		}
-		b.ReportMetric(ms(time.Since(start)), "idle-resync-ms")
+		b.ReportMetric(benchfig.MS(time.Since(start)), "idle-resync-ms")
 		// Where a full sync's time goes: CPU time, of which iptables-restore's, and (on
 		// the kernel) a CPU profile of one more full sync.
-		b.ReportMetric(ms(cpu)/float64(len(syncs)), "cpu-ms/op")
-		b.ReportMetric(ms(restoreCPU)/float64(len(syncs)), "restore-cpu-ms/op")
-		reportSpread(b, syncs, floors, load/float64(len(syncs)))
+		b.ReportMetric(benchfig.MS(cpu)/float64(len(syncs)), "cpu-ms/op")
+		b.ReportMetric(benchfig.MS(restoreCPU)/float64(len(syncs)), "restore-cpu-ms/op")
+		benchfig.ReportSpread(b, syncs, floors, load/float64(len(syncs)))
 		reportSize(b, bc.c)
 		if kernel {
 			profileFullSync(b, newDataplane)
@@ -212,7 +210,7 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 				runtime.GC()
 				n := 0
 				var worst, compile, apply time.Duration
-				cpuStart, childStart := cpuTime()
+				cpuStart, childStart := benchfig.CPUTime()
 				b.ResetTimer()
 				for b.Loop() {
 					change.do(bc, b, n)
@@ -230,7 +228,7 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 				b.ReportMetric(float64(apply.Microseconds())/1000/float64(n), "apply-ms/op")
 				// CPU time is what the change costs us; wall time also counts waiting for a
 				// shared CPU.
-				cpuEnd, childEnd := cpuTime()
+				cpuEnd, childEnd := benchfig.CPUTime()
 				b.ReportMetric(float64((cpuEnd-cpuStart).Microseconds())/1000/float64(n), "cpu-ms/op")
 				// Of which iptables-restore (0 with the in-memory dataplane).
 				b.ReportMetric(float64((childEnd-childStart).Microseconds())/1000/float64(n), "restore-cpu-ms/op")
@@ -278,7 +276,7 @@ func profileFullSync(b *testing.B, newDataplane func(*testing.B) Dataplane) {
 	if err := f.Close(); err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("CPU profile of a full sync (%.0f ms) written to %s", ms(took), path)
+	b.Logf("CPU profile of a full sync (%.0f ms) written to %s", benchfig.MS(took), path)
 }
 
 // recordingNetfilter keeps the last Ruleset a controller handed to its writer: what
@@ -319,76 +317,13 @@ func kernelFloor(b *testing.B, dp Dataplane, recorded []*recordingNetfilter) tim
 	return took
 }
 
-// reportSpread reports min-ms and max-ms of the full syncs, load1, and, when floors
-// were measured, floor-ms (their mean) and x-floor (mean sync over mean floor).
-func reportSpread(b *testing.B, syncs, floors []time.Duration, load1 float64) {
-	b.ReportMetric(ms(slices.Min(syncs)), "min-ms")
-	b.ReportMetric(ms(slices.Max(syncs)), "max-ms")
-	b.ReportMetric(load1, "load1")
-	if len(floors) > 0 {
-		floor := mean(floors)
-		b.ReportMetric(ms(floor), "floor-ms")
-		b.ReportMetric(float64(mean(syncs))/float64(floor), "x-floor")
-	}
-}
-
-func mean(ds []time.Duration) time.Duration {
-	var sum time.Duration
-	for _, d := range ds {
-		sum += d
-	}
-	return sum / time.Duration(len(ds))
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// loadAverage1 is the host's 1-minute load average (/proc/loadavg): how busy the
-// machine was besides the benchmark, printed beside its figures.
-func loadAverage1() float64 {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(data))
-	if len(f) == 0 {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(f[0], 64)
-	return v
-}
-
 func reportSize(b *testing.B, c *Controller) {
 	d := c.Details().(Details)
 	b.ReportMetric(float64(d.Rules), "rules")
 	b.ReportMetric(float64(d.Entries), "set-entries")
 	b.ReportMetric(float64(d.Sets), "sets")
 	b.ReportMetric(float64(d.Pods), "isolated-pods")
-	b.ReportMetric(peakRSSMiB(), "peak-RSS-MiB")
-}
-
-// cpuTime is the user+system CPU time the process has used, and the part of it its
-// exited children (iptables-restore) used.
-func cpuTime() (total, children time.Duration) {
-	var self, kids syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &kids)
-	children = time.Duration(kids.Utime.Nano() + kids.Stime.Nano())
-	return time.Duration(self.Utime.Nano()+self.Stime.Nano()) + children, children
-}
-
-// peakRSSMiB reads the process's high-water resident set size.
-func peakRSSMiB() float64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return float64(kb) / 1024
-		}
-	}
-	return 0
+	b.ReportMetric(benchfig.PeakRSSMiB(), "peak-RSS-MiB")
 }
 
 // BenchmarkScaleFake runs the scale benchmark against in-memory dataplanes: the cost

@@ -26,6 +26,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/benchfig"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
@@ -58,7 +59,7 @@ func BenchmarkKernelFullSync(b *testing.B) {
 					h, _ := benchHarnessOn(b, rec.wrap(testKernelDataplane(b, netns.NewNS(b, "node", "bench"))), n)
 					rec.recordFirewall(h.c)
 					runtime.GC()
-					load += loadAverage1()
+					load += benchfig.LoadAverage1()
 					b.StartTimer()
 					start := time.Now()
 					h.sync(true)
@@ -72,10 +73,10 @@ func BenchmarkKernelFullSync(b *testing.B) {
 					b.StartTimer()
 				}
 			}
-			b.ReportMetric(float64(mean(syncs).Nanoseconds()), "ns/op")
+			b.ReportMetric(float64(benchfig.Mean(syncs).Nanoseconds()), "ns/op")
 			b.ReportMetric(float64(writes)/float64(len(syncs)), "kernel-writes/op")
-			reportSpread(b, syncs, floors, load/float64(len(syncs)))
-			peakRSS(b)
+			benchfig.ReportSpread(b, syncs, floors, load/float64(len(syncs)))
+			b.ReportMetric(benchfig.PeakRSSMiB(), "peak-RSS-MiB")
 		})
 	}
 }
@@ -186,7 +187,7 @@ func proxyFloor(b *testing.B, dp Dataplane, rec *recordingDataplane) time.Durati
 		b.Fatal(err)
 	}
 	b.Logf("kernel floor of %d IPVS changes, %d VIPs: %.0f ms VIPs, sysctls, ledger and IPVS; %.0f ms sets and chains",
-		len(rec.changes), len(rec.vips), ms(ipvsTook), ms(netfilterTook))
+		len(rec.changes), len(rec.vips), benchfig.MS(ipvsTook), benchfig.MS(netfilterTook))
 	return ipvsTook + netfilterTook
 }
 
@@ -219,7 +220,7 @@ func BenchmarkKernelSingleServiceChange(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N*changesPerOp), "ms/change")
 	b.ReportMetric(idleResync.Seconds(), "idle-full-resync-s")
-	peakRSS(b)
+	b.ReportMetric(benchfig.PeakRSSMiB(), "peak-RSS-MiB")
 }
 
 // BenchmarkKernelAPIToIPVS measures the end-to-end latency of a change: from an
@@ -289,11 +290,10 @@ func BenchmarkKernelAPIToIPVS(b *testing.B) {
 		}
 	}
 	slices.Sort(latencies)
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	b.ReportMetric(firstSync.Seconds(), "first-sync-s")
-	b.ReportMetric(ms(latencies[len(latencies)/2]), "p50-ms")
-	b.ReportMetric(ms(latencies[len(latencies)-1]), "max-ms")
-	peakRSS(b)
+	b.ReportMetric(benchfig.MS(latencies[len(latencies)/2]), "p50-ms")
+	b.ReportMetric(benchfig.MS(latencies[len(latencies)-1]), "max-ms")
+	b.ReportMetric(benchfig.PeakRSSMiB(), "peak-RSS-MiB")
 }
 
 // benchService is a Service created in the API server and its one EndpointSlice.
