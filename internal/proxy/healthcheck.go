@@ -98,9 +98,15 @@ type healthServers struct {
 
 	mu      sync.RWMutex
 	running map[uint16]*healthServer
-	// failing holds the last bind error of each port not open, so that a port that
+	// failing holds each port that could not be opened and why, so that a port that
 	// stays taken is logged once, not at every sync.
-	failing map[uint16]string
+	failing map[uint16]healthFailure
+}
+
+// healthFailure is a port that could not be opened: for whom, and why.
+type healthFailure struct {
+	check healthCheck
+	err   string
 }
 
 // healthServer is one open health check node port.
@@ -112,7 +118,7 @@ type healthServer struct {
 
 func newHealthServers(log *slog.Logger, listen listenFunc, proxyHealthy func() bool) *healthServers {
 	return &healthServers{log: log, listen: listen, proxyHealthy: proxyHealthy,
-		running: map[uint16]*healthServer{}, failing: map[uint16]string{}}
+		running: map[uint16]*healthServer{}, failing: map[uint16]healthFailure{}}
 }
 
 // apply makes the open ports those of want, on addrs (nil: every address), and their
@@ -147,11 +153,11 @@ func (h *healthServers) apply(want map[uint16]healthCheck, addrs []netip.Addr) {
 		s, err := h.open(w, addrs)
 		h.mu.Lock()
 		if err != nil {
-			if h.failing[w.Port] != err.Error() {
+			if h.failing[w.Port].err != err.Error() {
 				h.log.Warn("cannot open health check node port, will retry at the next sync",
 					"service", w.Service.String(), "port", w.Port, "err", err)
 			}
-			h.failing[w.Port] = err.Error()
+			h.failing[w.Port] = healthFailure{check: w, err: err.Error()}
 		} else {
 			delete(h.failing, w.Port)
 			h.running[w.Port] = s
@@ -198,6 +204,30 @@ func (s *healthServer) close() {
 // closeAll closes every port, when the service proxy stops.
 func (h *healthServers) closeAll() {
 	h.apply(nil, nil)
+}
+
+// HealthCheckPort is a health check node port as `kube-routerd status` shows it.
+type HealthCheckPort struct {
+	Service        string `json:"service"`
+	Port           uint16 `json:"port"`
+	LocalEndpoints int    `json:"localEndpoints"`
+	// Error says why the port is not open; it is tried again at every sync.
+	Error string `json:"error,omitempty"`
+}
+
+// details lists the ports, open or not, by port.
+func (h *healthServers) details() []HealthCheckPort {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	var out []HealthCheckPort
+	for _, s := range h.running {
+		out = append(out, HealthCheckPort{Service: s.check.Service.String(), Port: s.check.Port, LocalEndpoints: s.check.LocalEndpoints})
+	}
+	for _, f := range h.failing {
+		out = append(out, HealthCheckPort{Service: f.check.Service.String(), Port: f.check.Port, LocalEndpoints: f.check.LocalEndpoints, Error: f.err})
+	}
+	slices.SortFunc(out, func(a, b HealthCheckPort) int { return int(a.Port) - int(b.Port) })
+	return out
 }
 
 // serviceHealth is kube-proxy's response body, which load balancers and people read.

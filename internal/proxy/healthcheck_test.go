@@ -244,6 +244,9 @@ func TestHealthCheckPortThatCannotBeBoundIsRetried(t *testing.T) {
 	if ports.url(":32000", "/") != "" {
 		t.Fatal("a refused port was bound")
 	}
+	if d := h.details(); len(d) != 2 || d[0].Error == "" || d[1].Error != "" {
+		t.Errorf("details %+v, want port 32000 not open and why", d)
+	}
 	wantProbe(t, "the other Service's port", get(t, ports.url(":32001", "/")), 200, "")
 
 	delete(ports.refuse, ":32000")
