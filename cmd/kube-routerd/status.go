@@ -124,6 +124,13 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 		for _, svc := range services {
 			fmt.Fprintf(w, "  refused, outside the allowed ranges, in %s: %s\n", svc, strings.Join(d.RefusedAddresses[svc], ", "))
 		}
+		for _, p := range d.HealthCheckNodePorts {
+			if p.Error != "" {
+				fmt.Fprintf(w, "  health check node port %d of %s: not open (retried at each sync): %s\n", p.Port, p.Service, p.Error)
+			} else {
+				fmt.Fprintf(w, "  health check node port %d of %s: %d local endpoints\n", p.Port, p.Service, p.LocalEndpoints)
+			}
+		}
 		if t := d.IPVSTimeouts; t.TCP.Duration != 0 {
 			fmt.Fprintf(w, "  IPVS timeouts: tcp %s, tcpfin %s, udp %s\n", t.TCP, t.TCPFin, t.UDP)
 		}

@@ -56,6 +56,20 @@ func TestPprofListenIsOffByDefaultAndTakesLoopbackAddresses(t *testing.T) {
 	}
 }
 
+func TestProxyHealthzListensLikeKubeProxyAndCanBeTurnedOff(t *testing.T) {
+	if got := Default().ServiceProxy.HealthzListen; got != "0.0.0.0:10256" {
+		t.Errorf("default service_proxy.healthz_listen = %q, want kube-proxy's 0.0.0.0:10256", got)
+	}
+	for _, addr := range []string{"", "[::]:10256", "192.0.2.10:10256"} {
+		cfg, err := Parse("c.toml", []byte("[service_proxy]\nhealthz_listen = \""+addr+"\"\n"))
+		if err != nil {
+			t.Errorf("%q: %v", addr, err)
+		} else if string(cfg.ServiceProxy.HealthzListen) != addr {
+			t.Errorf("%q: got %q", addr, cfg.ServiceProxy.HealthzListen)
+		}
+	}
+}
+
 func TestValidSettingsAreApplied(t *testing.T) {
 	cfg, err := Parse("c.toml", []byte(`
 [kubernetes]
@@ -251,6 +265,11 @@ local_address = "2001:db8::1"
 				`line 1: routing.peers[0].address: is required`,
 				`line 1: routing.peers[0].asn: invalid AS number 0 (want 1-4294967294)`,
 			},
+		},
+		{
+			name: "a proxy healthz address without a port is refused",
+			toml: "[service_proxy]\nhealthz_listen = \"0.0.0.0\"\n",
+			want: []string{`line 2: service_proxy.healthz_listen: invalid listen address "0.0.0.0": want host:port`},
 		},
 		{
 			name: "a pprof listener off loopback is refused",

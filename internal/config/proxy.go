@@ -41,6 +41,10 @@ type ServiceProxy struct {
 	// LoadBalancerIPRanges, when not empty, are the CIDRs load-balancer ingress IPs
 	// may come from; empty allows every one.
 	LoadBalancerIPRanges []Prefix `toml:"loadbalancer_ip_ranges"`
+	// HealthzListen is host:port of the node's proxy health endpoint (kube-proxy's
+	// healthz), which load balancers probe for externalTrafficPolicy Cluster
+	// Services; empty disables it.
+	HealthzListen HostPort `toml:"healthz_listen"`
 }
 
 // ServiceIPRanges are where Services' external and load-balancer IPs may be.
@@ -84,6 +88,8 @@ func defaultServiceProxy() ServiceProxy {
 		Scheduler:                  "rr",
 		DummyInterface:             "kube-dummy-if",
 		GracefulTerminationTimeout: Duration{30 * time.Second},
+		// kube-proxy's default, where cloud load balancers look.
+		HealthzListen: "0.0.0.0:10256",
 	}
 }
 
@@ -122,6 +128,9 @@ func (c ServiceProxy) validate(v *validator) {
 		case t.d%time.Second != 0:
 			v.add(t.key, fmt.Sprintf("%s is not a whole number of seconds, which is all IPVS keeps", t.d))
 		}
+	}
+	if err := c.HealthzListen.Validate(); err != nil {
+		v.add("service_proxy.healthz_listen", err.Error())
 	}
 	if c.DummyInterface == "" || len(c.DummyInterface) > 15 {
 		v.add("service_proxy.dummy_interface", fmt.Sprintf("invalid interface name %q (1-15 characters)", c.DummyInterface))

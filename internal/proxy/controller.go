@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -64,6 +66,17 @@ type Controller struct {
 	refused map[types.NamespacedName][]refusedAddr
 	// drainPollPending is set while a drain re-check is scheduled.
 	drainPollPending atomic.Bool
+	// healthChecks holds the health check node port of each Service that has one.
+	healthChecks map[types.NamespacedName]healthCheck
+	// healthz is the open proxy healthz server (nil when off or not open yet), and
+	// healthzErr its last failure to open, logged once.
+	healthz    *http.Server
+	healthzErr string
+
+	// listen opens the healthz and health check node port listeners.
+	listen listenFunc
+	health *proxyHealth
+	hcs    *healthServers
 
 	detailsLock sync.Mutex
 	details     Details
@@ -88,10 +101,20 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 		metrics:  m,
 		desired:  newDesiredState(log),
 		refused:  map[types.NamespacedName][]refusedAddr{},
+
+		healthChecks: map[types.NamespacedName]healthCheck{},
+		listen:       listenTCP,
+		// kube-proxy's rule: a change may wait two sync periods.
+		health: &proxyHealth{now: time.Now, timeout: 2 * cfg.SyncPeriod.Duration},
 	}
+	// Through c.listen, which tests replace after New.
+	c.hcs = newHealthServers(log, func(addr string) (net.Listener, error) { return c.listen(addr) }, c.health.isHealthy)
 	c.rec.timeouts = configuredTimeouts(cfg)
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
-	c.changes = loop.NewTracker[types.NamespacedName](c.runner.Request)
+	c.changes = loop.NewTracker[types.NamespacedName](func() {
+		c.health.queued()
+		c.runner.Request()
+	})
 
 	svcInformer := env.Informers.Core().V1().Services().Informer()
 	sliceInformer := env.Informers.Discovery().V1().EndpointSlices().Informer()
@@ -121,8 +144,11 @@ func firewallOptions(cfg config.ServiceProxy) FirewallOptions {
 // Name implements daemon.Controller.
 func (c *Controller) Name() string { return "proxy" }
 
-// Run implements daemon.Controller.
+// Run implements daemon.Controller. The health endpoints close when it returns: the
+// process is stopping, and load balancers should see this node go.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	c.openHealthz()
+	defer c.closeHealth()
 	loop.Run(ctx, c.changes, c.runner, hb)
 	return nil
 }
@@ -193,8 +219,10 @@ func nodePortAddrs(n *corev1.Node, cidrs []config.Prefix) []netip.Addr {
 
 // sync is the runner's SyncFunc: recompute the dirty Services (all of them when
 // full) and apply what changed.
-func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+func (c *Controller) sync(ctx context.Context, full bool) (summary string, err error) {
 	dirty, all := c.changes.Take()
+	pendingSince := c.health.syncing()
+	defer func() { c.health.synced(pendingSince, err) }()
 	full = full || all || !c.fullDone
 
 	node := Node{Name: c.nodeName}
@@ -239,7 +267,6 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	}
 	c.recomputed = len(names)
 
-	var err error
 	if full {
 		// IPVS first: it creates the ledger set the firewall rules refer to.
 		err = errors.Join(c.rec.full(c.desired), c.fw.full(c.desired))
@@ -252,8 +279,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		err = errors.Join(fwErr, c.rec.partial(c.desired, changed))
 	}
 	c.scheduleDrainPoll()
+	c.applyHealthChecks(node)
 	c.publish(node)
-	summary := fmt.Sprintf("%d virtual services, %d destinations", c.desired.services, c.desired.endpoints)
+	summary = fmt.Sprintf("%d virtual services, %d destinations", c.desired.services, c.desired.endpoints)
 	if err != nil {
 		return summary, fmt.Errorf("programming IPVS: %w", err)
 	}
@@ -268,6 +296,7 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 	svc, err := c.services.Services(name.Namespace).Get(name.Name)
 	if err != nil {
 		c.noteRefused(name, nil)
+		delete(c.healthChecks, name)
 		return nil
 	}
 	objs, err := c.slices.ByIndex(sliceIndex, name.String())
@@ -280,12 +309,34 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 			epSlices = append(epSlices, s)
 		}
 	}
+	if hc, ok := desiredHealthCheck(svc, epSlices, node.Name); ok {
+		c.healthChecks[name] = hc
+	} else {
+		delete(c.healthChecks, name)
+	}
 	vss, refused, err := desiredForService(svc, epSlices, node, opts)
 	if err != nil {
 		c.log.Warn("service partly or wholly skipped", "service", name.String(), "err", err)
 	}
 	c.noteRefused(name, refused)
 	return vss
+}
+
+// applyHealthChecks opens, updates and closes the health check node ports, and the
+// healthz endpoint if it could not be opened before. Health check ports listen where
+// NodePorts are served: on every address unless nodeport_addresses narrows them.
+func (c *Controller) applyHealthChecks(node Node) {
+	c.openHealthz()
+	want, clashes := byPort(c.healthChecks)
+	for _, hc := range clashes {
+		c.log.Warn("health check node port already used by another service, skipping",
+			"service", hc.Service.String(), "other", want[hc.Port].Service.String(), "port", hc.Port)
+	}
+	var addrs []netip.Addr
+	if len(c.cfg.NodePortAddresses) > 0 {
+		addrs = append([]netip.Addr{}, node.NodePortAddrs...)
+	}
+	c.hcs.apply(want, addrs)
 }
 
 // scheduleDrainPoll asks for another sync soon while destinations are draining, so

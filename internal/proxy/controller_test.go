@@ -61,6 +61,7 @@ type harness struct {
 	factory informers.SharedInformerFactory
 	kernel  *fakeKernel
 	clock   time.Time
+	ports   *testPorts
 }
 
 func newHarness(t testing.TB, kernel *fakeKernel, mods ...func(*config.ServiceProxy)) *harness {
@@ -83,8 +84,11 @@ func newHarnessOn(t testing.TB, dp Dataplane, mods ...func(*config.ServiceProxy)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, c: c, factory: factory, clock: time.Unix(1000, 0)}
+	h := &harness{t: t, c: c, factory: factory, clock: time.Unix(1000, 0), ports: newTestPorts()}
 	c.rec.now = func() time.Time { return h.clock }
+	// Health endpoints listen on 127.0.0.1, on free ports, never on the host's.
+	c.listen = h.ports.listen
+	t.Cleanup(c.closeHealth)
 	h.store(&corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: thisNode},
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{

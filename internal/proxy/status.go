@@ -19,6 +19,8 @@ type Details struct {
 	RefusedAddresses map[string][]string `json:"refusedAddresses,omitempty"`
 	// IPVSTimeouts are the kernel's at the last full sync, configured or not.
 	IPVSTimeouts TimeoutDetails `json:"ipvsTimeouts"`
+	// HealthCheckNodePorts are the externalTrafficPolicy Local Services' probes.
+	HealthCheckNodePorts []HealthCheckPort `json:"healthCheckNodePorts,omitempty"`
 }
 
 // TimeoutDetails are IPVS's connection timeouts as `kube-routerd status` shows them.
@@ -52,5 +54,6 @@ func (c *Controller) publish(node Node) {
 		IPVSTimeouts: TimeoutDetails{TCP: config.Duration{Duration: c.rec.kernelTimeouts.TCP},
 			TCPFin: config.Duration{Duration: c.rec.kernelTimeouts.TCPFin}, UDP: config.Duration{Duration: c.rec.kernelTimeouts.UDP}},
 	}
+	c.details.HealthCheckNodePorts = c.hcs.details()
 	c.detailsLock.Unlock()
 }
