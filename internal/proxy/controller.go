@@ -56,6 +56,7 @@ type Controller struct {
 
 	mu        sync.Mutex
 	nodeAddrs []netip.Addr
+	nodeZone  string
 
 	// Owned by the sync loop.
 	desired  *desiredState
@@ -126,7 +127,7 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 	if err := errors.Join(
 		c.changes.Watch(svcInformer, loop.Both(serviceName)),
 		c.changes.Watch(sliceInformer, loop.Both(sliceServiceName)),
-		c.changes.WatchAll(nodeInformer, c.movesNodePorts),
+		c.changes.WatchAll(nodeInformer, c.changesThisNode),
 	); err != nil {
 		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
@@ -176,9 +177,10 @@ func sliceServiceIndex(obj any) ([]string, error) {
 	return nil, nil
 }
 
-// movesNodePorts reports whether a Node event may move every NodePort: a node
-// appeared (ours, perhaps), or this node's addresses changed.
-func (c *Controller) movesNodePorts(ch loop.Change) bool {
+// changesThisNode reports whether a Node event may change every Service: a node
+// appeared (ours, perhaps), this node's addresses changed (every NodePort moves) or
+// its zone did (every Service with zone hints).
+func (c *Controller) changesThisNode(ch loop.Change) bool {
 	if ch.Old == nil {
 		return true
 	}
@@ -189,7 +191,7 @@ func (c *Controller) movesNodePorts(ch loop.Change) bool {
 	addrs := nodePortAddrs(n, c.cfg.NodePortAddresses)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return !slices.Equal(addrs, c.nodeAddrs)
+	return !slices.Equal(addrs, c.nodeAddrs) || n.Labels[corev1.LabelTopologyZone] != c.nodeZone
 }
 
 // nodePortAddrs returns the node's InternalIP and ExternalIP addresses inside the
@@ -228,15 +230,16 @@ func (c *Controller) sync(ctx context.Context, full bool) (summary string, err e
 	node := Node{Name: c.nodeName}
 	if n, err := c.nodes.Get(c.nodeName); err == nil {
 		node.NodePortAddrs = nodePortAddrs(n, c.cfg.NodePortAddresses)
+		node.Zone = n.Labels[corev1.LabelTopologyZone]
 		c.fw.nodeAddrs = nodePortAddrs(n, nil)
 	} else if !apierrors.IsNotFound(err) {
 		return "", fmt.Errorf("reading node %s: %w", c.nodeName, err)
 	}
 	c.mu.Lock()
-	if !slices.Equal(node.NodePortAddrs, c.nodeAddrs) {
-		full = true // every NodePort moves
+	if !slices.Equal(node.NodePortAddrs, c.nodeAddrs) || node.Zone != c.nodeZone {
+		full = true // every NodePort moves, or every topology-aware Service
 	}
-	c.nodeAddrs = node.NodePortAddrs
+	c.nodeAddrs, c.nodeZone = node.NodePortAddrs, node.Zone
 	c.mu.Unlock()
 
 	if full {

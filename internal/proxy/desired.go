@@ -69,6 +69,8 @@ func (k Kind) String() string {
 // Node is what the desired state needs to know about this node.
 type Node struct {
 	Name string
+	// Zone is the node's topology.kubernetes.io/zone label ("" when unset).
+	Zone string
 	// NodePortAddrs are the node addresses NodePorts are served on.
 	NodePortAddrs []netip.Addr
 }
@@ -321,7 +323,7 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 			if kind == LoadBalancerIP {
 				vs.SourceRanges, vs.Restricted = ranges.forAddr(addr)
 			}
-			vs.Destinations = destinations(sp, addr.Is4(), epSlices, node.Name, local, settings.weights)
+			vs.Destinations = destinations(sp, addr.Is4(), epSlices, node, local, settings.weights)
 			return vs
 		}
 		for _, a := range addrs {
@@ -390,7 +392,8 @@ func (r sourceRanges) forAddr(a netip.Addr) ([]netip.Prefix, bool) {
 // destinations selects the endpoints of one Service port in one address family.
 // Ready endpoints serve; when none is ready, serving terminating ones do (as
 // kube-proxy does); other terminating endpoints are listed for draining.
-func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, nodeName string, localOnly bool, weights map[string]int) []destination {
+func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, node Node, localOnly bool, weights map[string]int) []destination {
+	nodeName := node.Name
 	family := discoveryv1.AddressTypeIPv6
 	if v4 {
 		family = discoveryv1.AddressTypeIPv4
@@ -398,6 +401,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 	type candidate struct {
 		dest             destination
 		ready, servingTm bool
+		hints            *discoveryv1.EndpointHints
 	}
 	seen := map[ipvs.DestKey]*candidate{}
 	var order []ipvs.DestKey
@@ -438,6 +442,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 				dest:      destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready, Local: local},
 				ready:     ready,
 				servingTm: terminating && serving,
+				hints:     ep.Hints,
 			}
 			// The same endpoint can sit in two slices while they are rebalanced.
 			if old, dup := seen[key]; dup {
@@ -451,9 +456,25 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 			anyReady = anyReady || ready
 		}
 	}
+	// Topology: a Service whose traffic may go to any node prefers this node's or
+	// this zone's ready endpoints when the EndpointSlice controller hinted them
+	// (trafficDistribution, topology-mode); kube-proxy's rules decide when hints count.
+	var ready []*discoveryv1.EndpointHints
+	for _, k := range order {
+		if c := seen[k]; c.ready {
+			ready = append(ready, c.hints)
+		}
+	}
+	near := func(*discoveryv1.EndpointHints) bool { return true }
+	if !localOnly {
+		near = topologyFilter(ready, node)
+	}
 	out := make([]destination, 0, len(order))
 	for _, k := range order {
 		c := seen[k]
+		if c.ready && !near(c.hints) {
+			continue
+		}
 		d := c.dest
 		if d.Terminating {
 			if !anyReady && c.servingTm {
@@ -466,6 +487,38 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 	}
 	slices.SortFunc(out, func(a, b destination) int { return ipvs.CompareDestKeys(a.DestKey, b.DestKey) })
 	return out
+}
+
+// topologyFilter returns which ready endpoints this node uses, given the hints of all
+// of them, by kube-proxy's rules: node hints count when every ready endpoint has
+// some and one names this node; otherwise zone hints count when every ready endpoint
+// has some and one names this node's zone; otherwise every endpoint is used. Hints
+// that would leave this node nothing never apply.
+func topologyFilter(ready []*discoveryv1.EndpointHints, node Node) func(*discoveryv1.EndpointHints) bool {
+	allNode, allZone, forNode, forZone := len(ready) > 0, len(ready) > 0, false, false
+	for _, h := range ready {
+		if h == nil || len(h.ForNodes) == 0 {
+			allNode = false
+		} else if slices.ContainsFunc(h.ForNodes, func(n discoveryv1.ForNode) bool { return n.Name == node.Name }) {
+			forNode = true
+		}
+		if h == nil || len(h.ForZones) == 0 {
+			allZone = false
+		} else if slices.ContainsFunc(h.ForZones, func(z discoveryv1.ForZone) bool { return z.Name == node.Zone }) {
+			forZone = true
+		}
+	}
+	switch {
+	case allNode && forNode:
+		return func(h *discoveryv1.EndpointHints) bool {
+			return h != nil && slices.ContainsFunc(h.ForNodes, func(n discoveryv1.ForNode) bool { return n.Name == node.Name })
+		}
+	case allZone && forZone && node.Zone != "":
+		return func(h *discoveryv1.EndpointHints) bool {
+			return h != nil && slices.ContainsFunc(h.ForZones, func(z discoveryv1.ForZone) bool { return z.Name == node.Zone })
+		}
+	}
+	return func(*discoveryv1.EndpointHints) bool { return true }
 }
 
 // slicePort finds the port of a slice that serves sp: same name, same protocol. The

@@ -491,3 +491,66 @@ func TestLoadBalancerSourceRanges(t *testing.T) {
 		})
 	}
 }
+
+func TestTopologyHints(t *testing.T) {
+	zones := func(z ...string) *discoveryv1.EndpointHints {
+		h := &discoveryv1.EndpointHints{}
+		for _, n := range z {
+			h.ForZones = append(h.ForZones, discoveryv1.ForZone{Name: n})
+		}
+		return h
+	}
+	nodes := func(h *discoveryv1.EndpointHints, n ...string) *discoveryv1.EndpointHints {
+		for _, name := range n {
+			h.ForNodes = append(h.ForNodes, discoveryv1.ForNode{Name: name})
+		}
+		return h
+	}
+	type ep struct {
+		ip    string
+		hints *discoveryv1.EndpointHints
+		ready bool
+	}
+	here := Node{Name: thisNode, Zone: "a"}
+	for _, tc := range []struct {
+		name      string
+		node      Node
+		localOnly bool
+		eps       []ep
+		want      []string
+	}{
+		{"zone hints: this zone's endpoints only", here,
+			false, []ep{{"10.0.0.1", zones("a"), true}, {"10.0.0.2", zones("b"), true}, {"10.0.0.3", zones("a", "b"), true}}, []string{"10.0.0.1", "10.0.0.3"}},
+		{"an endpoint without hints: all of them", here,
+			false, []ep{{"10.0.0.1", zones("a"), true}, {"10.0.0.2", nil, true}}, []string{"10.0.0.1", "10.0.0.2"}},
+		{"no endpoint for this zone: all of them", here,
+			false, []ep{{"10.0.0.1", zones("b"), true}, {"10.0.0.2", zones("c"), true}}, []string{"10.0.0.1", "10.0.0.2"}},
+		{"a node without a zone label ignores zone hints", Node{Name: thisNode},
+			false, []ep{{"10.0.0.1", zones(""), true}, {"10.0.0.2", zones("b"), true}}, []string{"10.0.0.1", "10.0.0.2"}},
+		{"only not-ready endpoints carry the missing hints: they do not count", here,
+			false, []ep{{"10.0.0.1", zones("a"), true}, {"10.0.0.2", zones("b"), true}, {"10.0.0.3", nil, false}}, []string{"10.0.0.1"}},
+		{"node hints before zone hints", here,
+			false, []ep{{"10.0.0.1", nodes(zones("a"), "other"), true}, {"10.0.0.2", nodes(zones("a"), thisNode), true}}, []string{"10.0.0.2"}},
+		{"node hints for other nodes only: zone hints", here,
+			false, []ep{{"10.0.0.1", nodes(zones("a"), "other"), true}, {"10.0.0.2", nodes(zones("b"), "another"), true}}, []string{"10.0.0.1"}},
+		{"a local traffic policy ignores hints", here,
+			true, []ep{{"10.0.0.1", zones("b"), true}, {"10.0.0.2", zones("a"), true}}, []string{"10.0.0.1", "10.0.0.2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			slice := &discoveryv1.EndpointSlice{AddressType: discoveryv1.AddressTypeIPv4,
+				Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}}}
+			for _, e := range tc.eps {
+				slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{e.ip}, NodeName: ptr.To(thisNode),
+					Hints: e.hints, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(e.ready)}})
+			}
+			sp := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
+			var got []string
+			for _, d := range destinations(sp, true, []*discoveryv1.EndpointSlice{slice}, tc.node, tc.localOnly, nil) {
+				got = append(got, d.Addr.String())
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("destinations %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
