@@ -111,6 +111,9 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 	// Through c.listen, which tests replace after New.
 	c.hcs = newHealthServers(log, func(addr string) (net.Listener, error) { return c.listen(addr) }, c.health.isHealthy)
 	c.rec.timeouts = configuredTimeouts(cfg)
+	if err := env.RegisterMetrics("proxy", newTrafficCollector(dp.IPVS, c.desired.portsOf, log)); err != nil {
+		return nil, err
+	}
 	c.runner = loop.NewRunner("proxy", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
 	c.changes = loop.NewTracker[types.NamespacedName](func() {
 		c.health.queued()

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"k8s.io/apimachinery/pkg/types"
 
@@ -23,6 +25,10 @@ type desiredState struct {
 	localEndpoints map[netip.Addr]int
 	// restricted holds the load-balancer virtual services with source ranges.
 	restricted map[ipvs.Key]*virtualServer
+	// ports names the Service port of each virtual service, for the traffic
+	// metrics, which read it from the scrape's goroutine.
+	portsMu sync.Mutex
+	ports   map[ipvs.Key]servicePort
 	// programmed counts non-frozen virtual services and their serving destinations.
 	services, endpoints int
 }
@@ -36,6 +42,7 @@ func newDesiredState(log *slog.Logger) *desiredState {
 
 		localEndpoints: map[netip.Addr]int{},
 		restricted:     map[ipvs.Key]*virtualServer{},
+		ports:          map[ipvs.Key]servicePort{},
 	}
 }
 
@@ -77,11 +84,14 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 // Service stays with that Service; the clash is logged.
 func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer) []ipvs.Key {
 	old := d.byService[name]
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
 	oldByKey := make(map[ipvs.Key]*virtualServer, len(old))
 	for _, vs := range old {
 		oldByKey[vs.Key] = vs
 		d.count(vs, -1)
 		delete(d.byKey, vs.Key)
+		delete(d.ports, vs.Key)
 	}
 	var changed []ipvs.Key
 	kept := make([]*virtualServer, 0, len(vss))
@@ -93,6 +103,7 @@ func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer
 			continue
 		}
 		d.byKey[vs.Key] = vs
+		d.ports[vs.Key] = servicePort{Service: name, Port: vs.PortName}
 		d.count(vs, +1)
 		kept = append(kept, vs)
 		if prev, ok := oldByKey[vs.Key]; ok {
@@ -112,6 +123,20 @@ func (d *desiredState) setService(name types.NamespacedName, vss []virtualServer
 		d.byService[name] = kept
 	}
 	return changed
+}
+
+// servicePort is one port of one Service.
+type servicePort struct {
+	Service types.NamespacedName
+	Port    string
+}
+
+// portsOf returns the Service port of each virtual service; safe to call from any
+// goroutine.
+func (d *desiredState) portsOf() map[ipvs.Key]servicePort {
+	d.portsMu.Lock()
+	defer d.portsMu.Unlock()
+	return maps.Clone(d.ports)
 }
 
 func sameVirtualServer(a, b *virtualServer) bool {

@@ -18,6 +18,29 @@ type Fake struct {
 	// applies counts Apply calls.
 	applies  int
 	timeouts Timeouts
+	stats    map[Key]Stats
+}
+
+// SetStats sets the counters Stats reports for a virtual service.
+func (f *Fake) SetStats(k Key, st Stats) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stats == nil {
+		f.stats = map[Key]Stats{}
+	}
+	f.stats[k] = st
+}
+
+// Stats implements Interface: the counters set with SetStats, zero for the other
+// virtual services.
+func (f *Fake) Stats() (map[Key]Stats, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[Key]Stats, len(f.services))
+	for k := range f.services {
+		out[k] = f.stats[k]
+	}
+	return out, nil
 }
 
 type fakeService struct {

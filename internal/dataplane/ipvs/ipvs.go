@@ -132,10 +132,19 @@ type Interface interface {
 	// Apply makes the changes in order, in as few kernel round trips as it can, and
 	// returns one error per change (nil where it succeeded).
 	Apply(changes []Change) []error
+	// Stats reads the traffic counters of every virtual service in the kernel.
+	Stats() (map[Key]Stats, error)
 	// Timeouts reads the connection timeouts of the network namespace's IPVS.
 	Timeouts() (Timeouts, error)
 	// SetTimeouts sets them; a zero field leaves that timeout as it is.
 	SetTimeouts(t Timeouts) error
+}
+
+// Stats are a virtual service's traffic counters since it was created.
+type Stats struct {
+	Connections           uint64
+	PacketsIn, PacketsOut uint64
+	BytesIn, BytesOut     uint64
 }
 
 // Timeouts are IPVS's idle timeouts of the connections it tracks, in whole seconds

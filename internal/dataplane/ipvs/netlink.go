@@ -205,6 +205,65 @@ func (k *Kernel) Services() ([]Service, error) {
 	return out, nil
 }
 
+// Stats implements Interface, in one dump like Services.
+func (k *Kernel) Stats() (map[Key]Stats, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[Key]Stats{}
+	req := nlbatch.Request{Type: k.w.family, Body: []byte{cmdGetService, genlVersion, 0, 0}}
+	err := k.w.sender.Dump(req, func(body []byte) error {
+		if len(body) < 4 {
+			return nil
+		}
+		for typ, attr := range nlbatch.Attrs(body[4:]) {
+			if typ != cmdAttrService {
+				continue
+			}
+			s, ok, err := parseService(attr)
+			if err != nil {
+				return err
+			}
+			if ok {
+				out[s.Key] = parseStats(attr)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reading IPVS counters: %w", err)
+	}
+	return out, nil
+}
+
+// parseStats reads the 64-bit counters nested in a service's attributes.
+func parseStats(svc []byte) Stats {
+	var st Stats
+	for typ, v := range nlbatch.Attrs(svc) {
+		if typ != svcAttrStats64 {
+			continue
+		}
+		for field, c := range nlbatch.Attrs(v) {
+			if len(c) < 8 {
+				continue
+			}
+			n := binary.NativeEndian.Uint64(c)
+			switch field {
+			case statsAttrConns:
+				st.Connections = n
+			case statsAttrInPkts:
+				st.PacketsIn = n
+			case statsAttrOutPkts:
+				st.PacketsOut = n
+			case statsAttrInBytes:
+				st.BytesIn = n
+			case statsAttrOutBytes:
+				st.BytesOut = n
+			}
+		}
+	}
+	return st
+}
+
 // parseService reads a service's attributes; ok is false for a firewall-mark service.
 func parseService(b []byte) (s Service, ok bool, err error) {
 	var af uint16

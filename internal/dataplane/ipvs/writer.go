@@ -33,6 +33,13 @@ const (
 	svcAttrFlags     = 7
 	svcAttrTimeout   = 8
 	svcAttrNetmask   = 9
+	svcAttrStats64   = 12 // nested, every counter a u64 (kernels since 4.1)
+
+	statsAttrConns    = 1
+	statsAttrInPkts   = 2
+	statsAttrOutPkts  = 3
+	statsAttrInBytes  = 4
+	statsAttrOutBytes = 5
 
 	destAttrAddr      = 1
 	destAttrPort      = 2
