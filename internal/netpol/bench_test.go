@@ -117,9 +117,17 @@ func must(b testing.TB, err error) {
 	}
 }
 
+// relabelRemotePod moves one pod of another node between two apps (app-3 and
+// app-7): only peer set members move, no chain.
+func (bc *benchController) relabelRemotePod(b testing.TB, n int) {
+	bc.relabel(b, n, benchLocalPerNS+3)
+}
+
 // relabelPod moves one local pod between two apps (app-3 and app-7) and marks it dirty.
-func (bc *benchController) relabelPod(b testing.TB, n int) {
-	pod := benchPod(n%bc.namespaces, 3)
+func (bc *benchController) relabelPod(b testing.TB, n int) { bc.relabel(b, n, 3) }
+
+func (bc *benchController) relabel(b testing.TB, n, i int) {
+	pod := benchPod(n%bc.namespaces, i)
 	if (n/bc.namespaces)%2 == 0 {
 		pod.Labels["app"] = "app-7"
 	}
@@ -198,6 +206,7 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 		do   func(*benchController, testing.TB, int)
 	}{
 		{"PodLabelChange", (*benchController).relabelPod},
+		{"RemotePodLabelChange", (*benchController).relabelRemotePod},
 		{"PolicyChange", (*benchController).changePolicy},
 	} {
 		for _, namespaces := range []int{benchSmallNamespaces, benchNamespaces} {
