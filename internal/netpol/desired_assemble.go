@@ -153,7 +153,7 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 		d.Chains = append(d.Chains, ap.chains...)
 	}
 	// Policies with the same peers share their sets: each set once.
-	sets := make(map[string]bool, len(d.Sets))
+	sets := make(map[string]bool, cap(d.Sets))
 	for _, c := range policies {
 		d.Chains = append(d.Chains, c.Chains...)
 		for _, s := range c.Sets {
