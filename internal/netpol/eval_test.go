@@ -241,7 +241,3 @@ func tokens(s string) []string {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
-
-func itoa(i int) string { return strconv.Itoa(i) }
-
-func sortStrings(s []string) []string { return slices.Sorted(slices.Values(s)) }
