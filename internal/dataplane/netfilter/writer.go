@@ -28,14 +28,6 @@ type tableChain struct{ table, chain string }
 // apply hash one string, not two.
 type chainsByTable map[string]map[string][]string
 
-func (c chainsByTable) count() int {
-	n := 0
-	for _, chains := range c {
-		n += len(chains)
-	}
-	return n
-}
-
 // Writer is the iptables and IP set Interface of one Owner in one IP family. It
 // remembers what it wrote, so an incremental Apply touches only chains, jumps and
 // set entries that differ. It is used by one goroutine at a time.
@@ -222,11 +214,16 @@ func (w *Writer) applyChains(want *Ruleset, st *Stats) error {
 	for _, table := range w.owner.Tables {
 		buf := iptables.Buffer{Table: table}
 		have := w.chains[table]
+		known := 0 // wanted chains we have: fewer than we have means some are stale
 		for _, c := range want.Chains {
 			if c.Table != table {
 				continue
 			}
-			if rules, ok := have[c.Name]; ok && sameStrings(rules, c.Rules) {
+			rules, ok := have[c.Name]
+			if ok {
+				known++
+			}
+			if ok && sameStrings(rules, c.Rules) {
 				continue
 			}
 			if err := w.owner.checkChain(c); err != nil {
@@ -251,9 +248,9 @@ func (w *Writer) applyChains(want *Ruleset, st *Stats) error {
 				deleted = append(deleted, j)
 			}
 		}
-		// Stale chains are looked for only when we know more chains than are wanted:
-		// no map of every name in most applies.
-		if w.chains.count() > len(want.Chains) {
+		// Stale chains are looked for only when some chain we have is not wanted: no
+		// map of every name in most applies.
+		if known < len(have) {
 			wanted := make(map[tableChain]bool, len(want.Chains))
 			for _, c := range want.Chains {
 				wanted[tableChain{c.Table, c.Name}] = true

@@ -236,3 +236,32 @@ func TestFailedRestoreMakesTheNextApplyReadTheKernel(t *testing.T) {
 		t.Fatalf("after the failed and the good apply:\n%s", ipt.Dump())
 	}
 }
+
+// A chain replaced by another in one apply (a pod gone, another come) is deleted, and
+// with it the last rule naming its set, so the set can be destroyed.
+func TestReplacedChainIsDeletedWithItsSet(t *testing.T) {
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
+	w := NewWriter(testOwner, ipt, sets, slog.Default())
+	chain := func(name, set string) Chain {
+		return Chain{Table: iptables.TableFilter, Name: name, Rules: []string{"-m set --match-set " + set + " src -j RETURN"}}
+	}
+	set := func(name string) ipset.SetEntries {
+		return ipset.SetEntries{Set: ipset.Set{Name: name, Type: ipset.HashIP, Family: ipfamily.IPv4}}
+	}
+	first := &Ruleset{Sets: []ipset.SetEntries{set("kube-router-test")}, Chains: []Chain{chain("KUBE-ROUTER-TP-A", "kube-router-test")}}
+	if _, err := w.Apply(first, true); err != nil {
+		t.Fatal(err)
+	}
+	second := &Ruleset{Sets: []ipset.SetEntries{set("kube-router-test6")}, Chains: []Chain{chain("KUBE-ROUTER-TP-B", "kube-router-test6")}}
+	second.Sets[0].Family = ipfamily.IPv4
+	st, err := w.Apply(second, false)
+	if err != nil {
+		t.Fatalf("%+v: %v", st, err)
+	}
+	if st.ChainsDeleted != 1 || st.SetsDestroyed != 1 {
+		t.Fatalf("%+v; want the old chain deleted and its set destroyed", st)
+	}
+	if d := ipt.Dump(); strings.Contains(d, "KUBE-ROUTER-TP-A") {
+		t.Fatalf("old chain left:\n%s", d)
+	}
+}
