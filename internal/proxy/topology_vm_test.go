@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,7 +47,7 @@ func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
 	}
 
 	dp := testKernelDataplane(t, node.NS)
-	rc := startController(t, cs, node.Name, config.Default().ServiceProxy, dp)
+	startController(t, cs, node.Name, config.Default().ServiceProxy, dp)
 	svc := apiService{name: "web", proto: corev1.ProtocolTCP, port: 80, target: 8080}.create(t, cs, namespace, node, near, far1, far2)
 	slice, err := cs.DiscoveryV1().EndpointSlices(namespace).Get(ctx, "web-ipv4", metav1.GetOptions{})
 	if err != nil {
@@ -102,40 +101,4 @@ func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
 		t.Errorf("replies %v, want 2 from each zone-b endpoint", seen)
 	}
 
-	t.Run("the kernel's counters reach the Service's traffic metrics", func(t *testing.T) {
-		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(newTrafficCollector(dp.IPVS, rc.c.desired.portsOf, rc.c.log))
-		values := map[string]float64{}
-		scrape := func() {
-			families, err := reg.Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, f := range families {
-				for _, m := range f.GetMetric() {
-					name := f.GetName()
-					for _, l := range m.GetLabel() {
-						if l.GetName() == "direction" {
-							name += " " + l.GetValue()
-						}
-					}
-					values[name] = m.GetCounter().GetValue()
-				}
-			}
-		}
-		// The kernel's estimator folds its per-CPU counters into the totals it reports
-		// every 2 s or so, later under emulation: wait for them to move, not for a count.
-		testenv.Eventually(t, "the kernel's counters to move", vmWait, func() bool {
-			scrape()
-			return values["kube_routerd_proxy_service_connections_total"] >= 1
-		})
-		if c := values["kube_routerd_proxy_service_connections_total"]; c > 8 {
-			t.Errorf("connections %v, more than the 8 probes made", c)
-		}
-		for _, name := range []string{"kube_routerd_proxy_service_bytes_total in", "kube_routerd_proxy_service_bytes_total out", "kube_routerd_proxy_service_packets_total in"} {
-			if values[name] == 0 {
-				t.Errorf("%s is 0 after 8 connections: %v", name, values)
-			}
-		}
-	})
 }
