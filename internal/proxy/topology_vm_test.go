@@ -100,5 +100,4 @@ func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
 	if seen[far1.Name] != 2 || seen[far2.Name] != 2 {
 		t.Errorf("replies %v, want 2 from each zone-b endpoint", seen)
 	}
-
 }
