@@ -78,31 +78,20 @@ type Node struct {
 // options are the configured defaults and limits.
 type options struct {
 	Scheduler string
-	// ExternalIPRanges are where a Service's externalIPs may be; others are refused
-	// (none allowed when empty), so a Service author cannot capture any address.
-	ExternalIPRanges []netip.Prefix
-	// LoadBalancerIPRanges, when not empty, are where load-balancer ingress IPs may be.
-	LoadBalancerIPRanges []netip.Prefix
+	// IPRanges are where external and load-balancer IPs may be; the others are
+	// refused, so a Service author cannot capture any address.
+	IPRanges config.ServiceIPRanges
 }
 
 // allows reports whether an address of the given kind may be programmed.
 func (o options) allows(addr netip.Addr, kind Kind) bool {
 	switch kind {
 	case ExternalIP:
-		return inAny(o.ExternalIPRanges, addr)
+		return o.IPRanges.AllowsExternal(addr)
 	case LoadBalancerIP:
-		return len(o.LoadBalancerIPRanges) == 0 || inAny(o.LoadBalancerIPRanges, addr)
+		return o.IPRanges.AllowsLoadBalancer(addr)
 	}
 	return true
-}
-
-func inAny(prefixes []netip.Prefix, addr netip.Addr) bool {
-	for _, p := range prefixes {
-		if p.Contains(addr) {
-			return true
-		}
-	}
-	return false
 }
 
 // refusedAddr is an external or load-balancer IP of a Service outside the configured

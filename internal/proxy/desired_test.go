@@ -11,6 +11,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/kube-routerd/kube-routerd/internal/config"
 )
 
 const thisNode = "node-a"
@@ -18,7 +20,7 @@ const thisNode = "node-a"
 // testOptions allow the external IPs of the tests (203.0.113.0/24) and every
 // load-balancer IP.
 func testOptions() options {
-	return options{Scheduler: "rr", ExternalIPRanges: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}
+	return options{Scheduler: "rr", IPRanges: config.ServiceIPRanges{External: []config.Prefix{{Prefix: netip.MustParsePrefix("203.0.113.0/24")}}}}
 }
 
 func testNode() Node {
@@ -213,7 +215,7 @@ func TestDesiredForService(t *testing.T) {
 				s.Spec.Type = corev1.ServiceTypeLoadBalancer
 				s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}, {IP: "192.0.2.7"}}
 			}),
-			opts:        options{Scheduler: "rr", LoadBalancerIPRanges: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}},
+			opts:        options{Scheduler: "rr", IPRanges: config.ServiceIPRanges{LoadBalancer: []config.Prefix{{Prefix: netip.MustParsePrefix("198.51.100.0/24")}}}},
 			slices:      []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
 			want:        "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.1:8080 w1\nLoadBalancer 198.51.100.7:80/TCP rr -> 10.1.0.1:8080 w1",
 			wantRefused: "192.0.2.7 (LoadBalancer)",

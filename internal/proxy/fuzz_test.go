@@ -29,7 +29,7 @@ func FuzzDesiredForService(f *testing.F) {
 		f.Add(s.scheduler, s.flags, s.weights, s.clusterIP, s.externalIP, s.proto, s.port, s.nodePort)
 	}
 	node := Node{Name: "self", NodePortAddrs: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}}
-	opts := options{Scheduler: "rr", ExternalIPRanges: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+	opts := options{Scheduler: "rr", IPRanges: config.ServiceIPRanges{External: []config.Prefix{{Prefix: netip.MustParsePrefix("192.0.2.0/24")}}}}
 	f.Fuzz(func(t *testing.T, scheduler, flags, weights, clusterIP, externalIP, proto string, port, nodePort int32) {
 		svc := &corev1.Service{
 			ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "svc", Annotations: map[string]string{

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net/netip"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -11,19 +10,7 @@ import (
 
 // desiredOptions are the options the desired state is computed with.
 func desiredOptions(cfg config.ServiceProxy) options {
-	return options{
-		Scheduler:            cfg.Scheduler,
-		ExternalIPRanges:     prefixes(cfg.ExternalIPRanges),
-		LoadBalancerIPRanges: prefixes(cfg.LoadBalancerIPRanges),
-	}
-}
-
-func prefixes(ps []config.Prefix) []netip.Prefix {
-	out := make([]netip.Prefix, len(ps))
-	for i, p := range ps {
-		out[i] = p.Prefix
-	}
-	return out
+	return options{Scheduler: cfg.Scheduler, IPRanges: cfg.IPRanges()}
 }
 
 // noteRefused records the addresses a Service was refused (nil: none, or the Service
