@@ -48,9 +48,12 @@ func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 }
 
 // NewInformerFactory returns the shared informer factory every controller registers
-// its informers on, so each object kind is watched once per daemon.
+// its informers on, so each object kind is watched once per daemon. Its caches hold
+// objects stripped to the fields the controllers read (StripForCache). client-go
+// lists through a streaming watch (WatchListClient, on by default) where the API
+// server supports it, so start-up does not hold a whole page list in memory.
 func NewInformerFactory(cs kubernetes.Interface, resync time.Duration) informers.SharedInformerFactory {
-	return informers.NewSharedInformerFactory(cs, resync)
+	return informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(StripForCache))
 }
 
 // NodeName returns the configured node name, else the host name.

@@ -37,19 +37,26 @@ type syncHarness struct {
 // on 10.0.0.0/24, with node "b" (10.0.0.2) beside it and c (10.0.1.3) in another subnet.
 func newSyncHarness(t *testing.T, cfg config.Routing) *syncHarness {
 	t.Helper()
-	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
-	log, buf := captureLog()
-	h := &syncHarness{t: t, factory: factory, speaker: newFakeSpeaker(),
-		kernel: route.NewFake(netip.MustParsePrefix("10.0.0.0/24")), log: buf}
-	c, err := New(daemon.Env{Informers: factory, NodeName: "a", Log: log}, cfg, Dataplane{Routes: h.kernel, startSpeaker: h.speaker.start})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.c = c
+	h := &syncHarness{t: t, speaker: newFakeSpeaker(), kernel: route.NewFake(netip.MustParsePrefix("10.0.0.0/24"))}
+	h.factory, h.c = newController(t, cfg, "a", h)
 	h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, nil))
 	h.store(node("b", "10.0.0.2", []string{"10.244.2.0/24"}, nil))
 	h.store(node("c", "10.0.1.3", []string{"10.244.3.0/24"}, nil))
 	return h
+}
+
+// newController builds a controller for node over h's fake speaker and kernel, and
+// points h.log at its log.
+func newController(t *testing.T, cfg config.Routing, node string, h *syncHarness) (informers.SharedInformerFactory, *Controller) {
+	t.Helper()
+	factory := informers.NewSharedInformerFactory(fake.NewClientset(), 0)
+	log, buf := captureLog()
+	h.log = buf
+	c, err := New(daemon.Env{Informers: factory, NodeName: node, Log: log}, cfg, Dataplane{Routes: h.kernel, startSpeaker: h.speaker.start})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return factory, c
 }
 
 // indexer returns obj's informer store and what its events change.

@@ -143,7 +143,9 @@ func startControlPlane() (*rest.Config, error) {
 	// and fails to start where there is none (for example inside a network namespace).
 	env.ControlPlane.GetAPIServer().Configure().
 		Set("advertise-address", "127.0.0.1").
-		Set("endpoint-reconciler-type", "none")
+		Set("endpoint-reconciler-type", "none").
+		// Room for the benchmarks' 10,000 Services (envtest's default is a /24).
+		Set("service-cluster-ip-range", "10.96.0.0/16")
 	start := time.Now()
 	cfg, err := env.Start()
 	if err != nil {

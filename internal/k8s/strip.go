@@ -1,0 +1,174 @@
+package k8s
+
+import (
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// The informer caches hold one copy of every Pod, Node, Service, EndpointSlice,
+// Namespace and NetworkPolicy of the cluster: at 150,000 pods the whole objects
+// (container specs, statuses, managed fields) cost several hundred MiB. StripForCache
+// keeps only the fields some controller reads, so the cache grows with the number of
+// objects, not with what users and kubelet write into them.
+//
+// A field a controller starts reading must be kept here too; the
+// stripped-versus-whole tests of each controller fail otherwise.
+
+// Annotation keys kept on cached objects. Everything else (kubectl's
+// last-applied-configuration above all) is dropped.
+const (
+	kubeRouterAnnotationPrefix = "kube-router.io/"
+	// sourceRangesAnnotation is the older form of spec.loadBalancerSourceRanges.
+	sourceRangesAnnotation = "service.beta.kubernetes.io/load-balancer-source-ranges"
+	// betaIsolationAnnotation selects the beta namespace-isolation semantics.
+	betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
+)
+
+// StripForCache is the informers' transform: it returns a smaller copy of a Pod, Node,
+// Service, EndpointSlice, Namespace or NetworkPolicy and any other object unchanged.
+// It is idempotent, as client-go requires of a transform.
+func StripForCache(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Pod:
+		return stripPod(o), nil
+	case *corev1.Node:
+		return stripNode(o), nil
+	case *corev1.Service:
+		return stripService(o), nil
+	case *discoveryv1.EndpointSlice:
+		return stripEndpointSlice(o), nil
+	case *corev1.Namespace:
+		return &corev1.Namespace{
+			ObjectMeta: stripMeta(o.ObjectMeta, func(k string) bool { return k == betaIsolationAnnotation }),
+		}, nil
+	case *networkingv1.NetworkPolicy:
+		return &networkingv1.NetworkPolicy{ObjectMeta: stripMeta(o.ObjectMeta, nil), Spec: o.Spec}, nil
+	}
+	return obj, nil
+}
+
+// stripMeta keeps identity, labels (selectors read them), deletion state and the
+// annotations keep accepts. Owner references, finalizers and managed fields go.
+func stripMeta(m metav1.ObjectMeta, keep func(annotation string) bool) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{
+		Name:              m.Name,
+		Namespace:         m.Namespace,
+		UID:               m.UID,
+		ResourceVersion:   m.ResourceVersion,
+		Generation:        m.Generation,
+		Labels:            m.Labels,
+		DeletionTimestamp: m.DeletionTimestamp,
+	}
+	if keep == nil {
+		return out
+	}
+	for k, v := range m.Annotations {
+		if keep(k) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out
+}
+
+func isKubeRouterAnnotation(k string) bool { return strings.HasPrefix(k, kubeRouterAnnotationPrefix) }
+
+// stripPod keeps what network policy reads: placement, addresses, phase and the
+// named ports of containers and sidecars (restartable init containers).
+func stripPod(p *corev1.Pod) *corev1.Pod {
+	out := &corev1.Pod{
+		ObjectMeta: stripMeta(p.ObjectMeta, nil),
+		Spec: corev1.PodSpec{
+			NodeName:    p.Spec.NodeName,
+			HostNetwork: p.Spec.HostNetwork,
+		},
+		Status: corev1.PodStatus{
+			Phase:   p.Status.Phase,
+			PodIP:   p.Status.PodIP,
+			PodIPs:  p.Status.PodIPs,
+			HostIP:  p.Status.HostIP,
+			HostIPs: p.Status.HostIPs,
+		},
+	}
+	out.Spec.Containers = portsOnly(p.Spec.Containers, false)
+	out.Spec.InitContainers = portsOnly(p.Spec.InitContainers, true)
+	return out
+}
+
+// portsOnly keeps each container's name and named ports; of init containers only
+// sidecars, which serve ports like regular containers.
+func portsOnly(cs []corev1.Container, sidecarsOnly bool) []corev1.Container {
+	var out []corev1.Container
+	for _, c := range cs {
+		sidecar := c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		if sidecarsOnly && !sidecar {
+			continue
+		}
+		kept := corev1.Container{Name: c.Name, RestartPolicy: c.RestartPolicy}
+		for _, port := range c.Ports {
+			if port.Name != "" {
+				kept.Ports = append(kept.Ports, port)
+			}
+		}
+		out = append(out, kept)
+	}
+	return out
+}
+
+// stripNode keeps addresses, pod CIDRs, taints and kube-router's annotations; the
+// node's images, conditions, capacity and system info go.
+func stripNode(n *corev1.Node) *corev1.Node {
+	return &corev1.Node{
+		ObjectMeta: stripMeta(n.ObjectMeta, isKubeRouterAnnotation),
+		Spec: corev1.NodeSpec{
+			PodCIDR:       n.Spec.PodCIDR,
+			PodCIDRs:      n.Spec.PodCIDRs,
+			Taints:        n.Spec.Taints,
+			Unschedulable: n.Spec.Unschedulable,
+		},
+		Status: corev1.NodeStatus{Addresses: n.Status.Addresses},
+	}
+}
+
+// stripService keeps the whole spec (the proxy reads most of it) and the load
+// balancer's ingress addresses.
+func stripService(s *corev1.Service) *corev1.Service {
+	return &corev1.Service{
+		ObjectMeta: stripMeta(s.ObjectMeta, func(k string) bool {
+			return isKubeRouterAnnotation(k) || k == sourceRangesAnnotation
+		}),
+		Spec:   s.Spec,
+		Status: corev1.ServiceStatus{LoadBalancer: s.Status.LoadBalancer},
+	}
+}
+
+// stripEndpointSlice keeps addresses, conditions, placement and hints of each
+// endpoint, and of its target only the name (the weights annotation names pods).
+func stripEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	out := &discoveryv1.EndpointSlice{
+		ObjectMeta:  stripMeta(s.ObjectMeta, nil),
+		AddressType: s.AddressType,
+		Ports:       s.Ports,
+		Endpoints:   make([]discoveryv1.Endpoint, len(s.Endpoints)),
+	}
+	for i, ep := range s.Endpoints {
+		kept := discoveryv1.Endpoint{
+			Addresses:  ep.Addresses,
+			Conditions: ep.Conditions,
+			NodeName:   ep.NodeName,
+			Zone:       ep.Zone,
+			Hints:      ep.Hints,
+		}
+		if ep.TargetRef != nil {
+			kept.TargetRef = &corev1.ObjectReference{Kind: ep.TargetRef.Kind, Name: ep.TargetRef.Name}
+		}
+		out.Endpoints[i] = kept
+	}
+	return out
+}
