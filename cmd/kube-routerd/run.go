@@ -29,7 +29,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	registry := daemon.NewRegistry()
 	env := daemon.Env{
 		Client:    client,
-		Informers: k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration),
+		Informers: k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration, k8s.NewAPIMetrics(registry)),
 		NodeName:  nodeName,
 		Registry:  registry,
 		Log:       slog.Default(),

@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
@@ -52,8 +53,13 @@ func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 // objects stripped to the fields the controllers read (StripForCache). client-go
 // lists through a streaming watch (WatchListClient, on by default) where the API
 // server supports it, so start-up does not hold a whole page list in memory.
-func NewInformerFactory(cs kubernetes.Interface, resync time.Duration) informers.SharedInformerFactory {
-	return informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(StripForCache))
+// Objects received are counted in m when it is not nil.
+func NewInformerFactory(cs kubernetes.Interface, resync time.Duration, m *APIMetrics) informers.SharedInformerFactory {
+	transform := cache.TransformFunc(StripForCache)
+	if m != nil {
+		transform = m.CountingTransform(transform)
+	}
+	return informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(transform))
 }
 
 // NodeName returns the configured node name, else the host name.

@@ -55,7 +55,7 @@ const readyTimeout = 90 * time.Second
 // daemon is kube-routerd on a namespaced node of this machine, as systemd runs it.
 type daemon struct{ *netns.Daemon }
 
-func setupDaemon(t *testing.T, node *netns.Node, rc *rest.Config, extraConfig string) *daemon {
+func setupDaemon(t testing.TB, node *netns.Node, rc *rest.Config, extraConfig string) *daemon {
 	t.Helper()
 	bin, err := buildDaemon()
 	if err != nil {
@@ -88,7 +88,7 @@ level = "debug"
 
 // ourState is what kube-routerd programs in a node namespace, with packet counters
 // removed so two snapshots compare equal when nothing changed.
-func ourState(t *testing.T, n *netns.Node) string {
+func ourState(t testing.TB, n *netns.Node) string {
 	t.Helper()
 	var b strings.Builder
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
@@ -108,7 +108,7 @@ func ourState(t *testing.T, n *netns.Node) string {
 }
 
 // ourRoutes lists the kernel routes kube-routerd installed (its protocol id).
-func ourRoutes(t *testing.T, n *netns.Node) string {
+func ourRoutes(t testing.TB, n *netns.Node) string {
 	t.Helper()
 	var b strings.Builder
 	for _, l := range strings.Split(n.Run(t, "ip", "-4", "route", "show"), "\n") {

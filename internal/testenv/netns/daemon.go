@@ -154,6 +154,9 @@ func (d *Daemon) Stop() {
 	}
 }
 
+// PID is the running daemon's process id (nsenter execs it in place).
+func (d *Daemon) PID() int { return d.proc.Pid }
+
 // Kill ends the daemon with SIGKILL, as a crash or the OOM killer would.
 func (d *Daemon) Kill() {
 	d.t.Helper()

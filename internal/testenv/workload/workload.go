@@ -322,7 +322,7 @@ func (s Size) Service(i int) *corev1.Service {
 	cluster := corev1.ServiceInternalTrafficPolicyCluster
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: name, Namespace: ns, CreationTimestamp: created,
+			Name: name, Namespace: ns, CreationTimestamp: created, UID: types.UID(fmt.Sprintf("5e7c2e4a-0000-4000-8000-%012d", i)),
 			Labels: map[string]string{"app": s.App(i), "app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "web-1.4.2"},
 			Annotations: map[string]string{
 				"meta.helm.sh/release-name": name, "meta.helm.sh/release-namespace": ns,

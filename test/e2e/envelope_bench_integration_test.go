@@ -1,0 +1,472 @@
+//go:build integration
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
+)
+
+// envelopeScale is the fraction of Kubernetes' scalability envelope (5,000 nodes,
+// 150,000 pods, 10,000 Services, 100,000 endpoints, 1,000 policies) that
+// BenchmarkNodeInTheEnvelope loads: KUBEROUTERD_ENVELOPE_SCALE, default 0.1.
+func envelopeScale(b *testing.B) float64 {
+	s := os.Getenv("KUBEROUTERD_ENVELOPE_SCALE")
+	if s == "" {
+		return 0.1
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f <= 0 || f > 1 {
+		b.Fatalf("KUBEROUTERD_ENVELOPE_SCALE=%q: want a fraction in (0, 1]", s)
+	}
+	return f
+}
+
+// BenchmarkNodeInTheEnvelope runs the real kube-routerd (network policy, routing
+// and pod network; this kernel has no IPVS) for node 0 of a cluster loaded into the
+// real API server with realistic objects (internal/testenv/workload), and reports
+// what the daemon costs there: start-up to READY, peak and steady RSS, CPU at
+// start-up and when idle, a pod-label and a policy change to the kernel, the watch
+// events and API requests it receives under a churn of 100 pod changes/s, and
+// how a burst (thousands of pod changes, then a namespace of pods deleted at once)
+// coalesces into syncs. After the burst a restart must find the kernel exactly as
+// a fresh start computes it: no change was lost.
+func BenchmarkNodeInTheEnvelope(b *testing.B) {
+	size := workload.Envelope.Scale(envelopeScale(b))
+	rc, cs := testenv.APIServer(b)
+	loadStart := time.Now()
+	loadCluster(b, rc, size)
+	b.Logf("loaded %s in %s", size, time.Since(loadStart).Round(time.Second))
+
+	node := netns.NewNode(b, netns.NodeOptions{Name: workload.NodeName(0), PodCIDRv4: workload.PodCIDR(0)})
+	d := setupDaemon(b, node, rc, "node_mesh = false\n")
+	metrics := newMetricsClient(node)
+	b.ResetTimer()
+	ready := d.StartReady(10 * time.Minute)
+	b.StopTimer()
+	pid := d.PID()
+	startCPU := procCPU(b, pid)
+	readyRSS := procMemMiB(b, pid, "VmRSS")
+	idleFrom := procCPU(b, pid)
+	const idleWindow = 20 * time.Second
+	time.Sleep(idleWindow)
+	idle := procCPU(b, pid) - idleFrom
+
+	podLabel := medianLatency(b, metrics, 5, func(n int) string {
+		relabelPeer(b, cs, size, n)
+		return "kube_routerd_netpol_ipset_entries"
+	})
+	policy := medianLatency(b, metrics, 5, func(n int) string {
+		addPolicyPort(b, cs, size, n)
+		return "kube_routerd_netpol_iptables_rules"
+	})
+
+	events, requests, syncs := churn(b, cs, metrics, size)
+	burstSyncs, burstChanges, deleted, burstHWM := burst(b, cs, metrics, size, pid)
+
+	peakRSS := procMemMiB(b, pid, "VmHWM")
+	before := ourFullState(b, node)
+	d.Stop()
+	d.StartReady(10 * time.Minute)
+	if after := ourFullState(b, node); after != before {
+		b.Errorf("a restart after the burst found another kernel state: a change was lost\n%s", diffLines(before, after))
+	}
+
+	b.ReportMetric(float64(size.Pods), "pods")
+	b.ReportMetric(float64(size.Nodes), "nodes")
+	b.ReportMetric(float64(size.Services), "services")
+	b.ReportMetric(ready.Seconds(), "ready-s")
+	b.ReportMetric(startCPU.Seconds(), "startup-cpu-s")
+	b.ReportMetric(readyRSS, "ready-rss-MiB")
+	b.ReportMetric(peakRSS, "peak-rss-MiB")
+	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")
+	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
+	b.ReportMetric(podLabel, "pod-label-ms")
+	b.ReportMetric(policy, "policy-ms")
+	b.ReportMetric(events, "churn-watch-events/min")
+	b.ReportMetric(requests, "churn-api-requests/min")
+	b.ReportMetric(syncs, "churn-syncs/min")
+	b.ReportMetric(float64(burstChanges), "burst-changes")
+	b.ReportMetric(float64(deleted), "burst-deleted-pods")
+	b.ReportMetric(float64(burstSyncs), "burst-syncs")
+}
+
+// loadCluster creates size's Namespaces, Nodes, Pods (with their status),
+// Services, EndpointSlices and NetworkPolicies, many at a time.
+func loadCluster(b *testing.B, rc *rest.Config, size workload.Size) {
+	fast := rest.CopyConfig(rc)
+	fast.QPS, fast.Burst = -1, 0
+	fast.ContentType = "application/vnd.kubernetes.protobuf"
+	cs := kubernetes.NewForConfigOrDie(fast)
+	ctx := context.Background()
+	create := metav1.CreateOptions{}
+	parallel(b, size.Namespaces, func(i int) error {
+		_, err := cs.CoreV1().Namespaces().Create(ctx, size.Namespace(i), create)
+		return err
+	})
+	parallel(b, size.Nodes, func(i int) error {
+		n := size.Node(i)
+		if _, err := cs.CoreV1().Nodes().Create(ctx, n, create); err != nil {
+			return err
+		}
+		_, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	})
+	parallel(b, size.Pods, func(i int) error {
+		p := size.Pod(i)
+		created, err := cs.CoreV1().Pods(p.Namespace).Create(ctx, p, create)
+		if err != nil {
+			return err
+		}
+		created.Status = p.Status
+		_, err = cs.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		return err
+	})
+	parallel(b, size.Services, func(i int) error {
+		s := size.Service(i)
+		if _, err := cs.CoreV1().Services(s.Namespace).Create(ctx, s, create); err != nil {
+			return err
+		}
+		for _, slice := range size.EndpointSlices(i) {
+			if _, err := cs.DiscoveryV1().EndpointSlices(slice.Namespace).Create(ctx, slice, create); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	parallel(b, size.Policies, func(i int) error {
+		p := size.NetworkPolicy(i)
+		_, err := cs.NetworkingV1().NetworkPolicies(p.Namespace).Create(ctx, p, create)
+		return err
+	})
+}
+
+// parallel runs fn(0..n-1) on 32 workers and fails b on the first error.
+func parallel(b testing.TB, n int, fn func(i int) error) {
+	b.Helper()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || firstErr.Load() != nil {
+					return
+				}
+				if err := fn(i); err != nil {
+					firstErr.CompareAndSwap(nil, fmt.Errorf("object %d: %w", i, err))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err, _ := firstErr.Load().(error); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// metricsClient scrapes the daemon's /metrics inside its node's namespace.
+type metricsClient struct {
+	http *http.Client
+}
+
+func newMetricsClient(node *netns.Node) *metricsClient {
+	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
+		err = node.Do(func() error {
+			var d net.Dialer
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return &metricsClient{http: &http.Client{Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: dial, DisableKeepAlives: false, MaxIdleConns: 1}}}
+}
+
+// values reads every sample of the daemon's metrics, keyed by name and labels as
+// exposed ("name{labels}").
+func (m *metricsClient) values(b testing.TB) map[string]float64 {
+	b.Helper()
+	resp, err := m.http.Get("http://127.0.0.1:20245/metrics")
+	if err != nil {
+		b.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// sum adds the samples of metric (over all labels) whose labels contain filter.
+func sum(values map[string]float64, metric, filter string) float64 {
+	var total float64
+	for k, v := range values {
+		if (k == metric || strings.HasPrefix(k, metric+"{")) && strings.Contains(k, filter) {
+			total += v
+		}
+	}
+	return total
+}
+
+const netpolSynced = `kube_routerd_last_successful_sync_timestamp_seconds{controller="netpol"}`
+
+// medianLatency makes n changes one at a time, each moving the returned gauge of
+// the daemon's metrics. A change's latency runs from its API write to the end of
+// the network policy sync that moved the gauge (that sync's timestamp).
+func medianLatency(b *testing.B, m *metricsClient, n int, change func(n int) (gauge string)) float64 {
+	var ms []float64
+	for i := range n {
+		before := m.values(b)
+		written := time.Now()
+		gauge := change(i)
+		deadline := time.Now().Add(time.Minute)
+		for {
+			v := m.values(b)
+			if sum(v, gauge, "") != sum(before, gauge, "") {
+				ms = append(ms, 1000*v[netpolSynced]-float64(written.UnixMicro())/1000)
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("change %d: %s stayed at %v", i, gauge, sum(v, gauge, ""))
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	slices.Sort(ms)
+	return ms[len(ms)/2]
+}
+
+// peerToRelabel is a backend pod on another node in the namespace of policy 0,
+// which selects node 0's pods: turning it frontend adds it to that policy's peer set.
+func peerToRelabel(size workload.Size) int {
+	for i := size.Namespaces; i < size.Pods; i += size.Namespaces {
+		if i%3 == 1 && size.PodNode(i) != 0 {
+			return i
+		}
+	}
+	panic("no remote backend pod in the first namespace")
+}
+
+// relabelPeer moves the peer pod between backend (even n: to frontend) and back.
+func relabelPeer(b testing.TB, cs kubernetes.Interface, size workload.Size, n int) {
+	b.Helper()
+	i := peerToRelabel(size)
+	tier := map[bool]string{true: "frontend", false: "backend"}[n%2 == 0]
+	patch := fmt.Sprintf(`{"metadata":{"labels":{"tier":%q}}}`, tier)
+	if _, err := cs.CoreV1().Pods(size.PodNamespace(i)).Patch(context.Background(), workload.PodName(i),
+		types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// addPolicyPort gives policy 0 one more ingress port.
+func addPolicyPort(b testing.TB, cs kubernetes.Interface, size workload.Size, n int) {
+	b.Helper()
+	p := size.NetworkPolicy(0)
+	ctx := context.Background()
+	cur, err := cs.NetworkingV1().NetworkPolicies(p.Namespace).Get(ctx, p.Name, metav1.GetOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	tcp, port := corev1.ProtocolTCP, intstr.FromInt32(int32(20000+n))
+	cur.Spec.Ingress[0].Ports = append(cur.Spec.Ingress[0].Ports, networkingv1.NetworkPolicyPort{Protocol: &tcp, Port: &port})
+	if _, err := cs.NetworkingV1().NetworkPolicies(p.Namespace).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// churn changes a label of 100 pods a second for churnWindow and returns, per
+// minute, the objects the daemon received, the API requests it made and its
+// network policy syncs.
+func churn(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workload.Size) (events, requests, syncs float64) {
+	const churnWindow, perSecond = 30 * time.Second, 100
+	before := m.values(b)
+	ctx, cancel := context.WithTimeout(context.Background(), churnWindow)
+	defer cancel()
+	var wg sync.WaitGroup
+	var n atomic.Int64
+	// Several writers: one API call may take longer than the interval between changes.
+	const writers = 10
+	for range writers {
+		every(ctx, &wg, perSecond/writers, func(stepCtx context.Context) {
+			k := n.Add(1)
+			i := int(k*7919) % size.Pods
+			patch := fmt.Sprintf(`{"metadata":{"labels":{"version":"v%d"}}}`, k)
+			_, _ = cs.CoreV1().Pods(size.PodNamespace(i)).Patch(stepCtx, workload.PodName(i), types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+		})
+	}
+	wg.Wait()
+	time.Sleep(2 * time.Second)
+	after := m.values(b)
+	perMinute := func(metric, filter string) float64 {
+		return (sum(after, metric, filter) - sum(before, metric, filter)) * float64(time.Minute) / float64(churnWindow)
+	}
+	b.Logf("churn: %d pod changes in %s", n.Load(), churnWindow)
+	return perMinute("kube_routerd_api_objects_received_total", ""), perMinute("kube_routerd_api_requests_total", ""),
+		perMinute("kube_routerd_sync_duration_seconds_count", `controller="netpol"`)
+}
+
+// burst makes burstChanges pod label changes as fast as the API server takes
+// them, then creates a namespace of burstPods pods and deletes them all at once,
+// and returns the network policy syncs this took, the changes, the pods deleted
+// and the daemon's peak RSS after it. It waits until the daemon is idle again.
+func burst(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workload.Size, pid int) (syncs, changes, deleted int, peakMiB float64) {
+	changes, deleted = min(20000, size.Pods), max(100, size.Pods/30)
+	ctx := context.Background()
+	ns := "burst"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	// The namespace's pods run on node 0 and elsewhere, and a policy selects them.
+	parallel(b, deleted, func(i int) error {
+		p := size.Pod(i)
+		p.Namespace, p.ResourceVersion = ns, ""
+		created, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		created.Status = p.Status
+		_, err = cs.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{})
+		return err
+	})
+	pol := size.NetworkPolicy(0)
+	pol.Namespace = ns
+	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, pol, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	waitIdle(b, m)
+	before := sum(m.values(b), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`)
+	parallel(b, changes, func(n int) error {
+		i := (n * 7919) % size.Pods
+		patch := fmt.Sprintf(`{"metadata":{"labels":{"tier":%q}}}`, []string{"frontend", "backend", "data"}[(i+n)%3])
+		_, err := cs.CoreV1().Pods(size.PodNamespace(i)).Patch(ctx, workload.PodName(i), types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{})
+		return err
+	})
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	waitIdle(b, m)
+	return int(sum(m.values(b), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`) - before), changes, deleted,
+		procMemMiB(b, pid, "VmHWM")
+}
+
+// waitIdle waits until the network policy controller has not synced for two seconds.
+func waitIdle(b testing.TB, m *metricsClient) {
+	b.Helper()
+	deadline := time.Now().Add(5 * time.Minute)
+	for time.Now().Before(deadline) {
+		if time.Since(time.UnixMicro(int64(m.values(b)[netpolSynced]*1e6))) > 2*time.Second {
+			return
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	b.Fatal("the network policy controller did not go idle within 5 minutes")
+}
+
+// ourFullState is our chains and our sets with their members, without counters.
+func ourFullState(b testing.TB, n *netns.Node) string {
+	b.Helper()
+	var out []string
+	for _, l := range strings.Split(n.Run(b, "ipset", "save"), "\n") {
+		if strings.Contains(strings.ToLower(l), "kube-router") {
+			out = append(out, l)
+		}
+	}
+	slices.Sort(out)
+	return ourState(b, n) + strings.Join(out, "\n")
+}
+
+// diffLines lists the lines only one of a and b has (at most 40).
+func diffLines(a, b string) string {
+	inA, inB := map[string]bool{}, map[string]bool{}
+	for _, l := range strings.Split(a, "\n") {
+		inA[l] = true
+	}
+	for _, l := range strings.Split(b, "\n") {
+		inB[l] = true
+	}
+	var out []string
+	for l := range inA {
+		if !inB[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for l := range inB {
+		if !inA[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out[:min(len(out), 40)], "\n")
+}
+
+// procCPU is the user+system CPU time process pid has used.
+func procCPU(b testing.TB, pid int) time.Duration {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name (which may hold spaces): state is field 3,
+	// utime and stime are fields 14 and 15, in clock ticks (100 a second on Linux).
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// procMemMiB reads a memory field (VmRSS, VmHWM) of process pid.
+func procMemMiB(b testing.TB, pid int, field string) float64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, field+":") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return float64(kb) / 1024
+		}
+	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
