@@ -19,7 +19,8 @@ type APIMetrics struct {
 }
 
 // NewAPIMetrics registers the counters on reg and makes client-go's REST clients
-// (process-wide) count their requests in them.
+// count their requests in them. client-go takes only the first such hook of a
+// process; the daemon's main sets it before any other package could.
 func NewAPIMetrics(reg prometheus.Registerer) *APIMetrics {
 	m := &APIMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

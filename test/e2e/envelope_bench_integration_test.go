@@ -69,6 +69,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.StopTimer()
 	pid := d.PID()
 	startCPU := procCPU(b, pid)
+	startRequests := sum(metrics.values(b), "kube_routerd_api_requests_total", "")
 	readyRSS := procMemMiB(b, pid, "VmRSS")
 	idleFrom := procCPU(b, pid)
 	const idleWindow = 20 * time.Second
@@ -100,6 +101,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(float64(size.Services), "services")
 	b.ReportMetric(ready.Seconds(), "ready-s")
 	b.ReportMetric(startCPU.Seconds(), "startup-cpu-s")
+	b.ReportMetric(startRequests, "startup-api-requests")
 	b.ReportMetric(readyRSS, "ready-rss-MiB")
 	b.ReportMetric(peakRSS, "peak-rss-MiB")
 	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")

@@ -1,0 +1,144 @@
+//go:build integration
+
+package k8s
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// requestLog records the method and URL of every request a client makes.
+type requestLog struct {
+	mu   sync.Mutex
+	urls []string
+}
+
+func (l *requestLog) RoundTrip(next http.RoundTripper) http.RoundTripper {
+	return roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		l.mu.Lock()
+		l.urls = append(l.urls, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
+		l.mu.Unlock()
+		return next.RoundTrip(r)
+	})
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestInformersStreamTheirListAndCacheStrippedPods starts the daemon's Pod informer
+// against the real API server: its initial list must come as a stream of watch
+// events (no paged LIST request held in memory at once), every object received is
+// counted, and the cache holds the stripped form.
+func TestInformersStreamTheirListAndCacheStrippedPods(t *testing.T) {
+	rc, cs := testenv.APIServer(t)
+	ctx := context.Background()
+	ns := testenv.UniqueName("stripped")
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	size := workload.Size{Nodes: 2, Pods: 3, Namespaces: 1, Services: 1}
+	for i := range size.Pods {
+		p := size.Pod(i)
+		p.Namespace = ns
+		created, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		created.Status = p.Status
+		if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var log requestLog
+	logged := rest.CopyConfig(rc)
+	logged.Wrap(log.RoundTrip)
+	client := kubernetes.NewForConfigOrDie(logged)
+	reg := prometheus.NewRegistry()
+	metrics := NewAPIMetrics(reg)
+	factory := NewInformerFactory(client, 0, metrics)
+	pods := factory.Core().V1().Pods()
+	pods.Informer()
+	stop := make(chan struct{})
+	defer close(stop)
+	factory.Start(stop)
+	for typ, ok := range factory.WaitForCacheSync(stop) {
+		if !ok {
+			t.Fatalf("%v did not sync", typ)
+		}
+	}
+
+	log.mu.Lock()
+	var lists, streams []string
+	for _, u := range log.urls {
+		if !strings.HasPrefix(u, "GET /api/v1/pods?") {
+			continue
+		}
+		switch {
+		case strings.Contains(u, "sendInitialEvents=true") && strings.Contains(u, "watch=true"):
+			streams = append(streams, u)
+		case !strings.Contains(u, "watch=true"):
+			lists = append(lists, u)
+		}
+	}
+	log.mu.Unlock()
+	if len(streams) == 0 || len(lists) != 0 {
+		t.Errorf("want the initial list as a watch stream and no LIST; got streams %q, lists %q", streams, lists)
+	}
+
+	got, err := pods.Lister().Pods(ns).Get(workload.PodName(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.ManagedFields) != 0 || len(got.Annotations) != 0 || len(got.OwnerReferences) != 0 ||
+		len(got.Spec.Containers[0].Env) != 0 || got.Spec.Volumes != nil || got.Status.ContainerStatuses != nil {
+		t.Errorf("cached pod is not stripped: %+v", got)
+	}
+	if got.Status.PodIP != size.PodIP(1).String() || got.Labels["app"] != size.App(1) || got.Spec.NodeName != workload.NodeName(1) {
+		t.Errorf("cached pod lost what network policy reads: %+v", got)
+	}
+	if n := counted(t, reg, "kube_routerd_api_objects_received_total", "v1.Pod"); n < float64(size.Pods) {
+		t.Errorf("counted %v pods received, want at least %d", n, size.Pods)
+	}
+	// Requests are counted through client-go's process-wide hook, which the first
+	// registration takes; in this test process envtest's controller-runtime took it.
+	// The daemon registers first (BenchmarkNodeInTheEnvelope reports its requests).
+}
+
+// counted sums the samples of a counter that have a label of the given value.
+func counted(t *testing.T, reg *prometheus.Registry, name, labelValue string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == labelValue {
+					total += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return total
+}
