@@ -40,8 +40,10 @@ type Controller struct {
 	// changed (selectors and the beta annotation read them) or the last apply failed.
 	changes *loop.Tracker[changed]
 
-	// Owned by the sync loop.
-	idx *index
+	// modelMu is held by a sync while it changes the index, the compiled policies and
+	// the assemblers, and by Explain while it reads them.
+	modelMu sync.Mutex
+	idx     *index
 	// lastCompile and lastApply split the last successful sync's time between
 	// compiling (index, policies, assembly) and writing the kernel.
 	lastCompile, lastApply time.Duration
@@ -128,6 +130,8 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 // sync recompiles what changed and applies it. A full sync (first, periodic, after an
 // error, or after a namespace changed) recompiles every policy and rewrites every chain.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+	c.modelMu.Lock()
+	defer c.modelMu.Unlock()
 	dirty, all := c.changes.Take()
 	compileStart := time.Now()
 	var applyTime time.Duration

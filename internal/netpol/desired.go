@@ -67,6 +67,8 @@ type compiledPolicy struct {
 	// Problems describe parts of the policy that could not be compiled; those parts
 	// match nothing.
 	Problems []string
+	// SetMeaning says what each of Sets holds, in words, for explain.
+	SetMeaning map[string]string
 }
 
 // Desired is the whole state the controller wants in the kernel for one family.
