@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -46,6 +47,13 @@ func (f *fakeController) Run(ctx context.Context, hb *Heartbeat) error {
 }
 
 func (f *fakeController) Details() any { return map[string]int{"things": 3} }
+
+// Handlers serves an endpoint of the controller's own on the health listener.
+func (f *fakeController) Handlers() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{"GET /explain": func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s explains %s", f.name, r.URL.Query().Get("src"))
+	}}
+}
 
 // notifySocket is a real unixgram NOTIFY_SOCKET, as systemd provides it.
 type notifySocket struct {
@@ -206,6 +214,9 @@ func TestHealthReadyAndStatusEndpoints(t *testing.T) {
 	}
 	if got := get(t, base+"/readyz/proxy"); got != "[proxy] ok\n" {
 		t.Errorf("/readyz/proxy = %q", got)
+	}
+	if got := get(t, base+"/explain?src=a/b"); got != "proxy explains a/b" {
+		t.Errorf("/explain = %q", got)
 	}
 	var rep StatusReport
 	if err := json.Unmarshal([]byte(get(t, base+"/status")), &rep); err != nil {

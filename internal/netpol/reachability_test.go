@@ -69,6 +69,7 @@ type cluster struct {
 	nsB    string                 // labelled team=b
 	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
 	hb     *daemon.Heartbeat
+	ctrl   *Controller
 	cancel context.CancelFunc
 }
 
@@ -102,6 +103,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.ctrl = ctrl
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	factory.Start(ctx.Done())
