@@ -18,6 +18,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
@@ -74,12 +75,20 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 		opts: options{
 			NodeName:               env.NodeName,
 			MarkBit:                defaultMarkBit,
+			ServiceLedger:          dp.ServiceLedger,
 			BetaNamespaceIsolation: cfg.BetaNamespaceIsolation,
 			LogDrops:               cfg.LogDrops,
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
 		},
 		idx: newIndex(),
+	}
+	if dp.ServiceLedger {
+		// Our INPUT jump names the ledger sets, which the service proxy may not have
+		// made yet; making them is what the proxy's first look at its ledger does.
+		if _, err := (&ipvs.IPSetLedger{Sets: dp.IPSets}).Keys(); err != nil {
+			return nil, fmt.Errorf("service proxy ledger sets: %w", err)
+		}
 	}
 	for _, ipt := range dp.IPTables {
 		o := c.opts

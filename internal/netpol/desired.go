@@ -7,6 +7,7 @@
 //
 //	FORWARD -> KUBE-ROUTER-FORWARD
 //	OUTPUT, source not a node address (what IPVS forwards) -> KUBE-ROUTER-FORWARD
+//	INPUT, not to what IPVS serves (pods' traffic to the node) -> KUBE-ROUTER-FORWARD
 //	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
 //	  IPv6 neighbour solicitation and advertisement on the link -> RETURN
 //	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
@@ -42,6 +43,9 @@ type options struct {
 	Family ipfamily.Family
 	// MarkBit is the packet mark bit policy chains set to say "allowed".
 	MarkBit uint32
+	// ServiceLedger says the service proxy keeps its ledger sets (what IPVS serves) in
+	// this namespace: traffic to those is left to IPVS in INPUT.
+	ServiceLedger bool
 	// BetaNamespaceIsolation honours betaIsolationAnnotation.
 	BetaNamespaceIsolation bool
 	// LogDrops adds an NFLOG rule before each drop, at most LogRatePerMinute.

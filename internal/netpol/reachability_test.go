@@ -77,6 +77,11 @@ func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
 
 // startClusterWith starts the cluster with the controller's config adjusted by tune.
 func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
+	return startClusterOn(t, tune, false)
+}
+
+// startClusterOn starts the cluster; serviceLedger is Dataplane.ServiceLedger.
+func startClusterOn(t *testing.T, tune func(*config.NetworkPolicy), serviceLedger bool) *cluster {
 	testenv.RequireRoot(t)
 	_, cs := testenv.APIServer(t)
 	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
@@ -92,6 +97,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dp.ServiceLedger = serviceLedger
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	cfg := config.Default().NetworkPolicy
 	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
