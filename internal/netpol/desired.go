@@ -79,7 +79,7 @@ type compiledPolicy struct {
 type Desired struct {
 	// Chains are the local pods' chains (pods by namespace and name), then the
 	// policies' chains (policies by key), then topChain; Sets are the policies' sets,
-	// policies by key; Jumps are hookJumps.
+	// policies by key; Jumps are options.hookJumps.
 	netfilter.Ruleset
 	Pods  int // local pods with at least one isolated direction
 	Rules int // total rules in Chains

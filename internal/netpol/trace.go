@@ -75,9 +75,6 @@ func rulesetEvaluator(r *netfilter.Ruleset) *evaluator {
 	return newEvaluator(chains, r.Sets)
 }
 
-// hookChains are the built-in chains a packet can enter our chains from.
-var hookChains = []string{"FORWARD", "OUTPUT", "INPUT"}
-
 // verdict runs p through the built-in chain hook and reports whether it is dropped,
 // with every rule that matched, in order. A built-in chain we have no jump in lets
 // everything through.
@@ -341,7 +338,6 @@ func tokens(s string) []string {
 		if s[0] == '"' {
 			end := strings.Index(s[1:], `"`) + 1
 			if end == 0 { // unterminated: the rest is one token
-				end = len(s)
 				out = append(out, s[1:])
 				break
 			}
