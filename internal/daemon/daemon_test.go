@@ -48,8 +48,11 @@ func (f *fakeController) Run(ctx context.Context, hb *Heartbeat) error {
 
 func (f *fakeController) Details() any { return map[string]int{"things": 3} }
 
+// explainingFake is a fakeController that serves an endpoint of its own.
+type explainingFake struct{ *fakeController }
+
 // Handlers serves an endpoint of the controller's own on the health listener.
-func (f *fakeController) Handlers() map[string]http.HandlerFunc {
+func (f explainingFake) Handlers() map[string]http.HandlerFunc {
 	return map[string]http.HandlerFunc{"GET /explain": func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%s explains %s", f.name, r.URL.Query().Get("src"))
 	}}
@@ -198,7 +201,7 @@ func drain(s *notifySocket) {
 
 func TestHealthReadyAndStatusEndpoints(t *testing.T) {
 	c := newFake("proxy")
-	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, c)
+	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, explainingFake{c})
 	runDaemon(t, d)
 	select {
 	case <-d.Ready():
