@@ -36,6 +36,7 @@ func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, e
 		if err != nil {
 			return nil, fmt.Errorf("network policy dataplane: %w", err)
 		}
+		dp.ServiceLedger = cfg.ServiceProxy.Enabled
 		c, err := netpol.New(env, cfg.NetworkPolicy, dp)
 		if err != nil {
 			return nil, fmt.Errorf("network policy: %w", err)
@@ -102,11 +103,13 @@ func podNetworkOptions(cfg config.Config) podnet.Options {
 // now (it may have been before), and reports every failure.
 func cleanup(ctx context.Context, cfg config.Config) error {
 	var errs []error
-	if err := proxy.Cleanup(ctx, cfg.ServiceProxy); err != nil {
-		errs = append(errs, fmt.Errorf("service proxy: %w", err))
-	}
+	// Network policy first: its INPUT jump names the service proxy's ledger sets,
+	// which the kernel keeps while a rule refers to them.
 	if err := netpol.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("network policy: %w", err))
+	}
+	if err := proxy.Cleanup(ctx, cfg.ServiceProxy); err != nil {
+		errs = append(errs, fmt.Errorf("service proxy: %w", err))
 	}
 	if err := routing.Cleanup(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("routing: %w", err))

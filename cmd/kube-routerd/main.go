@@ -30,6 +30,8 @@ Usage:
   kube-routerd [run] [--config FILE]       run the daemon (default command)
   kube-routerd check-config [--config FILE] validate the config and print the effective settings
   kube-routerd status [--config FILE] [--json]  show what the running daemon programs
+  kube-routerd explain [--config FILE] [-o json] NS/SRC-POD NS/DST-POD PORT[/PROTO] [4|6]
+                                           which policies allow or deny a connection, and where
   kube-routerd cleanup [--config FILE]     remove everything kube-routerd programmed
   kube-routerd version                     print the version
 `
@@ -47,12 +49,22 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	configPath := fs.String("config", config.DefaultPath, "path of the TOML config file")
-	asJSON := fs.Bool("json", false, "status: print the raw JSON report")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	asJSON := fs.Bool("json", false, "status, explain: print the raw JSON report")
+	output := fs.String("o", "text", "explain: output format, text or json")
+	// Flags may come before, between or after explain's arguments.
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
 		}
-		return 2
+		if fs.NArg() == 0 || cmd != "explain" {
+			break
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "unexpected argument %q\n%s", fs.Arg(0), usage)
@@ -65,7 +77,7 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "check-config":
 		return checkConfig(*configPath, stdout, stderr)
-	case "run", "cleanup", "status":
+	case "run", "cleanup", "status", "explain":
 	case "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -84,6 +96,12 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "status":
 		return printStatus(cfg, *asJSON, stdout, stderr)
+	case "explain":
+		if *output != "text" && *output != "json" {
+			fmt.Fprintf(stderr, "-o %s: want text or json\n", *output)
+			return 2
+		}
+		return printExplain(cfg, positional, *asJSON || *output == "json", stdout, stderr)
 	case "cleanup":
 		if err := cleanup(context.Background(), cfg); err != nil {
 			slog.Error("cleanup incomplete", "err", err)

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -46,6 +47,16 @@ func (f *fakeController) Run(ctx context.Context, hb *Heartbeat) error {
 }
 
 func (f *fakeController) Details() any { return map[string]int{"things": 3} }
+
+// explainingFake is a fakeController that serves an endpoint of its own.
+type explainingFake struct{ *fakeController }
+
+// Handlers serves an endpoint of the controller's own on the health listener.
+func (f explainingFake) Handlers() map[string]http.HandlerFunc {
+	return map[string]http.HandlerFunc{"GET /explain": func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s explains %s", f.name, r.URL.Query().Get("src"))
+	}}
+}
 
 // notifySocket is a real unixgram NOTIFY_SOCKET, as systemd provides it.
 type notifySocket struct {
@@ -190,7 +201,7 @@ func drain(s *notifySocket) {
 
 func TestHealthReadyAndStatusEndpoints(t *testing.T) {
 	c := newFake("proxy")
-	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, c)
+	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute}, explainingFake{c})
 	runDaemon(t, d)
 	select {
 	case <-d.Ready():
@@ -206,6 +217,9 @@ func TestHealthReadyAndStatusEndpoints(t *testing.T) {
 	}
 	if got := get(t, base+"/readyz/proxy"); got != "[proxy] ok\n" {
 		t.Errorf("/readyz/proxy = %q", got)
+	}
+	if got := get(t, base+"/explain?src=a/b"); got != "proxy explains a/b" {
+		t.Errorf("/explain = %q", got)
 	}
 	var rep StatusReport
 	if err := json.Unmarshal([]byte(get(t, base+"/status")), &rep); err != nil {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
@@ -52,4 +53,11 @@ func (e Env) RegisterMetrics(controller string, collectors ...prometheus.Collect
 // Details must be safe to call concurrently with Run and return JSON-encodable data.
 type StatusReporter interface {
 	Details() any
+}
+
+// HandlerProvider is implemented by controllers that answer questions of their own
+// on the health listener (netpol's /explain). Handlers maps a ServeMux pattern
+// ("GET /explain") to its handler, which must be safe to call concurrently with Run.
+type HandlerProvider interface {
+	Handlers() map[string]http.HandlerFunc
 }

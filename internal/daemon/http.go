@@ -42,7 +42,8 @@ func isClosed(ch <-chan struct{}) bool {
 }
 
 // healthHandler serves /healthz (every loop alive), /readyz (every controller synced
-// and alive; /readyz/<name> for one), and /status (JSON report).
+// and alive; /readyz/<name> for one), /status (JSON report) and the controllers' own
+// endpoints (HandlerProvider).
 func (d *Daemon) healthHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -65,6 +66,13 @@ func (d *Daemon) healthHandler() http.Handler {
 		}
 		http.Error(w, "no controller "+name, http.StatusNotFound)
 	})
+	for _, c := range d.controllers {
+		if hp, ok := c.(HandlerProvider); ok {
+			for pattern, h := range hp.Handlers() {
+				mux.HandleFunc(pattern, h)
+			}
+		}
+	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)

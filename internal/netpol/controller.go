@@ -18,6 +18,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
@@ -40,8 +41,10 @@ type Controller struct {
 	// changed (selectors and the beta annotation read them) or the last apply failed.
 	changes *loop.Tracker[changed]
 
-	// Owned by the sync loop.
-	idx *index
+	// modelMu is held by a sync while it changes the index, the compiled policies and
+	// the assemblers, and by Explain while it reads them.
+	modelMu sync.Mutex
+	idx     *index
 	// lastCompile and lastApply split the last successful sync's time between
 	// compiling (index, policies, assembly) and writing the kernel.
 	lastCompile, lastApply time.Duration
@@ -72,12 +75,20 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 		opts: options{
 			NodeName:               env.NodeName,
 			MarkBit:                defaultMarkBit,
+			ServiceLedger:          dp.ServiceLedger,
 			BetaNamespaceIsolation: cfg.BetaNamespaceIsolation,
 			LogDrops:               cfg.LogDrops,
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
 		},
 		idx: newIndex(),
+	}
+	if dp.ServiceLedger {
+		// Our INPUT jump names the ledger sets, which the service proxy may not have
+		// made yet; making them is what the proxy's first look at its ledger does.
+		if _, err := (&ipvs.IPSetLedger{Sets: dp.IPSets}).Keys(); err != nil {
+			return nil, fmt.Errorf("service proxy ledger sets: %w", err)
+		}
 	}
 	for _, ipt := range dp.IPTables {
 		o := c.opts
@@ -128,6 +139,8 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 // sync recompiles what changed and applies it. A full sync (first, periodic, after an
 // error, or after a namespace changed) recompiles every policy and rewrites every chain.
 func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
+	c.modelMu.Lock()
+	defer c.modelMu.Unlock()
 	dirty, all := c.changes.Take()
 	compileStart := time.Now()
 	var applyTime time.Duration

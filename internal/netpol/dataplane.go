@@ -15,6 +15,9 @@ import (
 type Dataplane struct {
 	IPTables []iptables.Interface
 	IPSets   ipset.Interface
+	// ServiceLedger: the service proxy runs here, and what it serves is left to IPVS
+	// in INPUT (see inputJumpRule). New makes sure its ledger sets exist.
+	ServiceLedger bool
 }
 
 // newWriter returns the one owner of one family's chains and sets

@@ -7,6 +7,7 @@
 //
 //	FORWARD -> KUBE-ROUTER-FORWARD
 //	OUTPUT, source not a node address (what IPVS forwards) -> KUBE-ROUTER-FORWARD
+//	INPUT, not to what IPVS serves (pods' traffic to the node) -> KUBE-ROUTER-FORWARD
 //	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
 //	  IPv6 neighbour solicitation and advertisement on the link -> RETURN
 //	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
@@ -42,6 +43,9 @@ type options struct {
 	Family ipfamily.Family
 	// MarkBit is the packet mark bit policy chains set to say "allowed".
 	MarkBit uint32
+	// ServiceLedger says the service proxy keeps its ledger sets (what IPVS serves) in
+	// this namespace: traffic to those is left to IPVS in INPUT.
+	ServiceLedger bool
 	// BetaNamespaceIsolation honours betaIsolationAnnotation.
 	BetaNamespaceIsolation bool
 	// LogDrops adds an NFLOG rule before each drop, at most LogRatePerMinute.
@@ -67,13 +71,15 @@ type compiledPolicy struct {
 	// Problems describe parts of the policy that could not be compiled; those parts
 	// match nothing.
 	Problems []string
+	// SetMeaning says what each of Sets holds, in words, for explain.
+	SetMeaning map[string]string
 }
 
 // Desired is the whole state the controller wants in the kernel for one family.
 type Desired struct {
 	// Chains are the local pods' chains (pods by namespace and name), then the
 	// policies' chains (policies by key), then topChain; Sets are the policies' sets,
-	// policies by key; Jumps are hookJumps.
+	// policies by key; Jumps are options.hookJumps.
 	netfilter.Ruleset
 	Pods  int // local pods with at least one isolated direction
 	Rules int // total rules in Chains

@@ -129,7 +129,7 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 	}
 
 	d := &Desired{Pods: len(a.order)}
-	d.Jumps = hookJumps
+	d.Jumps = o.hookJumps()
 	if a.last != nil {
 		d.Chains = make([]netfilter.Chain, 0, len(a.last.Chains)+2)
 		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))

@@ -39,7 +39,7 @@ func policyTypes(p *networkingv1.NetworkPolicy) (ingress, egress bool) {
 // compilePolicy compiles one policy against the index.
 func compilePolicy(p *networkingv1.NetworkPolicy, idx *index, o options) *compiledPolicy {
 	key := p.Namespace + "/" + p.Name
-	c := &compiledPolicy{Key: key}
+	c := &compiledPolicy{Key: key, SetMeaning: map[string]string{}}
 	c.Ingress, c.Egress = policyTypes(p)
 	targetSel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
 	if err != nil {
@@ -157,7 +157,13 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			entries[ip.String()] = struct{}{}
 		}
 		slices.Sort(peerKeys)
-		set := b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(slices.Compact(peerKeys), "\x00"))
+		peerKeys = slices.Compact(peerKeys)
+		set := b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(peerKeys, "\x00"))
+		words := make([]string, len(peerKeys))
+		for i, k := range peerKeys {
+			words[i] = peerWords(k)
+		}
+		b.out.SetMeaning[set] = strings.Join(words, " or ")
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}
 	for _, blk := range blocks {
@@ -256,7 +262,9 @@ func (b *policyBuilder) namedPortSet(dir string, i, j int, proto corev1.Protocol
 	if len(entries) == 0 && what != "" {
 		b.problem("%s rule %d port %d: no %s exposes named port %s/%s (matches nothing yet)", dir, i, j, what, proto, name)
 	}
-	return b.addSet(namedPortKind, ipset.HashIPPort, entries, dir+"/"+strconv.Itoa(i), "port", strconv.Itoa(j))
+	set := b.addSet(namedPortKind, ipset.HashIPPort, entries, dir+"/"+strconv.Itoa(i), "port", strconv.Itoa(j))
+	b.out.SetMeaning[set] = "named port " + string(proto) + "/" + name
+	return set
 }
 
 // ipBlockPeer is an ipBlock peer compiled for one family.
@@ -305,6 +313,7 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 	}
 	slices.Sort(excepts)
 	set := b.addSharedSet(exceptSetKind, ipset.HashNet, entries, strings.Join(excepts, ","))
+	b.out.SetMeaning[set] = "except " + strings.Join(excepts, ", ")
 	blk.match += " -m set ! --match-set " + set + " " + side
 	return blk, true
 }
@@ -363,4 +372,20 @@ func (b *policyBuilder) allPods() []*Pod {
 		}
 	}
 	return out
+}
+
+// peerWords turns a selector peer's key (selectPeers) into words for explain.
+func peerWords(key string) string {
+	where, podSel, _ := strings.Cut(key, " pods ")
+	pods := "all pods"
+	if podSel != "" {
+		pods = "pods " + podSel
+	}
+	switch {
+	case strings.HasPrefix(where, "namespace "):
+		return pods + " in namespace " + strings.TrimPrefix(where, "namespace ")
+	case where == "namespaces ":
+		return pods + " in every namespace"
+	}
+	return pods + " in namespaces " + strings.TrimPrefix(where, "namespaces ")
 }

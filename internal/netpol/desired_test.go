@@ -487,3 +487,38 @@ func TestSaveOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestPodTrafficToTheNode: what a local pod sends to the node's own addresses goes
+// through INPUT, where its egress policies apply; replies to the node's connections
+// and what IPVS serves (left to IPVS, policed on OUTPUT) pass.
+func TestPodTrafficToTheNode(t *testing.T) {
+	nodeAddr := mustAddr("192.168.0.10")
+	noEgress := policy("x", "b-no-egress", l("app", "b"), types(networkingv1.PolicyTypeEgress))
+	toNodeSSH := policy("x", "b-to-node-ssh", l("app", "b"), types(networkingv1.PolicyTypeEgress),
+		egress(port(tcp, intstr.FromInt32(22)), block("192.168.0.10/32")))
+	for _, tc := range []struct {
+		name     string
+		ledger   bool
+		policies []*networkingv1.NetworkPolicy
+		p        packet
+		want     bool
+	}{
+		{"not isolated", false, p(noEgress), packet{src: mustAddr("10.0.1.1"), dst: nodeAddr, proto: "tcp", dport: 22}, true},
+		{"egress isolated", false, p(noEgress), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 22}, false},
+		{"reply to the node's connection", false, p(noEgress), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 40000, established: true}, true},
+		{"ipBlock allows the node's address", false, p(toNodeSSH), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 22}, true},
+		{"but not another port", false, p(toNodeSSH), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 23}, false},
+		{"a NodePort IPVS serves is left to IPVS", true, p(noEgress), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 30080, served: true}, true},
+		{"without the proxy the same port is policed", false, p(noEgress), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 30080, served: true}, false},
+		{"with the proxy, what it does not serve is policed", true, p(noEgress), packet{src: mustAddr("10.0.1.2"), dst: nodeAddr, proto: "tcp", dport: 22}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := opts()
+			o.ServiceLedger = tc.ledger
+			k, _, _, _ := apply(t, fixture(), o, tc.policies...)
+			if got := k.allowedIn(t, tc.p); got != tc.want {
+				t.Errorf("allowed %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

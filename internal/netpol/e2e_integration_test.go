@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
@@ -237,6 +238,7 @@ func (c *cluster) waitMatrix(t *testing.T, step string, want []string) {
 		got := c.matrix(t)
 		if strings.Join(got, "\n") == strings.Join(want, "\n") {
 			t.Logf("%s: matrix as expected (%d probes)", step, len(got))
+			c.checkExplain(t, step, got)
 			return
 		}
 		if time.Now().After(deadline) {
@@ -270,4 +272,43 @@ func (c *cluster) annotateNamespace(t *testing.T, name, key, value string) {
 	if _, err := c.cs.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// checkExplain asks explain about every pod-to-pod probe of a matrix the kernel
+// answered and fails where its verdict differs from what the packets did.
+func (c *cluster) checkExplain(t *testing.T, step string, matrix []string) {
+	t.Helper()
+	kernel := map[string]string{}
+	for _, line := range matrix {
+		probe, verdict, _ := strings.Cut(line, ": ")
+		kernel[probe] = verdict
+	}
+	checked := 0
+	for from, src := range c.pods {
+		for to, dst := range c.pods {
+			if from == to {
+				continue
+			}
+			for _, tg := range matrixTargets {
+				family := ipfamily.IPv4
+				if tg.v6 {
+					family = ipfamily.IPv6
+				}
+				v, err := c.ctrl.Explain(src.Namespace+"/"+src.Name, dst.Namespace+"/"+dst.Name, string(tg.proto), tg.port, family)
+				if err != nil {
+					t.Fatalf("%s: explain %s -> %s %s: %v", step, from, to, tg, err)
+				}
+				explained := "blocked"
+				if v.Allowed {
+					explained = "ok"
+				}
+				probe := fmt.Sprintf("%s -> %s %s", from, to, tg)
+				if kernel[probe] != explained {
+					t.Errorf("%s: %s: the kernel says %s, explain %s: %+v", step, probe, kernel[probe], explained, v)
+				}
+				checked++
+			}
+		}
+	}
+	t.Logf("%s: explain agrees with the kernel on %d probes", step, checked)
 }

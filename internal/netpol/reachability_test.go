@@ -69,6 +69,7 @@ type cluster struct {
 	nsB    string                 // labelled team=b
 	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
 	hb     *daemon.Heartbeat
+	ctrl   *Controller
 	cancel context.CancelFunc
 }
 
@@ -76,6 +77,11 @@ func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
 
 // startClusterWith starts the cluster with the controller's config adjusted by tune.
 func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
+	return startClusterOn(t, tune, false)
+}
+
+// startClusterOn starts the cluster; serviceLedger is Dataplane.ServiceLedger.
+func startClusterOn(t *testing.T, tune func(*config.NetworkPolicy), serviceLedger bool) *cluster {
 	testenv.RequireRoot(t)
 	_, cs := testenv.APIServer(t)
 	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
@@ -91,6 +97,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dp.ServiceLedger = serviceLedger
 	factory := informers.NewSharedInformerFactory(cs, 0)
 	cfg := config.Default().NetworkPolicy
 	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
@@ -102,6 +109,7 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.ctrl = ctrl
 	ctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
 	factory.Start(ctx.Done())

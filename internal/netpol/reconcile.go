@@ -2,7 +2,9 @@ package netpol
 
 import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
 // Owner is what network policy has in the kernel: the top chain, the chains of pods
@@ -32,8 +34,34 @@ var jumpRule = []string{"-m", "comment", "--comment", "kube-routerd network poli
 var outputJumpRule = []string{"-m", "comment", "--comment", "kube-routerd network policy for traffic IPVS forwards",
 	"-m", "addrtype", "!", "--src-type", "LOCAL", "-j", topChain}
 
+// inputJumpRule sends what reaches the node's own addresses through our top chain,
+// so that a local pod's egress policies govern its connections to the node (a
+// hostNetwork server, a node-local resolver) as they govern any other. Only the
+// dispatch on the pod's source address matches there: replies to the node's own
+// connections pass as ESTABLISHED, and nothing else is dispatched. A connection to
+// something IPVS serves (a Service VIP or a NodePort, in the service proxy's ledger
+// set) is left to IPVS: it takes it after filter INPUT and sends it to the backend
+// through OUTPUT, where outputJumpRule applies the policies to the real backend.
+func inputJumpRule(serviceLedger string) []string {
+	rule := []string{"-m", "comment", "--comment", "kube-routerd network policy for traffic to the node"}
+	if serviceLedger != "" {
+		rule = append(rule, "-m", "set", "!", "--match-set", serviceLedger, "dst,dst")
+	}
+	return append(rule, "-j", topChain)
+}
+
 // hookJumps are the jumps from built-in chains to our top chain.
-var hookJumps = []netfilter.Jump{
-	{Table: iptables.TableFilter, Chain: "FORWARD", Rule: iptables.RuleText(jumpRule)},
-	{Table: iptables.TableFilter, Chain: "OUTPUT", Rule: iptables.RuleText(outputJumpRule)},
+func (o options) hookJumps() []netfilter.Jump {
+	ledger := ""
+	if o.ServiceLedger {
+		ledger = ipvs.LedgerSetV4
+		if o.Family == ipfamily.IPv6 {
+			ledger = ipvs.LedgerSetV6
+		}
+	}
+	return []netfilter.Jump{
+		{Table: iptables.TableFilter, Chain: "FORWARD", Rule: iptables.RuleText(jumpRule)},
+		{Table: iptables.TableFilter, Chain: "OUTPUT", Rule: iptables.RuleText(outputJumpRule)},
+		{Table: iptables.TableFilter, Chain: "INPUT", Rule: iptables.RuleText(inputJumpRule(ledger))},
+	}
 }

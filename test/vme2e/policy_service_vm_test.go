@@ -143,9 +143,9 @@ router_id = %q
 		return from == "good" || strings.HasPrefix(from, "node ")
 	}))
 
-	// One jump from OUTPUT, as from FORWARD, however often the daemon synced.
+	// One jump from OUTPUT and INPUT, as from FORWARD, however often the daemon synced.
 	filter := node.Run(t, "iptables-save", "-t", "filter")
-	for _, chain := range []string{"FORWARD", "OUTPUT"} {
+	for _, chain := range []string{"FORWARD", "OUTPUT", "INPUT"} {
 		if n := strings.Count(filter, "-A "+chain+" -m comment --comment \"kube-routerd network policy"); n != 1 {
 			t.Errorf("%d network policy jumps in %s, want 1:\n%s", n, chain, filter)
 		}
