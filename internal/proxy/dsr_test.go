@@ -15,7 +15,8 @@ import (
 )
 
 // dsrService is ns/web with external IP 203.0.113.5, load-balancer IP 198.51.100.7
-// and node port 30080, port 80 to target port 80, annotated for DSR with value.
+// and node port 30080, port 80 to target port 80, annotated for DSR with value (""
+// leaves the annotation out).
 func dsrService(value string, mods ...func(*corev1.Service)) *corev1.Service {
 	return service(append([]func(*corev1.Service){func(s *corev1.Service) {
 		s.Spec.Type = corev1.ServiceTypeLoadBalancer
@@ -23,7 +24,9 @@ func dsrService(value string, mods ...func(*corev1.Service)) *corev1.Service {
 		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "198.51.100.7"}}
 		s.Spec.Ports[0].TargetPort = intstr.FromInt32(80)
 		s.Spec.Ports[0].NodePort = 30080
-		s.Annotations[annotationDSR] = value
+		if value != "" {
+			s.Annotations[annotationDSR] = value
+		}
 	}}, mods...)...)
 }
 

@@ -183,7 +183,10 @@ func ourTunnel(nl *netlink.Handle) (netlink.Link, error) {
 	return link, nil
 }
 
-// scan searches every namespace: where each address is, and what our tunnels hold.
+// scan searches every namespace: where each address of this node's pods is, and what
+// our tunnels in them hold. A namespace is a pod of this node when the interface
+// with the address is a veth whose peer is in the node's namespace (the search also
+// sees namespaces of other nodes' pods when nodes share a kernel, as in tests).
 func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, error) {
 	files, err := k.candidates()
 	if err != nil {
@@ -201,27 +204,45 @@ func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, err
 			if err != nil {
 				return err
 			}
+			var vips []netip.Addr
+			pod := false
 			for _, a := range addrs {
-				if tun == nil || a.LinkIndex != tun.Attrs().Index {
+				if tun != nil && a.LinkIndex == tun.Attrs().Index {
+					vips = append(vips, toAddr(a.IP))
+					continue
+				}
+				if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && k.intoNode(nl, link) {
 					where[toAddr(a.IP)] = f
+					pod = true
 				}
 			}
-			ipip, ok := tun.(*netlink.Iptun)
-			if !ok {
-				return nil
+			if ipip, ok := tun.(*netlink.Iptun); ok && pod {
+				slices.SortFunc(vips, netip.Addr.Compare)
+				tunnels[toAddr(ipip.Local)] = append([]netip.Addr{}, vips...)
 			}
-			local := toAddr(ipip.Local)
-			tunnels[local] = []netip.Addr{}
-			for _, a := range addrs {
-				if a.LinkIndex == tun.Attrs().Index {
-					tunnels[local] = append(tunnels[local], toAddr(a.IP))
-				}
-			}
-			slices.SortFunc(tunnels[local], netip.Addr.Compare)
 			return nil
 		})
 	}
 	return where, tunnels, nil
+}
+
+// intoNode reports whether a pod's interface is a veth whose peer is in the node's
+// namespace: the peer's namespace id, as the pod's namespace numbers it, is the
+// node's.
+func (k *Kernel) intoNode(nl *netlink.Handle, podLink netlink.Link) bool {
+	if podLink.Type() != "veth" {
+		return false
+	}
+	node := k.Node
+	if !node.IsOpen() {
+		var err error
+		if node, err = netns.Get(); err != nil {
+			return false
+		}
+		defer node.Close()
+	}
+	id, err := nl.GetNetNsIdByFd(int(node))
+	return err == nil && id >= 0 && id == podLink.Attrs().NetNsID
 }
 
 // List implements Interface.
@@ -270,8 +291,8 @@ func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vi
 		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
 	podLink, err := nl.LinkByIndex(addrs[i].LinkIndex)
-	if err != nil {
-		return err
+	if err != nil || !k.intoNode(nl, podLink) {
+		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
 	tun, err := ourTunnel(nl)
 	if err != nil {
@@ -363,8 +384,8 @@ func (k *Kernel) acceptLocalFrom(podLink netlink.Link) error {
 	}
 	defer nl.Close()
 	peer, err := nl.LinkByIndex(podLink.Attrs().ParentIndex)
-	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != podLink.Attrs().Index {
-		return fmt.Errorf("the node end of %s's %s is not a veth on this node", LinkName, podLink.Attrs().Name)
+	if err != nil {
+		return fmt.Errorf("the node end of the pod's %s: %w", podLink.Attrs().Name, err)
 	}
 	in := peer
 	if m := peer.Attrs().MasterIndex; m != 0 {
