@@ -12,8 +12,8 @@ import (
 )
 
 // Cleanup removes everything the service proxy created: the IPVS services recorded
-// in the ledger, the firewall jumps, chains and sets, the ledger itself and the dummy
-// interface with the VIPs.
+// in the ledger, the DSR tunnels in the pods it can find, the firewall jumps, chains
+// and sets, the ledger itself and the dummy interface with the VIPs.
 func Cleanup(ctx context.Context, cfg config.ServiceProxy) error {
 	return cleanupAt(ctx, cfg, netns.None(), slog.Default())
 }
@@ -54,6 +54,10 @@ func cleanup(ctx context.Context, dp Dataplane, log *slog.Logger) error {
 		if err := dp.IPVS.DeleteService(k); err != nil && !errors.Is(err, ipvs.ErrNotFound) {
 			errs = append(errs, err)
 		}
+	}
+	// The pods' DSR tunnels, once IPVS no longer sends them anything.
+	if err := removeAllDSR(dp.Tunnels); err != nil {
+		errs = append(errs, err)
 	}
 	// Rules before sets: the kernel keeps a set while a rule refers to it.
 	if err := cleanupFirewall(dp, log); err != nil {

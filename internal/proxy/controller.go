@@ -358,4 +358,4 @@ func (c *Controller) scheduleDrainPoll() {
 }
 
 // writes counts the kernel changes of the last sync.
-func (c *Controller) writes() int { return c.rec.writes + c.fw.writes }
+func (c *Controller) writes() int { return c.rec.writes + c.rec.dsr.writes + c.fw.writes }

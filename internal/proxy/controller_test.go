@@ -26,6 +26,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/podtunnel"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
@@ -39,18 +40,21 @@ type fakeKernel struct {
 	conntrack  *conntrack.Fake
 	ipt4, ipt6 *iptables.Fake
 	sysctls    *sysctl.Fake
+	tunnels    *podtunnel.Fake
 }
 
 func newFakeKernel() *fakeKernel {
 	sets := ipset.NewFake()
 	return &fakeKernel{ipvs: ipvs.NewFake(), ipsets: sets, ledger: &ipvs.IPSetLedger{Sets: sets},
 		dummy: dummy.NewFake(), conntrack: &conntrack.Fake{},
-		ipt4: iptables.NewFake(ipfamily.IPv4), ipt6: iptables.NewFake(ipfamily.IPv6), sysctls: &sysctl.Fake{}}
+		ipt4: iptables.NewFake(ipfamily.IPv4), ipt6: iptables.NewFake(ipfamily.IPv6), sysctls: &sysctl.Fake{},
+		tunnels: podtunnel.NewFake()}
 }
 
 func (k *fakeKernel) dataplane() Dataplane {
 	return Dataplane{IPVS: k.ipvs, Ledger: k.ledger, Dummy: k.dummy, Conntrack: k.conntrack,
-		IPSets: k.ipsets, IPTables: []iptables.Interface{k.ipt4, k.ipt6}, Sysctls: k.sysctls}
+		IPSets: k.ipsets, IPTables: []iptables.Interface{k.ipt4, k.ipt6}, Sysctls: k.sysctls,
+		Tunnels: k.tunnels}
 }
 
 // harness drives a controller synchronously: objects go straight into the informer

@@ -13,6 +13,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/podtunnel"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
@@ -29,6 +30,8 @@ type Dataplane struct {
 	// IPTables has one instance per IP family served.
 	IPTables []iptables.Interface
 	Sysctls  sysctl.Interface
+	// Tunnels holds DSR virtual addresses inside local endpoints' pods.
+	Tunnels podtunnel.Interface
 }
 
 // KernelDataplane returns IPVS, ipsets, iptables (IPv4 and IPv6), the dummy interface,
@@ -60,6 +63,7 @@ func kernelDataplane(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) 
 		Conntrack: conntrack.Kernel{Netlink: nl},
 		IPSets:    sets,
 		Sysctls:   sysctl.Proc{NS: ns},
+		Tunnels:   &podtunnel.Kernel{Places: podNamespacePlaces, Node: ns},
 	}
 	if withIPVS {
 		if dp.IPVS, err = ipvs.NewKernelAt(nsPath); err != nil {
@@ -68,6 +72,11 @@ func kernelDataplane(cfg config.ServiceProxy, ns netns.NsHandle, withIPVS bool) 
 	}
 	return dp, nil
 }
+
+// podNamespacePlaces are where DSR looks for pods' network namespaces: pinned by the
+// container runtime (containerd and CRI-O pin every pod's in /run/netns), then those
+// of running processes.
+var podNamespacePlaces = []string{"/run/netns", podtunnel.ProcPlace}
 
 // requiredSysctls are the kernel settings IPVS in NAT mode needs on a node:
 // conntrack entries for IPVS connections (so nat POSTROUTING can masquerade them),

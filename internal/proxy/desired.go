@@ -32,6 +32,10 @@ const (
 	// annotationLocal "true" forces externalTrafficPolicy Local, as in kube-router:
 	// external kinds get only this node's endpoints and keep the client address.
 	annotationLocal = "kube-router.io/service.local"
+	// annotationDSR "tunnel" serves the external and load-balancer IPs by direct
+	// server return: IPVS tunnels requests to the endpoints, which hold the IP and
+	// reply to the client themselves.
+	annotationDSR = "kube-router.io/service.dsr"
 )
 
 // labelServiceProxyName names the proxy that implements a Service; kube-proxy
@@ -131,6 +135,17 @@ type virtualServer struct {
 	// Frozen marks a virtual service of a Service whose settings are invalid: the
 	// kernel keeps whatever it has for this key until the Service is fixed.
 	Frozen bool
+	// DSR virtual services reach their destinations through an IPIP tunnel; each
+	// local destination's pod holds the virtual address and replies directly.
+	DSR bool
+}
+
+// forward is the IPVS forwarding method of the virtual service's destinations.
+func (v *virtualServer) forward() ipvs.Forward {
+	if v.DSR {
+		return ipvs.Tunnel
+	}
+	return ipvs.Masquerade
 }
 
 // OnDummy reports whether the virtual address belongs on the dummy interface (every
@@ -280,6 +295,14 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 	default:
 		errs = append(errs, fmt.Errorf("annotation %s: %q is neither true nor false, ignored", annotationLocal, v))
 	}
+	dsr := false
+	switch v, ok := svc.Annotations[annotationDSR]; {
+	case !ok:
+	case v == "tunnel":
+		dsr = true
+	default:
+		errs = append(errs, fmt.Errorf("annotation %s: %q is not \"tunnel\", served without DSR", annotationDSR, v))
+	}
 	ranges, rangeErrs := loadBalancerSourceRanges(svc)
 	errs = append(errs, rangeErrs...)
 	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal
@@ -313,6 +336,13 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 				vs.SourceRanges, vs.Restricted = ranges.forAddr(addr)
 			}
 			vs.Destinations = destinations(sp, addr.Is4(), epSlices, node, local, settings.weights)
+			if dsr && (kind == ExternalIP || kind == LoadBalancerIP) {
+				if err := dsrRefusal(vs); err != nil {
+					errs = append(errs, err)
+				} else {
+					vs.DSR = true
+				}
+			}
 			return vs
 		}
 		for _, a := range addrs {
@@ -334,6 +364,22 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 		errs = append(errs, settingsErr)
 	}
 	return out, refused, errors.Join(errs...)
+}
+
+// dsrRefusal says why a virtual service cannot be served by DSR (it is then served
+// by NAT), or nil. IPVS tunnels the packet unchanged, so the endpoint must listen on
+// the Service's own port; and only IPIP (IPv4) tunnels are set up in pods.
+func dsrRefusal(vs virtualServer) error {
+	if !vs.Addr.Is4() {
+		return fmt.Errorf("annotation %s: %s is IPv6, which DSR does not support; served by NAT", annotationDSR, vs.Key)
+	}
+	for _, d := range vs.Destinations {
+		if d.Port != vs.Port {
+			return fmt.Errorf("annotation %s: port %q maps %d to target port %d, and DSR cannot remap ports; %s served by NAT",
+				annotationDSR, vs.PortName, vs.Port, d.Port, vs.Key)
+		}
+	}
+	return nil
 }
 
 // sourceRanges are the client networks a Service's load-balancer IPs admit.

@@ -164,9 +164,10 @@ func sourceRangeRules(restricted []*virtualServer, nodeAddrs []netip.Addr) []str
 }
 
 // keepsClientAddr reports whether traffic to vs from outside the cluster keeps its
-// source address: externalTrafficPolicy Local, which leaves only local endpoints.
+// source address: externalTrafficPolicy Local, which leaves only local endpoints, and
+// DSR, whose endpoints answer the client directly.
 func keepsClientAddr(vs *virtualServer) bool {
-	return vs != nil && vs.LocalOnly && vs.Kind != ClusterIP
+	return vs != nil && (vs.DSR || vs.LocalOnly && vs.Kind != ClusterIP)
 }
 
 // Owner is what the service proxy's firewall has in the kernel. The IPVS ledger sets

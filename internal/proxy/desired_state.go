@@ -23,6 +23,9 @@ type desiredState struct {
 	// localEndpoints counts the destinations on this node by address (for hairpin
 	// masquerading).
 	localEndpoints map[netip.Addr]int
+	// dsrPods counts, by local endpoint address, the DSR virtual services that need
+	// each virtual address inside that endpoint's pod.
+	dsrPods map[netip.Addr]map[netip.Addr]int
 	// restricted holds the load-balancer virtual services with source ranges.
 	restricted map[ipvs.Key]*virtualServer
 	// ports names the Service port of each virtual service, for the traffic
@@ -41,6 +44,7 @@ func newDesiredState(log *slog.Logger) *desiredState {
 		vipUsers:  map[netip.Addr]int{},
 
 		localEndpoints: map[netip.Addr]int{},
+		dsrPods:        map[netip.Addr]map[netip.Addr]int{},
 		restricted:     map[ipvs.Key]*virtualServer{},
 		ports:          map[ipvs.Key]servicePort{},
 	}
@@ -68,6 +72,9 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 		if !dst.Terminating {
 			d.endpoints += sign
 		}
+		if dst.Local && vs.DSR {
+			d.countDSR(dst.Addr, vs.Addr, sign)
+		}
 		if dst.Local {
 			n := d.localEndpoints[dst.Addr] + sign
 			if n == 0 {
@@ -77,6 +84,44 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 			}
 		}
 	}
+}
+
+func (d *desiredState) countDSR(pod, vip netip.Addr, sign int) {
+	vips := d.dsrPods[pod]
+	if vips == nil {
+		vips = map[netip.Addr]int{}
+		d.dsrPods[pod] = vips
+	}
+	if vips[vip] += sign; vips[vip] == 0 {
+		delete(vips, vip)
+	}
+	if len(vips) == 0 {
+		delete(d.dsrPods, pod)
+	}
+}
+
+// dsrVIPs returns the virtual addresses each local DSR endpoint's pod must hold,
+// sorted.
+func (d *desiredState) dsrVIPs() map[netip.Addr][]netip.Addr {
+	out := make(map[netip.Addr][]netip.Addr, len(d.dsrPods))
+	for pod, vips := range d.dsrPods {
+		out[pod] = slices.SortedFunc(maps.Keys(vips), netip.Addr.Compare)
+	}
+	return out
+}
+
+// dsrOwners names the Services whose DSR virtual services have the endpoint pod, for
+// logs.
+func (d *desiredState) dsrOwners(pod netip.Addr) []string {
+	var out []string
+	for _, vs := range d.byKey {
+		if vs.DSR && slices.ContainsFunc(vs.Destinations, func(dst destination) bool { return dst.Addr == pod }) &&
+			!slices.Contains(out, vs.Owner.String()) {
+			out = append(out, vs.Owner.String())
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // setService replaces the virtual services of one Service (nil removes it) and
@@ -142,5 +187,5 @@ func (d *desiredState) portsOf() map[ipvs.Key]servicePort {
 func sameVirtualServer(a, b *virtualServer) bool {
 	return a.Service == b.Service && a.Kind == b.Kind && a.LocalOnly == b.LocalOnly &&
 		a.Restricted == b.Restricted && slices.Equal(a.SourceRanges, b.SourceRanges) &&
-		a.Frozen == b.Frozen && slices.Equal(a.Destinations, b.Destinations)
+		a.Frozen == b.Frozen && a.DSR == b.DSR && slices.Equal(a.Destinations, b.Destinations)
 }

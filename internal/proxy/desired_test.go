@@ -97,6 +97,9 @@ func render(vss []virtualServer) string {
 		if v.Frozen {
 			b.WriteString(" frozen")
 		}
+		if v.DSR {
+			b.WriteString(" dsr")
+		}
 		for _, d := range v.Destinations {
 			fmt.Fprintf(&b, " -> %s w%d", d.DestKey, d.Weight)
 			if d.Terminating {

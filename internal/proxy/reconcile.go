@@ -44,17 +44,19 @@ type reconciler struct {
 	// timeouts are the configured IPVS timeouts (zero: the kernel's), set at each
 	// full sync where they differ; kernelTimeouts is what the kernel had after it.
 	timeouts, kernelTimeouts ipvs.Timeouts
+	// dsr keeps DSR virtual addresses in the local endpoints' pods.
+	dsr *dsrPods
 }
 
 func newReconciler(dp Dataplane, grace time.Duration, log *slog.Logger) *reconciler {
 	return &reconciler{dp: dp, log: log, grace: grace, now: time.Now, draining: map[drainKey]time.Time{},
-		toOwn: map[ipvs.Key]bool{}}
+		toOwn: map[ipvs.Key]bool{}, dsr: newDSRPods(dp.Tunnels, log)}
 }
 
 // full compares every virtual service in the kernel with the desired state: it
 // repairs drift, deletes what we own and no longer want, and leaves the rest alone.
 func (r *reconciler) full(d *desiredState) error {
-	r.writes = 0
+	r.writes, r.dsr.writes = 0, 0
 	if err := r.dp.Dummy.Ensure(); err != nil {
 		return err
 	}
@@ -88,6 +90,11 @@ func (r *reconciler) full(d *desiredState) error {
 	}
 
 	errs := []error{r.syncTimeouts(), r.syncVIPs(maps.Keys(d.vipUsers), d)}
+	if err := r.dsr.reread(); err != nil {
+		errs = append(errs, err)
+	} else {
+		errs = append(errs, r.dsr.grow(d))
+	}
 	for k, vs := range d.byKey {
 		var cur *ipvs.Service
 		if s, ok := actual[k]; ok {
@@ -112,7 +119,7 @@ func (r *reconciler) full(d *desiredState) error {
 	}
 	// Addresses come off the interface only after their services are gone.
 	errs = append(errs, r.flush())
-	errs = append(errs, r.syncVIPs(maps.Keys(r.onDummy), d))
+	errs = append(errs, r.syncVIPs(maps.Keys(r.onDummy), d), r.dsr.shrink(d))
 	for dk := range r.draining {
 		if d.byKey[dk.vs] == nil {
 			delete(r.draining, dk)
@@ -125,7 +132,7 @@ func (r *reconciler) full(d *desiredState) error {
 // just those services from the kernel: its cost grows with the change, not with
 // the number of Services. It needs a full sync to have run first.
 func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
-	r.writes = 0
+	r.writes, r.dsr.writes = 0, 0
 	var errs []error
 	addrs := map[netip.Addr]bool{}
 	for _, k := range keys {
@@ -139,7 +146,7 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 				return
 			}
 		}
-	}, d))
+	}, d), r.dsr.grow(d))
 	for _, k := range keys {
 		vs := d.byKey[k]
 		cur, exists, err := r.dp.IPVS.Service(k)
@@ -169,7 +176,7 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 		}
 	}
 	errs = append(errs, r.flush())
-	errs = append(errs, r.syncVIPs(maps.Keys(addrs), d))
+	errs = append(errs, r.syncVIPs(maps.Keys(addrs), d), r.dsr.shrink(d))
 	return errors.Join(errs...)
 }
 
@@ -277,11 +284,11 @@ func (r *reconciler) syncDestinations(vs *virtualServer, actual []ipvs.Destinati
 			continue
 		}
 		delete(r.draining, drainKey{vs.Key, want.DestKey})
-		d := ipvs.Destination{DestKey: want.DestKey, Weight: want.Weight}
+		d := ipvs.Destination{DestKey: want.DestKey, Weight: want.Weight, Forward: vs.forward()}
 		switch {
 		case !exists:
 			r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpAddDestination, Service: vs.Service, Dest: d}, owner: vs.Owner})
-		case cur.Weight != want.Weight:
+		case cur.Weight != want.Weight || cur.Forward != d.Forward:
 			r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpUpdateDestination, Service: vs.Service, Dest: d}, owner: vs.Owner})
 		}
 	}
@@ -313,7 +320,7 @@ func (r *reconciler) drain(vs *virtualServer, cur ipvs.Destination) {
 	}
 	r.draining[dk] = since
 	if cur.Weight != 0 {
-		quiesced := ipvs.Destination{DestKey: cur.DestKey, Weight: 0}
+		quiesced := ipvs.Destination{DestKey: cur.DestKey, Weight: 0, Forward: cur.Forward}
 		r.enqueue(queuedChange{Change: ipvs.Change{Op: ipvs.OpUpdateDestination, Service: vs.Service, Dest: quiesced}, owner: vs.Owner})
 	}
 }

@@ -17,6 +17,11 @@ type Details struct {
 	// RefusedAddresses lists by Service ("namespace/name") the external and
 	// load-balancer IPs outside the configured ranges, which are not programmed.
 	RefusedAddresses map[string][]string `json:"refusedAddresses,omitempty"`
+	// DSRPods lists by local endpoint address the DSR virtual addresses its pod's
+	// tunnel holds.
+	DSRPods map[string][]string `json:"dsrPods,omitempty"`
+	// DSRMissingPods are local DSR endpoints with no pod network namespace found.
+	DSRMissingPods []string `json:"dsrMissingPods,omitempty"`
 	// IPVSTimeouts are the kernel's at the last full sync, configured or not.
 	IPVSTimeouts TimeoutDetails `json:"ipvsTimeouts"`
 	// HealthCheckNodePorts are the externalTrafficPolicy Local Services' probes.
@@ -55,5 +60,6 @@ func (c *Controller) publish(node Node) {
 			TCPFin: config.Duration{Duration: c.rec.kernelTimeouts.TCPFin}, UDP: config.Duration{Duration: c.rec.kernelTimeouts.UDP}},
 	}
 	c.details.HealthCheckNodePorts = c.hcs.details()
+	c.details.DSRPods, c.details.DSRMissingPods = c.rec.dsr.details()
 	c.detailsLock.Unlock()
 }

@@ -183,8 +183,8 @@ func (f *Fake) AddDestination(k Key, d Destination) error {
 	if _, ok := s.dests[d.DestKey]; ok {
 		return fmt.Errorf("adding destination %s to %s: %w", d.DestKey, k, ErrExists)
 	}
-	s.dests[d.DestKey] = Destination{DestKey: d.DestKey, Weight: d.Weight}
-	f.writes = append(f.writes, fmt.Sprintf("add destination %s -> %s weight %d", k, d.DestKey, d.Weight))
+	s.dests[d.DestKey] = Destination{DestKey: d.DestKey, Weight: d.Weight, Forward: d.Forward}
+	f.writes = append(f.writes, fmt.Sprintf("add destination %s -> %s weight %d%s", k, d.DestKey, d.Weight, forwardSuffix(d.Forward)))
 	return nil
 }
 
@@ -200,9 +200,9 @@ func (f *Fake) UpdateDestination(k Key, d Destination) error {
 	if !ok {
 		return fmt.Errorf("updating destination %s of %s: %w", d.DestKey, k, ErrNotFound)
 	}
-	old.Weight = d.Weight
+	old.Weight, old.Forward = d.Weight, d.Forward
 	s.dests[d.DestKey] = old
-	f.writes = append(f.writes, fmt.Sprintf("update destination %s -> %s weight %d", k, d.DestKey, d.Weight))
+	f.writes = append(f.writes, fmt.Sprintf("update destination %s -> %s weight %d%s", k, d.DestKey, d.Weight, forwardSuffix(d.Forward)))
 	return nil
 }
 
@@ -298,10 +298,19 @@ func (f *Fake) Dump() string {
 		}
 		slices.SortFunc(dks, CompareDestKeys)
 		for _, dk := range dks {
-			fmt.Fprintf(&b, "  -> %s weight %d\n", dk, s.dests[dk].Weight)
+			fmt.Fprintf(&b, "  -> %s weight %d%s\n", dk, s.dests[dk].Weight, forwardSuffix(s.dests[dk].Forward))
 		}
 	}
 	return b.String()
+}
+
+// forwardSuffix names a forwarding method other than the usual Masquerade, so
+// dumps and write logs of NAT-only tests stay as they were.
+func forwardSuffix(f Forward) string {
+	if f == Masquerade {
+		return ""
+	}
+	return " " + f.String()
 }
 
 // CompareKeys orders keys by address, protocol, port.

@@ -102,11 +102,44 @@ type DestKey struct {
 
 func (d DestKey) String() string { return netip.AddrPortFrom(d.Addr, d.Port).String() }
 
+// Forward is how IPVS reaches a destination (IP_VS_CONN_F_* in ip_vs.h).
+type Forward uint32
+
+// The forwarding methods kube-routerd programs.
+const (
+	// Masquerade rewrites the destination address (NAT); replies come back through
+	// IPVS, which rewrites their source.
+	Masquerade Forward = 0
+	// Tunnel encapsulates the packet in IPIP to the destination, which holds the
+	// virtual address itself and replies to the client directly (DSR).
+	Tunnel Forward = 2
+	// forwardLocal and forwardRoute are the kernel's other methods (local node, direct
+	// routing); kube-routerd reads them but never programs them.
+	forwardLocal Forward = 1
+	forwardRoute Forward = 3
+)
+
+func (f Forward) String() string {
+	switch f {
+	case Masquerade:
+		return "masq"
+	case Tunnel:
+		return "tunnel"
+	case forwardLocal:
+		return "local"
+	case forwardRoute:
+		return "route"
+	}
+	return fmt.Sprintf("forward-%d", uint32(f))
+}
+
 // Destination is one real server of a virtual service. Connection counts are read
 // from the kernel and ignored when programming.
 type Destination struct {
 	DestKey
 	Weight int
+	// Forward is the forwarding method (the zero value is Masquerade).
+	Forward Forward
 	// ActiveConns and InactiveConns count the connections the kernel still tracks.
 	ActiveConns   int
 	InactiveConns int
@@ -193,9 +226,9 @@ func (c Change) String() string {
 	case OpDeleteService:
 		return "deleting IPVS service " + c.Service.Key.String()
 	case OpAddDestination:
-		return fmt.Sprintf("adding destination %s weight %d to %s", c.Dest.DestKey, c.Dest.Weight, c.Service.Key)
+		return fmt.Sprintf("adding destination %s weight %d %s to %s", c.Dest.DestKey, c.Dest.Weight, c.Dest.Forward, c.Service.Key)
 	case OpUpdateDestination:
-		return fmt.Sprintf("setting destination %s of %s to weight %d", c.Dest.DestKey, c.Service.Key, c.Dest.Weight)
+		return fmt.Sprintf("setting destination %s of %s to weight %d %s", c.Dest.DestKey, c.Service.Key, c.Dest.Weight, c.Dest.Forward)
 	case OpDeleteDestination:
 		return fmt.Sprintf("deleting destination %s of %s", c.Dest.DestKey, c.Service.Key)
 	}

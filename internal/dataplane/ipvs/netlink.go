@@ -331,6 +331,7 @@ func (k *Kernel) Destinations(key Key) ([]Destination, error) {
 		out = append(out, Destination{
 			DestKey:       DestKey{Addr: addr.Unmap(), Port: md.Port},
 			Weight:        md.Weight,
+			Forward:       Forward(md.ConnectionFlags & mobyipvs.ConnectionFlagFwdMask),
 			ActiveConns:   md.ActiveConnections,
 			InactiveConns: md.InactiveConnections,
 		})

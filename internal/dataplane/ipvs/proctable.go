@@ -97,6 +97,18 @@ func parseProcDest(fields []string) (Destination, error) {
 	if d.Addr, d.Port, err = parseProcAddrPort(fields[1]); err != nil {
 		return Destination{}, err
 	}
+	switch fields[2] {
+	case "Masq":
+		d.Forward = Masquerade
+	case "Tunnel":
+		d.Forward = Tunnel
+	case "Local":
+		d.Forward = forwardLocal
+	case "Route":
+		d.Forward = forwardRoute
+	default:
+		return Destination{}, fmt.Errorf("unknown forwarding method %q", fields[2])
+	}
 	for i, n := range []*int{&d.Weight, &d.ActiveConns, &d.InactiveConns} {
 		if *n, err = strconv.Atoi(fields[3+i]); err != nil {
 			return Destination{}, fmt.Errorf("bad number %q", fields[3+i])

@@ -14,6 +14,8 @@ Prot LocalAddress:Port Scheduler Flags
 TCP  0A600001:0050 rr persistent 10800
   -> 0A010001:1F90      Masq    1      3          7
   -> 0A010002:1F90      Masq    0      0          0
+TCP  C0000207:01BB rr
+  -> 0A010003:01BB      Tunnel  1      0          2
 FWM  00000001 wlc
   -> 0A010009:0050      Route   1      0          0
 UDP  [fd00:0096:0000:0000:0000:0000:0000:0035]:0035 rr
@@ -30,7 +32,10 @@ SCTP  0A600002:0BB8 sh
 	dest := func(a string, port uint16, w, active, inactive int) Destination {
 		return Destination{DestKey: DestKey{Addr: netip.MustParseAddr(a), Port: port}, Weight: w, ActiveConns: active, InactiveConns: inactive}
 	}
+	tunnel := dest("10.1.0.3", 443, 1, 0, 2)
+	tunnel.Forward = Tunnel
 	want := map[Key][]Destination{
+		key("192.0.2.7", TCP, 443):   {tunnel},
 		key("10.96.0.1", TCP, 80):    {dest("10.1.0.1", 8080, 1, 3, 7), dest("10.1.0.2", 8080, 0, 0, 0)},
 		key("fd00:96::35", UDP, 53):  {dest("fd00:1::2", 53, 1, 0, 0)},
 		key("10.96.0.2", SCTP, 3000): {},
@@ -47,6 +52,7 @@ func TestParseProcTableRejectsWhatItCannotRead(t *testing.T) {
 		"TCP  0A6000:0050 rr\n",
 		"TCP  0A600001:0050 rr\n  -> 0A010001:1F90      Masq    one      0          0\n",
 		"TCP  0A600001 rr\n",
+		"TCP  0A600001:0050 rr\n  -> 0A010001:1F90      Carrier    1      0          0\n",
 	} {
 		if _, err := parseProcTable([]byte(header + body)); err == nil || !strings.Contains(err.Error(), "line 4") && !strings.Contains(err.Error(), "line 5") {
 			t.Errorf("%q: got %v, want an error naming the line", body, err)

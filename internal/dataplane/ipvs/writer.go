@@ -48,9 +48,6 @@ const (
 	destAttrUThresh   = 5
 	destAttrLThresh   = 6
 	destAttrAF        = 11
-
-	// fwdMasq is IP_VS_CONN_F_MASQ: destinations are reached by NAT.
-	fwdMasq = 0
 )
 
 // writer sends IPVS changes over generic netlink in batches (see nlbatch): a full
@@ -139,7 +136,7 @@ func appendDestAttr(b []byte, d Destination, full bool) []byte {
 	b = nlbatch.AppendAttr(b, destAttrPort, binary.BigEndian.AppendUint16(nil, d.Port))
 	b = nlbatch.AppendAttr(b, destAttrAF, binary.NativeEndian.AppendUint16(nil, af))
 	if full {
-		b = nlbatch.AppendAttr(b, destAttrFwdMethod, binary.NativeEndian.AppendUint32(nil, fwdMasq))
+		b = nlbatch.AppendAttr(b, destAttrFwdMethod, binary.NativeEndian.AppendUint32(nil, uint32(d.Forward)))
 		b = nlbatch.AppendAttr(b, destAttrWeight, binary.NativeEndian.AppendUint32(nil, uint32(d.Weight)))
 		b = nlbatch.AppendAttr(b, destAttrUThresh, binary.NativeEndian.AppendUint32(nil, 0))
 		b = nlbatch.AppendAttr(b, destAttrLThresh, binary.NativeEndian.AppendUint32(nil, 0))

@@ -1,0 +1,398 @@
+// Package podtunnel puts virtual addresses inside pods' network namespaces for direct
+// server return (DSR): an IPIP device in the pod decapsulates what IPVS tunnels to the
+// pod and holds the addresses, so the pod's replies leave with the virtual address as
+// their source and go to the client without passing the node's IPVS again.
+//
+// Pods are found by address, without a container runtime: the namespaces pinned in
+// directories (/run/netns, where containerd and CRI-O keep every pod's) and those of
+// running processes (/proc/<pid>/ns/net) are searched, deduplicated by inode, for
+// the one with the pod's address on an interface; the node's own namespace is never
+// one (a hostNetwork endpoint has no pod namespace to tunnel to).
+package podtunnel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
+)
+
+// LinkName is the IPIP device kube-routerd creates in a pod (kube-router's is
+// kube-tunnel-if, which kube-routerd leaves alone).
+const LinkName = "kube-dsr-tun"
+
+// linkAlias marks the device as kube-routerd's; a device of that name without it is
+// never changed.
+const linkAlias = "kube-routerd DSR"
+
+// ErrNoPod is returned (wrapped) when no pod namespace holds the address.
+var ErrNoPod = errors.New("no pod network namespace on this node has this address")
+
+// Interface is what the service proxy needs inside pods for DSR.
+type Interface interface {
+	// List returns the virtual addresses on kube-routerd's tunnel device of every pod
+	// found, by the pod's address (the tunnel's local address).
+	List() (map[netip.Addr][]netip.Addr, error)
+	// Set makes the tunnel in the pod with address pod hold exactly vips (sorted);
+	// none deletes the device.
+	Set(pod netip.Addr, vips []netip.Addr) error
+}
+
+// ProcPlace is the Places entry that searches the namespaces of running processes.
+const ProcPlace = "/proc"
+
+// Kernel is the real Interface.
+type Kernel struct {
+	// Places are where namespaces are searched, in order: directories of namespace
+	// files (such as /run/netns), and ProcPlace.
+	Places []string
+	// Node is the node's namespace (netns.None(): the caller's): never searched, and
+	// where the pod's veth peer is.
+	Node netns.NsHandle
+
+	mu sync.Mutex
+	// found remembers where each pod address was last seen; Set checks it still holds.
+	found map[netip.Addr]nsFile
+}
+
+// nsFile is a network namespace reachable by path.
+type nsFile struct {
+	path string
+	id   nsID
+}
+
+// nsID identifies a namespace: the device and inode of its nsfs file.
+type nsID struct{ dev, ino uint64 }
+
+func idOf(path string) (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{st.Dev, st.Ino}, nil
+}
+
+func (k *Kernel) nodeID() (nsID, error) {
+	if k.Node.IsOpen() {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(k.Node), &st); err != nil {
+			return nsID{}, fmt.Errorf("reading the node's network namespace: %w", err)
+		}
+		return nsID{st.Dev, st.Ino}, nil
+	}
+	return idOf("/proc/self/ns/net")
+}
+
+// candidates lists every namespace in Places once, the node's left out. Entries that
+// vanish or cannot be read (another user's process) are skipped.
+func (k *Kernel) candidates() ([]nsFile, error) {
+	node, err := k.nodeID()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[nsID]bool{node: true}
+	var out []nsFile
+	for _, place := range k.Places {
+		entries, err := os.ReadDir(place)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			return nil, fmt.Errorf("searching pod namespaces in %s: %w", place, err)
+		}
+		for _, e := range entries {
+			path := filepath.Join(place, e.Name())
+			if place == ProcPlace {
+				if _, err := strconv.Atoi(e.Name()); err != nil {
+					continue
+				}
+				path = filepath.Join(path, "ns", "net")
+			}
+			id, err := idOf(path)
+			if err != nil || seen[id] {
+				continue
+			}
+			seen[id] = true
+			out = append(out, nsFile{path: path, id: id})
+		}
+	}
+	return out, nil
+}
+
+// inNamespace runs fn with a netlink handle and a namespace handle inside f, after
+// checking f is still the namespace it was.
+func inNamespace(f nsFile, fn func(nl *netlink.Handle, ns netns.NsHandle) error) error {
+	ns, err := netns.GetFromPath(f.path)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(ns), &st); err != nil {
+		return err
+	}
+	if (nsID{st.Dev, st.Ino}) != f.id {
+		return fmt.Errorf("%s: %w", f.path, ErrNoPod)
+	}
+	nl, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("netlink in %s: %w", f.path, err)
+	}
+	defer nl.Close()
+	return fn(nl, ns)
+}
+
+// podAddrs lists the IPv4 addresses of a namespace's interfaces but loopback.
+func podAddrs(nl *netlink.Handle) ([]netlink.Addr, error) {
+	addrs, err := nl.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(addrs, func(a netlink.Addr) bool { return a.IP.IsLoopback() }), nil
+}
+
+func toAddr(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}
+
+// ourTunnel returns kube-routerd's tunnel device in the namespace, nil when there is
+// none, and an error when a device of that name is someone else's.
+func ourTunnel(nl *netlink.Handle) (netlink.Link, error) {
+	link, err := nl.LinkByName(LinkName)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if link.Attrs().Alias != linkAlias {
+		return nil, fmt.Errorf("device %s exists and is not kube-routerd's", LinkName)
+	}
+	return link, nil
+}
+
+// scan searches every namespace: where each address of this node's pods is, and what
+// our tunnels in them hold. A namespace is a pod of this node when the interface
+// with the address is a veth whose peer is in the node's namespace (the search also
+// sees namespaces of other nodes' pods when nodes share a kernel, as in tests).
+func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, error) {
+	files, err := k.candidates()
+	if err != nil {
+		return nil, nil, err
+	}
+	where := map[netip.Addr]nsFile{}
+	tunnels := map[netip.Addr][]netip.Addr{}
+	for _, f := range files {
+		_ = inNamespace(f, func(nl *netlink.Handle, _ netns.NsHandle) error {
+			addrs, err := podAddrs(nl)
+			if err != nil {
+				return err
+			}
+			tun, err := ourTunnel(nl)
+			if err != nil {
+				return err
+			}
+			var vips []netip.Addr
+			pod := false
+			for _, a := range addrs {
+				if tun != nil && a.LinkIndex == tun.Attrs().Index {
+					vips = append(vips, toAddr(a.IP))
+					continue
+				}
+				if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && k.intoNode(nl, link) {
+					where[toAddr(a.IP)] = f
+					pod = true
+				}
+			}
+			if ipip, ok := tun.(*netlink.Iptun); ok && pod {
+				slices.SortFunc(vips, netip.Addr.Compare)
+				tunnels[toAddr(ipip.Local)] = append([]netip.Addr{}, vips...)
+			}
+			return nil
+		})
+	}
+	return where, tunnels, nil
+}
+
+// intoNode reports whether a pod's interface is a veth whose peer is in the node's
+// namespace: the peer's namespace id, as the pod's namespace numbers it, is the
+// node's.
+func (k *Kernel) intoNode(nl *netlink.Handle, podLink netlink.Link) bool {
+	if podLink.Type() != "veth" {
+		return false
+	}
+	node := k.Node
+	if !node.IsOpen() {
+		var err error
+		if node, err = netns.Get(); err != nil {
+			return false
+		}
+		defer node.Close()
+	}
+	id, err := nl.GetNetNsIdByFd(int(node))
+	return err == nil && id >= 0 && id == podLink.Attrs().NetNsID
+}
+
+// List implements Interface.
+func (k *Kernel) List() (map[netip.Addr][]netip.Addr, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	where, tunnels, err := k.scan()
+	if err != nil {
+		return nil, err
+	}
+	k.found = where
+	return tunnels, nil
+}
+
+// Set implements Interface. The pod's namespace is looked up where it was last seen
+// and searched for again when it is not there any more.
+func (k *Kernel) Set(pod netip.Addr, vips []netip.Addr) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	f, ok := k.found[pod]
+	if ok {
+		err := inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+		if !errors.Is(err, ErrNoPod) && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	where, _, err := k.scan()
+	if err != nil {
+		return err
+	}
+	k.found = where
+	if f, ok = where[pod]; !ok {
+		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+	}
+	return inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+}
+
+// apply makes the tunnel in one pod namespace hold vips.
+func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vips []netip.Addr) error {
+	addrs, err := podAddrs(nl)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return toAddr(a.IP) == pod })
+	if i < 0 {
+		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+	}
+	podLink, err := nl.LinkByIndex(addrs[i].LinkIndex)
+	if err != nil || !k.intoNode(nl, podLink) {
+		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+	}
+	tun, err := ourTunnel(nl)
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod, err)
+	}
+	if len(vips) == 0 {
+		if tun == nil {
+			return nil
+		}
+		if err := nl.LinkDel(tun); err != nil {
+			return fmt.Errorf("pod %s: deleting %s: %w", pod, LinkName, err)
+		}
+		return nil
+	}
+	if tun == nil {
+		if tun, err = createTunnel(nl, pod); err != nil {
+			return err
+		}
+	}
+	// Decapsulated requests come in on the tunnel from clients routed out of eth0:
+	// loose reverse-path filtering (the highest of all and the device's applies) lets
+	// them in. The pod must not answer ARP for the addresses (the node owns them).
+	podConf := "net/ipv4/conf/" + podLink.Attrs().Name + "/"
+	_, err = sysctl.Ensure(sysctl.Proc{NS: ns}, []sysctl.KV{
+		{Key: "net/ipv4/conf/" + LinkName + "/rp_filter", Value: "2"},
+		{Key: podConf + "arp_ignore", Value: "1"},
+		{Key: podConf + "arp_announce", Value: "2"},
+	})
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod, err)
+	}
+	if err := nl.LinkSetUp(tun); err != nil {
+		return fmt.Errorf("pod %s: setting %s up: %w", pod, LinkName, err)
+	}
+	if err := syncAddrs(nl, tun, addrs, vips); err != nil {
+		return fmt.Errorf("pod %s: %w", pod, err)
+	}
+	return k.acceptLocalFrom(podLink)
+}
+
+func createTunnel(nl *netlink.Handle, pod netip.Addr) (netlink.Link, error) {
+	// The local address makes this device, not the namespace's catch-all tunl0, take
+	// the IPIP packets IPVS sends to the pod.
+	tun := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: LinkName}, Local: net.IP(pod.AsSlice())}
+	if err := nl.LinkAdd(tun); err != nil {
+		return nil, fmt.Errorf("pod %s: creating %s: %w", pod, LinkName, err)
+	}
+	if err := nl.LinkSetAlias(tun, linkAlias); err != nil {
+		return nil, fmt.Errorf("pod %s: marking %s: %w", pod, LinkName, err)
+	}
+	return nl.LinkByName(LinkName)
+}
+
+// syncAddrs makes the tunnel hold exactly vips (as /32, so no route comes with them).
+func syncAddrs(nl *netlink.Handle, tun netlink.Link, all []netlink.Addr, vips []netip.Addr) error {
+	have := map[netip.Addr]bool{}
+	for _, a := range all {
+		if a.LinkIndex == tun.Attrs().Index {
+			have[toAddr(a.IP)] = true
+		}
+	}
+	for _, v := range vips {
+		if have[v] {
+			delete(have, v)
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+		if err := nl.AddrAdd(tun, addr); err != nil {
+			return fmt.Errorf("adding %s to %s: %w", v, LinkName, err)
+		}
+	}
+	for v := range have {
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
+		if err := nl.AddrDel(tun, addr); err != nil {
+			return fmt.Errorf("removing %s from %s: %w", v, LinkName, err)
+		}
+	}
+	return nil
+}
+
+// acceptLocalFrom lets the node route the pod's replies: their source is a virtual
+// address the node holds too, which the kernel otherwise drops as a martian source
+// when it arrives on an interface without accept_local. The pod's packets arrive on
+// its veth's peer, or on the bridge that peer is enslaved to.
+func (k *Kernel) acceptLocalFrom(podLink netlink.Link) error {
+	nl, err := netlink.NewHandleAt(k.Node, unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	peer, err := nl.LinkByIndex(podLink.Attrs().ParentIndex)
+	if err != nil {
+		return fmt.Errorf("the node end of the pod's %s: %w", podLink.Attrs().Name, err)
+	}
+	in := peer
+	if m := peer.Attrs().MasterIndex; m != 0 {
+		if in, err = nl.LinkByIndex(m); err != nil {
+			return err
+		}
+	}
+	_, err = sysctl.Ensure(sysctl.Proc{NS: k.Node}, []sysctl.KV{{Key: "net/ipv4/conf/" + in.Attrs().Name + "/accept_local", Value: "1"}})
+	return err
+}

@@ -1,0 +1,186 @@
+//go:build vm
+
+package proxy
+
+import (
+	"bufio"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/podtunnel"
+	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
+)
+
+// accepted is what a pod's server saw of one connection.
+type accepted struct{ local, remote netip.AddrPort }
+
+// serveAccepts listens on port 80 in the pod, answers each connection with a line and
+// reports its addresses.
+func serveAccepts(t *testing.T, pod *netns.Pod) <-chan accepted {
+	t.Helper()
+	var ln net.Listener
+	if err := pod.Do(func() (err error) { ln, err = net.Listen("tcp4", ":80"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	out := make(chan accepted, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out <- accepted{c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()}
+			_, _ = c.Write([]byte(pod.Name + "\n"))
+			c.Close()
+		}
+	}()
+	return out
+}
+
+// request connects from the client to target and reads the answering pod's name,
+// retrying while the path is still settling (neighbour resolution).
+func request(t *testing.T, client *netns.Node, target netip.AddrPort) string {
+	t.Helper()
+	var last error
+	for deadline := time.Now().Add(vmWait); time.Now().Before(deadline); {
+		conn, err := client.DialTCP(target, 5*time.Second)
+		if err == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			line, rerr := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if rerr == nil {
+				return line[:len(line)-1]
+			}
+			err = rerr
+		}
+		last = err
+	}
+	t.Fatalf("no answer from %s: %v", target, last)
+	return ""
+}
+
+// dsrNode runs a proxy harness on a test node; its pods are found in the test's
+// namespaces. Each harness sees itself as thisNode, so the slices it stores say which
+// endpoints are its own.
+func dsrNode(t *testing.T, n *netns.Node) (*harness, Dataplane) {
+	dp := testKernelDataplane(t, n.NS)
+	dp.Tunnels = &podtunnel.Kernel{Places: []string{"/var/run/netns", podtunnel.ProcPlace}, Node: n.Handle}
+	return newHarnessOn(t, dp, allowTestExternalIPs), dp
+}
+
+// TestDSRRepliesGoFromThePodStraightToTheClient: a client outside the cluster sends
+// requests to a DSR external IP through node A. A's IPVS tunnels them to a pod on B,
+// then also to a pod on A; each pod holds the VIP and answers the client itself, so
+// the pod's socket has the VIP and the client's own address, and B's pod's replies
+// never reach A (B and the client share a link): A's IPVS counts no reply packet.
+func TestDSRRepliesGoFromThePodStraightToTheClient(t *testing.T) {
+	testenv.RequireVM(t)
+	link := netns.NewLink(t)
+	nodeA := link.AddNode(t, netns.NodeOptions{})
+	nodeB := link.AddNode(t, netns.NodeOptions{})
+	client := link.AddNode(t, netns.NodeOptions{Name: "client"})
+	link.StaticPodRoutes(t)
+	vip := netip.MustParseAddr("203.0.113.5")
+	client.AddRoute(t, netip.PrefixFrom(vip, 32), nodeA.IPv4)
+	podA, podB := nodeA.AddPod(t, netns.PodOptions{}), nodeB.AddPod(t, netns.PodOptions{})
+	gotA, gotB := serveAccepts(t, podA), serveAccepts(t, podB)
+
+	svc := func(value string) *corev1.Service {
+		return dsrService(value, func(s *corev1.Service) { s.Status.LoadBalancer.Ingress = nil })
+	}
+	hA, dpA := dsrNode(t, nodeA)
+	hB, _ := dsrNode(t, nodeB)
+	// apply gives both nodes the Service and its endpoints: podB always, podA when
+	// withA. Each node sees its own pod as local.
+	apply := func(value string, withA bool) {
+		onA, onB := []ep{{ip: podB.IPv4.String(), node: "b"}}, []ep{{ip: podB.IPv4.String()}}
+		if withA {
+			onA, onB = append(onA, ep{ip: podA.IPv4.String()}), append(onB, ep{ip: podA.IPv4.String(), node: "a"})
+		}
+		hA.store(svc(value))
+		hA.store(port80(onA...))
+		hB.store(svc(value))
+		hB.store(port80(onB...))
+		hA.sync(true)
+		hB.sync(true)
+	}
+	target := netip.AddrPortFrom(vip, 80)
+	// wantDSR checks what a pod's server saw: the pod itself ended the connection as
+	// the VIP, facing the real client, so its replies left with the VIP as source.
+	// Through NAT it would see its own address.
+	wantDSR := func(pod *netns.Pod, ch <-chan accepted) {
+		t.Helper()
+		if a := <-ch; a.local != target || a.remote.Addr() != client.IPv4 {
+			t.Errorf("pod %s accepted %s -> %s, want %s -> %s", pod.Name, a.remote, a.local, client.IPv4, target)
+		}
+	}
+
+	// Only podB, on the other node: A's IPVS counts the requests and no reply, as
+	// podB's replies go from B straight to the client over their shared link.
+	apply("tunnel", false)
+	if got := request(t, client, target); got != podB.Name {
+		t.Fatalf("answer from %s, want %s", got, podB.Name)
+	}
+	wantDSR(podB, gotB)
+	key := ipvs.Key{Addr: vip, Proto: ipvs.TCP, Port: 80}
+	var st ipvs.Stats
+	for deadline := time.Now().Add(vmWait); st.PacketsIn == 0 && time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		all, err := dpA.IPVS.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = all[key]
+	}
+	t.Logf("IPVS counters of %s on node A: %d connections, %d packets in, %d out", key, st.Connections, st.PacketsIn, st.PacketsOut)
+	if st.PacketsIn == 0 || st.PacketsOut != 0 {
+		t.Errorf("IPVS counters of %s on node A: %d packets in, %d out; want some in and none out", key, st.PacketsIn, st.PacketsOut)
+	}
+
+	// podA on node A too: both pods hold the VIP on their tunnel and answer directly.
+	apply("tunnel", true)
+	for _, pod := range []*netns.Pod{podA, podB} {
+		tun, err := pod.Netlink.LinkByName(podtunnel.LinkName)
+		if err != nil {
+			t.Fatalf("pod %s has no %s: %v", pod.Name, podtunnel.LinkName, err)
+		}
+		addrs, err := pod.Netlink.AddrList(tun, netlink.FAMILY_V4)
+		if err != nil || len(addrs) != 1 || !addrs[0].IP.Equal(net.IP(vip.AsSlice())) {
+			t.Errorf("pod %s: %s holds %v (%v), want only %s", pod.Name, podtunnel.LinkName, addrs, err, vip)
+		}
+	}
+	answered := map[string]bool{}
+	for i := 0; i < 6 && len(answered) < 2; i++ {
+		answered[request(t, client, target)] = true
+	}
+	if !answered[podA.Name] || !answered[podB.Name] {
+		t.Fatalf("answers came from %v, want both pods", answered)
+	}
+	wantDSR(podA, gotA)
+	wantDSR(podB, gotB)
+
+	// The annotation goes: the pods lose their tunnels, and NAT serves the VIP again.
+	apply("", true)
+	for _, pod := range []*netns.Pod{podA, podB} {
+		if _, err := pod.Netlink.LinkByName(podtunnel.LinkName); err == nil {
+			t.Errorf("pod %s still has %s after the annotation went", pod.Name, podtunnel.LinkName)
+		}
+	}
+	for _, ch := range []<-chan accepted{gotA, gotB} {
+		for len(ch) > 0 {
+			<-ch // connections of retries above
+		}
+	}
+	name := request(t, client, target)
+	ch := map[string]<-chan accepted{podA.Name: gotA, podB.Name: gotB}[name]
+	if a := <-ch; a.local.Addr() == vip {
+		t.Errorf("without DSR pod %s still accepted on the VIP: %s", name, a.local)
+	}
+}
