@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"runtime/debug"
 	"context"
 	"errors"
 	"fmt"
@@ -135,6 +136,9 @@ func (d *Daemon) checkReady() {
 		d.notify("READY=1")
 		d.notify("STATUS=" + d.statusLine())
 		close(d.readyCh)
+		// The initial lists and first syncs leave garbage several times the live
+		// heap; hand those pages back now rather than keep them for minutes.
+		go debug.FreeOSMemory()
 	})
 }
 

@@ -6,9 +6,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -62,14 +64,17 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.Logf("loaded %s in %s", size, time.Since(loadStart).Round(time.Second))
 
 	node := netns.NewNode(b, netns.NodeOptions{Name: workload.NodeName(0), PodCIDRv4: workload.PodCIDR(0)})
-	d := setupDaemon(b, node, rc, "node_mesh = false\n")
+	// pprof on the node's loopback, for the heap profile written after READY.
+	d := setupDaemon(b, node, rc, "node_mesh = false\n[debug]\npprof_listen = \"127.0.0.1:6060\"\n")
 	metrics := newMetricsClient(node)
 	b.ResetTimer()
 	ready := d.StartReady(10 * time.Minute)
 	b.StopTimer()
 	pid := d.PID()
 	startCPU := procCPU(b, pid)
-	startRequests := sum(metrics.values(b), "kube_routerd_api_requests_total", "")
+	atReady := metrics.values(b)
+	startRequests := sum(atReady, "kube_routerd_api_requests_total", "")
+	heapProfile(b, metrics, size)
 	readyRSS := procMemMiB(b, pid, "VmRSS")
 	idleFrom := procCPU(b, pid)
 	const idleWindow = 20 * time.Second
@@ -103,6 +108,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(startCPU.Seconds(), "startup-cpu-s")
 	b.ReportMetric(startRequests, "startup-api-requests")
 	b.ReportMetric(readyRSS, "ready-rss-MiB")
+	b.ReportMetric(atReady["go_memstats_heap_inuse_bytes"]/(1<<20), "ready-heap-inuse-MiB")
 	b.ReportMetric(peakRSS, "peak-rss-MiB")
 	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")
 	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
@@ -114,6 +120,29 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(float64(burstChanges), "burst-changes")
 	b.ReportMetric(float64(deleted), "burst-deleted-pods")
 	b.ReportMetric(float64(burstSyncs), "burst-syncs")
+}
+
+// heapProfile writes the daemon's heap profile to $KUBEROUTERD_BENCH_OUT, if set.
+func heapProfile(b *testing.B, m *metricsClient, size workload.Size) {
+	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
+	if dir == "" {
+		return
+	}
+	resp, err := m.http.Get("http://127.0.0.1:6060/debug/pprof/heap?gc=1")
+	if err != nil {
+		b.Fatalf("heap profile: %v", err)
+	}
+	defer resp.Body.Close()
+	path := filepath.Join(dir, fmt.Sprintf("daemon-heap-%dpods.pprof", size.Pods))
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("heap profile of the daemon at READY: %s", path)
 }
 
 // loadCluster creates size's Namespaces, Nodes, Pods (with their status),
@@ -280,7 +309,7 @@ func medianLatency(b *testing.B, m *metricsClient, n int, change func(n int) (ga
 // which selects node 0's pods: turning it frontend adds it to that policy's peer set.
 func peerToRelabel(size workload.Size) int {
 	for i := size.Namespaces; i < size.Pods; i += size.Namespaces {
-		if i%3 == 1 && size.PodNode(i) != 0 {
+		if workload.Tier(i) == "backend" && size.PodNode(i) != 0 {
 			return i
 		}
 	}

@@ -89,6 +89,10 @@ func (s Size) PodNamespace(i int) string { return NamespaceName(i % s.Namespaces
 // PodName is pod i's name.
 func PodName(i int) string { return fmt.Sprintf("web-7d9f8b6c4d-%06d", i) }
 
+// Tier is pod i's tier label: frontend, backend or data, varying within every
+// namespace and app.
+func Tier(i int) string { return []string{"frontend", "backend", "data"}[(i/7)%3] }
+
 // App is the app label of pod i: every pod of an app sits in one namespace, and a
 // Service or policy selects one app.
 func (s Size) App(i int) string { return fmt.Sprintf("app-%d", i%max(1, s.Services)) }
@@ -285,7 +289,7 @@ func (s Size) Pod(i int) *corev1.Pod {
 		ObjectMeta: metav1.ObjectMeta{
 			Name: PodName(i), Namespace: ns, UID: types.UID(fmt.Sprintf("6f1c2e4a-0000-4000-8000-%012d", i)), CreationTimestamp: created,
 			GenerateName: rs + "-",
-			Labels:       map[string]string{"app": app, "pod-template-hash": "7d9f8b6c4d", "tier": []string{"frontend", "backend", "data"}[i%3], "version": "v1"},
+			Labels:       map[string]string{"app": app, "pod-template-hash": "7d9f8b6c4d", "tier": Tier(i), "version": "v1"},
 			Annotations:  map[string]string{"prometheus.io/scrape": "true", "prometheus.io/port": "9100", "kubectl.kubernetes.io/restartedAt": created.Format(time.RFC3339)},
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: rs,
 				UID: types.UID(fmt.Sprintf("9a1c2e4a-0000-4000-8000-%012d", i%max(1, s.Services))), Controller: &truth, BlockOwnerDeletion: &truth}},
