@@ -1,13 +1,13 @@
 package daemon
 
 import (
-	"runtime/debug"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"

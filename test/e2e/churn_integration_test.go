@@ -277,14 +277,14 @@ func (w *watchdogWatch) stop() (longestGap time.Duration, pings int) {
 	return r[0], int(r[1])
 }
 
-// settledState waits until the node's kernel state stops changing over three samples
-// a second apart and returns it.
-func settledState(t *testing.T, n *netns.Node, timeout time.Duration) string {
+// settledState waits until the node's kernel state (as state reads it) stops
+// changing over three samples a second apart and returns it.
+func settledState(t testing.TB, n *netns.Node, timeout time.Duration, state func(testing.TB, *netns.Node) string) string {
 	t.Helper()
 	var last string
 	stable := 0
 	testenv.Eventually(t, "the kernel state to stop changing", timeout, func() bool {
-		s := fullState(t, n)
+		s := state(t, n)
 		if s == last {
 			stable++
 		} else {
@@ -371,7 +371,7 @@ func TestSustainedChurn(t *testing.T) {
 	}
 
 	churnEnd := time.Now()
-	churned := settledState(t, nodeA, 3*time.Minute)
+	churned := settledState(t, nodeA, 3*time.Minute, fullState)
 	settled := time.Since(churnEnd)
 	for name, w := range map[string]*watchdogWatch{"A": watchA, "B": watchB} {
 		gap, pings := w.stop()
@@ -404,7 +404,7 @@ func TestSustainedChurn(t *testing.T) {
 	daemonA.Run("cleanup")
 	daemonA.StartReady(readyTimeout)
 	waitRoutes(t, nodeA, nodeB)
-	clean := settledState(t, nodeA, 3*time.Minute)
+	clean := settledState(t, nodeA, 3*time.Minute, fullState)
 	if churned != clean {
 		t.Fatalf("after churn the kernel differs from a clean start:\n%s", lineDiff(churned, clean))
 	}

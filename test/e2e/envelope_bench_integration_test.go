@@ -94,7 +94,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	burstSyncs, burstChanges, deleted, burstHWM := burst(b, cs, metrics, size, pid)
 
 	peakRSS := procMemMiB(b, pid, "VmHWM")
-	before := settledState(b, node)
+	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
 	d.StartReady(10 * time.Minute)
 	waitIdle(b, metrics)
@@ -448,23 +448,6 @@ func ourFullState(b testing.TB, n *netns.Node) string {
 	}
 	slices.Sort(out)
 	return ourState(b, n) + strings.Join(out, "\n")
-}
-
-// settledState is ourFullState once two snapshots five seconds apart agree: an
-// idle controller may still have watch events on their way on a loaded machine.
-func settledState(b testing.TB, n *netns.Node) string {
-	b.Helper()
-	state := ourFullState(b, n)
-	for range 12 {
-		time.Sleep(5 * time.Second)
-		next := ourFullState(b, n)
-		if next == state {
-			return state
-		}
-		state = next
-	}
-	b.Fatal("our kernel state did not settle within a minute")
-	return ""
 }
 
 // diffLines lists the lines only one of a and b has (at most 40).

@@ -201,7 +201,7 @@ func (d *daemon) expectHealthy(t *testing.T) {
 
 // fullState is ourState plus the IPv6 filter table, the other family the policy
 // controller programs, with set names sorted (the kernel lists them in no fixed order).
-func fullState(t *testing.T, n *netns.Node) string {
+func fullState(t testing.TB, n *netns.Node) string {
 	t.Helper()
 	var b strings.Builder
 	var sets []string
