@@ -121,7 +121,7 @@ func managedFields(manager string, op metav1.ManagedFieldsOperationType, subreso
 	}
 	b.WriteString(`}}`)
 	return metav1.ManagedFieldsEntry{Manager: manager, Operation: op, APIVersion: "v1", Time: &created,
-		FieldsType: "FieldsV1", FieldsV1: &metav1.FieldsV1{Raw: []byte(b.String())}, Subresource: subresource}
+		FieldsType: "FieldsV1", FieldsV1: metav1.NewFieldsV1(b.String()), Subresource: subresource}
 }
 
 // Node is node i of the cluster, as kubelet and the node controllers write it.
