@@ -41,12 +41,21 @@ var ErrNoPod = errors.New("no pod network namespace on this node has this addres
 
 // Interface is what the service proxy needs inside pods for DSR.
 type Interface interface {
-	// List returns the virtual addresses on kube-routerd's tunnel device of every pod
-	// found, by the pod's address (the tunnel's local address).
-	List() (map[netip.Addr][]netip.Addr, error)
+	// List returns kube-routerd's tunnel of every pod found that has one, by the pod's
+	// address (the tunnel's local address).
+	List() (map[netip.Addr]Pod, error)
 	// Set makes the tunnel in the pod with address pod hold exactly vips (sorted);
-	// none deletes the device.
-	Set(pod netip.Addr, vips []netip.Addr) error
+	// none deletes the device. It returns the MTU of the pod's interface.
+	Set(pod netip.Addr, vips []netip.Addr) (mtu int, err error)
+}
+
+// Pod is kube-routerd's tunnel in one pod.
+type Pod struct {
+	// VIPs are the virtual addresses the tunnel holds, sorted.
+	VIPs []netip.Addr
+	// MTU is the MTU of the pod's interface with the pod's address: the pod
+	// advertises a TCP MSS for it, and IPVS's encapsulated requests must fit it.
+	MTU int
 }
 
 // ProcPlace is the Places entry that searches the namespaces of running processes.
@@ -187,25 +196,23 @@ func ourTunnel(nl *netlink.Handle) (netlink.Link, error) {
 // our tunnels in them hold. A namespace is a pod of this node when the interface
 // with the address is a veth whose peer is in the node's namespace (the search also
 // sees namespaces of other nodes' pods when nodes share a kernel, as in tests).
-func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, error) {
+func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr]Pod, error) {
 	files, err := k.candidates()
 	if err != nil {
 		return nil, nil, err
 	}
 	where := map[netip.Addr]nsFile{}
-	tunnels := map[netip.Addr][]netip.Addr{}
+	tunnels := map[netip.Addr]Pod{}
 	for _, f := range files {
 		_ = inNamespace(f, func(nl *netlink.Handle, _ netns.NsHandle) error {
 			addrs, err := podAddrs(nl)
 			if err != nil {
 				return err
 			}
-			tun, err := ourTunnel(nl)
-			if err != nil {
-				return err
-			}
+			// Someone else's device of our name is no tunnel of ours; Set says so.
+			tun, _ := ourTunnel(nl)
 			var vips []netip.Addr
-			pod := false
+			mtus := map[netip.Addr]int{}
 			for _, a := range addrs {
 				if tun != nil && a.LinkIndex == tun.Attrs().Index {
 					vips = append(vips, toAddr(a.IP))
@@ -213,12 +220,14 @@ func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, err
 				}
 				if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && k.intoNode(nl, link) {
 					where[toAddr(a.IP)] = f
-					pod = true
+					mtus[toAddr(a.IP)] = link.Attrs().MTU
 				}
 			}
-			if ipip, ok := tun.(*netlink.Iptun); ok && pod {
-				slices.SortFunc(vips, netip.Addr.Compare)
-				tunnels[toAddr(ipip.Local)] = append([]netip.Addr{}, vips...)
+			if ipip, ok := tun.(*netlink.Iptun); ok {
+				if mtu, pod := mtus[toAddr(ipip.Local)]; pod {
+					slices.SortFunc(vips, netip.Addr.Compare)
+					tunnels[toAddr(ipip.Local)] = Pod{VIPs: append([]netip.Addr{}, vips...), MTU: mtu}
+				}
 			}
 			return nil
 		})
@@ -246,7 +255,7 @@ func (k *Kernel) intoNode(nl *netlink.Handle, podLink netlink.Link) bool {
 }
 
 // List implements Interface.
-func (k *Kernel) List() (map[netip.Addr][]netip.Addr, error) {
+func (k *Kernel) List() (map[netip.Addr]Pod, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	where, tunnels, err := k.scan()
@@ -259,57 +268,65 @@ func (k *Kernel) List() (map[netip.Addr][]netip.Addr, error) {
 
 // Set implements Interface. The pod's namespace is looked up where it was last seen
 // and searched for again when it is not there any more.
-func (k *Kernel) Set(pod netip.Addr, vips []netip.Addr) error {
+func (k *Kernel) Set(pod netip.Addr, vips []netip.Addr) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	var mtu int
+	apply := func(nl *netlink.Handle, ns netns.NsHandle) (err error) {
+		mtu, err = k.apply(nl, ns, pod, vips)
+		return err
+	}
 	f, ok := k.found[pod]
 	if ok {
-		err := inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+		err := inNamespace(f, apply)
 		if !errors.Is(err, ErrNoPod) && !errors.Is(err, os.ErrNotExist) {
-			return err
+			return mtu, err
 		}
 	}
 	where, _, err := k.scan()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	k.found = where
 	if f, ok = where[pod]; !ok {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
-	return inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+	err = inNamespace(f, apply)
+	return mtu, err
 }
 
-// apply makes the tunnel in one pod namespace hold vips.
-func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vips []netip.Addr) error {
+// apply makes the tunnel in one pod namespace hold vips and returns the MTU of the
+// pod's interface.
+func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vips []netip.Addr) (int, error) {
 	addrs, err := podAddrs(nl)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return toAddr(a.IP) == pod })
 	if i < 0 {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
 	podLink, err := nl.LinkByIndex(addrs[i].LinkIndex)
 	if err != nil || !k.intoNode(nl, podLink) {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
+	mtu := podLink.Attrs().MTU
 	tun, err := ourTunnel(nl)
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
 	if len(vips) == 0 {
 		if tun == nil {
-			return nil
+			return mtu, nil
 		}
 		if err := nl.LinkDel(tun); err != nil {
-			return fmt.Errorf("pod %s: deleting %s: %w", pod, LinkName, err)
+			return mtu, fmt.Errorf("pod %s: deleting %s: %w", pod, LinkName, err)
 		}
-		return nil
+		return mtu, nil
 	}
 	if tun == nil {
 		if tun, err = createTunnel(nl, pod); err != nil {
-			return err
+			return mtu, err
 		}
 	}
 	// Decapsulated requests come in on the tunnel from clients routed out of eth0:
@@ -322,15 +339,15 @@ func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vi
 		{Key: podConf + "arp_announce", Value: "2"},
 	})
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
 	if err := nl.LinkSetUp(tun); err != nil {
-		return fmt.Errorf("pod %s: setting %s up: %w", pod, LinkName, err)
+		return mtu, fmt.Errorf("pod %s: setting %s up: %w", pod, LinkName, err)
 	}
 	if err := syncAddrs(nl, tun, addrs, vips); err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
-	return k.acceptLocalFrom(podLink)
+	return mtu, k.acceptLocalFrom(podLink)
 }
 
 func createTunnel(nl *netlink.Handle, pod netip.Addr) (netlink.Link, error) {
