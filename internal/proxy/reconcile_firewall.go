@@ -116,7 +116,7 @@ func (r *firewall) apply(ff *firewallFamily, d *desiredState, full bool) error {
 		},
 		Chains: append(firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4), ofFamily(d.restricted, ff.proto), r.nodeAddrs),
 			dsrMSSChain(ff.family, ofFamily(d.dsrLocal, ff.proto), r.dsrPodMTU())),
-		Jumps:  ff.jumps(),
+		Jumps: ff.jumps(),
 	}
 	st, err := ff.netfilter.Apply(want, full)
 	r.writes += st.Writes()
