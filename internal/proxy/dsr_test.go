@@ -73,13 +73,12 @@ func TestDesiredDSR(t *testing.T) {
 			wantErr: `port "http" maps 80 to target port 8080, and DSR cannot remap ports; 203.0.113.5:80/TCP served by NAT`,
 		},
 		{
-			name: "an IPv6 external IP is refused",
+			name: "an IPv6 external IP is served by DSR too",
 			svc: dsrService("tunnel", func(s *corev1.Service) {
 				s.Spec.ExternalIPs = []string{"2001:db8::5"}
 				s.Status.LoadBalancer.Ingress = nil
 			}),
-			want:    "ExternalIP [2001:db8::5]:80/TCP rr",
-			wantErr: "[2001:db8::5]:80/TCP is IPv6, which DSR does not support",
+			want: "ExternalIP [2001:db8::5]:80/TCP rr dsr",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

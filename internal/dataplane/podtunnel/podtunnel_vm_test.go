@@ -145,3 +145,62 @@ func TestADeviceOfOurNameThatIsNotOursIsLeftAlone(t *testing.T) {
 		t.Errorf("their device got addresses %v", got)
 	}
 }
+
+// TestIPv6AddressesGoOnAnIP6IP6Tunnel: a dual-stack pod's IPv6 address gets its own
+// ip6ip6 device next to the IPIP one; each holds its family's VIPs, listed by the
+// pod address it serves, and each goes alone.
+func TestIPv6AddressesGoOnAnIP6IP6Tunnel(t *testing.T) {
+	testenv.RequireVM(t)
+	node := tnetns.NewNode(t, tnetns.NodeOptions{})
+	pod := node.AddPod(t, tnetns.PodOptions{})
+	k := &Kernel{Places: []string{"/var/run/netns"}, Node: node.Handle}
+	vip4, vip6 := netip.MustParseAddr("203.0.113.5"), netip.MustParseAddr("2001:db8::5")
+
+	if _, err := k.Set(pod.IPv4, []netip.Addr{vip4}); err != nil {
+		t.Fatal(err)
+	}
+	if mtu, err := k.Set(pod.IPv6, []netip.Addr{vip6}); err != nil || mtu != 1500 {
+		t.Fatalf("Set(%s): MTU %d, %v", pod.IPv6, mtu, err)
+	}
+	link, err := pod.Netlink.LinkByName(LinkName6)
+	if err != nil {
+		t.Fatalf("no %s in the pod: %v", LinkName6, err)
+	}
+	tun, ok := link.(*netlink.Ip6tnl)
+	if !ok || !tun.Local.Equal(net.IP(pod.IPv6.AsSlice())) || tun.Proto != 41 || link.Attrs().Flags&net.FlagUp == 0 {
+		t.Fatalf("%s is %#v; want an ip6ip6 device, local %s, up", LinkName6, link, pod.IPv6)
+	}
+	addrs, err := pod.Netlink.AddrList(link, netlink.FAMILY_V6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var global []string
+	for _, a := range addrs {
+		if !a.IP.IsLinkLocalUnicast() {
+			global = append(global, a.IPNet.String())
+			if a.Flags&0x40 != 0 { // IFA_F_TENTATIVE
+				t.Errorf("%s is tentative: a pod cannot answer from it", a.IP)
+			}
+		}
+	}
+	if !slices.Equal(global, []string{"2001:db8::5/128"}) {
+		t.Errorf("%s holds %v, want [2001:db8::5/128]", LinkName6, global)
+	}
+	list, err := k.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || !slices.Equal(list[pod.IPv4].VIPs, []netip.Addr{vip4}) || !slices.Equal(list[pod.IPv6].VIPs, []netip.Addr{vip6}) {
+		t.Errorf("List: %v, want %s: [%s] and %s: [%s]", list, pod.IPv4, vip4, pod.IPv6, vip6)
+	}
+
+	if _, err := k.Set(pod.IPv6, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pod.Netlink.LinkByName(LinkName6); err == nil {
+		t.Errorf("%s still there after its last address went", LinkName6)
+	}
+	if got := tunnelAddrs(t, pod); !slices.Equal(got, []netip.Addr{vip4}) {
+		t.Errorf("the IPv4 tunnel holds %v after the IPv6 one went, want [%s]", got, vip4)
+	}
+}
