@@ -73,7 +73,7 @@ func cleanup(ctx context.Context, dp Dataplane, log *slog.Logger) error {
 // cleanupFirewall removes our jumps, chains and sets (but the ledger set).
 func cleanupFirewall(dp Dataplane, log *slog.Logger) error {
 	var errs []error
-	for _, ff := range newFirewall(dp, FirewallOptions{}, log).families {
+	for _, ff := range newFirewall(dp, FirewallOptions{}, nil, log).families {
 		errs = append(errs, ff.netfilter.Cleanup())
 	}
 	return errors.Join(errs...)

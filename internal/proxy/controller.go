@@ -91,14 +91,15 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 	if err != nil {
 		return nil, err
 	}
+	rec := newReconciler(dp, cfg.GracefulTerminationTimeout.Duration, log)
 	c := &Controller{
 		log:      log,
 		cfg:      cfg,
 		nodeName: env.NodeName,
 		services: env.Informers.Core().V1().Services().Lister(),
 		nodes:    env.Informers.Core().V1().Nodes().Lister(),
-		rec:      newReconciler(dp, cfg.GracefulTerminationTimeout.Duration, log),
-		fw:       newFirewall(dp, firewallOptions(cfg), log),
+		rec:      rec,
+		fw:       newFirewall(dp, firewallOptions(cfg), rec.dsr.podMTU, log),
 		metrics:  m,
 		desired:  newDesiredState(log),
 		refused:  map[types.NamespacedName][]refusedAddr{},
@@ -273,16 +274,20 @@ func (c *Controller) sync(ctx context.Context, full bool) (summary string, err e
 	}
 	c.recomputed = len(names)
 
+	c.rec.dsr.writes = 0
 	if full {
 		// IPVS first: it creates the ledger set the firewall rules refer to.
 		err = errors.Join(c.rec.full(c.desired), c.fw.full(c.desired))
 		c.fullDone = err == nil
 	} else {
 		changed = append(changed, c.rec.drainingKeys()...)
-		// The firewall first: a new load-balancer IP with source ranges is never
-		// reachable before the rules that restrict it are in place.
+		// DSR pods get their addresses first: the firewall clamps the MSS of their
+		// connections to the MTU they report. Then the firewall: a new load-balancer
+		// IP with source ranges is never reachable before the rules that restrict it
+		// are in place.
+		dsrErr := c.rec.dsr.grow(c.desired)
 		fwErr := c.fw.partial(c.desired, changed)
-		err = errors.Join(fwErr, c.rec.partial(c.desired, changed))
+		err = errors.Join(dsrErr, fwErr, c.rec.partial(c.desired, changed))
 	}
 	c.scheduleDrainPoll()
 	c.applyHealthChecks(node)

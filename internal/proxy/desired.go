@@ -368,11 +368,8 @@ func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlic
 
 // dsrRefusal says why a virtual service cannot be served by DSR (it is then served
 // by NAT), or nil. IPVS tunnels the packet unchanged, so the endpoint must listen on
-// the Service's own port; and only IPIP (IPv4) tunnels are set up in pods.
+// the Service's own port.
 func dsrRefusal(vs virtualServer) error {
-	if !vs.Addr.Is4() {
-		return fmt.Errorf("annotation %s: %s is IPv6, which DSR does not support; served by NAT", annotationDSR, vs.Key)
-	}
 	for _, d := range vs.Destinations {
 		if d.Port != vs.Port {
 			return fmt.Errorf("annotation %s: port %q maps %d to target port %d, and DSR cannot remap ports; %s served by NAT",

@@ -24,15 +24,19 @@ import (
 //	nat POSTROUTING -> KUBE-ROUTER-POSTROUTING: marked connections are masqueraded, and
 //	  so are hairpin connections (a local endpoint reaching itself through a service),
 //	  which the endpoint would otherwise drop for carrying its own source address.
+//	mangle FORWARD -> KUBE-ROUTER-DSR-MSS: the SYN-ACKs of this node's DSR endpoints
+//	  get an MSS that fits IPVS's tunnel (dsrMSSChain).
 //
-// Chains are recomputed as a whole; only the hairpin rules depend on Services, so a
-// change rewrites at most that chain. Sets change entry by entry.
+// Chains are recomputed as a whole; only the hairpin, source range and MSS rules
+// depend on Services, so a change rewrites at most those chains. Sets change entry by
+// entry.
 const (
 	chainServices    = "KUBE-ROUTER-SERVICES"
 	chainPostrouting = "KUBE-ROUTER-POSTROUTING"
 	// chainSourceRanges drops clients outside a load-balancer IP's
 	// loadBalancerSourceRanges; filter KUBE-ROUTER-SERVICES enters it first.
 	chainSourceRanges = "KUBE-ROUTER-LB-SOURCES"
+	chainDSRMSS       = "KUBE-ROUTER-DSR-MSS"
 
 	// masqueradeMark is the packet mark bit that asks for masquerading; netpol uses
 	// 0x10000 and kube-proxy 0x4000 and 0x8000.
@@ -61,11 +65,14 @@ type family struct {
 	ipsetFamily              ipfamily.Family
 	vipSet, localSet, ledger string
 	icmp, reject             string
+	// dsrOverhead is what a DSR endpoint's MSS leaves free of its interface's MTU:
+	// the outer header of IPVS's tunnel (IPIP, ip6ip6) and the inner IP and TCP headers.
+	dsrOverhead int
 }
 
 var families = []family{
-	{ipfamily.IPv4, ipfamily.IPv4, setVIPsV4, setLocalV4, ipvs.LedgerSetV4, "icmp", "icmp-port-unreachable"},
-	{ipfamily.IPv6, ipfamily.IPv6, setVIPsV6, setLocalV6, ipvs.LedgerSetV6, "ipv6-icmp", "icmp6-port-unreachable"},
+	{ipfamily.IPv4, ipfamily.IPv4, setVIPsV4, setLocalV4, ipvs.LedgerSetV4, "icmp", "icmp-port-unreachable", 20 + 20 + 20},
+	{ipfamily.IPv6, ipfamily.IPv6, setVIPsV6, setLocalV6, ipvs.LedgerSetV6, "ipv6-icmp", "icmp6-port-unreachable", 40 + 40 + 20},
 }
 
 func familyOf(a netip.Addr) family {
@@ -84,6 +91,7 @@ func (f family) jumps() []netfilter.Jump {
 		{Table: iptables.TableNAT, Chain: "PREROUTING", Rule: to(chainServices)},
 		{Table: iptables.TableNAT, Chain: "OUTPUT", Rule: to(chainServices)},
 		{Table: iptables.TableNAT, Chain: "POSTROUTING", Rule: to(chainPostrouting)},
+		{Table: iptables.TableMangle, Chain: "FORWARD", Rule: to(chainDSRMSS)},
 	}
 }
 
@@ -163,6 +171,32 @@ func sourceRangeRules(restricted []*virtualServer, nodeAddrs []netip.Addr) []str
 	return rules
 }
 
+// dsrMSSChain clamps the MSS in the SYN-ACKs of this node's DSR endpoints. A pod
+// advertises the MSS of its own interface's MTU, but the client's segments reach it
+// inside IPVS's tunnel, whose outer header then does not fit: IPVS answers with an
+// ICMP "fragmentation needed" that must reach the client, and a client behind a
+// firewall dropping ICMP hangs. The SYN-ACK is the one place to fix it: the MSS a
+// client's SYN carries only limits what the pod sends. The SYN-ACK leaves the pod
+// with the virtual address as its source and is forwarded by the pod's own node,
+// whether or not IPVS ran there, so each node clamps its own endpoints'. local holds
+// the family's DSR virtual services with an endpoint here, sorted by key; podMTU is
+// the smallest MTU of their pods' interfaces, 0 when no pod was found (no rules).
+func dsrMSSChain(f family, local []*virtualServer, podMTU int) netfilter.Chain {
+	c := netfilter.Chain{Table: iptables.TableMangle, Name: chainDSRMSS}
+	if podMTU == 0 {
+		return c
+	}
+	for _, vs := range local {
+		if vs.Proto != ipvs.TCP {
+			continue
+		}
+		vip := netip.PrefixFrom(vs.Addr, vs.Addr.BitLen()).String()
+		c.Rules = append(c.Rules, fmt.Sprintf(`-s %s -p tcp -m comment --comment "%s:%s DSR" -m tcp --sport %d `+
+			`--tcp-flags SYN,RST,ACK SYN,ACK -j TCPMSS --set-mss %d`, vip, vs.Owner, vs.PortName, vs.Port, podMTU-f.dsrOverhead))
+	}
+	return c
+}
+
 // keepsClientAddr reports whether traffic to vs from outside the cluster keeps its
 // source address: externalTrafficPolicy Local, which leaves only local endpoints, and
 // DSR, whose endpoints answer the client directly.
@@ -174,7 +208,7 @@ func keepsClientAddr(vs *virtualServer) bool {
 // are the IPVS reconciler's (internal/dataplane/ipvs).
 var Owner = netfilter.Owner{
 	Name:   "service proxy",
-	Tables: []string{iptables.TableFilter, iptables.TableNAT},
-	Chains: []string{chainServices, chainPostrouting, chainSourceRanges},
+	Tables: []string{iptables.TableFilter, iptables.TableNAT, iptables.TableMangle},
+	Chains: []string{chainServices, chainPostrouting, chainSourceRanges, chainDSRMSS},
 	Sets:   []string{setVIPsV4, setVIPsV6, setLocalV4, setLocalV6},
 }

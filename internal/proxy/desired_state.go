@@ -26,6 +26,9 @@ type desiredState struct {
 	// dsrPods counts, by local endpoint address, the DSR virtual services that need
 	// each virtual address inside that endpoint's pod.
 	dsrPods map[netip.Addr]map[netip.Addr]int
+	// dsrLocal holds the DSR virtual services with an endpoint on this node, whose
+	// connections' MSS this node clamps.
+	dsrLocal map[ipvs.Key]*virtualServer
 	// restricted holds the load-balancer virtual services with source ranges.
 	restricted map[ipvs.Key]*virtualServer
 	// ports names the Service port of each virtual service, for the traffic
@@ -45,6 +48,7 @@ func newDesiredState(log *slog.Logger) *desiredState {
 
 		localEndpoints: map[netip.Addr]int{},
 		dsrPods:        map[netip.Addr]map[netip.Addr]int{},
+		dsrLocal:       map[ipvs.Key]*virtualServer{},
 		restricted:     map[ipvs.Key]*virtualServer{},
 		ports:          map[ipvs.Key]servicePort{},
 	}
@@ -68,6 +72,13 @@ func (d *desiredState) count(vs *virtualServer, sign int) {
 		return
 	}
 	d.services += sign
+	if vs.DSR && slices.ContainsFunc(vs.Destinations, func(dst destination) bool { return dst.Local }) {
+		if sign > 0 {
+			d.dsrLocal[vs.Key] = vs
+		} else {
+			delete(d.dsrLocal, vs.Key)
+		}
+	}
 	for _, dst := range vs.Destinations {
 		if !dst.Terminating {
 			d.endpoints += sign

@@ -9,9 +9,11 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 )
 
 // dsrService is ns/web with external IP 203.0.113.5, load-balancer IP 198.51.100.7
@@ -71,13 +73,12 @@ func TestDesiredDSR(t *testing.T) {
 			wantErr: `port "http" maps 80 to target port 8080, and DSR cannot remap ports; 203.0.113.5:80/TCP served by NAT`,
 		},
 		{
-			name: "an IPv6 external IP is refused",
+			name: "an IPv6 external IP is served by DSR too",
 			svc: dsrService("tunnel", func(s *corev1.Service) {
 				s.Spec.ExternalIPs = []string{"2001:db8::5"}
 				s.Status.LoadBalancer.Ingress = nil
 			}),
-			want:    "ExternalIP [2001:db8::5]:80/TCP rr",
-			wantErr: "[2001:db8::5]:80/TCP is IPv6, which DSR does not support",
+			want: "ExternalIP [2001:db8::5]:80/TCP rr dsr",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -104,6 +105,55 @@ func TestDesiredDSR(t *testing.T) {
 	}
 }
 
+func TestDSRMSSChain(t *testing.T) {
+	vs := func(addr string, proto ipvs.Protocol, port uint16) *virtualServer {
+		return &virtualServer{Service: ipvs.Service{Key: ipvs.Key{Addr: netip.MustParseAddr(addr), Proto: proto, Port: port}},
+			Owner: types.NamespacedName{Namespace: "ns", Name: "web"}, PortName: "p", DSR: true}
+	}
+	for _, tc := range []struct {
+		name   string
+		fam    family
+		local  []*virtualServer
+		podMTU int
+		want   []string
+	}{
+		{
+			name:   "IPv4 leaves room for the IPIP header and the inner IPv4 and TCP headers",
+			fam:    families[0],
+			local:  []*virtualServer{vs("203.0.113.5", ipvs.TCP, 443)},
+			podMTU: 1500,
+			want: []string{`-s 203.0.113.5/32 -p tcp -m comment --comment "ns/web:p DSR" -m tcp --sport 443 ` +
+				`--tcp-flags SYN,RST,ACK SYN,ACK -j TCPMSS --set-mss 1440`},
+		},
+		{
+			name:   "IPv6 leaves room for the ip6ip6 header and the inner IPv6 and TCP headers",
+			fam:    families[1],
+			local:  []*virtualServer{vs("2001:db8::5", ipvs.TCP, 80)},
+			podMTU: 1500,
+			want: []string{`-s 2001:db8::5/128 -p tcp -m comment --comment "ns/web:p DSR" -m tcp --sport 80 ` +
+				`--tcp-flags SYN,RST,ACK SYN,ACK -j TCPMSS --set-mss 1400`},
+		},
+		{
+			name:   "UDP and SCTP have no MSS to clamp",
+			fam:    families[0],
+			local:  []*virtualServer{vs("203.0.113.5", ipvs.UDP, 53), vs("203.0.113.5", ipvs.SCTP, 9)},
+			podMTU: 1500,
+		},
+		{
+			name:  "without a pod found there is no MTU and no rule",
+			fam:   families[0],
+			local: []*virtualServer{vs("203.0.113.5", ipvs.TCP, 443)},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dsrMSSChain(tc.fam, tc.local, tc.podMTU)
+			if c.Table != "mangle" || c.Name != chainDSRMSS || !slices.Equal(c.Rules, tc.want) {
+				t.Errorf("got %s %s %q, want mangle %s %q", c.Table, c.Name, c.Rules, chainDSRMSS, tc.want)
+			}
+		})
+	}
+}
+
 // allowTestExternalIPs lets the harness program the tests' external IPs.
 func allowTestExternalIPs(c *config.ServiceProxy) {
 	c.ExternalIPRanges = []config.Prefix{{Prefix: netip.MustParsePrefix("203.0.113.0/24")}}
@@ -112,7 +162,7 @@ func allowTestExternalIPs(c *config.ServiceProxy) {
 func TestDSRTunnelsFollowLocalEndpointsAndTheAnnotation(t *testing.T) {
 	kernel := newFakeKernel()
 	pod := netip.MustParseAddr("10.1.0.1")
-	kernel.tunnels.AddPod(pod)
+	kernel.tunnels.AddPod(pod, 1450)
 	h := newHarness(t, kernel, allowTestExternalIPs)
 	h.store(dsrService("tunnel"))
 	h.store(port80(ep{ip: "10.1.0.1"}, ep{ip: "10.1.0.2", node: "node-b"}, ep{ip: "10.1.0.3"}))
@@ -138,6 +188,12 @@ func TestDSRTunnelsFollowLocalEndpointsAndTheAnnotation(t *testing.T) {
 	if got := kernel.ipsets.Dump(); !strings.Contains(got, "203.0.113.5,tcp:80") {
 		t.Errorf("the DSR external IP does not keep the client address (local set): %s", got)
 	}
+	// The pod's SYN-ACKs advertise what fits its 1450-byte interface inside IPIP.
+	wantMSS := "-A KUBE-ROUTER-DSR-MSS -s 198.51.100.7/32 -p tcp -m comment --comment \"ns/web:http DSR\" -m tcp --sport 80 --tcp-flags SYN,RST,ACK SYN,ACK -j TCPMSS --set-mss 1390\n" +
+		"-A KUBE-ROUTER-DSR-MSS -s 203.0.113.5/32 -p tcp -m comment --comment \"ns/web:http DSR\" -m tcp --sport 80 --tcp-flags SYN,RST,ACK SYN,ACK -j TCPMSS --set-mss 1390\n"
+	if got := kernel.ipt4.Dump(); !strings.Contains(got, wantMSS) {
+		t.Errorf("MSS rules missing:\n%s\nin\n%s", wantMSS, got)
+	}
 
 	// A restarted controller reads the pods' tunnels back and changes nothing.
 	h2 := newHarness(t, kernel, allowTestExternalIPs)
@@ -158,17 +214,27 @@ func TestDSRTunnelsFollowLocalEndpointsAndTheAnnotation(t *testing.T) {
 	if dump := kernel.ipvs.Dump(); strings.Contains(dump, "tunnel") {
 		t.Errorf("IPVS still tunnels:\n%s", dump)
 	}
+	if got := kernel.ipt4.Dump(); strings.Contains(got, "TCPMSS") {
+		t.Errorf("MSS rules left after the annotation went:\n%s", got)
+	}
 
-	// Back to DSR, then the local endpoint leaves: its pod loses the addresses.
+	// Back to DSR in a partial sync, then the local endpoint leaves: its pod loses the
+	// addresses. The MSS rules come in the same sync as the tunnel.
 	h2.store(dsrService("tunnel"))
 	h2.sync(false)
 	if kernel.tunnels.Dump() == "" {
 		t.Fatal("DSR back on: no tunnel in the pod")
 	}
+	if got := kernel.ipt4.Dump(); !strings.Contains(got, wantMSS) {
+		t.Errorf("DSR back on: MSS rules missing:\n%s\nin\n%s", wantMSS, got)
+	}
 	h2.store(port80(ep{ip: "10.1.0.2", node: "node-b"}))
 	h2.sync(false)
 	if got := kernel.tunnels.Dump(); got != "" {
 		t.Errorf("pod tunnels after the endpoint left:\n%s", got)
+	}
+	if got := kernel.ipt4.Dump(); strings.Contains(got, "TCPMSS") {
+		t.Errorf("MSS rules left without a local endpoint:\n%s", got)
 	}
 
 	// Cleanup removes tunnels it finds in pods.

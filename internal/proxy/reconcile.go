@@ -56,7 +56,7 @@ func newReconciler(dp Dataplane, grace time.Duration, log *slog.Logger) *reconci
 // full compares every virtual service in the kernel with the desired state: it
 // repairs drift, deletes what we own and no longer want, and leaves the rest alone.
 func (r *reconciler) full(d *desiredState) error {
-	r.writes, r.dsr.writes = 0, 0
+	r.writes = 0
 	if err := r.dp.Dummy.Ensure(); err != nil {
 		return err
 	}
@@ -130,9 +130,10 @@ func (r *reconciler) full(d *desiredState) error {
 
 // partial brings only the given keys (and their addresses) in line with d, reading
 // just those services from the kernel: its cost grows with the change, not with
-// the number of Services. It needs a full sync to have run first.
+// the number of Services. It needs a full sync to have run first, and the DSR pods
+// to have grown to d (the firewall needs their MTU before IPVS tunnels to them).
 func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
-	r.writes, r.dsr.writes = 0, 0
+	r.writes = 0
 	var errs []error
 	addrs := map[netip.Addr]bool{}
 	for _, k := range keys {
@@ -146,7 +147,7 @@ func (r *reconciler) partial(d *desiredState, keys []ipvs.Key) error {
 				return
 			}
 		}
-	}, d), r.dsr.grow(d))
+	}, d))
 	for _, k := range keys {
 		vs := d.byKey[k]
 		cur, exists, err := r.dp.IPVS.Service(k)

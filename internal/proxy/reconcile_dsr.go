@@ -17,15 +17,15 @@ import (
 type dsrPods struct {
 	tunnels podtunnel.Interface
 	log     *slog.Logger
-	// have mirrors what the pods' tunnels hold, by pod address.
-	have map[netip.Addr][]netip.Addr
+	// have mirrors the pods' tunnels, by pod address.
+	have map[netip.Addr]podtunnel.Pod
 	// missing holds the endpoints with no pod namespace found, logged once each.
 	missing map[netip.Addr]bool
 	writes  int
 }
 
 func newDSRPods(t podtunnel.Interface, log *slog.Logger) *dsrPods {
-	return &dsrPods{tunnels: t, log: log, have: map[netip.Addr][]netip.Addr{}, missing: map[netip.Addr]bool{}}
+	return &dsrPods{tunnels: t, log: log, have: map[netip.Addr]podtunnel.Pod{}, missing: map[netip.Addr]bool{}}
 }
 
 // reread replaces the mirror with what the pods hold (a full sync).
@@ -42,8 +42,9 @@ func (p *dsrPods) reread() error {
 func (p *dsrPods) grow(d *desiredState) error {
 	var errs []error
 	for pod, want := range d.dsrVIPs() {
-		union := slices.Compact(slices.SortedFunc(slices.Values(append(slices.Clone(p.have[pod]), want...)), netip.Addr.Compare))
-		if !slices.Equal(union, p.have[pod]) {
+		have := p.have[pod].VIPs
+		union := slices.Compact(slices.SortedFunc(slices.Values(append(slices.Clone(have), want...)), netip.Addr.Compare))
+		if !slices.Equal(union, have) {
 			errs = append(errs, p.set(d, pod, union))
 		}
 	}
@@ -55,7 +56,7 @@ func (p *dsrPods) shrink(d *desiredState) error {
 	want := d.dsrVIPs()
 	var errs []error
 	for _, pod := range slices.Collect(maps.Keys(p.have)) {
-		if !slices.Equal(want[pod], p.have[pod]) {
+		if !slices.Equal(want[pod], p.have[pod].VIPs) {
 			errs = append(errs, p.set(d, pod, want[pod]))
 		}
 	}
@@ -63,7 +64,7 @@ func (p *dsrPods) shrink(d *desiredState) error {
 }
 
 func (p *dsrPods) set(d *desiredState, pod netip.Addr, vips []netip.Addr) error {
-	err := p.tunnels.Set(pod, vips)
+	mtu, err := p.tunnels.Set(pod, vips)
 	switch {
 	case errors.Is(err, podtunnel.ErrNoPod):
 		delete(p.have, pod)
@@ -81,9 +82,21 @@ func (p *dsrPods) set(d *desiredState, pod netip.Addr, vips []netip.Addr) error 
 	if len(vips) == 0 {
 		delete(p.have, pod)
 	} else {
-		p.have[pod] = vips
+		p.have[pod] = podtunnel.Pod{VIPs: vips, MTU: mtu}
 	}
 	return nil
+}
+
+// podMTU is the smallest MTU of the interfaces of the pods holding virtual addresses
+// (0 without any): their connections' MSS is clamped to fit it.
+func (p *dsrPods) podMTU() int {
+	mtu := 0
+	for _, pod := range p.have {
+		if mtu == 0 || pod.MTU < mtu {
+			mtu = pod.MTU
+		}
+	}
+	return mtu
 }
 
 // removeAllDSR deletes every tunnel kube-routerd made in a pod it can find.
@@ -94,7 +107,7 @@ func removeAllDSR(t podtunnel.Interface) error {
 	}
 	var errs []error
 	for pod := range have {
-		if err := t.Set(pod, nil); err != nil && !errors.Is(err, podtunnel.ErrNoPod) {
+		if _, err := t.Set(pod, nil); err != nil && !errors.Is(err, podtunnel.ErrNoPod) {
 			errs = append(errs, err)
 		}
 	}
@@ -104,11 +117,11 @@ func removeAllDSR(t podtunnel.Interface) error {
 // details are the pods' tunnels and the endpoints not found, for the status.
 func (p *dsrPods) details() (map[string][]string, []string) {
 	var pods map[string][]string
-	for pod, vips := range p.have {
+	for pod, tun := range p.have {
 		if pods == nil {
 			pods = map[string][]string{}
 		}
-		for _, v := range vips {
+		for _, v := range tun.VIPs {
 			pods[pod.String()] = append(pods[pod.String()], v.String())
 		}
 	}

@@ -23,6 +23,8 @@ type firewall struct {
 	// nodeAddrs are the node's addresses, whose own connections to a restricted
 	// load-balancer IP pass when they are inside its source ranges.
 	nodeAddrs []netip.Addr
+	// dsrPodMTU reports the smallest MTU of the pods holding DSR virtual addresses.
+	dsrPodMTU func() int
 	families  []*firewallFamily
 	// writes counts the kernel changes of the last sync.
 	writes int
@@ -35,8 +37,8 @@ type firewallFamily struct {
 	vips, local sortedEntries
 }
 
-func newFirewall(dp Dataplane, opts FirewallOptions, log *slog.Logger) *firewall {
-	fw := &firewall{sysctls: dp.Sysctls, opts: opts}
+func newFirewall(dp Dataplane, opts FirewallOptions, dsrPodMTU func() int, log *slog.Logger) *firewall {
+	fw := &firewall{sysctls: dp.Sysctls, opts: opts, dsrPodMTU: dsrPodMTU}
 	for _, ipt := range dp.IPTables {
 		f := families[0]
 		if ipt.Family() == ipfamily.IPv6 {
@@ -112,19 +114,19 @@ func (r *firewall) apply(ff *firewallFamily, d *desiredState, full bool) error {
 			{Set: sets[0], Entries: ff.vips.share()},
 			{Set: sets[1], Entries: ff.local.share()},
 		},
-		Chains: firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4), d.restrictedOf(ff.proto), r.nodeAddrs),
-		Jumps:  ff.jumps(),
+		Chains: append(firewallChains(ff.family, r.opts, d.hairpinAddrs(ff.proto == ipfamily.IPv4), ofFamily(d.restricted, ff.proto), r.nodeAddrs),
+			dsrMSSChain(ff.family, ofFamily(d.dsrLocal, ff.proto), r.dsrPodMTU())),
+		Jumps: ff.jumps(),
 	}
 	st, err := ff.netfilter.Apply(want, full)
 	r.writes += st.Writes()
 	return err
 }
 
-// restrictedOf returns the restricted load-balancer virtual services of one family,
-// sorted by key.
-func (d *desiredState) restrictedOf(f ipfamily.Family) []*virtualServer {
+// ofFamily returns the virtual services of one family in vss, sorted by key.
+func ofFamily(vss map[ipvs.Key]*virtualServer, f ipfamily.Family) []*virtualServer {
 	var out []*virtualServer
-	for _, vs := range d.restricted {
+	for _, vs := range vss {
 		if ipfamily.Of(vs.Addr) == f {
 			out = append(out, vs)
 		}

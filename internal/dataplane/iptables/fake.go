@@ -227,7 +227,7 @@ func checkRuleTargets(chain string, rules []string, exists func(string) bool) er
 func isStandardTarget(t string) bool {
 	switch t {
 	case "ACCEPT", "DROP", "RETURN", "REJECT", "MARK", "NFLOG", "LOG", "DNAT", "SNAT",
-		"MASQUERADE", "CONNMARK", "NOTRACK", "CT", "TPROXY", "REDIRECT":
+		"MASQUERADE", "CONNMARK", "NOTRACK", "CT", "TPROXY", "REDIRECT", "TCPMSS":
 		return true
 	}
 	return false

@@ -8,49 +8,46 @@ import (
 	"sync"
 )
 
-// Fake is an in-memory Interface: pods are added by address, and their tunnels hold
-// what Set gave them.
+// Fake is an in-memory Interface: pods are added by address with the MTU of their
+// interface, and their tunnels hold what Set gave them.
 type Fake struct {
 	mu      sync.Mutex
-	pods    map[netip.Addr]bool
+	mtus    map[netip.Addr]int
 	tunnels map[netip.Addr][]netip.Addr
 	// Writes counts the Set calls that changed something.
 	Writes int
 }
 
-// NewFake returns a Fake with pods at the given addresses.
-func NewFake(pods ...netip.Addr) *Fake {
-	f := &Fake{pods: map[netip.Addr]bool{}, tunnels: map[netip.Addr][]netip.Addr{}}
-	for _, p := range pods {
-		f.pods[p] = true
-	}
-	return f
+// NewFake returns a Fake without pods.
+func NewFake() *Fake {
+	return &Fake{mtus: map[netip.Addr]int{}, tunnels: map[netip.Addr][]netip.Addr{}}
 }
 
-// AddPod makes a pod at addr findable.
-func (f *Fake) AddPod(addr netip.Addr) {
+// AddPod makes a pod at addr, whose interface has the given MTU, findable.
+func (f *Fake) AddPod(addr netip.Addr, mtu int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pods[addr] = true
+	f.mtus[addr] = mtu
 }
 
 // List implements Interface.
-func (f *Fake) List() (map[netip.Addr][]netip.Addr, error) {
+func (f *Fake) List() (map[netip.Addr]Pod, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[netip.Addr][]netip.Addr, len(f.tunnels))
+	out := make(map[netip.Addr]Pod, len(f.tunnels))
 	for p, v := range f.tunnels {
-		out[p] = slices.Clone(v)
+		out[p] = Pod{VIPs: slices.Clone(v), MTU: f.mtus[p]}
 	}
 	return out, nil
 }
 
 // Set implements Interface.
-func (f *Fake) Set(pod netip.Addr, vips []netip.Addr) error {
+func (f *Fake) Set(pod netip.Addr, vips []netip.Addr) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if !f.pods[pod] {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+	mtu, ok := f.mtus[pod]
+	if !ok {
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
 	cur, had := f.tunnels[pod]
 	switch {
@@ -59,10 +56,10 @@ func (f *Fake) Set(pod netip.Addr, vips []netip.Addr) error {
 	case len(vips) > 0 && !slices.Equal(cur, vips):
 		f.tunnels[pod] = slices.Clone(vips)
 	default:
-		return nil
+		return mtu, nil
 	}
 	f.Writes++
-	return nil
+	return mtu, nil
 }
 
 // Dump returns each pod's tunnel addresses as sorted text, one pod per line.

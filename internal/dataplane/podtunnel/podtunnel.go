@@ -1,6 +1,6 @@
 // Package podtunnel puts virtual addresses inside pods' network namespaces for direct
-// server return (DSR): an IPIP device in the pod decapsulates what IPVS tunnels to the
-// pod and holds the addresses, so the pod's replies leave with the virtual address as
+// server return (DSR): a tunnel device in the pod (IPIP for IPv4, ip6ip6 for IPv6)
+// decapsulates what IPVS tunnels to the pod and holds the addresses, so the pod's replies leave with the virtual address as
 // their source and go to the client without passing the node's IPVS again.
 //
 // Pods are found by address, without a container runtime: the namespaces pinned in
@@ -28,9 +28,21 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 )
 
-// LinkName is the IPIP device kube-routerd creates in a pod (kube-router's is
-// kube-tunnel-if, which kube-routerd leaves alone).
-const LinkName = "kube-dsr-tun"
+// LinkName and LinkName6 are the tunnel devices kube-routerd creates in a pod: IPIP
+// for IPv4 virtual addresses, ip6ip6 for IPv6 ones (kube-router's are kube-tunnel-if
+// and kube-tunnel-v6, which kube-routerd leaves alone).
+const (
+	LinkName  = "kube-dsr-tun"
+	LinkName6 = "kube-dsr-tun6"
+)
+
+// linkNameFor returns the name of the tunnel that takes IPVS's packets to pod.
+func linkNameFor(pod netip.Addr) string {
+	if pod.Is4() {
+		return LinkName
+	}
+	return LinkName6
+}
 
 // linkAlias marks the device as kube-routerd's; a device of that name without it is
 // never changed.
@@ -41,12 +53,21 @@ var ErrNoPod = errors.New("no pod network namespace on this node has this addres
 
 // Interface is what the service proxy needs inside pods for DSR.
 type Interface interface {
-	// List returns the virtual addresses on kube-routerd's tunnel device of every pod
-	// found, by the pod's address (the tunnel's local address).
-	List() (map[netip.Addr][]netip.Addr, error)
+	// List returns kube-routerd's tunnel of every pod found that has one, by the pod's
+	// address (the tunnel's local address).
+	List() (map[netip.Addr]Pod, error)
 	// Set makes the tunnel in the pod with address pod hold exactly vips (sorted);
-	// none deletes the device.
-	Set(pod netip.Addr, vips []netip.Addr) error
+	// none deletes the device. It returns the MTU of the pod's interface.
+	Set(pod netip.Addr, vips []netip.Addr) (mtu int, err error)
+}
+
+// Pod is kube-routerd's tunnel in one pod.
+type Pod struct {
+	// VIPs are the virtual addresses the tunnel holds, sorted.
+	VIPs []netip.Addr
+	// MTU is the MTU of the pod's interface with the pod's address: the pod
+	// advertises a TCP MSS for it, and IPVS's encapsulated requests must fit it.
+	MTU int
 }
 
 // ProcPlace is the Places entry that searches the namespaces of running processes.
@@ -153,13 +174,14 @@ func inNamespace(f nsFile, fn func(nl *netlink.Handle, ns netns.NsHandle) error)
 	return fn(nl, ns)
 }
 
-// podAddrs lists the IPv4 addresses of a namespace's interfaces but loopback.
+// podAddrs lists the addresses of a namespace's interfaces but loopback and IPv6
+// link-local ones.
 func podAddrs(nl *netlink.Handle) ([]netlink.Addr, error) {
-	addrs, err := nl.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := nl.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return nil, err
 	}
-	return slices.DeleteFunc(addrs, func(a netlink.Addr) bool { return a.IP.IsLoopback() }), nil
+	return slices.DeleteFunc(addrs, func(a netlink.Addr) bool { return a.IP.IsLoopback() || a.IP.IsLinkLocalUnicast() }), nil
 }
 
 func toAddr(ip net.IP) netip.Addr {
@@ -167,10 +189,10 @@ func toAddr(ip net.IP) netip.Addr {
 	return a.Unmap()
 }
 
-// ourTunnel returns kube-routerd's tunnel device in the namespace, nil when there is
-// none, and an error when a device of that name is someone else's.
-func ourTunnel(nl *netlink.Handle) (netlink.Link, error) {
-	link, err := nl.LinkByName(LinkName)
+// ourTunnel returns kube-routerd's tunnel device of that name in the namespace, nil
+// when there is none, and an error when a device of that name is someone else's.
+func ourTunnel(nl *netlink.Handle, name string) (netlink.Link, error) {
+	link, err := nl.LinkByName(name)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		return nil, nil
 	}
@@ -178,47 +200,65 @@ func ourTunnel(nl *netlink.Handle) (netlink.Link, error) {
 		return nil, err
 	}
 	if link.Attrs().Alias != linkAlias {
-		return nil, fmt.Errorf("device %s exists and is not kube-routerd's", LinkName)
+		return nil, fmt.Errorf("device %s exists and is not kube-routerd's", name)
 	}
 	return link, nil
+}
+
+// tunnelLocal returns the local address of a tunnel device: the pod address whose
+// tunnelled packets it takes.
+func tunnelLocal(link netlink.Link) (netip.Addr, bool) {
+	switch t := link.(type) {
+	case *netlink.Iptun:
+		return toAddr(t.Local), true
+	case *netlink.Ip6tnl:
+		return toAddr(t.Local), true
+	}
+	return netip.Addr{}, false
 }
 
 // scan searches every namespace: where each address of this node's pods is, and what
 // our tunnels in them hold. A namespace is a pod of this node when the interface
 // with the address is a veth whose peer is in the node's namespace (the search also
 // sees namespaces of other nodes' pods when nodes share a kernel, as in tests).
-func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr][]netip.Addr, error) {
+func (k *Kernel) scan() (map[netip.Addr]nsFile, map[netip.Addr]Pod, error) {
 	files, err := k.candidates()
 	if err != nil {
 		return nil, nil, err
 	}
 	where := map[netip.Addr]nsFile{}
-	tunnels := map[netip.Addr][]netip.Addr{}
+	tunnels := map[netip.Addr]Pod{}
 	for _, f := range files {
 		_ = inNamespace(f, func(nl *netlink.Handle, _ netns.NsHandle) error {
 			addrs, err := podAddrs(nl)
 			if err != nil {
 				return err
 			}
-			tun, err := ourTunnel(nl)
-			if err != nil {
-				return err
+			// Someone else's device of our name is no tunnel of ours; Set says so.
+			locals := map[int]netip.Addr{}
+			for _, name := range []string{LinkName, LinkName6} {
+				if tun, _ := ourTunnel(nl, name); tun != nil {
+					if local, ok := tunnelLocal(tun); ok {
+						locals[tun.Attrs().Index] = local
+					}
+				}
 			}
-			var vips []netip.Addr
-			pod := false
+			vips := map[netip.Addr][]netip.Addr{}
+			mtus := map[netip.Addr]int{}
 			for _, a := range addrs {
-				if tun != nil && a.LinkIndex == tun.Attrs().Index {
-					vips = append(vips, toAddr(a.IP))
+				if local, ok := locals[a.LinkIndex]; ok {
+					vips[local] = append(vips[local], toAddr(a.IP))
 					continue
 				}
 				if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && k.intoNode(nl, link) {
 					where[toAddr(a.IP)] = f
-					pod = true
+					mtus[toAddr(a.IP)] = link.Attrs().MTU
 				}
 			}
-			if ipip, ok := tun.(*netlink.Iptun); ok && pod {
-				slices.SortFunc(vips, netip.Addr.Compare)
-				tunnels[toAddr(ipip.Local)] = append([]netip.Addr{}, vips...)
+			for _, local := range locals {
+				if mtu, pod := mtus[local]; pod {
+					tunnels[local] = Pod{VIPs: append([]netip.Addr{}, slices.SortedFunc(slices.Values(vips[local]), netip.Addr.Compare)...), MTU: mtu}
+				}
 			}
 			return nil
 		})
@@ -246,7 +286,7 @@ func (k *Kernel) intoNode(nl *netlink.Handle, podLink netlink.Link) bool {
 }
 
 // List implements Interface.
-func (k *Kernel) List() (map[netip.Addr][]netip.Addr, error) {
+func (k *Kernel) List() (map[netip.Addr]Pod, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	where, tunnels, err := k.scan()
@@ -259,58 +299,75 @@ func (k *Kernel) List() (map[netip.Addr][]netip.Addr, error) {
 
 // Set implements Interface. The pod's namespace is looked up where it was last seen
 // and searched for again when it is not there any more.
-func (k *Kernel) Set(pod netip.Addr, vips []netip.Addr) error {
+func (k *Kernel) Set(pod netip.Addr, vips []netip.Addr) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	var mtu int
+	apply := func(nl *netlink.Handle, ns netns.NsHandle) (err error) {
+		mtu, err = k.apply(nl, ns, pod, vips)
+		return err
+	}
 	f, ok := k.found[pod]
 	if ok {
-		err := inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+		err := inNamespace(f, apply)
 		if !errors.Is(err, ErrNoPod) && !errors.Is(err, os.ErrNotExist) {
-			return err
+			return mtu, err
 		}
 	}
 	where, _, err := k.scan()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	k.found = where
 	if f, ok = where[pod]; !ok {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
-	return inNamespace(f, func(nl *netlink.Handle, ns netns.NsHandle) error { return k.apply(nl, ns, pod, vips) })
+	err = inNamespace(f, apply)
+	return mtu, err
 }
 
-// apply makes the tunnel in one pod namespace hold vips.
-func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vips []netip.Addr) error {
+// apply makes the tunnel in one pod namespace hold vips and returns the MTU of the
+// pod's interface.
+func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vips []netip.Addr) (int, error) {
 	addrs, err := podAddrs(nl)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	i := slices.IndexFunc(addrs, func(a netlink.Addr) bool { return toAddr(a.IP) == pod })
 	if i < 0 {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
 	podLink, err := nl.LinkByIndex(addrs[i].LinkIndex)
 	if err != nil || !k.intoNode(nl, podLink) {
-		return fmt.Errorf("pod %s: %w", pod, ErrNoPod)
+		return 0, fmt.Errorf("pod %s: %w", pod, ErrNoPod)
 	}
-	tun, err := ourTunnel(nl)
+	mtu := podLink.Attrs().MTU
+	name := linkNameFor(pod)
+	tun, err := ourTunnel(nl, name)
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
 	if len(vips) == 0 {
 		if tun == nil {
-			return nil
+			return mtu, nil
 		}
 		if err := nl.LinkDel(tun); err != nil {
-			return fmt.Errorf("pod %s: deleting %s: %w", pod, LinkName, err)
+			return mtu, fmt.Errorf("pod %s: deleting %s: %w", pod, name, err)
 		}
-		return nil
+		return mtu, nil
 	}
 	if tun == nil {
 		if tun, err = createTunnel(nl, pod); err != nil {
-			return err
+			return mtu, err
 		}
+	}
+	if pod.Is6() {
+		// IPv6 has neither reverse-path filtering nor ARP, and forwards packets from
+		// the node's own addresses.
+		if err := nl.LinkSetUp(tun); err != nil {
+			return mtu, fmt.Errorf("pod %s: setting %s up: %w", pod, name, err)
+		}
+		return mtu, syncAddrs(nl, tun, addrs, vips)
 	}
 	// Decapsulated requests come in on the tunnel from clients routed out of eth0:
 	// loose reverse-path filtering (the highest of all and the device's applies) lets
@@ -322,31 +379,36 @@ func (k *Kernel) apply(nl *netlink.Handle, ns netns.NsHandle, pod netip.Addr, vi
 		{Key: podConf + "arp_announce", Value: "2"},
 	})
 	if err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
 	if err := nl.LinkSetUp(tun); err != nil {
-		return fmt.Errorf("pod %s: setting %s up: %w", pod, LinkName, err)
+		return mtu, fmt.Errorf("pod %s: setting %s up: %w", pod, name, err)
 	}
 	if err := syncAddrs(nl, tun, addrs, vips); err != nil {
-		return fmt.Errorf("pod %s: %w", pod, err)
+		return mtu, fmt.Errorf("pod %s: %w", pod, err)
 	}
-	return k.acceptLocalFrom(podLink)
+	return mtu, k.acceptLocalFrom(podLink)
 }
 
 func createTunnel(nl *netlink.Handle, pod netip.Addr) (netlink.Link, error) {
-	// The local address makes this device, not the namespace's catch-all tunl0, take
-	// the IPIP packets IPVS sends to the pod.
-	tun := &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: LinkName}, Local: net.IP(pod.AsSlice())}
+	// The local address makes this device, not the namespace's catch-all tunl0 or
+	// ip6tnl0, take the packets IPVS tunnels to the pod.
+	name := linkNameFor(pod)
+	var tun netlink.Link = &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: name}, Local: net.IP(pod.AsSlice())}
+	if pod.Is6() {
+		tun = &netlink.Ip6tnl{LinkAttrs: netlink.LinkAttrs{Name: name}, Local: net.IP(pod.AsSlice()), Proto: unix.IPPROTO_IPV6}
+	}
 	if err := nl.LinkAdd(tun); err != nil {
-		return nil, fmt.Errorf("pod %s: creating %s: %w", pod, LinkName, err)
+		return nil, fmt.Errorf("pod %s: creating %s: %w", pod, name, err)
 	}
 	if err := nl.LinkSetAlias(tun, linkAlias); err != nil {
-		return nil, fmt.Errorf("pod %s: marking %s: %w", pod, LinkName, err)
+		return nil, fmt.Errorf("pod %s: marking %s: %w", pod, name, err)
 	}
-	return nl.LinkByName(LinkName)
+	return nl.LinkByName(name)
 }
 
-// syncAddrs makes the tunnel hold exactly vips (as /32, so no route comes with them).
+// syncAddrs makes the tunnel hold exactly vips (as /32 or /128, so no route comes
+// with them; IPv6 ones without duplicate address detection, usable at once).
 func syncAddrs(nl *netlink.Handle, tun netlink.Link, all []netlink.Addr, vips []netip.Addr) error {
 	have := map[netip.Addr]bool{}
 	for _, a := range all {
@@ -359,15 +421,13 @@ func syncAddrs(nl *netlink.Handle, tun netlink.Link, all []netlink.Addr, vips []
 			delete(have, v)
 			continue
 		}
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
-		if err := nl.AddrAdd(tun, addr); err != nil {
-			return fmt.Errorf("adding %s to %s: %w", v, LinkName, err)
+		if err := nl.AddrAdd(tun, hostAddr(v)); err != nil {
+			return fmt.Errorf("adding %s to %s: %w", v, tun.Attrs().Name, err)
 		}
 	}
 	for v := range have {
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(32, 32)}}
-		if err := nl.AddrDel(tun, addr); err != nil {
-			return fmt.Errorf("removing %s from %s: %w", v, LinkName, err)
+		if err := nl.AddrDel(tun, hostAddr(v)); err != nil {
+			return fmt.Errorf("removing %s from %s: %w", v, tun.Attrs().Name, err)
 		}
 	}
 	return nil
@@ -395,4 +455,12 @@ func (k *Kernel) acceptLocalFrom(podLink netlink.Link) error {
 	}
 	_, err = sysctl.Ensure(sysctl.Proc{NS: k.Node}, []sysctl.KV{{Key: "net/ipv4/conf/" + in.Attrs().Name + "/accept_local", Value: "1"}})
 	return err
+}
+
+func hostAddr(v netip.Addr) *netlink.Addr {
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(v.AsSlice()), Mask: net.CIDRMask(v.BitLen(), v.BitLen())}}
+	if v.Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
 }
