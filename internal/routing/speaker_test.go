@@ -24,11 +24,11 @@ func freePort(t *testing.T) int32 {
 	return int32(l.Addr().(*net.TCPAddr).Port)
 }
 
-func startTestSpeaker(t *testing.T, asn uint32, addr string, port int32, communities ...string) *gobgpSpeaker {
+func startTestSpeaker(t *testing.T, asn uint32, addr string, port int32) *gobgpSpeaker {
 	t.Helper()
 	s, err := startGoBGP(context.Background(), speakerConfig{
 		ASN: asn, RouterID: netip.MustParseAddr(addr), ListenPort: port, ListenAddresses: []string{addr},
-		GracefulRestart: true, RestartTime: 30 * time.Second, Communities: communities,
+		GracefulRestart: true, RestartTime: 30 * time.Second,
 		Log: slog.New(slog.NewTextHandler(testLogOut, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -114,16 +114,17 @@ func TestSpeakerSendsNodesOnlyPodCIDRs(t *testing.T) {
 
 func TestSpeakerExternalPeerGetsServiceIPsAndCannotInjectIntoProtectedRanges(t *testing.T) {
 	port := freePort(t)
-	node := startTestSpeaker(t, 64512, "127.0.0.1", port, "64512:100")
+	node := startTestSpeaker(t, 64512, "127.0.0.1", port)
 	router := startTestSpeaker(t, 65000, "127.0.0.3", port)
 	ctx := context.Background()
 	routerPeer := Peer{Address: netip.MustParseAddr("127.0.0.3"), ASN: 65000, HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.1"), Port: uint16(port)}
 	nodeAsRouterPeer := Peer{Address: netip.MustParseAddr("127.0.0.1"), ASN: 64512, HoldTime: 9 * time.Second, LocalAddress: netip.MustParseAddr("127.0.0.3"), Port: uint16(port)}
 	adv := advertisements{
-		Prefixes:   pfx("10.244.1.0/24", "10.96.0.10/32"),
-		ToNodes:    pfx("10.244.1.0/24"),
-		ToExternal: pfx("10.244.1.0/24", "10.96.0.10/32"),
-		Protected:  pfx("10.244.0.0/16", "10.96.0.0/12"),
+		Prefixes:    pfx("10.244.1.0/24", "10.96.0.10/32"),
+		ToNodes:     pfx("10.244.1.0/24"),
+		ToExternal:  pfx("10.244.1.0/24", "10.96.0.10/32"),
+		Protected:   pfx("10.244.0.0/16", "10.96.0.0/12"),
+		Communities: []string{"64512:100"},
 	}
 	// The router accepts and exports everything: it plays an upstream that leaks.
 	routerAdv := advertisements{
