@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -165,5 +166,46 @@ func TestParseNodeBGPShape(t *testing.T) {
 				t.Errorf("log %q does not contain %q and node=n", buf, tc.wantLog)
 			}
 		})
+	}
+}
+
+func TestDesiredPeersSpeakTheNodesASAndNodesOfAnotherASAreEBGP(t *testing.T) {
+	cfg := config.Default().Routing
+	cfg.Peers = []config.Peer{{Address: config.Addr{Addr: netip.MustParseAddr("192.0.2.1")}, ASN: 65000}}
+	rack := func(n nodeInfo, asn uint32) nodeInfo { n.ASN = asn; return n }
+	a, b, c := rack(info("a", "10.0.0.1"), 64601), rack(info("b", "10.0.0.2"), 64601), rack(info("c", "10.0.1.3"), 64602)
+	a.Peers = []Peer{{Address: netip.MustParseAddr("10.0.0.254"), ASN: 65100}}
+	var got []string
+	for _, p := range desiredPeers(cfg, a, []nodeInfo{a, b, c}) {
+		got = append(got, fmt.Sprintf("%s asn %d local %d multihop %d ebgp-node %v", p.Address, p.ASN, p.LocalASN, p.Multihop, p.OtherASNode()))
+	}
+	want := []string{
+		"10.0.0.2 asn 64601 local 64601 multihop 0 ebgp-node false",
+		"10.0.0.254 asn 65100 local 64601 multihop 0 ebgp-node false",
+		"10.0.1.3 asn 64602 local 64601 multihop 255 ebgp-node true",
+		"192.0.2.1 asn 65000 local 64601 multihop 0 ebgp-node false",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got  %q\nwant %q", got, want)
+	}
+}
+
+func TestDesiredAdvertisementsCarryTheNodesShape(t *testing.T) {
+	cfg := config.Default().Routing
+	cfg.Communities = []string{"64512:1", "no-advertise"}
+	self := info("a", "10.0.0.1", "10.244.1.0/24")
+	self.Communities = []string{"64601:100", "64512:1"}
+	self.Prepend = asPrepend{ASN: 64601, Repeat: 2}
+	self.ImportReject = pfx("10.10.0.0/16")
+	log, _ := captureLog()
+	got := desiredAdvertisements(cfg, self, []nodeInfo{self, info("b", "10.0.0.2", "10.244.2.0/24")}, nil, nil, log)
+	if want := []string{"64512:1", "64601:100", "65535:65282"}; !reflect.DeepEqual(got.Communities, want) {
+		t.Errorf("communities = %q, want the config's and the node's, once each, as ASN:value: %q", got.Communities, want)
+	}
+	if got.Prepend != self.Prepend || !reflect.DeepEqual(got.ImportReject, self.ImportReject) {
+		t.Errorf("prepend %+v, import reject %v: want the node's", got.Prepend, got.ImportReject)
+	}
+	if !reflect.DeepEqual(got.ToOtherASNodes, pfx("10.244.1.0/24")) || !reflect.DeepEqual(got.ToNodes, pfx("10.244.1.0/24", "10.244.2.0/24")) {
+		t.Errorf("to other-AS nodes %v, to nodes %v: want our pod CIDR only to nodes of another AS", got.ToOtherASNodes, got.ToNodes)
 	}
 }
