@@ -443,7 +443,7 @@ func (s *gobgpSpeaker) SetPeers(ctx context.Context, peers []Peer) error {
 			continue
 		}
 		s.peers[addr] = p
-		s.log.Info("added BGP peer", "peer", addr, "asn", p.ASN, "node", p.Node, "rrClient", p.RRClient)
+		s.log.Info("added BGP peer", "peer", addr, "asn", p.ASN, "localASN", p.LocalASN, "node", p.Node, "rrClient", p.RRClient)
 	}
 	return errors.Join(errs...)
 }
