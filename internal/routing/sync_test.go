@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -453,5 +456,37 @@ func TestSyncFollowsTheNodesBGPShapeLiveAndRestartsTheSpeakerOnlyForListenAddres
 	h.sync(false)
 	if h.speaker.starts != 2 {
 		t.Errorf("speaker restarted again without a change")
+	}
+}
+
+func TestPeerPasswordComesFromItsFileAndAnOpenFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "peer.secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default().Routing
+	cfg.Peers = []config.Peer{{Address: config.Addr{Addr: netip.MustParseAddr("192.0.2.1")}, ASN: 65000, PasswordFile: secret}}
+	h := newSyncHarness(t, cfg)
+	h.sync(true)
+	h.speaker.mu.Lock()
+	var got string
+	for _, p := range h.speaker.peers {
+		if p.External() {
+			got = p.Password
+		}
+	}
+	h.speaker.mu.Unlock()
+	if got != "s3cret" {
+		t.Errorf("external peer's password = %q, want the file's content without its newline", got)
+	}
+
+	if err := os.Chmod(secret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(daemon.Env{Informers: informers.NewSharedInformerFactory(fake.NewClientset(), 0), NodeName: "a", Log: slog.New(slog.DiscardHandler)}, cfg,
+		Dataplane{Routes: route.NewFake(), startSpeaker: newFakeSpeaker().start})
+	if err == nil || !strings.Contains(err.Error(), "mode 0644") || !strings.Contains(err.Error(), "192.0.2.1") {
+		t.Errorf("New with a world-readable password file: %v, want an error naming the peer and the mode", err)
 	}
 }
