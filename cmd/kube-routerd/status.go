@@ -193,7 +193,7 @@ func writeTakeover(w io.Writer, d takeover.Details) {
 }
 
 func writeRouting(w io.Writer, d routing.Details) {
-	fmt.Fprintf(w, "routing: node %s (%s), pod CIDRs %s\n", d.Node, d.Address, listOrNone(d.PodCIDRs))
+	fmt.Fprintf(w, "routing: node %s (%s), AS %d, pod CIDRs %s\n", d.Node, d.Address, d.ASN, listOrNone(d.PodCIDRs))
 	if len(d.Peers) == 0 {
 		fmt.Fprintln(w, "  no BGP peers")
 	} else {

@@ -2,9 +2,13 @@ package config
 
 import (
 	"fmt"
+	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
 )
 
 // Routing configures the BGP routing controller.
@@ -41,7 +45,8 @@ type Routing struct {
 	AdvertiseClusterIPs      bool `toml:"advertise_cluster_ips"`
 	AdvertiseExternalIPs     bool `toml:"advertise_external_ips"`
 	AdvertiseLoadBalancerIPs bool `toml:"advertise_loadbalancer_ips"`
-	// Communities ("65000:100") are attached to every route sent to external peers.
+	// Communities ("65000:100", a 32-bit number or a well-known name such as
+	// "no-export") are attached to every route sent to external peers.
 	Communities []string `toml:"communities"`
 	// ProtectedCIDRs are ranges (service CIDRs, the cluster pod range) that external
 	// peers may not announce routes into; node pod CIDRs and advertised Service IPs are
@@ -53,9 +58,12 @@ type Routing struct {
 
 // Peer is one external BGP neighbour.
 type Peer struct {
-	Address      Addr     `toml:"address"`
-	ASN          int64    `toml:"asn"`
-	Password     string   `toml:"password"`
+	Address  Addr   `toml:"address"`
+	ASN      int64  `toml:"asn"`
+	Password string `toml:"password"`
+	// PasswordFile holds the password instead of Password (a trailing newline is
+	// dropped); it may be readable by its owner only.
+	PasswordFile string   `toml:"password_file"`
 	HoldTime     Duration `toml:"hold_time"`
 	Multihop     int      `toml:"multihop"` // eBGP TTL; 0 means directly connected
 	LocalAddress Addr     `toml:"local_address"`
@@ -134,6 +142,13 @@ func (c Routing) validate(v *validator) {
 		if p.MaxPrefixes < 0 || p.MaxPrefixes > 1<<32-1 {
 			v.add(key+".max_prefixes", fmt.Sprintf("invalid prefix limit %d (want 0-4294967295, 0 for none)", p.MaxPrefixes))
 		}
+		if p.PasswordFile != "" {
+			if p.Password != "" {
+				v.add(key+".password_file", "set either password or password_file, not both")
+			} else if _, err := ReadSecretFile(p.PasswordFile); err != nil {
+				v.add(key+".password_file", err.Error())
+			}
+		}
 		if p.LocalAddress.IsValid() && p.Address.IsValid() && p.LocalAddress.Is4() != p.Address.Is4() {
 			v.add(key+".local_address", "must be of the same IP family as address")
 		}
@@ -150,13 +165,48 @@ func checkHoldTime(v *validator, key string, d Duration) {
 	}
 }
 
-// ParseCommunity parses a standard BGP community written "ASN:value" (each 0-65535).
+// ParseCommunity parses a standard BGP community written "ASN:value" (each 0-65535),
+// as one 32-bit number, or as a well-known name ("no-export", "no-advertise", ...).
 func ParseCommunity(s string) (uint32, error) {
+	if wk, ok := bgp.WellKnownCommunityValueMap[strings.ToLower(s)]; ok {
+		return uint32(wk), nil
+	}
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		return uint32(n), nil
+	}
 	hi, lo, ok := strings.Cut(s, ":")
 	a, errA := strconv.ParseUint(hi, 10, 16)
 	b, errB := strconv.ParseUint(lo, 10, 16)
 	if !ok || errA != nil || errB != nil {
-		return 0, fmt.Errorf("invalid community %q (want ASN:value, each 0-65535)", s)
+		return 0, fmt.Errorf("invalid community %q (want ASN:value with each 0-65535, a 32-bit number or a well-known name such as no-export)", s)
 	}
 	return uint32(a)<<16 | uint32(b), nil
+}
+
+// FormatCommunity writes a community as "ASN:value", the form every BGP tool reads.
+func FormatCommunity(c uint32) string { return fmt.Sprintf("%d:%d", c>>16, c&0xffff) }
+
+// ReadSecretFile returns the content of a file holding a secret, without its trailing
+// newline. A file that its group or others may read or write is refused: the secret
+// would no longer be one.
+func ReadSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading secret file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("reading secret file: %w", err)
+	}
+	if mode := st.Mode(); !mode.IsRegular() {
+		return "", fmt.Errorf("secret file %s is not a regular file", path)
+	} else if mode.Perm()&0o077 != 0 {
+		return "", fmt.Errorf("secret file %s has mode %04o: its group and others may access it; chmod 600 it", path, mode.Perm())
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return "", fmt.Errorf("reading secret file: %w", err)
+	}
+	return strings.TrimRight(string(data), "\r\n"), nil
 }

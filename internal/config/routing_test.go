@@ -2,8 +2,12 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -38,5 +42,57 @@ func TestRoutingPeerPrefixLimit(t *testing.T) {
 				t.Errorf("problems = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestRoutingPeerPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte("s3cret\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil { // umask may have narrowed it
+			t.Fatal(err)
+		}
+		return path
+	}
+	private, groupReadable, worldReadable := write("private", 0o600), write("group", 0o640), write("world", 0o604)
+	parse := func(extra string) error {
+		_, err := Parse("test.toml", []byte("[[routing.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\n"+extra))
+		return err
+	}
+	if err := parse(fmt.Sprintf("password_file = %q\n", private)); err != nil {
+		t.Errorf("a file only its owner reads is refused: %v", err)
+	}
+	if pw, err := ReadSecretFile(private); err != nil || pw != "s3cret" {
+		t.Errorf("ReadSecretFile = %q, %v; want the password without its newline", pw, err)
+	}
+	for _, tc := range []struct{ name, extra, want string }{
+		{"a file its group may read is refused", fmt.Sprintf("password_file = %q\n", groupReadable), "has mode 0640"},
+		{"a file others may read is refused", fmt.Sprintf("password_file = %q\n", worldReadable), "has mode 0604"},
+		{"a missing file is refused", fmt.Sprintf("password_file = %q\n", filepath.Join(dir, "none")), "no such file"},
+		{"a password and a password file together are refused", fmt.Sprintf("password = \"x\"\npassword_file = %q\n", private), "either password or password_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := parse(tc.extra)
+			if err == nil || !strings.Contains(err.Error(), "routing.peers[0].password_file") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one naming routing.peers[0].password_file with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseCommunityAcceptsKubeRoutersForms(t *testing.T) {
+	for in, want := range map[string]string{"64512:100": "64512:100", "4259905637": "65001:101", "no-export": "65535:65281", "NO-ADVERTISE": "65535:65282"} {
+		c, err := ParseCommunity(in)
+		if err != nil || FormatCommunity(c) != want {
+			t.Errorf("ParseCommunity(%q) = %s, %v; want %s", in, FormatCommunity(c), err, want)
+		}
+	}
+	for _, in := range []string{"65536:1", "1:2:3", "no-such-name", "-1", "4294967296"} {
+		if _, err := ParseCommunity(in); err == nil {
+			t.Errorf("ParseCommunity(%q) accepted", in)
+		}
 	}
 }

@@ -51,8 +51,10 @@ type Controller struct {
 	// it drop what it logged last time, so a bad Service annotation is logged once.
 	advertiseLog    *slog.Logger
 	advertiseRounds *logRounds
-	// listenAddress overrides the wildcard addresses of the families the node has.
+	// listenAddress overrides the listen addresses of the node (tests).
 	listenAddress []string
+	// speakerListen are the addresses the running speaker listens on.
+	speakerListen []string
 
 	mu      sync.Mutex
 	details Details
@@ -121,6 +123,17 @@ var _ daemon.StatusReporter = (*Controller)(nil)
 // New builds the routing controller on dp (KernelDataplane's in the daemon, fakes in
 // tests) and registers its informer handlers and metrics.
 func New(env daemon.Env, cfg config.Routing, dp Dataplane) (*Controller, error) {
+	cfg.Peers = slices.Clone(cfg.Peers)
+	for i, p := range cfg.Peers {
+		if p.PasswordFile == "" {
+			continue
+		}
+		pw, err := config.ReadSecretFile(p.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("routing: password of peer %s: %w", p.Address, err)
+		}
+		cfg.Peers[i].Password = pw
+	}
 	c := &Controller{
 		cfg:             cfg,
 		nodeName:        env.NodeName,
@@ -258,10 +271,20 @@ func (c *Controller) syncNodes(ctx context.Context) error {
 		return fmt.Errorf("node %s not found", c.nodeName)
 	}
 	self := nodes[i]
+	if c.speaker != nil && !slices.Equal(c.listenAddresses(self), c.speakerListen) {
+		// GoBGP takes its listen addresses only when it starts.
+		c.log.Info("restarting the BGP speaker to listen on new addresses; its sessions restart",
+			"old", strings.Join(c.speakerListen, ","), "new", strings.Join(c.listenAddresses(self), ","))
+		c.speaker.Stop()
+		c.speaker = nil
+	}
 	if c.speaker == nil {
 		if err := c.startSpeaker(ctx, self); err != nil {
 			return err
 		}
+	}
+	if old := c.last.self; old.Name != "" && old.ASN != self.ASN {
+		c.log.Info("this node's AS number changed; every BGP session restarts with it", "old", old.ASN, "new", self.ASN)
 	}
 	c.last.nodes, c.last.self = nodes, self
 	c.last.peers = desiredPeers(c.cfg, self, nodes)
@@ -423,27 +446,24 @@ func (c *Controller) startSpeaker(ctx context.Context, self nodeInfo) error {
 	if !routerID.IsValid() {
 		return fmt.Errorf("node %s has no InternalIP and routing.router_id is not set", self.Name)
 	}
-	// GoBGP listens on IPv4 or IPv6 per address, so each family the node has needs its
-	// wildcard.
-	listen := c.listenAddress
-	if listen == nil {
-		if self.Address.IsValid() {
-			listen = append(listen, "0.0.0.0")
-		}
-		if self.AddressV6.IsValid() {
-			listen = append(listen, "::")
-		}
-	}
-	s, err := c.dp.startSpeaker(ctx, speakerConfig{
-		ASN:             uint32(c.cfg.ASN),
+	listen := c.listenAddresses(self)
+	sc := speakerConfig{
+		ASN:             self.ASN,
 		RouterID:        routerID,
 		ListenPort:      int32(c.cfg.ListenPort),
 		ListenAddresses: listen,
 		GracefulRestart: c.cfg.GracefulRestart,
 		RestartTime:     c.cfg.GracefulRestartTime.Duration,
-		Communities:     c.cfg.Communities,
 		Log:             c.log,
-	})
+	}
+	s, err := c.dp.startSpeaker(ctx, sc)
+	if err != nil && len(self.ListenAddresses) > 0 {
+		// An annotated address the node does not have must not stop routing.
+		c.log.Warn("BGP speaker could not listen on the annotated addresses; listening on every address",
+			"node", self.Name, "annotation", annotationLocalAddresses, "err", err)
+		sc.ListenAddresses = wildcards(self)
+		s, err = c.dp.startSpeaker(ctx, sc)
+	}
 	if err != nil {
 		return err
 	}
@@ -459,9 +479,38 @@ func (c *Controller) startSpeaker(ctx context.Context, self nodeInfo) error {
 		s.Stop()
 		return fmt.Errorf("watching BGP events: %w", err)
 	}
-	c.speaker = s
-	c.log.Info("BGP speaker started", "asn", c.cfg.ASN, "routerID", routerID, "port", c.cfg.ListenPort)
+	c.speaker, c.speakerListen = s, listen
+	c.log.Info("BGP speaker started", "asn", self.ASN, "routerID", routerID, "port", c.cfg.ListenPort, "listen", strings.Join(sc.ListenAddresses, ","))
 	return nil
+}
+
+// listenAddresses are the addresses the speaker should listen on: the node's
+// bgp-local-addresses, or the wildcard of each family the node has.
+func (c *Controller) listenAddresses(self nodeInfo) []string {
+	if c.listenAddress != nil {
+		return c.listenAddress
+	}
+	if len(self.ListenAddresses) == 0 {
+		return wildcards(self)
+	}
+	out := make([]string, 0, len(self.ListenAddresses))
+	for _, a := range self.ListenAddresses {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// wildcards are the wildcard addresses of the families the node has: GoBGP listens
+// on IPv4 or IPv6 per address.
+func wildcards(self nodeInfo) []string {
+	var out []string
+	if self.Address.IsValid() {
+		out = append(out, "0.0.0.0")
+	}
+	if self.AddressV6.IsValid() {
+		out = append(out, "::")
+	}
+	return out
 }
 
 // routerIDFromIPv6 derives a BGP router id (an IPv4-shaped number) for a node without

@@ -6,8 +6,6 @@
 package routing
 
 import (
-	"encoding/base64"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -20,24 +18,6 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
-	"github.com/kube-routerd/kube-routerd/internal/k8s"
-)
-
-// Node annotations read by the routing controller.
-const (
-	// annotationPeerIPs lists external BGP peers of this node: "192.0.2.1,192.0.2.2".
-	annotationPeerIPs = "kube-router.io/peer.ips"
-	// annotationPeerASNs lists their AS numbers, one per IP, or one for all.
-	annotationPeerASNs = "kube-router.io/peer.asns"
-	// annotationPeerPasswords lists their base64-encoded TCP MD5 passwords, one per IP.
-	annotationPeerPasswords = "kube-router.io/peer.passwords"
-	// annotationPeerMaxPrefixes lists how many prefixes each peer may announce before
-	// its session is torn down, one per IP or one for all; 0 means no limit.
-	annotationPeerMaxPrefixes = "kube-router.io/peer.maxprefixes"
-	// annotationRRServer makes the node a route reflector of the given cluster id.
-	annotationRRServer = "kube-router.io/rr.server"
-	// annotationRRClient makes the node a route reflector client of the given cluster id.
-	annotationRRClient = "kube-router.io/rr.client"
 )
 
 // Service annotations that override the advertise_* settings for one Service
@@ -63,38 +43,16 @@ type nodeInfo struct {
 	RRClient string
 	// Peers are the node's own external peers from its annotations.
 	Peers []Peer
-}
-
-// parseNode extracts nodeInfo from a Node. Invalid annotations are logged with the
-// node's name and ignored; the rest of the node still counts.
-func parseNode(n *corev1.Node, cfg config.Routing, log *slog.Logger) nodeInfo {
-	addrs := k8s.ParseNodeAddresses(n, log)
-	info := nodeInfo{Name: n.Name, Address: addrs.IPv4, AddressV6: addrs.IPv6, PodCIDRs: addrs.PodCIDRs}
-	log = log.With("node", n.Name)
-	for ann, dst := range map[string]*string{annotationRRServer: &info.RRServer, annotationRRClient: &info.RRClient} {
-		v, ok := n.Annotations[ann]
-		if !ok {
-			continue
-		}
-		if id, err := parseClusterID(v); err != nil {
-			log.Warn("ignoring invalid route reflector annotation", "annotation", ann, "err", err)
-		} else {
-			*dst = id
-		}
-	}
-	if info.RRServer != "" && info.RRClient != "" {
-		log.Warn("ignoring route reflector client annotation on a route reflector server")
-		info.RRClient = ""
-	}
-	if _, ok := n.Annotations[annotationPeerIPs]; ok {
-		peers, err := parsePeerAnnotations(n.Annotations, cfg)
-		if err != nil {
-			log.Warn("ignoring invalid peer annotations", "err", err)
-		} else {
-			info.Peers = peers
-		}
-	}
-	return info
+	// ASN is the node's AS number: its annotation's, or routing.asn.
+	ASN uint32
+	// Prepend, Communities: what the node adds to routes it sends to external peers.
+	Prepend     asPrepend
+	Communities []string
+	// ImportReject are ranges no peer may announce routes into.
+	ImportReject []netip.Prefix
+	// ListenAddresses are the addresses the node's speaker listens on; empty for the
+	// wildcard of each family the node has.
+	ListenAddresses []netip.Addr
 }
 
 // AddressFor returns the node's address of the same IP family as a: the session
@@ -111,88 +69,12 @@ func (n nodeInfo) HasAddress(a netip.Addr) bool {
 	return a.IsValid() && (a == n.Address || a == n.AddressV6)
 }
 
-// parseClusterID accepts a route reflector cluster id as a 32-bit number or an IPv4
-// address and returns it in dotted form, as BGP carries it.
-func parseClusterID(s string) (string, error) {
-	if ip, err := netip.ParseAddr(s); err == nil && ip.Is4() {
-		return ip.String(), nil
-	}
-	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || n == 0 {
-		return "", fmt.Errorf("cluster id %q is neither a non-zero 32-bit number nor an IPv4 address", s)
-	}
-	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}).String(), nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func parsePeerAnnotations(ann map[string]string, cfg config.Routing) ([]Peer, error) {
-	ips := splitList(ann[annotationPeerIPs])
-	asns := splitList(ann[annotationPeerASNs])
-	passwords := splitList(ann[annotationPeerPasswords])
-	maxPrefixes := splitList(ann[annotationPeerMaxPrefixes])
-	if len(ips) == 0 {
-		return nil, fmt.Errorf("%s is empty", annotationPeerIPs)
-	}
-	if len(asns) != len(ips) && len(asns) != 1 {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerASNs, len(asns), len(ips))
-	}
-	if len(passwords) != 0 && len(passwords) != len(ips) {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerPasswords, len(passwords), len(ips))
-	}
-	if len(maxPrefixes) > 1 && len(maxPrefixes) != len(ips) {
-		return nil, fmt.Errorf("%s has %d entries for %d peer IPs", annotationPeerMaxPrefixes, len(maxPrefixes), len(ips))
-	}
-	peers := make([]Peer, 0, len(ips))
-	for i, s := range ips {
-		ip, err := netip.ParseAddr(s)
-		if err != nil || ip.Is4In6() || ip.Zone() != "" {
-			return nil, fmt.Errorf("peer IP %q is not an IPv4 or IPv6 address", s)
-		}
-		asnText := asns[0]
-		if len(asns) > 1 {
-			asnText = asns[i]
-		}
-		asn, err := strconv.ParseInt(asnText, 10, 64)
-		if err != nil || !config.ValidASN(asn) {
-			return nil, fmt.Errorf("peer %s: invalid AS number %q", ip, asnText)
-		}
-		p := Peer{Address: ip, ASN: uint32(asn), HoldTime: cfg.HoldTime.Duration}
-		if len(passwords) > 0 {
-			pw, err := base64.StdEncoding.DecodeString(passwords[i])
-			if err != nil {
-				return nil, fmt.Errorf("peer %s: password is not base64", ip)
-			}
-			p.Password = string(pw)
-		}
-		if len(maxPrefixes) > 0 {
-			text := maxPrefixes[0]
-			if len(maxPrefixes) > 1 {
-				text = maxPrefixes[i]
-			}
-			n, err := strconv.ParseUint(text, 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("peer %s: invalid prefix limit %q", ip, text)
-			}
-			p.MaxPrefixes = uint32(n)
-		}
-		peers = append(peers, p)
-	}
-	return peers, nil
-}
-
 // Peer is one BGP neighbour of this node's speaker.
 type Peer struct {
 	Address netip.Addr
 	ASN     uint32
+	// LocalASN is our AS number on the session: the node's own.
+	LocalASN uint32
 	// Node names the peer when it is another node of the cluster; empty for routers.
 	Node         string
 	Password     string
@@ -213,9 +95,15 @@ type Peer struct {
 // External reports whether the peer is a router outside the cluster.
 func (p Peer) External() bool { return p.Node == "" }
 
+// OtherASNode reports whether the peer is a node of another AS (an eBGP session
+// inside the cluster).
+func (p Peer) OtherASNode() bool { return p.Node != "" && p.LocalASN != 0 && p.ASN != p.LocalASN }
+
 // desiredPeers returns this node's BGP neighbours, sorted by address: the other nodes
 // (full mesh, or the route reflector topology from annotations) and the external peers
 // of the config and of our node's annotations (which win for the same address).
+// Every session speaks our node's AS number; a node of another AS is an eBGP peer,
+// allowed more than one hop so nodes in other subnets still reach each other.
 // Nodes peer once per IP family both have an address of: each session carries its
 // own family, so a broken IPv6 path shows as a down session instead of silently
 // black-holing routes learned over IPv4. Of two nodes only the one with the lower
@@ -232,8 +120,11 @@ func desiredPeers(cfg config.Routing, self nodeInfo, nodes []nodeInfo) []Peer {
 				continue
 			}
 			p := Peer{
-				Address: addr, ASN: uint32(cfg.ASN), Node: n.Name, HoldTime: cfg.HoldTime.Duration, Port: uint16(cfg.ListenPort),
+				Address: addr, ASN: n.ASN, LocalASN: self.ASN, Node: n.Name, HoldTime: cfg.HoldTime.Duration, Port: uint16(cfg.ListenPort),
 				Passive: self.AddressFor(addr).Compare(addr) > 0,
+			}
+			if p.OtherASNode() {
+				p.Multihop = 255
 			}
 			if self.RRServer != "" && n.RRClient != "" {
 				p.RRClient, p.RRClusterID = true, self.RRServer
@@ -256,6 +147,7 @@ func desiredPeers(cfg config.Routing, self nodeInfo, nodes []nodeInfo) []Peer {
 		if p.HoldTime == 0 {
 			p.HoldTime = cfg.HoldTime.Duration
 		}
+		p.LocalASN = self.ASN
 		byAddr[p.Address] = p
 	}
 	out := make([]Peer, 0, len(byAddr))
@@ -287,10 +179,18 @@ type advertisements struct {
 	// ToNodes are the prefixes node peers may receive: every node's pod CIDRs (route
 	// reflectors pass on the other nodes').
 	ToNodes []netip.Prefix
+	// ToOtherASNodes are the prefixes nodes of another AS may receive: our own pod
+	// CIDRs. Each node announces its own; one relayed by us would draw a detour.
+	ToOtherASNodes []netip.Prefix
 	// ToExternal are the prefixes external peers may receive.
 	ToExternal []netip.Prefix
 	// Protected are ranges external peers may not announce into.
 	Protected []netip.Prefix
+	// ImportReject are ranges no peer, node or router, may announce into.
+	ImportReject []netip.Prefix
+	// Communities ("ASN:value") and Prepend are added to routes sent to external peers.
+	Communities []string
+	Prepend     asPrepend
 }
 
 // serviceEndpoints says, per "namespace/name", whether a Service has a ready endpoint
@@ -321,12 +221,20 @@ func localEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) servic
 
 // desiredAdvertisements computes what we announce: our pod CIDRs always (the mesh needs
 // them; external peers only with advertise_pod_cidr), and the Service IPs the config
-// or the Service's annotations select. A Service with externalTrafficPolicy Local is
+// or the Service's annotations select, with the communities of the config and of our
+// node, and our node's prepending and import rejects. A Service with externalTrafficPolicy Local is
 // announced only while it has a ready endpoint on this node, so routers never send
 // its traffic to a node that would drop it.
 func desiredAdvertisements(cfg config.Routing, self nodeInfo, nodes []nodeInfo, services []*corev1.Service, local serviceEndpoints, log *slog.Logger) advertisements {
-	var a advertisements
+	a := advertisements{ImportReject: slices.Clone(self.ImportReject), Prepend: self.Prepend}
+	for _, c := range cfg.Communities {
+		if n, err := config.ParseCommunity(c); err == nil {
+			a.Communities = append(a.Communities, config.FormatCommunity(n))
+		}
+	}
+	a.Communities = slices.Compact(slices.Sorted(slices.Values(append(a.Communities, self.Communities...))))
 	a.Prefixes = append(a.Prefixes, self.PodCIDRs...)
+	a.ToOtherASNodes = append(a.ToOtherASNodes, self.PodCIDRs...)
 	if cfg.AdvertisePodCIDR {
 		a.ToExternal = append(a.ToExternal, self.PodCIDRs...)
 	}
@@ -345,7 +253,7 @@ func desiredAdvertisements(cfg config.Routing, self nodeInfo, nodes []nodeInfo, 
 			a.Protected = append(a.Protected, p)
 		}
 	}
-	for _, l := range []*[]netip.Prefix{&a.Prefixes, &a.ToNodes, &a.ToExternal, &a.Protected} {
+	for _, l := range []*[]netip.Prefix{&a.Prefixes, &a.ToNodes, &a.ToOtherASNodes, &a.ToExternal, &a.Protected, &a.ImportReject} {
 		*l = sortedUnique(*l)
 	}
 	return a

@@ -119,6 +119,7 @@ func TestParseNode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			log, buf := captureLog()
 			got := parseNode(tc.node, cfg, log)
+			tc.want.ASN = uint32(cfg.ASN)
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got  %+v\nwant %+v", got, tc.want)
 			}

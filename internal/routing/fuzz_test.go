@@ -67,3 +67,50 @@ func FuzzParseNode(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseNodeBGPShape feeds arbitrary values of the per-node BGP shape annotations.
+// Whatever parseNode keeps must be usable as is: a valid AS number, prepending of a
+// valid AS at least once or not at all, communities as "ASN:value", masked import
+// rejects, and peers with a valid address, AS, and local address of their family.
+func FuzzParseNodeBGPShape(f *testing.F) {
+	f.Add("- {remoteip: 192.0.2.1, remoteasn: 65000, port: 1179, password: c2VjcmV0, localip: 10.0.0.1}", "64601", "64601", "2", "64601:100,no-export", "10.10.0.0/16", "10.0.0.1")
+	f.Add("- remoteip: 192.0.2.1\n  remoteasn: -1\n", "0", "4294967295", "256", "65536:1", "10.10.0.1/16", "eth0")
+	f.Add("{}", "", "", "0", ",", ",", ",")
+	f.Add("- {remoteip: 'fd00::1', remoteasn: 65000, localip: 10.0.0.1, port: 70000}", "65000.1", "1", "1", "4294967295", "::/0", "::")
+	cfg := config.Default().Routing
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	f.Fuzz(func(t *testing.T, peers, asn, prependAS, repeat, communities, reject, listen string) {
+		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "self", Annotations: map[string]string{
+			annotationPeers: peers, annotationNodeASN: asn, annotationPrependAS: prependAS, annotationPrependRepeat: repeat,
+			annotationCommunities: communities, annotationImportReject: reject, annotationLocalAddresses: listen,
+		}}}
+		info := parseNode(n, cfg, log)
+		if !config.ValidASN(int64(info.ASN)) {
+			t.Fatalf("invalid node AS %d", info.ASN)
+		}
+		if p := info.Prepend; p != (asPrepend{}) && (p.Repeat == 0 || !config.ValidASN(int64(p.ASN))) {
+			t.Fatalf("unusable prepending %+v", p)
+		}
+		for _, c := range info.Communities {
+			if v, err := config.ParseCommunity(c); err != nil || config.FormatCommunity(v) != c {
+				t.Fatalf("community %q is not in ASN:value form", c)
+			}
+		}
+		for _, p := range info.ImportReject {
+			if p != p.Masked() || p.Addr().Is4In6() {
+				t.Fatalf("import reject %s is not a masked prefix", p)
+			}
+		}
+		for _, a := range info.ListenAddresses {
+			if !a.IsValid() || a.Zone() != "" || a.Is4In6() {
+				t.Fatalf("unusable listen address %s", a)
+			}
+		}
+		for _, p := range info.Peers {
+			if !p.Address.IsValid() || !config.ValidASN(int64(p.ASN)) || !p.External() ||
+				(p.LocalAddress.IsValid() && p.LocalAddress.Is4() != p.Address.Is4()) {
+				t.Fatalf("unusable peer from annotations: %+v", p)
+			}
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,13 +20,16 @@ import (
 
 // Names of the GoBGP defined sets and policies the speaker manages.
 const (
-	setNodePeers     = "kube-router-node-peers"
-	setExternalPeers = "kube-router-external-peers"
-	setToNodes       = "kube-router-to-nodes"
-	setToExternal    = "kube-router-to-external"
-	setProtected     = "kube-router-protected"
-	policyExport     = "kube-router-export"
-	policyImport     = "kube-router-import"
+	setNodePeers        = "kube-router-node-peers"
+	setOtherASNodePeers = "kube-router-other-as-node-peers"
+	setExternalPeers    = "kube-router-external-peers"
+	setToNodes          = "kube-router-to-nodes"
+	setToOtherASNodes   = "kube-router-to-other-as-nodes"
+	setToExternal       = "kube-router-to-external"
+	setProtected        = "kube-router-protected"
+	setImportReject     = "kube-router-import-reject"
+	policyExport        = "kube-router-export"
+	policyImport        = "kube-router-import"
 )
 
 const neighborSentinel = "255.255.255.255/32"
@@ -55,8 +59,9 @@ func v6(set string) string { return set + v6Suffix }
 type speaker interface {
 	// Watch reports session state changes and best path changes until ctx ends.
 	Watch(ctx context.Context, onPeer func(addr string, old, new peerState), onBestPath func()) error
-	// SetPolicy classifies peers (node or external) and opens the prefixes each class
-	// may receive and may not announce.
+	// SetPolicy classifies peers (node of our AS, node of another AS, or external),
+	// opens the prefixes each class may receive and may not announce, and sets what
+	// routes to external peers carry.
 	SetPolicy(ctx context.Context, adv advertisements, peers []Peer) error
 	// SetPeers makes the configured peers exactly peers.
 	SetPeers(ctx context.Context, peers []Peer) error
@@ -84,9 +89,7 @@ type speakerConfig struct {
 	// RestartTime as how long peers keep our routes while we are away.
 	GracefulRestart bool
 	RestartTime     time.Duration
-	// Communities are added to routes sent to external peers.
-	Communities []string
-	Log         *slog.Logger
+	Log             *slog.Logger
 }
 
 // peerState is the last session state the speaker reported for a peer.
@@ -109,6 +112,10 @@ type gobgpSpeaker struct {
 	paths      map[netip.Prefix]bool
 	sets       map[string][]string // defined set name -> applied entries
 	policySent bool
+	// exportActions is what the export policy of generation exportGeneration adds
+	// to routes for external peers.
+	exportActions    externalActions
+	exportGeneration int
 
 	mu     sync.Mutex
 	states map[string]peerState
@@ -138,7 +145,7 @@ func startGoBGP(ctx context.Context, cfg speakerConfig) (*gobgpSpeaker, error) {
 	s := &gobgpSpeaker{
 		srv: srv, cfg: cfg, log: log,
 		peers: map[netip.Addr]Peer{}, paths: map[netip.Prefix]bool{},
-		sets:   map[string][]string{setNodePeers: {neighborSentinel}, setExternalPeers: {neighborSentinel}},
+		sets:   map[string][]string{setNodePeers: {neighborSentinel}, setOtherASNodePeers: {neighborSentinel}, setExternalPeers: {neighborSentinel}},
 		states: map[string]peerState{},
 	}
 	if err := s.installPolicies(ctx); err != nil {
@@ -155,12 +162,28 @@ func (s *gobgpSpeaker) Stop() {
 	s.srv.Stop()
 }
 
+// externalActions is what routes sent to external peers carry beyond our defaults.
+type externalActions struct {
+	communities string // "ASN:value" joined by commas
+	prepend     asPrepend
+}
+
+func (a externalActions) apply(to *api.Actions) {
+	if a.communities != "" {
+		to.Community = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: strings.Split(a.communities, ",")}
+	}
+	if a.prepend.Repeat > 0 {
+		to.AsPrepend = &api.AsPrependAction{Asn: a.prepend.ASN, Repeat: uint32(a.prepend.Repeat)}
+	}
+}
+
 func (s *gobgpSpeaker) installPolicies(ctx context.Context) error {
 	sets := []*api.DefinedSet{
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setNodePeers, List: []string{neighborSentinel}},
+		{DefinedType: api.DefinedType_NEIGHBOR, Name: setOtherASNodePeers, List: []string{neighborSentinel}},
 		{DefinedType: api.DefinedType_NEIGHBOR, Name: setExternalPeers, List: []string{neighborSentinel}},
 	}
-	for _, name := range []string{setToNodes, setToExternal, setProtected} {
+	for _, name := range []string{setToNodes, setToOtherASNodes, setToExternal, setProtected, setImportReject} {
 		sets = append(sets,
 			&api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name},
 			&api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: v6(name)})
@@ -170,30 +193,21 @@ func (s *gobgpSpeaker) installPolicies(ctx context.Context) error {
 			return fmt.Errorf("creating defined set %s: %w", ds.Name, err)
 		}
 	}
-	toExternal := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
-	if len(s.cfg.Communities) > 0 {
-		toExternal.Community = &api.CommunityAction{Type: api.CommunityAction_ADD, Communities: s.cfg.Communities}
-	}
-	export := &api.Policy{Name: policyExport}
 	imp := &api.Policy{Name: policyImport}
 	for _, suffix := range []string{"", v6Suffix} {
-		export.Statements = append(export.Statements,
+		imp.Statements = append(imp.Statements,
 			&api.Statement{
-				Name:       policyExport + "-nodes" + suffix,
-				Conditions: &api.Conditions{NeighborSet: matchAny(setNodePeers), PrefixSet: matchAny(setToNodes + suffix)},
-				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+				Name:       policyImport + "-reject" + suffix,
+				Conditions: &api.Conditions{PrefixSet: matchAny(setImportReject + suffix)},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
 			},
 			&api.Statement{
-				Name:       policyExport + "-external" + suffix,
-				Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setToExternal + suffix)},
-				Actions:    toExternal,
+				Name:       policyImport + "-protected" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setProtected + suffix)},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
 			})
-		imp.Statements = append(imp.Statements, &api.Statement{
-			Name:       policyImport + "-protected" + suffix,
-			Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setProtected + suffix)},
-			Actions:    &api.Actions{RouteAction: api.RouteAction_REJECT},
-		})
 	}
+	export := s.exportPolicy()
 	for _, p := range []struct {
 		policy *api.Policy
 		dir    api.PolicyDirection
@@ -217,19 +231,77 @@ func (s *gobgpSpeaker) installPolicies(ctx context.Context) error {
 	return nil
 }
 
+// exportPolicy is the export policy of the current generation and actions. Its name
+// and its statements' carry the generation: GoBGP cannot change a statement's
+// actions, so new actions come as a new policy that replaces the old one.
+func (s *gobgpSpeaker) exportPolicy() *api.Policy {
+	name := fmt.Sprintf("%s-%d", policyExport, s.exportGeneration)
+	toExternal := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
+	s.exportActions.apply(toExternal)
+	p := &api.Policy{Name: name}
+	for _, suffix := range []string{"", v6Suffix} {
+		p.Statements = append(p.Statements,
+			&api.Statement{
+				Name:       name + "-nodes" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setNodePeers), PrefixSet: matchAny(setToNodes + suffix)},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+			},
+			&api.Statement{
+				Name:       name + "-other-as-nodes" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setOtherASNodePeers), PrefixSet: matchAny(setToOtherASNodes + suffix)},
+				Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+			},
+			&api.Statement{
+				Name:       name + "-external" + suffix,
+				Conditions: &api.Conditions{NeighborSet: matchAny(setExternalPeers), PrefixSet: matchAny(setToExternal + suffix)},
+				Actions:    toExternal,
+			})
+	}
+	return p
+}
+
+// setExportActions swaps in an export policy with new actions for external peers:
+// the new policy is assigned in one step, so no route is ever exported without one.
+func (s *gobgpSpeaker) setExportActions(ctx context.Context, actions externalActions) (bool, error) {
+	if actions == s.exportActions {
+		return false, nil
+	}
+	old := s.exportPolicy()
+	s.exportActions = actions
+	s.exportGeneration++
+	next := s.exportPolicy()
+	if err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: next}); err != nil {
+		return false, fmt.Errorf("adding policy %s: %w", next.Name, err)
+	}
+	err := s.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+		Name: "global", Direction: api.PolicyDirection_EXPORT, Policies: []*api.Policy{{Name: next.Name}}, DefaultAction: api.RouteAction_REJECT,
+	}})
+	if err != nil {
+		return false, fmt.Errorf("assigning policy %s: %w", next.Name, err)
+	}
+	if err := s.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: &api.Policy{Name: old.Name}, All: true}); err != nil {
+		s.log.Warn("could not delete the replaced export policy", "policy", old.Name, "err", err)
+	}
+	return true, nil
+}
+
 func matchAny(set string) *api.MatchSet { return &api.MatchSet{Type: api.MatchSet_ANY, Name: set} }
 
 // SetPolicy updates the policies' sets: which prefixes go to node and external peers,
-// which ranges external peers may not announce into, and who is who among peers.
+// which ranges external peers (or any peer) may not announce into, and who is who
+// among peers; and what routes to external peers carry.
 func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv advertisements, peers []Peer) error {
 	// GoBGP treats an empty neighbor set as matching every neighbor; a sentinel that is
 	// never a BGP neighbor (the broadcast address) keeps an empty class empty.
-	nodes, external := []string{neighborSentinel}, []string{neighborSentinel}
+	nodes, otherASNodes, external := []string{neighborSentinel}, []string{neighborSentinel}, []string{neighborSentinel}
 	for _, p := range peers {
 		host := netip.PrefixFrom(p.Address, p.Address.BitLen()).String()
-		if p.External() {
+		switch {
+		case p.External():
 			external = append(external, host)
-		} else {
+		case p.OtherASNode():
+			otherASNodes = append(otherASNodes, host)
+		default:
 			nodes = append(nodes, host)
 		}
 	}
@@ -261,11 +333,16 @@ func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv advertisements, peers 
 		// Peers are classified before prefixes are opened, so a new entry in a prefix
 		// set never meets an unclassified peer.
 		{setNodePeers, api.DefinedType_NEIGHBOR, nodes},
+		{setOtherASNodePeers, api.DefinedType_NEIGHBOR, otherASNodes},
 		{setExternalPeers, api.DefinedType_NEIGHBOR, external},
 		{setProtected, api.DefinedType_PREFIX, within(adv.Protected, true)},
 		{v6(setProtected), api.DefinedType_PREFIX, within(adv.Protected, false)},
+		{setImportReject, api.DefinedType_PREFIX, within(adv.ImportReject, true)},
+		{v6(setImportReject), api.DefinedType_PREFIX, within(adv.ImportReject, false)},
 		{setToNodes, api.DefinedType_PREFIX, exact(adv.ToNodes, true)},
 		{v6(setToNodes), api.DefinedType_PREFIX, exact(adv.ToNodes, false)},
+		{setToOtherASNodes, api.DefinedType_PREFIX, exact(adv.ToOtherASNodes, true)},
+		{v6(setToOtherASNodes), api.DefinedType_PREFIX, exact(adv.ToOtherASNodes, false)},
 		{setToExternal, api.DefinedType_PREFIX, exact(adv.ToExternal, true)},
 		{v6(setToExternal), api.DefinedType_PREFIX, exact(adv.ToExternal, false)},
 	} {
@@ -275,6 +352,11 @@ func (s *gobgpSpeaker) SetPolicy(ctx context.Context, adv advertisements, peers 
 		}
 		changed = changed || c
 	}
+	c, err := s.setExportActions(ctx, externalActions{communities: strings.Join(adv.Communities, ","), prepend: adv.Prepend})
+	if err != nil {
+		return err
+	}
+	changed = changed || c
 	if changed && s.policySent {
 		// Re-evaluate what established peers have received under the new sets.
 		for addr := range s.peers {
@@ -361,7 +443,7 @@ func (s *gobgpSpeaker) SetPeers(ctx context.Context, peers []Peer) error {
 			continue
 		}
 		s.peers[addr] = p
-		s.log.Info("added BGP peer", "peer", addr, "asn", p.ASN, "node", p.Node, "rrClient", p.RRClient)
+		s.log.Info("added BGP peer", "peer", addr, "asn", p.ASN, "localASN", p.LocalASN, "node", p.Node, "rrClient", p.RRClient)
 	}
 	return errors.Join(errs...)
 }
@@ -381,7 +463,7 @@ func (s *gobgpSpeaker) apiPeer(p Peer) *api.Peer {
 		afiSafi.PrefixLimits = &api.PrefixLimit{Family: family, MaxPrefixes: p.MaxPrefixes}
 	}
 	ap := &api.Peer{
-		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.ASN, AuthPassword: p.Password, Description: p.Node},
+		Conf: &api.PeerConf{NeighborAddress: p.Address.String(), PeerAsn: p.ASN, LocalAsn: p.LocalASN, AuthPassword: p.Password, Description: p.Node},
 		// A short connect retry brings sessions up soon after a node or router appears.
 		Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: hold, KeepaliveInterval: hold / 3, ConnectRetry: 5}},
 		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},

@@ -23,6 +23,8 @@ type fakeSpeaker struct {
 	learned []LearnedRoute
 	states  map[string]string
 	calls   []string
+	// starts counts the speakers started; a restart begins empty, as GoBGP does.
+	starts int
 
 	onPeer     func(addr string, old, new peerState)
 	onBestPath func()
@@ -37,6 +39,8 @@ func (f *fakeSpeaker) start(_ context.Context, cfg speakerConfig) (speaker, erro
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.cfg = cfg
+	f.starts++
+	f.peers, f.paths, f.policy = nil, nil, advertisements{}
 	return f, nil
 }
 
@@ -100,7 +104,7 @@ func (f *fakeSpeaker) PeerStates(context.Context) map[string]peerState {
 	return out
 }
 
-func (f *fakeSpeaker) Stop() {}
+func (f *fakeSpeaker) Stop() { f.call("Stop") }
 
 // learn replaces the learned routes ("prefix via next hop") and reports a best path
 // change.
@@ -135,13 +139,17 @@ func (f *fakeSpeaker) takeCalls() string {
 	return out
 }
 
-// dump renders the peers ("peer address asn [node]") and the originated paths.
+// dump renders the peers ("peer address asn [local-asn, when not the speaker's]
+// [node]") and the originated paths.
 func (f *fakeSpeaker) dump() string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var b strings.Builder
 	for _, p := range f.peers {
 		fmt.Fprintf(&b, "peer %s asn %d", p.Address, p.ASN)
+		if p.LocalASN != f.cfg.ASN {
+			fmt.Fprintf(&b, " local-asn %d", p.LocalASN)
+		}
 		if p.Node != "" {
 			fmt.Fprintf(&b, " node %s", p.Node)
 		}

@@ -4,9 +4,11 @@ import "github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 
 // Details is the routing controller's state for `kube-routerd status`.
 type Details struct {
-	Node       string        `json:"node"`
-	Address    string        `json:"address"`
-	AddressV6  string        `json:"addressV6,omitempty"`
+	Node      string `json:"node"`
+	Address   string `json:"address"`
+	AddressV6 string `json:"addressV6,omitempty"`
+	// ASN is the node's AS number (kube-router.io/node.asn or routing.asn).
+	ASN        uint32        `json:"asn"`
 	PodCIDRs   []string      `json:"podCIDRs"`
 	Peers      []PeerDetails `json:"peers"`
 	Announced  []string      `json:"announced"`
@@ -33,7 +35,7 @@ func (c *Controller) Details() any {
 }
 
 func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
-	d := Details{Node: self.Name, Address: self.Address.String()}
+	d := Details{Node: self.Name, Address: self.Address.String(), ASN: self.ASN}
 	if self.AddressV6.IsValid() {
 		d.AddressV6 = self.AddressV6.String()
 	}

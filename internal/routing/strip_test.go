@@ -24,6 +24,13 @@ func TestStrippedObjectsGiveTheSamePeersAndRoutes(t *testing.T) {
 	for i := range size.Nodes {
 		n := size.Node(i)
 		switch i % 4 {
+		case 0:
+			n.Annotations[annotationNodeASN] = "64601"
+			n.Annotations[annotationPrependAS] = "64601"
+			n.Annotations[annotationPrependRepeat] = "2"
+			n.Annotations[annotationCommunities] = "64601:100"
+			n.Annotations[annotationImportReject] = "172.21.0.0/16"
+			n.Annotations[annotationPeers] = fmt.Sprintf("- {remoteip: 192.0.2.%d, remoteasn: 65000, port: 1179}", 100+i)
 		case 1:
 			n.Annotations[annotationPeerIPs] = fmt.Sprintf("192.0.2.%d", i)
 			n.Annotations[annotationPeerASNs] = "64512"

@@ -3,7 +3,11 @@ package routing
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -376,5 +380,113 @@ func TestBadAdvertiseAnnotationIsLoggedOnceWhileItLasts(t *testing.T) {
 	h.sync(false)
 	if warnings() != 2 {
 		t.Errorf("an annotation broken again after a fix is logged again; got:\n%s", h.log)
+	}
+}
+
+func TestSyncFollowsTheNodesBGPShapeLiveAndRestartsTheSpeakerOnlyForListenAddresses(t *testing.T) {
+	h := newSyncHarness(t, config.Default().Routing)
+	self := func(ann map[string]string) { h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, ann)) }
+	shape := map[string]string{
+		annotationPeers:         "- {remoteip: 192.0.2.1, remoteasn: 65000, port: 1179}",
+		annotationNodeASN:       "64601",
+		annotationPrependAS:     "64601",
+		annotationPrependRepeat: "2",
+		annotationCommunities:   "64601:100",
+		annotationImportReject:  "10.10.0.0/16",
+	}
+	self(shape)
+	h.store(node("b", "10.0.0.2", []string{"10.244.2.0/24"}, map[string]string{annotationNodeASN: "64601"}))
+	h.sync(true)
+	if h.speaker.cfg.ASN != 64601 {
+		t.Errorf("speaker started with AS %d, want the node's 64601", h.speaker.cfg.ASN)
+	}
+	want := "peer 10.0.0.2 asn 64601 node b\npeer 10.0.1.3 asn 64512 node c\npeer 192.0.2.1 asn 65000"
+	if got := h.lines("peer "); got != want {
+		t.Errorf("peers\n%s\nwant\n%s", got, want)
+	}
+	policy := func() advertisements {
+		h.speaker.mu.Lock()
+		defer h.speaker.mu.Unlock()
+		return h.speaker.policy
+	}
+	if p := policy(); p.Prepend != (asPrepend{ASN: 64601, Repeat: 2}) || strings.Join(p.Communities, ",") != "64601:100" || fmt.Sprint(p.ImportReject) != "[10.10.0.0/16]" {
+		t.Errorf("policy %+v, want the node's prepend, community and import reject", p)
+	}
+
+	// Another AS for our node: every session is re-made with it, the speaker keeps running.
+	shape[annotationNodeASN] = "64700"
+	shape[annotationCommunities] = "64700:1"
+	delete(shape, annotationPrependAS)
+	delete(shape, annotationPrependRepeat)
+	self(shape)
+	h.sync(false)
+	want = "peer 10.0.0.2 asn 64601 local-asn 64700 node b\npeer 10.0.1.3 asn 64512 local-asn 64700 node c\npeer 192.0.2.1 asn 65000 local-asn 64700"
+	if got := h.lines("peer "); got != want {
+		t.Errorf("after the AS change, peers\n%s\nwant\n%s", got, want)
+	}
+	if p := policy(); p.Prepend != (asPrepend{}) || strings.Join(p.Communities, ",") != "64700:1" {
+		t.Errorf("policy %+v, want no prepend and the new community", p)
+	}
+	if !strings.Contains(h.log.String(), "this node's AS number changed") {
+		t.Errorf("the AS change is not logged:\n%s", h.log)
+	}
+	// Another node's AS changes only its session.
+	h.store(node("c", "10.0.1.3", []string{"10.244.3.0/24"}, map[string]string{annotationNodeASN: "64700"}))
+	h.sync(false)
+	if got := h.lines("peer 10.0.1.3"); got != "peer 10.0.1.3 asn 64700 local-asn 64700 node c" {
+		t.Errorf("c's session = %q, want iBGP in AS 64700", got)
+	}
+	if h.speaker.starts != 1 {
+		t.Fatalf("speaker started %d times, want once: AS changes need no restart", h.speaker.starts)
+	}
+
+	// New listen addresses restart the speaker, which gets everything again.
+	shape[annotationLocalAddresses] = "10.0.0.1"
+	self(shape)
+	h.sync(false)
+	if h.speaker.starts != 2 || strings.Join(h.speaker.cfg.ListenAddresses, ",") != "10.0.0.1" || h.speaker.cfg.ASN != 64700 {
+		t.Errorf("starts %d, listen %v, AS %d: want a restart listening on 10.0.0.1 in AS 64700", h.speaker.starts, h.speaker.cfg.ListenAddresses, h.speaker.cfg.ASN)
+	}
+	if got := h.lines("peer "); got != "peer 10.0.0.2 asn 64601 node b\npeer 10.0.1.3 asn 64700 node c\npeer 192.0.2.1 asn 65000" {
+		t.Errorf("after the restart, peers\n%s", got)
+	}
+	if got := h.lines("path "); got != "path 10.244.1.0/24" {
+		t.Errorf("after the restart, paths\n%s", got)
+	}
+	h.sync(false)
+	if h.speaker.starts != 2 {
+		t.Errorf("speaker restarted again without a change")
+	}
+}
+
+func TestPeerPasswordComesFromItsFileAndAnOpenFileIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "peer.secret")
+	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default().Routing
+	cfg.Peers = []config.Peer{{Address: config.Addr{Addr: netip.MustParseAddr("192.0.2.1")}, ASN: 65000, PasswordFile: secret}}
+	h := newSyncHarness(t, cfg)
+	h.sync(true)
+	h.speaker.mu.Lock()
+	var got string
+	for _, p := range h.speaker.peers {
+		if p.External() {
+			got = p.Password
+		}
+	}
+	h.speaker.mu.Unlock()
+	if got != "s3cret" {
+		t.Errorf("external peer's password = %q, want the file's content without its newline", got)
+	}
+
+	if err := os.Chmod(secret, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(daemon.Env{Informers: informers.NewSharedInformerFactory(fake.NewClientset(), 0), NodeName: "a", Log: slog.New(slog.DiscardHandler)}, cfg,
+		Dataplane{Routes: route.NewFake(), startSpeaker: newFakeSpeaker().start})
+	if err == nil || !strings.Contains(err.Error(), "mode 0644") || !strings.Contains(err.Error(), "192.0.2.1") {
+		t.Errorf("New with a world-readable password file: %v, want an error naming the peer and the mode", err)
 	}
 }
