@@ -65,6 +65,34 @@ else
 fi
 bench "network policy: single changes on the real kernel" \
   -tags integration -run '^$' -bench 'ScaleKernel/(PodLabelChange|PolicyChange)' -benchtime 20x -timeout 30m ./internal/netpol/
+echo
+echo "== one node's daemon in a loaded cluster: fractions of Kubernetes' scalability envelope"
+echo "   (5,000 nodes, 150,000 pods, 10,000 Services x 10 endpoints, 1,000 policies; realistic objects),"
+echo "   the real kube-routerd (network policy, routing, pod network; no IPVS on this kernel) in a namespace"
+echo "   against the real API server: READY, RSS, CPU, single changes to the kernel, a churn of 100 pod"
+echo "   changes/s, a burst. KUBEROUTERD_ENVELOPE_SCALES (default \"0.02 0.1\") picks the fractions."
+envelope_out=$(mktemp)
+for scale in ${KUBEROUTERD_ENVELOPE_SCALES:-0.02 0.1}; do
+  echo "   go test -tags integration -run '^\$' -bench NodeInTheEnvelope -benchtime 1x ./test/e2e/ (KUBEROUTERD_ENVELOPE_SCALE=$scale)"
+  KUBEROUTERD_ENVELOPE_SCALE=$scale go test -tags integration -run '^$' -bench NodeInTheEnvelope -benchtime 1x -timeout 90m ./test/e2e/ 2>&1 |
+    grep -E '^(Benchmark|    envelope_bench|ok|FAIL|--- FAIL)' | tee -a "$envelope_out" || status=1
+done
+# The cost per object: the slope between the smallest and the largest fraction, and
+# the whole envelope extrapolated along it.
+awk '/^BenchmarkNodeInTheEnvelope/ {
+       for (i = 3; i < NF; i++) v[$(i+1)] = $i
+       n++; pods[n] = v["pods"]; rss[n] = v["ready-rss-MiB"]; peak[n] = v["peak-rss-MiB"]; ready[n] = v["ready-s"]
+     }
+     END {
+       if (n < 2 || pods[n] == pods[1]) exit
+       d = pods[n] - pods[1]
+       printf "   per 1,000 pods (with their share of nodes, Services, endpoints, policies): RSS %.1f MiB, peak RSS %.1f MiB, READY %.2f s\n",
+         1000 * (rss[n] - rss[1]) / d, 1000 * (peak[n] - peak[1]) / d, 1000 * (ready[n] - ready[1]) / d
+       printf "   extrapolated to 150,000 pods: RSS %.0f MiB, peak RSS %.0f MiB, READY %.0f s\n",
+         rss[n] + (150000 - pods[n]) * (rss[n] - rss[1]) / d, peak[n] + (150000 - pods[n]) * (peak[n] - peak[1]) / d,
+         ready[n] + (150000 - pods[n]) * (ready[n] - ready[1]) / d
+     }' "$envelope_out"
+rm -f "$envelope_out"
 bench "routing: routes from 500 simulated BGP nodes installed in / withdrawn from the kernel (namespace)" \
   -tags bench -run '^$' -bench RoutesFrom500Nodes -benchtime 3x ./internal/routing/
 exit $status
