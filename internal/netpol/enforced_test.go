@@ -8,6 +8,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
@@ -115,5 +116,25 @@ func TestPodsNotEnforcedAreIsolated(t *testing.T) {
 				t.Errorf("IPv%d %s: dropped %v, want %v (trace %+v)", family, c.what, dropped, c.dropped, trace)
 			}
 		}
+	}
+}
+
+// The drops come before the dispatch: a pod whose chains are in but whose address
+// is not (yet, or no longer) in the ledger is still isolated, whatever its policies
+// allow.
+func TestDispatchedPodOutsideTheLedgerIsIsolated(t *testing.T) {
+	o := isolatingOpts(ipfamily.IPv4)
+	allowAll := policy("x", "all", l("app", "a"), ingress(nil))
+	d := compileAll(fixture(), o, []*networkingv1.NetworkPolicy{allowAll})
+	p := packet{src: mustAddr("10.0.2.1"), dst: mustAddr("10.0.1.1"), proto: "tcp", dport: 80}
+	if dropped, _, err := rulesetEvaluator(&d.Ruleset).verdict("FORWARD", p); err != nil || dropped {
+		t.Fatalf("y/a -> x/a with x/a in the ledger: dropped %v, %v; its policy allows it", dropped, err)
+	}
+	ledger := d.Ledgers[0]
+	ledger.Entries = slices.DeleteFunc(slices.Clone(ledger.Entries), func(e string) bool { return e == "10.0.1.1" })
+	d.Ledgers = []ipset.SetEntries{ledger}
+	dropped, trace, err := rulesetEvaluator(&d.Ruleset).verdict("FORWARD", p)
+	if err != nil || !dropped || !strings.Contains(trace[len(trace)-1].rule, "not enforced yet") {
+		t.Fatalf("y/a -> x/a with x/a's chains but not its address: dropped %v (%+v), %v; want the not-enforced drop", dropped, trace, err)
 	}
 }
