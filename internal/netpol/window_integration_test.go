@@ -5,11 +5,13 @@ package netpol
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -47,7 +49,7 @@ func TestNewPodsPassNoDeniedPacket(t *testing.T) {
 	for i := range reps {
 		r := w.newPod(t, i)
 		if len(r.leaks) > 0 {
-			t.Fatalf("pod %d: %d denied connections opened (of %d tried):\n%s", i, len(r.leaks), r.probes, r.leaks)
+			t.Fatalf("pod %d: of %d denied connections tried, some opened (a client saw it open, or the pod accepted it):\n%s", i, r.probes, countEach(r.leaks))
 		}
 		enforced4, enforced6 = append(enforced4, r.enforced[0]), append(enforced6, r.enforced[1])
 		allowed, probes = append(allowed, r.allowed), probes+r.probes
@@ -281,6 +283,19 @@ func acceptFrom(t *testing.T, ns *tnetns.NS, port int, accepted func(netip.Addr)
 			conn.Close()
 		}
 	}()
+}
+
+// countEach lists the distinct lines of lines, each with how often it occurs.
+func countEach(lines []string) string {
+	counts := map[string]int{}
+	for _, l := range lines {
+		counts[l]++
+	}
+	var out strings.Builder
+	for _, l := range slices.Sorted(maps.Keys(counts)) {
+		fmt.Fprintf(&out, "  %dx %s\n", counts[l], l)
+	}
+	return out.String()
 }
 
 // spread is the median and the maximum of ds.
