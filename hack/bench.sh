@@ -50,7 +50,7 @@ bench "calibration, native: 100,000 ipset adds over netlink in a namespace (the 
 bench "network policy: full sync of 1,000 policies over 10,000 pods, 2,000 local (in-memory dataplane)" \
   -run '^$' -bench 'ScaleFake/FullSync' -benchtime 10x ./internal/netpol/
 bench "network policy: single changes over 2,000 and 10,000 pods (in-memory dataplane)" \
-  -run '^$' -bench 'ScaleFake/(PodLabelChange|PolicyChange)' -benchtime 40x ./internal/netpol/
+  -run '^$' -bench 'ScaleFake/(PodLabelChange|NewLocalPod|PolicyChange)' -benchtime 40x ./internal/netpol/
 profile=$KUBEROUTERD_BENCH_OUT/netpol-fullsync.cpu.pprof
 rm -f "$profile"
 bench "network policy: full sync at the same scale on the real kernel (iptables-restore + netlink ipset, a fresh namespace per run), with its kernel floor" \
@@ -64,7 +64,13 @@ else
   status=1
 fi
 bench "network policy: single changes on the real kernel" \
-  -tags integration -run '^$' -bench 'ScaleKernel/(PodLabelChange|PolicyChange)' -benchtime 20x -timeout 30m ./internal/netpol/
+  -tags integration -run '^$' -bench 'ScaleKernel/(PodLabelChange|NewLocalPod|PolicyChange)' -benchtime 20x -timeout 30m ./internal/netpol/
+echo
+echo "== network policy: pod IP in the API -> enforced, 30 new pods on the real kernel (real API server,"
+echo "   min_sync_interval 50ms), each probed from the moment it has its addresses (none of the denied probes may pass)"
+echo "   go test -tags integration -run '^TestNewPodsPassNoDeniedPacket\$' -v ./internal/netpol/"
+go test -count=1 -tags integration -run '^TestNewPodsPassNoDeniedPacket$' -v ./internal/netpol/ 2>&1 |
+  grep -E 'window_integration_test.go:|^(ok|FAIL|--- FAIL)' | sed -E 's/^ *window_integration_test.go:[0-9]+: /   /' || status=1
 echo
 echo "== one node's daemon in a loaded cluster: fractions of Kubernetes' scalability envelope"
 echo "   (5,000 nodes, 150,000 pods, 10,000 Services x 10 endpoints, 1,000 policies; realistic objects),"

@@ -12,6 +12,10 @@ type NetworkPolicy struct {
 	// BetaNamespaceIsolation honours the pre-v1 annotation
 	// net.beta.kubernetes.io/network-policy: {"ingress":{"isolation":"DefaultDeny"}}.
 	BetaNamespaceIsolation bool `toml:"beta_namespace_isolation"`
+	// IsolatePodsUntilEnforced drops new traffic from and to this node's pod
+	// addresses until the controller has put their policies in force (the enforced
+	// ledger), so no pod passes a packet its policies deny in its first moments.
+	IsolatePodsUntilEnforced bool `toml:"isolate_pods_until_enforced"`
 	// LogDrops sends dropped packets to NFLOG group NFLOGGroup, at most LogRatePerMinute.
 	LogDrops         bool `toml:"log_drops"`
 	NFLOGGroup       int  `toml:"nflog_group"`
@@ -20,11 +24,12 @@ type NetworkPolicy struct {
 
 func defaultNetworkPolicy() NetworkPolicy {
 	return NetworkPolicy{
-		Enabled:          true,
-		SyncPeriod:       Duration{5 * time.Minute},
-		MinSyncInterval:  Duration{100 * time.Millisecond},
-		NFLOGGroup:       100,
-		LogRatePerMinute: 10,
+		Enabled:                  true,
+		IsolatePodsUntilEnforced: true,
+		SyncPeriod:               Duration{5 * time.Minute},
+		MinSyncInterval:          Duration{100 * time.Millisecond},
+		NFLOGGroup:               100,
+		LogRatePerMinute:         10,
 	}
 }
 

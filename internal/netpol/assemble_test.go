@@ -14,6 +14,7 @@ import (
 func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 	idx, o := fixture(), opts()
 	o.BetaNamespaceIsolation = true
+	o.IsolateUntilEnforced, o.PodCIDRs = true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}
 	policies := []*networkingv1.NetworkPolicy{
 		policy("x", "web", l("app", "a"), ingress(port(tcp, intstr.FromString("http")), pods(l("app", "b")))),
 		policy("y", "deny", nil),
@@ -58,6 +59,17 @@ func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 	if &rulesOf(d, untouched)[0] != &rulesOf(first, untouched)[0] {
 		t.Errorf("pod added in y: chain of untouched pod z/a was rebuilt")
 	}
+
+	unselected := *idx.Pod("x", "b")
+	unselected.Name, unselected.Labels, unselected.IPs = "unselected", nil, []netip.Addr{mustAddr("10.0.1.50")}
+	idx.SetPod(&unselected)
+	if d := check("pod no policy selects added in x"); d == first || !reflect.DeepEqual(d.Ledgers[0].Entries[:2], []string{"10.0.1.1", "10.0.1.2"}) || len(d.Ledgers[0].Entries) != 6 {
+		t.Errorf("pod no policy selects: ledger %v; want it listed with the others", d.Ledgers[0].Entries)
+	}
+
+	o.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/17")}
+	asm.SetPodCIDRs(o.PodCIDRs)
+	check("pod CIDR changed")
 
 	moved := *idx.Pod("x", "b")
 	moved.NodeName = "n2"

@@ -42,6 +42,7 @@ const (
 	benchAppsPerNS       = 10
 	benchTeamsOfNS       = 5
 	benchNamedPortNumber = 8080
+	benchPodCIDR         = "10.64.0.0/10"
 )
 
 // benchController is a controller whose informer caches are filled directly, so a
@@ -94,6 +95,10 @@ func newBenchController(b testing.TB, namespaces int, dp Dataplane) *benchContro
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The node's pod CIDR holds its pods' addresses (and, in this synthetic layout,
+	// the others' too): new pods are isolated until enforced, as by default.
+	must(b, factory.Core().V1().Nodes().Informer().GetIndexer().Add(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: benchNode},
+		Spec: corev1.NodeSpec{PodCIDRs: []string{benchPodCIDR}}}))
 	nsStore := factory.Core().V1().Namespaces().Informer().GetIndexer()
 	podStore := factory.Core().V1().Pods().Informer().GetIndexer()
 	polStore := factory.Networking().V1().NetworkPolicies().Informer().GetIndexer()
@@ -132,6 +137,17 @@ func (bc *benchController) relabel(b testing.TB, n, i int) {
 		pod.Labels["app"] = "app-7"
 	}
 	must(b, bc.factory.Core().V1().Pods().Informer().GetIndexer().Update(pod))
+	bc.c.changes.Mark(changed{key: pod.Namespace + "/" + pod.Name})
+}
+
+// addLocalPod adds a local pod whose IP kubelet just wrote, labelled like others the
+// namespace's policies select: its chains, its dispatch rules, its peer set entries
+// and its ledger entry, the sync that ends a new pod's isolation.
+func (bc *benchController) addLocalPod(b testing.TB, n int) {
+	pod := benchPod(n%bc.namespaces, 3)
+	pod.Name = fmt.Sprintf("new-%d", n)
+	pod.Status.PodIPs = []corev1.PodIP{{IP: fmt.Sprintf("10.127.%d.%d", n/250, n%250+1)}}
+	must(b, bc.factory.Core().V1().Pods().Informer().GetIndexer().Add(pod))
 	bc.c.changes.Mark(changed{key: pod.Namespace + "/" + pod.Name})
 }
 
@@ -206,6 +222,7 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 		do   func(*benchController, testing.TB, int)
 	}{
 		{"PodLabelChange", (*benchController).relabelPod},
+		{"NewLocalPod", (*benchController).addLocalPod},
 		{"RemotePodLabelChange", (*benchController).relabelRemotePod},
 		{"PolicyChange", (*benchController).changePolicy},
 	} {

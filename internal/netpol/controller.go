@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -21,6 +23,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
@@ -36,6 +39,13 @@ type Controller struct {
 	pods       corelisters.PodLister
 	namespaces corelisters.NamespaceLister
 	policies   netlisters.NetworkPolicyLister
+	nodes      corelisters.NodeLister
+	// node is this node's pod CIDRs as last read, by the Node's resourceVersion.
+	node struct {
+		read            bool
+		resourceVersion string
+		podCIDRs        []netip.Prefix
+	}
 
 	// changes collects the pods and policies that changed; "all" when a namespace
 	// changed (selectors and the beta annotation read them) or the last apply failed.
@@ -77,6 +87,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 			MarkBit:                defaultMarkBit,
 			ServiceLedger:          dp.ServiceLedger,
 			BetaNamespaceIsolation: cfg.BetaNamespaceIsolation,
+			IsolateUntilEnforced:   cfg.IsolatePodsUntilEnforced,
 			LogDrops:               cfg.LogDrops,
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
@@ -108,11 +119,13 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 	podInf := env.Informers.Core().V1().Pods()
 	nsInf := env.Informers.Core().V1().Namespaces()
 	polInf := env.Informers.Networking().V1().NetworkPolicies()
-	c.pods, c.namespaces, c.policies = podInf.Lister(), nsInf.Lister(), polInf.Lister()
+	nodeInf := env.Informers.Core().V1().Nodes()
+	c.pods, c.namespaces, c.policies, c.nodes = podInf.Lister(), nsInf.Lister(), polInf.Lister(), nodeInf.Lister()
 	if err := errors.Join(
 		c.changes.Watch(podInf.Informer(), loop.Both(keyOf(false))),
 		c.changes.Watch(polInf.Informer(), loop.Both(keyOf(true))),
 		c.changes.WatchAll(nsInf.Informer(), func(loop.Change) bool { return true }),
+		c.changes.WatchAll(nodeInf.Informer(), podCIDRsChanged(env.NodeName)),
 	); err != nil {
 		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
@@ -125,6 +138,48 @@ func keyOf(policy bool) func(obj any) (changed, bool) {
 		key, err := cache.MetaNamespaceKeyFunc(obj)
 		return changed{policy: policy, key: key}, err == nil
 	}
+}
+
+// podCIDRsChanged reports whether a Node event changes the pod CIDRs of node, which
+// the enforced ledger's rules name. They change about once in a node's life.
+func podCIDRsChanged(node string) func(loop.Change) bool {
+	return func(ch loop.Change) bool {
+		o, ok1 := ch.Old.(*corev1.Node)
+		n, ok2 := ch.New.(*corev1.Node)
+		switch {
+		case ok2 && n.Name != node, ok1 && !ok2 && o.Name != node:
+			return false
+		case !ok1 || !ok2:
+			return true
+		}
+		return !slices.Equal(o.Spec.PodCIDRs, n.Spec.PodCIDRs) || o.Spec.PodCIDR != n.Spec.PodCIDR
+	}
+}
+
+// readPodCIDRs brings c.node up to date with this node's Node object. Without one
+// (not registered yet, or deleted) the node has no pod CIDRs: nothing is isolated
+// until enforced, as nothing can tell a pod's address from any other.
+func (c *Controller) readPodCIDRs() {
+	n, err := c.nodes.Get(c.opts.NodeName)
+	rv := ""
+	if err == nil {
+		rv = n.ResourceVersion
+	}
+	if c.node.read && rv == c.node.resourceVersion {
+		return
+	}
+	var cidrs []netip.Prefix
+	if err == nil {
+		cidrs = k8s.ParseNodeAddresses(n, c.log).PodCIDRs
+	}
+	if c.opts.IsolateUntilEnforced && (!c.node.read || !slices.Equal(cidrs, c.node.podCIDRs)) {
+		if len(cidrs) == 0 {
+			c.log.Warn("this node has no pod CIDRs: its pods are not isolated until enforced", "node", c.opts.NodeName)
+		} else {
+			c.log.Info("isolating this node's pods until their policies are in force", "podCIDRs", cidrs)
+		}
+	}
+	c.node.read, c.node.resourceVersion, c.node.podCIDRs = true, rv, cidrs
 }
 
 // Name implements daemon.Controller.
@@ -179,8 +234,10 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		byKey[p.Namespace+"/"+p.Name] = p
 	}
 
+	c.readPodCIDRs()
 	details := Details{Problems: map[string][]string{}, LastApply: map[ipfamily.Family]netfilter.Stats{}}
 	for _, fs := range c.families {
+		fs.asm.SetPodCIDRs(slices.DeleteFunc(slices.Clone(c.node.podCIDRs), func(p netip.Prefix) bool { return !fs.opts.Family.Has(p.Addr()) }))
 		// A family no local pod has needs no policy chains or sets: on a node without
 		// IPv6 pods, compiling for IPv6 made thousands of empty sets. The family's first
 		// pod finds fs.compiled empty and has every policy compiled.
@@ -233,6 +290,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		details.Rules += desired.Rules
 		details.Sets += len(desired.Sets)
 		details.Entries += desired.SetEntriesCount()
+		for _, l := range desired.Ledgers {
+			details.EnforcedPods = max(details.EnforcedPods, len(l.Entries))
+		}
 	}
 	// The same totals as the details, over both families.
 	summary := fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", details.Policies, details.Pods, details.Rules, details.Sets)

@@ -10,6 +10,8 @@
 //	INPUT, not to what IPVS serves (pods' traffic to the node) -> KUBE-ROUTER-FORWARD
 //	  conntrack RELATED,ESTABLISHED -> RETURN (replies to allowed connections)
 //	  IPv6 neighbour solicitation and advertisement on the link -> RETURN
+//	  -s/-d <node's pod CIDR>, not a node address, not in KUBE-ROUTER-ENFORCED-<4|6>
+//	    -> DROP (a pod not enforced yet; see enforcedLedger)
 //	  -s <pod IP> -> KUBE-ROUTER-PE-<pod>  (pods isolated for egress)
 //	  -d <pod IP> -> KUBE-ROUTER-PI-<pod>  (pods isolated for ingress)
 //	KUBE-ROUTER-PI-<pod>: node's own addresses RETURN; jump to each selecting policy's
@@ -48,6 +50,11 @@ type options struct {
 	ServiceLedger bool
 	// BetaNamespaceIsolation honours betaIsolationAnnotation.
 	BetaNamespaceIsolation bool
+	// IsolateUntilEnforced drops new traffic from and to the addresses in PodCIDRs
+	// that are not in the enforced ledger: pods the controller has not seen yet.
+	IsolateUntilEnforced bool
+	// PodCIDRs are this node's pod networks (its Node's spec.podCIDRs) of Family.
+	PodCIDRs []netip.Prefix
 	// LogDrops adds an NFLOG rule before each drop, at most LogRatePerMinute.
 	LogDrops         bool
 	NFLOGGroup       int
@@ -79,7 +86,8 @@ type compiledPolicy struct {
 type Desired struct {
 	// Chains are the local pods' chains (pods by namespace and name), then the
 	// policies' chains (policies by key), then topChain; Sets are the policies' sets,
-	// policies by key; Jumps are options.hookJumps.
+	// policies by key; Jumps are options.hookJumps; Ledgers is the enforced ledger
+	// while options.isolating.
 	netfilter.Ruleset
 	Pods  int // local pods with at least one isolated direction
 	Rules int // total rules in Chains

@@ -44,7 +44,50 @@ func (o options) topChainHead() []string {
 	if o.Family == ipfamily.IPv6 {
 		head = append(head, neighbourDiscoveryRules...)
 	}
-	return head
+	return append(head, o.notEnforcedRules()...)
+}
+
+// The enforced ledger closes the window between a pod getting its address from the
+// CNI plugin and its chains reaching the kernel, in which nothing would police it.
+// The kernel cannot tell which policies select a pod whose labels it has never seen,
+// so until the controller has seen a pod, the pod is isolated: the ledger lists every
+// local pod the controller knows (policed or not), and the top chain drops new
+// connections from and to the node's pod CIDRs by any address not in it. The writer
+// adds an address only after the write that brings in its pod's chains and dispatch
+// rules, and removes it before the write that takes them away
+// (netfilter.Ruleset.Ledgers): an address in the ledger always has its policies in
+// force, from a new pod's first packet on. The ledger and the rules stay in the
+// kernel while the daemon restarts, so pods already enforced keep their traffic and
+// pods that start meanwhile stay isolated until it is back.
+//
+// The rules come after repliesRule (replies of allowed connections pass) and the
+// neighbour discovery exemption. The node's own addresses in the pod CIDRs (the
+// bridge gateway) are no pods; the node's own connections to its pods never enter the
+// top chain (outputJumpRule), so kubelet probes reach a pod not enforced yet.
+
+// enforcedLedger returns the ledger of the local pods whose state is in the kernel,
+// over their addresses (sorted, canonical).
+func (o options) enforcedLedger(addrs []string) ipset.SetEntries {
+	return ipset.SetEntries{Set: ipset.Set{Name: enforcedSet + o.familyTag(), Type: ipset.HashIP, Family: o.Family}, Entries: addrs}
+}
+
+// isolating says whether pods are isolated until enforced: asked to, and with pod
+// CIDRs of the family to tell pods by (without, there is no ledger either).
+func (o options) isolating() bool { return o.IsolateUntilEnforced && len(o.PodCIDRs) > 0 }
+
+// notEnforcedRules drop new traffic from and to pods not in the enforced ledger.
+func (o options) notEnforcedRules() []string {
+	if !o.isolating() {
+		return nil
+	}
+	ledger := enforcedSet + o.familyTag()
+	var rules []string
+	for _, cidr := range o.PodCIDRs {
+		rules = append(rules,
+			fmt.Sprintf(`-s %s -m comment --comment "kube-routerd: from a pod not enforced yet" -m addrtype ! --src-type LOCAL -m set ! --match-set %s src -j DROP`, cidr, ledger),
+			fmt.Sprintf(`-d %s -m comment --comment "kube-routerd: to a pod not enforced yet" -m addrtype ! --dst-type LOCAL -m set ! --match-set %s dst -j DROP`, cidr, ledger))
+	}
+	return rules
 }
 
 // assembler is assemble with a memory of its last result, for the controller's
@@ -62,7 +105,11 @@ type assembler struct {
 	pods                map[podRef]*assembledPod
 	gen                 uint64 // stamps the pods seen by the current Assemble
 	order               []*assembledPod
-	last                *Desired
+	// enforced are the addresses of the enforced ledger, as last assembled.
+	enforced []string
+	// headChanged: the pod CIDRs changed since the last Assemble.
+	headChanged bool
+	last        *Desired
 }
 
 // assembledPod is one local pod's chains and dispatch rules with the inputs they
@@ -83,6 +130,14 @@ func newAssembler(o options) *assembler {
 		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
 }
 
+// SetPodCIDRs sets the node's pod networks of the assembler's family.
+func (a *assembler) SetPodCIDRs(cidrs []netip.Prefix) {
+	if !slices.Equal(a.o.PodCIDRs, cidrs) {
+		a.o.PodCIDRs = slices.Clone(cidrs)
+		a.headChanged = true
+	}
+}
+
 // Assemble returns the desired state for policies over idx, like the function
 // assemble. The result shares slices with later results and must not be modified.
 func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
@@ -91,10 +146,19 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 	a.gen++
 	a.order = a.order[:0]
 	// podsChanged: a pod's chains changed; dispatchChanged: a top chain rule did too.
-	podsChanged, dispatchChanged := false, false
+	podsChanged, dispatchChanged := false, a.headChanged
+	a.headChanged = false
+	var enforced []string
+	if o.isolating() {
+		enforced = make([]string, 0, len(a.enforced))
+	}
 	for _, pod := range idx.podsOnNode(o.NodeName) {
 		if pod == nil || !o.isLocalTarget(pod) {
 			continue
+		}
+		if o.isolating() {
+			ip, _ := o.podIP(pod)
+			enforced = append(enforced, ip.String())
 		}
 		ref := podRef{pod.Namespace, pod.Name}
 		ns := idx.Namespaces[pod.Namespace]
@@ -124,12 +188,22 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 		}
 		podsChanged, dispatchChanged = true, true
 	}
-	if !podsChanged && !policiesChanged && a.last != nil {
+	// Two pods may share an address for a moment (one terminating): one entry.
+	slices.Sort(enforced)
+	enforced = slices.Compact(enforced)
+	ledgerChanged := !slices.Equal(enforced, a.enforced)
+	if ledgerChanged {
+		a.enforced = enforced
+	}
+	if !podsChanged && !policiesChanged && !ledgerChanged && !dispatchChanged && a.last != nil {
 		return a.last
 	}
 
 	d := &Desired{Pods: len(a.order)}
 	d.Jumps = o.hookJumps()
+	if o.isolating() {
+		d.Ledgers = []ipset.SetEntries{o.enforcedLedger(a.enforced)}
+	}
 	if a.last != nil {
 		d.Chains = make([]netfilter.Chain, 0, len(a.last.Chains)+2)
 		d.Sets = make([]ipset.SetEntries, 0, len(a.last.Sets))

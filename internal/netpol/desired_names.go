@@ -16,9 +16,10 @@ const (
 	podEgressKind   = "PE"
 	polIngressKind  = "NI"
 	polEgressKind   = "NE"
-	peerSetKind     = "SP" // hash:ip of peer pods
-	exceptSetKind   = "SX" // hash:net of an ipBlock's except list
-	namedPortKind   = "SN" // hash:ip,port of pods exposing a named port
+	peerSetKind     = "SP"                    // hash:ip of peer pods
+	exceptSetKind   = "SX"                    // hash:net of an ipBlock's except list
+	namedPortKind   = "SN"                    // hash:ip,port of pods exposing a named port
+	enforcedSet     = "KUBE-ROUTER-ENFORCED-" // and the family: the enforced ledger
 	hashLen         = 13
 	commentMaxBytes = 200
 )

@@ -129,7 +129,7 @@ func explainSide(pod, src, dst *Pod, p packet, family ipfamily.Family, kind stri
 	case src.HostNetwork && src.NodeName == node:
 		hook, p.srcLocal = "OUTPUT", true
 	case dst.HostNetwork && dst.NodeName == node:
-		hook = "INPUT"
+		hook, p.dstLocal = "INPUT", true
 	}
 	e := rulesetEvaluator(&m.ruleset.Ruleset)
 	e.pastDrops = true

@@ -8,12 +8,14 @@ import (
 )
 
 // Owner is what network policy has in the kernel: the top chain, the chains of pods
-// and policies, and the sets of peers, except lists and named ports.
+// and policies, the sets of peers, except lists and named ports, and the enforced
+// ledgers.
 var Owner = netfilter.Owner{
 	Name:          "network policy",
 	Tables:        []string{iptables.TableFilter},
 	Chains:        []string{topChain},
 	ChainPrefixes: []string{chainPrefix + podIngressKind + "-", chainPrefix + podEgressKind + "-", chainPrefix + polIngressKind + "-", chainPrefix + polEgressKind + "-"},
+	Sets:          []string{enforcedSet + "4", enforcedSet + "6"},
 	SetPrefixes:   []string{chainPrefix + peerSetKind + "-", chainPrefix + exceptSetKind + "-", chainPrefix + namedPortKind + "-"},
 }
 

@@ -17,9 +17,10 @@ import (
 
 // TestRestartFindsNothingToWrite applies policies of every kind (selector, namespace
 // and ipBlock peers, named and numeric ports and ranges, TCP/UDP/SCTP, egress, beta
-// isolation, drop logging) to the kernel for both families, then applies them again
-// with a fresh writer, as a restarted daemon does. Every rule is written in the form
-// iptables-save reads back, so the restart writes nothing.
+// isolation, drop logging, pods isolated until enforced) to the kernel for both
+// families, then applies them again with a fresh writer, as a restarted daemon does.
+// Every rule is written in the form iptables-save reads back, so the restart writes
+// nothing: not even the enforced ledger changes.
 func TestRestartFindsNothingToWrite(t *testing.T) {
 	ns := tnetns.NewNS(t, "restart", t.Name())
 	dp, err := KernelDataplane(ns.Handle)
@@ -46,6 +47,10 @@ func TestRestartFindsNothingToWrite(t *testing.T) {
 		o.Family = ipt.Family()
 		o.LogDrops, o.NFLOGGroup, o.LogRatePerMinute = true, 100, 10
 		o.BetaNamespaceIsolation = true
+		o.IsolateUntilEnforced, o.PodCIDRs = true, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/16")}
+		if o.Family == ipfamily.IPv6 {
+			o.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00::/64")}
+		}
 		d := compileAll(idx, o, policies)
 		if _, err := newWriter(ipt, dp.IPSets, slog.Default()).Apply(&d.Ruleset, true); err != nil {
 			t.Fatal(err)

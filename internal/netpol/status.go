@@ -17,13 +17,15 @@ import (
 
 // Details is what `kube-routerd status` shows about the policy controller.
 type Details struct {
-	Policies  int                                 `json:"policies"`
-	Pods      int                                 `json:"isolatedPods"`
-	Rules     int                                 `json:"rules"`
-	Sets      int                                 `json:"sets"`
-	Entries   int                                 `json:"setEntries"`
-	Problems  map[string][]string                 `json:"problems,omitempty"`
-	LastApply map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
+	Policies int `json:"policies"`
+	Pods     int `json:"isolatedPods"`
+	Rules    int `json:"rules"`
+	Sets     int `json:"sets"`
+	Entries  int `json:"setEntries"`
+	// EnforcedPods are the local pods in the enforced ledger (the larger family's).
+	EnforcedPods int                                 `json:"enforcedPods"`
+	Problems     map[string][]string                 `json:"problems,omitempty"`
+	LastApply    map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
 }
 
 // Details implements daemon.StatusReporter.

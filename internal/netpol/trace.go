@@ -20,6 +20,7 @@ type packet struct {
 	icmpType    int // for ipv6-icmp
 	hopLimit    int
 	srcLocal    bool // source is one of the node's own addresses
+	dstLocal    bool // destination is one of the node's own addresses
 	established bool // conntrack says ESTABLISHED or RELATED
 	// served says the destination is a virtual service IPVS answers (its address and
 	// port are in the proxy's ledger set).
@@ -72,7 +73,7 @@ func rulesetEvaluator(r *netfilter.Ruleset) *evaluator {
 	for _, j := range r.Jumps {
 		chains[j.Chain] = append(chains[j.Chain], j.Rule)
 	}
-	return newEvaluator(chains, r.Sets)
+	return newEvaluator(chains, slices.Concat(r.Sets, r.Ledgers))
 }
 
 // verdict runs p through the built-in chain hook and reports whether it is dropped,
@@ -181,12 +182,24 @@ func (e *evaluator) match(rule string, p packet, mark uint32) (string, bool, err
 				continue
 			case "conntrack": // --ctstate RELATED,ESTABLISHED
 				m, i = p.established, i+2
-			case "addrtype": // [!] --src-type LOCAL
+			case "addrtype": // [!] --src-type LOCAL or [!] --dst-type LOCAL
 				if f[i+1] == "!" {
 					neg = !neg
 					i++
 				}
-				m, i = p.srcLocal, i+2
+				dir, err := arg(i + 1)
+				if err != nil {
+					return "", false, err
+				}
+				switch dir {
+				case "--src-type":
+					m = p.srcLocal
+				case "--dst-type":
+					m = p.dstLocal
+				default:
+					return "", false, fmt.Errorf("unknown addrtype match %q in %q", dir, rule)
+				}
+				i += 2
 			case "mark": // [!] --mark v/m
 				if f[i+1] == "!" {
 					neg = !neg

@@ -152,7 +152,8 @@ func createAdmitPolicy(t *testing.T, cs kubernetes.Interface, ns, name, to, from
 
 // TestDaemonRoutesPoliciesRestartsAndCleansUp runs two kube-routerd nodes: they peer
 // over BGP and carry pod traffic, enforce a policy, survive a restart without
-// changing the kernel, and `cleanup` removes what they programmed.
+// changing the kernel, keep a pod that starts while the daemon is down isolated until
+// it is back, and `cleanup` removes what they programmed.
 func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	testenv.RequireRoot(t)
 	rc, cs := testenv.APIServer(t)
@@ -197,6 +198,11 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	if !strings.Contains(before, "KUBE-ROUTER") {
 		t.Fatalf("no policy chains on node A:\n%s", before)
 	}
+	// The enforced ledger lists node A's pod, and keeps it across the restart.
+	ledgerBefore := nodeA.Run(t, "ipset", "list", "KUBE-ROUTER-ENFORCED-4")
+	if !strings.Contains(ledgerBefore, "\n"+podA.IPv4.String()+"\n") {
+		t.Fatalf("pod %s not in node A's enforced ledger:\n%s", podA.IPv4, ledgerBefore)
+	}
 
 	// SIGTERM leaves the dataplane as it was: policy still enforced, routes kept.
 	daemonA.Stop()
@@ -210,6 +216,24 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	if after := ourState(t, nodeA); after != before {
 		t.Fatalf("restarting kube-routerd changed the kernel:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
+	if after := nodeA.Run(t, "ipset", "list", "KUBE-ROUTER-ENFORCED-4"); after != ledgerBefore {
+		t.Fatalf("restarting kube-routerd changed the enforced ledger:\nbefore:\n%s\nafter:\n%s", ledgerBefore, after)
+	}
+	daemonA.Stop()
+
+	// Fail closed: a pod that starts while the daemon is down, in a namespace without
+	// policies, stays isolated until the daemon is back and has put it in force.
+	late := nodeA.AddPod(t, netns.PodOptions{Namespace: testenv.Namespace(t, cs)})
+	late.Serve(t, netns.TCP, 8080)
+	lateTarget := netip.AddrPortFrom(late.IPv4, 8080)
+	podB.ExpectBlocked(t, netns.TCP, lateTarget)
+	daemonA.StartReady(readyTimeout)
+	testenv.Eventually(t, "the pod started while the daemon was down to be reachable", 30*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := podB.Probe(ctx, netns.TCP, lateTarget)
+		return err == nil
+	})
 	daemonA.Stop()
 
 	// cleanup removes all of it, and nothing else (the node's own routes stay).

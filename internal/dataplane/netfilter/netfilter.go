@@ -42,6 +42,14 @@ type Ruleset struct {
 	// Jumps are rules at the top of chains the Owner does not own (built-in chains)
 	// that send traffic into its chains.
 	Jumps []Jump
+	// Ledgers are sets whose entries vouch that the chains are in the kernel: a rule
+	// may trust an address in a ledger to have its chains and dispatch rules live
+	// (network policy drops a local pod's traffic until its address is in one). An
+	// address leaves a ledger before the chains change and enters it only after they
+	// are written, so the ledger never claims more than the kernel holds. A ledger
+	// the kernel does not have yet is filled whole before the chains: no rule can
+	// name it until the same write that brings in every chain it vouches for.
+	Ledgers []ipset.SetEntries
 }
 
 // Chain is one of an Owner's chains in one table.

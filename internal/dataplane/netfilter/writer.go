@@ -57,8 +57,9 @@ func NewWriter(owner Owner, ipt iptables.Interface, ipsets ipset.Interface, log 
 
 // Apply implements Interface. The order keeps traffic under the old or the new rules,
 // never under neither: sets are filled before the chains that name them are written;
-// chains, jumps and deleted chains change in one iptables-restore run, each table in
-// one transaction; stale sets are destroyed only once no rule names them.
+// ledgers lose entries before the chains change and gain them after; chains, jumps
+// and deleted chains change in one iptables-restore run, each table in one
+// transaction; stale sets are destroyed only once no rule names them.
 func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 	var st Stats
 	for _, j := range want.Jumps {
@@ -80,19 +81,24 @@ func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 	// Whatever fails below leaves the records unsure: the next apply reads the kernel.
 	w.primed = false
 	for _, s := range want.Sets {
-		changed, err := w.applySet(s)
-		if err != nil {
+		if err := w.applySetCounted(s, &st); err != nil {
 			return st, err
 		}
-		if changed > 0 {
-			st.SetsWritten++
-			st.EntriesChanged += changed
+	}
+	for _, l := range want.Ledgers {
+		if err := w.shrinkLedger(l, &st); err != nil {
+			return st, err
 		}
 	}
 	if err := w.applyChains(want, &st); err != nil {
 		return st, err
 	}
-	if len(w.sets) > len(want.Sets) {
+	for _, l := range want.Ledgers {
+		if err := w.applySetCounted(l, &st); err != nil {
+			return st, err
+		}
+	}
+	if len(w.sets) > len(want.Sets)+len(want.Ledgers) {
 		if err := w.destroyStaleSets(want, &st); err != nil {
 			return st, err
 		}
@@ -301,10 +307,52 @@ func (w *Writer) applyChains(want *Ruleset, st *Stats) error {
 	return nil
 }
 
+// applySetCounted is applySet, counted in st.
+func (w *Writer) applySetCounted(s ipset.SetEntries, st *Stats) error {
+	changed, err := w.applySet(s)
+	if changed > 0 {
+		st.SetsWritten++
+		st.EntriesChanged += changed
+	}
+	return err
+}
+
+// shrinkLedger runs before the chains are written: it deletes the ledger's entries
+// that go, and creates and fills a ledger the kernel does not have (see
+// Ruleset.Ledgers). The entries that come are added after the chains, by applySet.
+func (w *Writer) shrinkLedger(l ipset.SetEntries, st *Stats) error {
+	old, exists := w.sets[l.Name]
+	if !exists || old.Set != l.Set {
+		return w.applySetCounted(l, st)
+	}
+	_, dels := diffSorted(old.Entries, l.Entries)
+	if len(dels) == 0 {
+		return nil
+	}
+	if err := w.owner.checkSet(l, w.family); err != nil {
+		return err
+	}
+	kept := make([]string, 0, len(old.Entries)-len(dels))
+	for _, e := range old.Entries {
+		if _, gone := slices.BinarySearch(dels, e); !gone {
+			kept = append(kept, e)
+		}
+	}
+	for _, e := range dels {
+		if err := w.ipsets.Del(l.Name, e); err != nil {
+			return err
+		}
+	}
+	w.sets[l.Name] = ipset.SetEntries{Set: old.Set, Entries: kept}
+	st.SetsWritten++
+	st.EntriesChanged += len(dels)
+	return nil
+}
+
 // destroyStaleSets destroys the sets we have that want does not list.
 func (w *Writer) destroyStaleSets(want *Ruleset, st *Stats) error {
-	wanted := make(map[string]bool, len(want.Sets))
-	for _, s := range want.Sets {
+	wanted := make(map[string]bool, len(want.Sets)+len(want.Ledgers))
+	for _, s := range slices.Concat(want.Sets, want.Ledgers) {
 		wanted[s.Name] = true
 	}
 	for name := range w.sets {

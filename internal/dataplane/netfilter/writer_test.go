@@ -265,3 +265,76 @@ func TestReplacedChainIsDeletedWithItsSet(t *testing.T) {
 		t.Fatalf("old chain left:\n%s", d)
 	}
 }
+
+// restoreWatcher records what a set holds at each iptables-restore.
+type restoreWatcher struct {
+	*iptables.Fake
+	sets   *ipset.Fake
+	set    string
+	atEach [][]string
+}
+
+func (r *restoreWatcher) Restore(data []byte) error {
+	s, err := r.sets.List(r.set)
+	if err != nil {
+		return err
+	}
+	r.atEach = append(r.atEach, s.Entries)
+	return r.Fake.Restore(data)
+}
+
+// A ledger vouches for chains: an address enters it only after the write that brings
+// in its chains, and leaves it before the write that takes them away. A ledger new to
+// the kernel is filled before the write that brings in the rules naming it.
+func TestLedgerEntriesComeAfterTheirChainsAndGoBeforeThem(t *testing.T) {
+	sets := ipset.NewFake()
+	ipt := &restoreWatcher{Fake: iptables.NewFake(ipfamily.IPv4), sets: sets, set: "kube-router-test"}
+	w := NewWriter(testOwner, ipt, sets, slog.Default())
+	podChain := func(name string) Chain {
+		return Chain{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TP-" + name, Rules: []string{"-j RETURN"}}
+	}
+	ruleset := func(pods ...string) *Ruleset {
+		top := Chain{Table: iptables.TableFilter, Name: "KUBE-ROUTER-TEST", Rules: []string{"-m set ! --match-set kube-router-test dst -j DROP"}}
+		rs := &Ruleset{Ledgers: []ipset.SetEntries{testSet(ipfamily.IPv4)}}
+		for _, p := range pods {
+			rs.Chains = append(rs.Chains, podChain(p))
+			top.Rules = append(top.Rules, "-d 10.0.0."+p+"/32 -j KUBE-ROUTER-TP-"+p)
+			rs.Ledgers[0].Entries = append(rs.Ledgers[0].Entries, "10.0.0."+p)
+		}
+		rs.Chains = append(rs.Chains, top)
+		return rs
+	}
+	steps := []struct {
+		what          string
+		pods          []string
+		atRestore, at []string
+	}{
+		{"a new ledger, filled with the write that brings its rules", []string{"1"}, []string{"10.0.0.1"}, []string{"10.0.0.1"}},
+		{"a pod comes: its address only after its chain", []string{"1", "2"}, []string{"10.0.0.1"}, []string{"10.0.0.1", "10.0.0.2"}},
+		{"a pod goes: its address before its chain", []string{"2"}, []string{"10.0.0.2"}, []string{"10.0.0.2"}},
+		{"one goes, one comes", []string{"3"}, nil, []string{"10.0.0.3"}},
+	}
+	for i, s := range steps {
+		restores := len(ipt.atEach)
+		if _, err := w.Apply(ruleset(s.pods...), i == 0); err != nil {
+			t.Fatalf("%s: %v", s.what, err)
+		}
+		if len(ipt.atEach) != restores+1 {
+			t.Fatalf("%s: %d restores; want 1", s.what, len(ipt.atEach)-restores)
+		}
+		if got := ipt.atEach[restores]; !slices.Equal(got, s.atRestore) {
+			t.Errorf("%s: the ledger held %v when the chains were written; want %v", s.what, got, s.atRestore)
+		}
+		if got, _ := sets.List("kube-router-test"); !slices.Equal(got.Entries, s.at) {
+			t.Errorf("%s: the ledger holds %v after the apply; want %v", s.what, got.Entries, s.at)
+		}
+	}
+	// A restart finds the ledger as it left it and writes nothing.
+	if st, err := NewWriter(testOwner, ipt, sets, slog.Default()).Apply(ruleset("3"), true); err != nil || st.Writes() != 0 {
+		t.Fatalf("apply after a restart: %+v, %v", st, err)
+	}
+	// Without the ledger, the chains naming it go first, then the set.
+	if st, err := w.Apply(&Ruleset{}, false); err != nil || st.SetsDestroyed != 1 {
+		t.Fatalf("dropping the ledger: %+v, %v", st, err)
+	}
+}

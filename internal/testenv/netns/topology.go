@@ -272,6 +272,9 @@ type PodOptions struct {
 	Labels map[string]string
 	// Ports of the Pod's container (for named ports).
 	Ports []corev1.ContainerPort
+	// Unregistered leaves the Pod object to the caller, who writes its addresses when
+	// it likes, as kubelet writes a pod's IPs some time after the CNI plugin ran.
+	Unregistered bool
 }
 
 // Pod is a test pod: a namespace whose "eth0" is a veth into its node's bridge, with
@@ -290,7 +293,8 @@ type Pod struct {
 	Object *corev1.Pod
 }
 
-// AddPod creates a pod on the node, registered as a Running Pod when the node is.
+// AddPod creates a pod on the node, registered as a Running Pod when the node is
+// (unless opts.Unregistered).
 func (n *Node) AddPod(t testing.TB, opts PodOptions) *Pod {
 	t.Helper()
 	n.mu.Lock()
@@ -331,7 +335,7 @@ func (n *Node) AddPod(t testing.TB, opts PodOptions) *Pod {
 			t.Fatalf("pod %s: default route via %s: %v", p.Name, gw, err)
 		}
 	}
-	if n.client != nil {
+	if n.client != nil && !opts.Unregistered {
 		p.Object = testenv.CreatePod(t, n.client, testenv.PodSpec{
 			Namespace: p.Namespace,
 			Name:      p.Name,
