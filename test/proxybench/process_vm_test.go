@@ -139,6 +139,16 @@ func metricsClient(node *netns.Node) *http.Client {
 	return &http.Client{Timeout: time.Minute, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
 }
 
+// ready reports whether url answers 200.
+func ready(c *http.Client, url string) bool {
+	resp, err := c.Get(url)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
 // scrape fetches Prometheus text from url.
 func scrape(c *http.Client, url string) (string, error) {
 	resp, err := c.Get(url)

@@ -138,6 +138,9 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 		if time.Now().After(deadline) {
 			b.Fatalf("%s did not program %d Services within %s", c.name, n, syncTimeout)
 		}
+		if c.readyURL != "" && !ready(metrics, c.readyURL) {
+			continue
+		}
 		text, err := scrape(metrics, c.metricsURL)
 		last := metricSum(text, c.lastSync, c.labels...)
 		if err != nil || last == 0 || last == seen {
