@@ -130,13 +130,14 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 	p := startProcess(b, node, c.name, filepath.Join(dir, c.name+".log"), argv)
 
 	var f figures
-	seen := 0.0
+	seen, got := 0.0, 0
 	for deadline := p.started.Add(syncTimeout); ; time.Sleep(50 * pollEvery) {
 		if !p.running() {
 			b.Fatalf("%s exited before its first full sync", c.name)
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("%s did not program %d Services within %s", c.name, n, syncTimeout)
+			b.Fatalf("%s did not program %d Services x 10 endpoints within %s (last sync reported at %.3f, %d endpoints in the kernel then)",
+				c.name, n, syncTimeout, seen, got)
 		}
 		if c.readyURL != "" && !ready(metrics, c.readyURL) {
 			continue
@@ -147,7 +148,7 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 			continue
 		}
 		seen = last
-		got, err := kernel.endpoints()
+		got, err = kernel.endpoints()
 		if err != nil {
 			b.Fatal(err)
 		}
