@@ -39,7 +39,7 @@ test:
 demo: build
 	bash hack/demo.sh
 
-bench:
+bench: build
 	bash hack/bench.sh
 
 kube-bin:

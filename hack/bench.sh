@@ -27,7 +27,8 @@ mkdir -p "$BENCH_OUT" || exit 1
 KUBEROUTERD_BENCH_OUT=$(cd "$BENCH_OUT" && pwd)
 export KUBEROUTERD_BENCH_OUT
 bash hack/deps.sh
-KUBEBUILDER_ASSETS=$(bash hack/kube-bin.sh) || exit 1
+# kube-proxy too: the side-by-side comparison below runs it.
+KUBEBUILDER_ASSETS=$(bash hack/kube-bin.sh kube-proxy) || exit 1
 export KUBEBUILDER_ASSETS
 
 bench "service proxy: full sync and single change, 1,000 and 10,000 Services x 10 endpoints (fake IPVS)" \
@@ -47,6 +48,26 @@ KUBEROUTERD_VM_TIMEOUT=3600 hack/vm/run-tests.sh -test.run='^$' -test.bench='Ker
 echo "   host load average after the VM run: $(cut -d' ' -f1-3 /proc/loadavg)"
 bench "calibration, native: 100,000 ipset adds over netlink in a namespace (the same work the VM timed above)" \
   -tags integration -run '^$' -bench KernelAddEntries -benchtime 3x ./internal/dataplane/ipset/
+echo
+echo "== service proxy side by side with kube-proxy $("$KUBEBUILDER_ASSETS/kube-proxy" --version 2>/dev/null | cut -d' ' -f2) (the release of the test API server),"
+echo "   in one VM run: kube-routerd (bin/kube-routerd, only its service proxy on), kube-proxy in IPVS mode and in"
+echo "   nftables mode (defaults but for the node name, cluster CIDR and conntrack sysctls left alone), each its own"
+echo "   process in a fresh node namespace, on the same Services in the same API server: 1,000, then 10,000 x 10"
+echo "   endpoints. Measured from outside, the same way for each:"
+echo "   full-sync-s      process start to the end of the sync after which the kernel held every endpoint (the proxy's"
+echo "                    last-sync metric, checked against the kernel); full-sync-cpu-s: CPU of it and its helpers by then"
+echo "   change-sync-ms   the sync duration the proxy's own histogram reports for one EndpointSlice change (median of 3)"
+echo "   api-to-kernel-*  EndpointSlice update written to the API server until the kernel shows the new endpoint, polled"
+echo "                    every 5 ms; kernel-check-ms is one poll (netlink for IPVS, an nft process for nftables)"
+echo "   peak-RSS-MiB     VmHWM of the proxy process; max-RSS-with-helpers-MiB: the largest of it and the"
+echo "                    iptables-restore, ipset and nft processes it ran"
+echo "   The ratio lines are kube-routerd's figure over kube-proxy's (below 1: kube-routerd ahead). kube-proxy's IPVS mode"
+echo "   runs at 1,000 Services only: its first sync takes minutes there and grows with the Services. Emulated CPU: compare"
+echo "   the ratios, not the absolute times (see the calibrations above)."
+echo "   KUBEROUTERD_VM_KUBE_PROXY=\$KUBEBUILDER_ASSETS/kube-proxy hack/vm/run-tests.sh -test.run='^\$' -test.bench='^BenchmarkSideBySide\$' -test.benchtime=1x ./test/proxybench"
+KUBEROUTERD_VM_KUBE_PROXY=$KUBEBUILDER_ASSETS/kube-proxy KUBEROUTERD_VM_TIMEOUT=3600 hack/vm/run-tests.sh -test.run='^$' \
+  -test.bench='^BenchmarkSideBySide$' -test.benchtime=1x -test.timeout=55m ./test/proxybench 2>&1 |
+  grep -E '^(Benchmark|    sidebyside_vm_test|ok|FAIL|--- (FAIL|SKIP)|vm: .*(passed|failed))' || status=1
 bench "network policy: full sync of 1,000 policies over 10,000 pods, 2,000 local (in-memory dataplane)" \
   -run '^$' -bench 'ScaleFake/FullSync' -benchtime 10x ./internal/netpol/
 bench "network policy: single changes over 2,000 and 10,000 pods (in-memory dataplane)" \

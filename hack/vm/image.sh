@@ -5,8 +5,8 @@
 # The host kernel lacks IPVS, dummy and ipip; Debian's kernel package has them as modules.
 # The initramfs is busybox plus kmod, the kernel modules the tests need (with their
 # dependencies) and the Debian userland the tests call (ip, iptables, ipset, ipvsadm,
-# conntrack, and BIRD as an outside BGP router) with the shared libraries they link or
-# dlopen.
+# conntrack, nft for kube-proxy's nftables mode in `make bench`, and BIRD as an outside
+# BGP router) with the shared libraries they link or dlopen.
 #
 # Environment (optional):
 #   KUBEROUTERD_VM_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/kube-routerd-vm)
@@ -17,7 +17,7 @@ cache=${KUBEROUTERD_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-routerd-vm}
 log() { echo "vm-image: $*" >&2; }
 
 # Host tools the build and the guest userland come from.
-host_packages=(busybox-static cpio kmod iproute2 iptables ipset ipvsadm conntrack bird2)
+host_packages=(busybox-static cpio kmod iproute2 iptables ipset ipvsadm conntrack nftables bird2)
 missing=()
 for p in "${host_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
@@ -83,7 +83,7 @@ copy_with_libs() {
 }
 
 copy_with_libs /usr/bin/bash /usr/bin/kmod /usr/sbin/ip /usr/sbin/ipset /usr/sbin/ipvsadm /usr/sbin/conntrack \
-  /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi
+  /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft
 # BIRD plays an outside router; birdcl is its client without readline and terminfo.
 copy_with_libs /usr/sbin/bird /usr/sbin/birdcl
 for t in modprobe insmod rmmod lsmod modinfo depmod; do ln -s /usr/bin/kmod "$stage/usr/sbin/$t"; done

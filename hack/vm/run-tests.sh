@@ -22,6 +22,8 @@
 #   KUBEROUTERD_VM_CPUS      vCPUs (default 2)
 #   KUBEROUTERD_VM_MEMORY    guest memory in MiB (default 2048)
 #   KUBEROUTERD_VM_KEEP_RUN  1 keeps the run directory (binaries, console log) for debugging
+#   KUBEROUTERD_VM_KUBE_PROXY  a kube-proxy binary to ship to the guest (`hack/kube-bin.sh
+#                            kube-proxy` builds one); tests find it at $KUBEROUTERD_KUBE_PROXY
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -130,7 +132,11 @@ log "control plane ready in $(since "$cp_start") s (kube-apiserver 127.0.0.1:$ap
 
 # 3. The VM: test output on the second serial port (streamed here), kernel console to a file.
 printf '%s\n' "${test_flags[@]}" >"$run/flags"
-if [[ -n ${CI:-} ]]; then printf 'export CI=%q\n' "$CI" >"$run/env"; fi
+if [[ -n ${CI:-} ]]; then printf 'export CI=%q\n' "$CI" >>"$run/env"; fi
+if [[ -n ${KUBEROUTERD_VM_KUBE_PROXY:-} ]]; then
+  cp "$KUBEROUTERD_VM_KUBE_PROXY" "$run/bin/kube-proxy"
+  echo "export KUBEROUTERD_KUBE_PROXY=/mnt/run/bin/kube-proxy" >>"$run/env"
+fi
 install -m 0755 "$here/guest-run.sh" "$run/guest-run.sh"
 mkfifo "$run/output"
 boot_start=$(now)

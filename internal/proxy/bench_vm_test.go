@@ -8,17 +8,12 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/dummy"
@@ -243,7 +238,7 @@ func BenchmarkKernelAPIToIPVS(b *testing.B) {
 	namespace := testenv.Namespace(b, cs)
 
 	start := time.Now()
-	created := createBenchServices(b, writer, namespace, n)
+	created := testenv.CreateBenchServices(b, writer, namespace, 0, n)
 	b.Logf("created %d Services and EndpointSlices in the API server in %.1f s", n, time.Since(start).Seconds())
 
 	node := netns.NewNS(b, "node", "bench")
@@ -257,8 +252,8 @@ func BenchmarkKernelAPIToIPVS(b *testing.B) {
 	firstSync := time.Since(start)
 
 	target := created[n/2]
-	key := ipvs.Key{Addr: netip.MustParseAddr(target.svc.Spec.ClusterIP), Proto: ipvs.TCP, Port: 80}
-	slice := target.slice
+	key := ipvs.Key{Addr: netip.MustParseAddr(target.Service.Spec.ClusterIP), Proto: ipvs.TCP, Port: 80}
+	slice := target.Slice
 	var latencies []time.Duration
 	i := 0
 	for b.Loop() {
@@ -294,70 +289,4 @@ func BenchmarkKernelAPIToIPVS(b *testing.B) {
 	b.ReportMetric(benchfig.MS(latencies[len(latencies)/2]), "p50-ms")
 	b.ReportMetric(benchfig.MS(latencies[len(latencies)-1]), "max-ms")
 	b.ReportMetric(benchfig.PeakRSSMiB(), "peak-RSS-MiB")
-}
-
-// benchService is a Service created in the API server and its one EndpointSlice.
-type benchService struct {
-	svc   *corev1.Service
-	slice *discoveryv1.EndpointSlice
-}
-
-// createBenchServices creates n ClusterIP Services with 10 endpoints each, in parallel.
-func createBenchServices(b *testing.B, cs kubernetes.Interface, namespace string, n int) []benchService {
-	const creators = 32
-	out := make([]benchService, n)
-	next := make(chan int)
-	errs := make(chan error, creators)
-	var wg sync.WaitGroup
-	for range creators {
-		wg.Go(func() {
-			for i := range next {
-				name := fmt.Sprintf("svc-%d", i)
-				svc, err := cs.CoreV1().Services(namespace).Create(b.Context(), &corev1.Service{
-					ObjectMeta: metav1.ObjectMeta{Name: name},
-					Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{
-						Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, TargetPort: intstr.FromInt32(8080)}}},
-				}, metav1.CreateOptions{})
-				if err != nil {
-					errs <- fmt.Errorf("creating Service %s: %w", name, err)
-					return
-				}
-				slice := &discoveryv1.EndpointSlice{
-					ObjectMeta:  metav1.ObjectMeta{Name: name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
-					AddressType: discoveryv1.AddressTypeIPv4,
-					Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}},
-				}
-				for j := range 10 {
-					slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
-						Addresses:  []string{netip.AddrFrom4([4]byte{10, byte(100 + i/65000), byte(i / 256), byte(j*25 + i%25)}).String()},
-						NodeName:   ptr.To("node-b"),
-						Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
-					})
-				}
-				if slice, err = cs.DiscoveryV1().EndpointSlices(namespace).Create(b.Context(), slice, metav1.CreateOptions{}); err != nil {
-					errs <- fmt.Errorf("creating EndpointSlice of %s: %w", name, err)
-					return
-				}
-				out[i] = benchService{svc: svc, slice: slice}
-			}
-		})
-	}
-	go func() {
-		defer close(next)
-		for i := range n {
-			select {
-			case next <- i:
-			case err := <-errs:
-				errs <- err
-				return
-			}
-		}
-	}()
-	wg.Wait()
-	select {
-	case err := <-errs:
-		b.Fatal(err)
-	default:
-	}
-	return out
 }
