@@ -11,7 +11,7 @@ import (
 
 // The informer caches hold one copy of every Pod, Node, Service, EndpointSlice,
 // Namespace and NetworkPolicy of the cluster: at 150,000 pods the whole objects
-// (container specs, statuses, managed fields) cost several hundred MiB. StripForCache
+// (container specs, statuses, managed fields) cost several hundred MiB. Strip
 // keeps only the fields some controller reads, so the cache grows with the number of
 // objects, not with what users and kubelet write into them.
 //
@@ -28,28 +28,31 @@ const (
 	betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 )
 
-// StripForCache is the informers' transform: it returns a smaller copy of a Pod, Node,
-// Service, EndpointSlice, Namespace or NetworkPolicy and any other object unchanged.
+// Strip returns a smaller copy of a Pod, Node, Service, EndpointSlice, Namespace or
+// NetworkPolicy, holding what the controllers read, and any other object unchanged.
 // It is idempotent, as client-go requires of a transform.
-func StripForCache(obj any) (any, error) {
+func Strip(obj any) any {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return stripPod(o), nil
+		return stripPod(o)
 	case *corev1.Node:
-		return stripNode(o), nil
+		return stripNode(o)
 	case *corev1.Service:
-		return stripService(o), nil
+		return stripService(o)
 	case *discoveryv1.EndpointSlice:
-		return stripEndpointSlice(o), nil
+		return stripEndpointSlice(o)
 	case *corev1.Namespace:
 		return &corev1.Namespace{
 			ObjectMeta: stripMeta(o.ObjectMeta, func(k string) bool { return k == betaIsolationAnnotation }),
-		}, nil
+		}
 	case *networkingv1.NetworkPolicy:
-		return &networkingv1.NetworkPolicy{ObjectMeta: stripMeta(o.ObjectMeta, nil), Spec: o.Spec}, nil
+		return &networkingv1.NetworkPolicy{ObjectMeta: stripMeta(o.ObjectMeta, nil), Spec: o.Spec}
 	}
-	return obj, nil
+	return obj
 }
+
+// StripForCache is Strip in the shape of an informer transform; it never fails.
+func StripForCache(obj any) (any, error) { return Strip(obj), nil }
 
 // stripMeta keeps identity, labels (selectors read them), deletion state and the
 // annotations keep accepts. Owner references, finalizers and managed fields go.

@@ -19,18 +19,12 @@ func workloadObjects() map[string]any {
 	}
 }
 
-// TestStripForCacheIsIdempotentAndShrinks checks what client-go requires of a
+// TestStripIsIdempotentAndShrinks checks what client-go requires of a
 // transform (applying it twice changes nothing) and logs how much each kind shrinks.
-func TestStripForCacheIsIdempotentAndShrinks(t *testing.T) {
+func TestStripIsIdempotentAndShrinks(t *testing.T) {
 	for kind, obj := range workloadObjects() {
-		once, err := StripForCache(obj)
-		if err != nil {
-			t.Fatal(err)
-		}
-		twice, err := StripForCache(once)
-		if err != nil {
-			t.Fatal(err)
-		}
+		once := Strip(obj)
+		twice := Strip(once)
 		if !reflect.DeepEqual(once, twice) {
 			t.Errorf("%s: stripping twice differs from once", kind)
 		}
@@ -46,7 +40,7 @@ func TestStripForCacheIsIdempotentAndShrinks(t *testing.T) {
 // TestStrippedNodeHasTheSameAddresses covers what podnet and takeover read of a Node.
 func TestStrippedNodeHasTheSameAddresses(t *testing.T) {
 	node := workloadObjects()["Node"]
-	stripped, _ := StripForCache(node)
+	stripped := Strip(node)
 	log := slog.New(slog.DiscardHandler)
 	whole, got := ParseNodeAddresses(node.(*corev1.Node), log), ParseNodeAddresses(stripped.(*corev1.Node), log)
 	if !reflect.DeepEqual(whole, got) || !whole.IPv4.IsValid() || len(whole.PodCIDRs) != 1 {

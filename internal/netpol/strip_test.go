@@ -21,7 +21,7 @@ import (
 
 // TestStrippedObjectsProgramTheSameKernel loads realistic Pods, Namespaces and
 // policies into one controller whole and into another as the daemon's informers
-// cache them (k8s.StripForCache): both must write the same chains and sets, in v1
+// cache them (k8s.Strip): both must write the same chains and sets, in v1
 // and in beta namespace-isolation mode.
 func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 	size := workload.Size{Nodes: 5, Pods: 400, Namespaces: 8, Services: 30, Policies: 40}
@@ -84,11 +84,7 @@ func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 			return ipt.Dump() + sets.Dump()
 		}
 		whole := run(func(o any) any { return o })
-		stripped := run(func(o any) any {
-			s, err := k8s.StripForCache(o)
-			must(t, err)
-			return s
-		})
+		stripped := run(k8s.Strip)
 		if whole != stripped {
 			t.Fatalf("beta=%v: stripped objects programmed another kernel:\n--- whole\n%s\n--- stripped\n%s", beta, whole, stripped)
 		}

@@ -15,7 +15,7 @@ import (
 
 // TestStrippedObjectsProgramTheSameKernel loads realistic objects into one
 // controller whole and into another as the daemon's informers cache them
-// (k8s.StripForCache): both must leave the same IPVS table, firewall and health
+// (k8s.Strip): both must leave the same IPVS table, firewall and health
 // check ports. Services vary every field the proxy reads.
 func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 	size := workload.Size{Nodes: 6, Pods: 300, Namespaces: 4, Services: 40, EndpointsPerService: 12}
@@ -57,13 +57,7 @@ func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 		return kernel.ipvs.Dump() + kernel.firewallDump() + fmt.Sprint(h.c.hcs.details())
 	}
 	whole := run(func(o any) any { return o })
-	stripped := run(func(o any) any {
-		s, err := k8s.StripForCache(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	})
+	stripped := run(k8s.Strip)
 	if whole != stripped {
 		t.Fatalf("stripped objects programmed another kernel:\n--- whole\n%s\n--- stripped\n%s", whole, stripped)
 	}

@@ -15,7 +15,7 @@ import (
 
 // TestStrippedObjectsGiveTheSamePeersAndRoutes loads realistic Nodes, Services and
 // EndpointSlices into one controller whole and into another as the daemon's
-// informers cache them (k8s.StripForCache): both must configure the same peers,
+// informers cache them (k8s.Strip): both must configure the same peers,
 // advertisements and kernel routes. Nodes and Services carry kube-router's
 // annotations.
 func TestStrippedObjectsGiveTheSamePeersAndRoutes(t *testing.T) {
@@ -70,13 +70,7 @@ func TestStrippedObjectsGiveTheSamePeersAndRoutes(t *testing.T) {
 		return h.speaker.dump() + h.kernel.Dump()
 	}
 	whole := run(func(o any) any { return o })
-	stripped := run(func(o any) any {
-		s, err := k8s.StripForCache(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	})
+	stripped := run(k8s.Strip)
 	if whole != stripped {
 		t.Fatalf("stripped objects gave other peers or routes:\n--- whole\n%s\n--- stripped\n%s", whole, stripped)
 	}
