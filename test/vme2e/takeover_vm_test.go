@@ -106,6 +106,11 @@ func TestTakeoverFromKubeRouterKeepsServiceAndTunnelTraffic(t *testing.T) {
 		PodCIDRv4: netip.MustParsePrefix("10.244.3.0/24"), PodCIDRv6: netip.MustParsePrefix("fd00:10:244:3::/64")})
 	joinSubnets(t, subnetA, subnetB)
 	podA := nodeA.AddPod(t, netns.PodOptions{Namespace: ns})
+	// The Service loop has its own client: IPVS matches a reply by the real server
+	// and the client's address and port only, so a pod-to-pod connection that reused
+	// a source port of a recent Service connection to the same backend would have
+	// its SYN-ACK rewritten to come from the VIP, in any IPVS proxy.
+	serviceClient := nodeA.AddPod(t, netns.PodOptions{Namespace: ns})
 	podB := nodeB.AddPod(t, netns.PodOptions{Namespace: ns})
 	podB.Serve(t, netns.TCP, probeTargetPort)
 	vip := createService(t, cs, ns, "web", podB)
@@ -163,10 +168,10 @@ func TestTakeoverFromKubeRouterKeepsServiceAndTunnelTraffic(t *testing.T) {
 		nodeA.Run(t, argv[0], argv[1:]...)
 	}
 	podA.ExpectReply(t, netns.TCP, netip.AddrPortFrom(podB.IPv4, probeTargetPort), podB.Name)
-	podA.ExpectReply(t, netns.TCP, vipPort, podB.Name)
+	serviceClient.ExpectReply(t, netns.TCP, vipPort, podB.Name)
 
 	podLoop := startLoop(t, "pod to pod", podA, netip.AddrPortFrom(podB.IPv4, probeTargetPort))
-	svcLoop := startLoop(t, "pod to Service", podA, vipPort)
+	svcLoop := startLoop(t, "pod to Service", serviceClient, vipPort)
 	daemonA := newDaemon(t, nodeA, rc, bin, body)
 	daemonA.StartReady(readyTimeout)
 	var details takeover.Details
