@@ -3,11 +3,8 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,6 +25,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/benchfig"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
 )
@@ -66,39 +64,38 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	node := netns.NewNode(b, netns.NodeOptions{Name: workload.NodeName(0), PodCIDRv4: workload.PodCIDR(0)})
 	// pprof on the node's loopback, for the heap profile written after READY.
 	d := setupDaemon(b, node, rc, "node_mesh = false\n[debug]\npprof_listen = \"127.0.0.1:6060\"\n")
-	metrics := newMetricsClient(node)
 	b.ResetTimer()
 	ready := d.StartReady(10 * time.Minute)
 	b.StopTimer()
 	pid := d.PID()
 	startCPU := procCPU(b, pid)
-	atReady := metrics.values(b)
-	startRequests := sum(atReady, "kube_routerd_api_requests_total", "")
-	heapProfile(b, metrics, size)
+	atReady := samples(b, node)
+	startRequests := sumOf(atReady, "kube_routerd_api_requests_total", "")
+	heapProfile(b, node, size)
 	readyRSS := procMemMiB(b, pid, "VmRSS")
 	idleFrom := procCPU(b, pid)
 	const idleWindow = 20 * time.Second
 	time.Sleep(idleWindow)
 	idle := procCPU(b, pid) - idleFrom
 
-	podLabel := medianLatency(b, metrics, 5, func(n int) string {
+	podLabel := medianLatency(b, node, 5, func(n int) string {
 		relabelPeer(b, cs, size, n)
 		return "kube_routerd_netpol_ipset_entries"
 	})
-	policy := medianLatency(b, metrics, 5, func(n int) string {
+	policy := medianLatency(b, node, 5, func(n int) string {
 		addPolicyPort(b, cs, size, n)
 		return "kube_routerd_netpol_iptables_rules"
 	})
 
-	events, requests, syncs := churn(b, cs, metrics, size)
-	burstSyncs, burstChanges, deleted, burstHWM := burst(b, cs, metrics, size, pid)
+	events, requests, syncs := churn(b, cs, node, size)
+	burstSyncs, burstChanges, deleted, burstHWM := burst(b, cs, node, size, pid)
 
 	peakRSS := procMemMiB(b, pid, "VmHWM")
 	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
 	d.StartReady(10 * time.Minute)
-	waitIdle(b, metrics)
-	lost := diffLines(before, ourFullState(b, node))
+	waitIdle(b, node)
+	lost := lineDiff(before, ourFullState(b, node))
 	if lost != "" {
 		b.Logf("a restart after the burst found another kernel state: a change was lost\n%s", lost)
 	}
@@ -122,28 +119,22 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(float64(burstChanges), "burst-changes")
 	b.ReportMetric(float64(deleted), "burst-deleted-pods")
 	b.ReportMetric(float64(burstSyncs), "burst-syncs")
-	// Lines our kernel state differs by after a restart (0: no change was lost; at most 40 counted).
-	b.ReportMetric(float64(len(strings.FieldsFunc(lost, func(r rune) bool { return r == '\n' }))), "restart-diff-lines")
+	// Lines our kernel state differs by after a restart (0: no change was lost).
+	b.ReportMetric(float64(strings.Count(lost, "\n")), "restart-diff-lines")
 }
 
 // heapProfile writes the daemon's heap profile to $KUBEROUTERD_BENCH_OUT, if set.
-func heapProfile(b *testing.B, m *metricsClient, size workload.Size) {
+func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
 	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
 	if dir == "" {
 		return
 	}
-	resp, err := m.http.Get("http://127.0.0.1:6060/debug/pprof/heap?gc=1")
-	if err != nil {
-		b.Fatalf("heap profile: %v", err)
+	code, profile, err := nodeHTTP(node, "/debug/pprof/heap?gc=1", "127.0.0.1:6060")
+	if err != nil || code != http.StatusOK {
+		b.Fatalf("heap profile: %d %v", code, err)
 	}
-	defer resp.Body.Close()
 	path := filepath.Join(dir, fmt.Sprintf("daemon-heap-%dpods.pprof", size.Pods))
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := io.Copy(f, resp.Body); err != nil {
+	if err := os.WriteFile(path, []byte(profile), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile of the daemon at READY: %s", path)
@@ -226,80 +217,26 @@ func parallel(b testing.TB, n int, fn func(i int) error) {
 	}
 }
 
-// metricsClient scrapes the daemon's /metrics inside its node's namespace.
-type metricsClient struct {
-	http *http.Client
-}
-
-func newMetricsClient(node *netns.Node) *metricsClient {
-	dial := func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-		err = node.Do(func() error {
-			var d net.Dialer
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-	return &metricsClient{http: &http.Client{Timeout: 10 * time.Second,
-		Transport: &http.Transport{DialContext: dial, DisableKeepAlives: false, MaxIdleConns: 1}}}
-}
-
-// values reads every sample of the daemon's metrics, keyed by name and labels as
-// exposed ("name{labels}").
-func (m *metricsClient) values(b testing.TB) map[string]float64 {
-	b.Helper()
-	resp, err := m.http.Get("http://127.0.0.1:20245/metrics")
-	if err != nil {
-		b.Fatalf("scrape: %v", err)
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	return out
-}
-
-// sum adds the samples of metric (over all labels) whose labels contain filter.
-func sum(values map[string]float64, metric, filter string) float64 {
-	var total float64
-	for k, v := range values {
-		if (k == metric || strings.HasPrefix(k, metric+"{")) && strings.Contains(k, filter) {
-			total += v
-		}
-	}
-	return total
-}
-
 const netpolSynced = `kube_routerd_last_successful_sync_timestamp_seconds{controller="netpol"}`
 
 // medianLatency makes n changes one at a time, each moving the returned gauge of
 // the daemon's metrics. A change's latency runs from its API write to the end of
 // the network policy sync that moved the gauge (that sync's timestamp).
-func medianLatency(b *testing.B, m *metricsClient, n int, change func(n int) (gauge string)) float64 {
+func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (gauge string)) float64 {
 	var ms []float64
 	for i := range n {
-		before := m.values(b)
+		before := samples(b, node)
 		written := time.Now()
 		gauge := change(i)
 		deadline := time.Now().Add(time.Minute)
 		for {
-			v := m.values(b)
-			if sum(v, gauge, "") != sum(before, gauge, "") {
+			v := samples(b, node)
+			if sumOf(v, gauge, "") != sumOf(before, gauge, "") {
 				ms = append(ms, 1000*v[netpolSynced]-float64(written.UnixMicro())/1000)
 				break
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("change %d: %s stayed at %v", i, gauge, sum(v, gauge, ""))
+				b.Fatalf("change %d: %s stayed at %v", i, gauge, sumOf(v, gauge, ""))
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
@@ -351,9 +288,9 @@ func addPolicyPort(b testing.TB, cs kubernetes.Interface, size workload.Size, n 
 // churn changes a label of 100 pods a second for churnWindow and returns, per
 // minute, the objects the daemon received, the API requests it made and its
 // network policy syncs.
-func churn(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workload.Size) (events, requests, syncs float64) {
+func churn(b *testing.B, cs kubernetes.Interface, node *netns.Node, size workload.Size) (events, requests, syncs float64) {
 	const churnWindow, perSecond = 30 * time.Second, 100
-	before := m.values(b)
+	before := samples(b, node)
 	ctx, cancel := context.WithTimeout(context.Background(), churnWindow)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -370,9 +307,9 @@ func churn(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workloa
 	}
 	wg.Wait()
 	time.Sleep(2 * time.Second)
-	after := m.values(b)
+	after := samples(b, node)
 	perMinute := func(metric, filter string) float64 {
-		return (sum(after, metric, filter) - sum(before, metric, filter)) * float64(time.Minute) / float64(churnWindow)
+		return (sumOf(after, metric, filter) - sumOf(before, metric, filter)) * float64(time.Minute) / float64(churnWindow)
 	}
 	b.Logf("churn: %d pod changes in %s", n.Load(), churnWindow)
 	return perMinute("kube_routerd_api_objects_received_total", ""), perMinute("kube_routerd_api_requests_total", ""),
@@ -383,7 +320,7 @@ func churn(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workloa
 // them, then creates a namespace of burstPods pods and deletes them all at once,
 // and returns the network policy syncs this took, the changes, the pods deleted
 // and the daemon's peak RSS after it. It waits until the daemon is idle again.
-func burst(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workload.Size, pid int) (syncs, changes, deleted int, peakMiB float64) {
+func burst(b *testing.B, cs kubernetes.Interface, node *netns.Node, size workload.Size, pid int) (syncs, changes, deleted int, peakMiB float64) {
 	changes, deleted = min(20000, size.Pods), max(100, size.Pods/30)
 	ctx := context.Background()
 	ns := "burst"
@@ -407,8 +344,8 @@ func burst(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workloa
 	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, pol, metav1.CreateOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	waitIdle(b, m)
-	before := sum(m.values(b), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`)
+	waitIdle(b, node)
+	before := sumOf(samples(b, node), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`)
 	parallel(b, changes, func(n int) error {
 		i := (n * 7919) % size.Pods
 		patch := fmt.Sprintf(`{"metadata":{"labels":{"tier":%q}}}`, []string{"frontend", "backend", "data"}[(i+n)%3])
@@ -419,17 +356,17 @@ func burst(b *testing.B, cs kubernetes.Interface, m *metricsClient, size workloa
 	if err := cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	waitIdle(b, m)
-	return int(sum(m.values(b), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`) - before), changes, deleted,
+	waitIdle(b, node)
+	return int(sumOf(samples(b, node), "kube_routerd_sync_duration_seconds_count", `controller="netpol"`) - before), changes, deleted,
 		procMemMiB(b, pid, "VmHWM")
 }
 
 // waitIdle waits until the network policy controller has not synced for five seconds.
-func waitIdle(b testing.TB, m *metricsClient) {
+func waitIdle(b testing.TB, node *netns.Node) {
 	b.Helper()
 	deadline := time.Now().Add(5 * time.Minute)
 	for time.Now().Before(deadline) {
-		if time.Since(time.UnixMicro(int64(m.values(b)[netpolSynced]*1e6))) > 5*time.Second {
+		if time.Since(time.UnixMicro(int64(samples(b, node)[netpolSynced]*1e6))) > 5*time.Second {
 			return
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -450,30 +387,6 @@ func ourFullState(b testing.TB, n *netns.Node) string {
 	return ourState(b, n) + strings.Join(out, "\n")
 }
 
-// diffLines lists the lines only one of a and b has (at most 40).
-func diffLines(a, b string) string {
-	inA, inB := map[string]bool{}, map[string]bool{}
-	for _, l := range strings.Split(a, "\n") {
-		inA[l] = true
-	}
-	for _, l := range strings.Split(b, "\n") {
-		inB[l] = true
-	}
-	var out []string
-	for l := range inA {
-		if !inB[l] {
-			out = append(out, "- "+l)
-		}
-	}
-	for l := range inB {
-		if !inA[l] {
-			out = append(out, "+ "+l)
-		}
-	}
-	slices.Sort(out)
-	return strings.Join(out[:min(len(out), 40)], "\n")
-}
-
 // procCPU is the user+system CPU time process pid has used.
 func procCPU(b testing.TB, pid int) time.Duration {
 	b.Helper()
@@ -492,16 +405,9 @@ func procCPU(b testing.TB, pid int) time.Duration {
 // procMemMiB reads a memory field (VmRSS, VmHWM) of process pid.
 func procMemMiB(b testing.TB, pid int, field string) float64 {
 	b.Helper()
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	mib, err := benchfig.StatusMiB(pid, field)
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, field+":") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return float64(kb) / 1024
-		}
-	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
+	return mib
 }

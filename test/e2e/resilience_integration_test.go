@@ -164,27 +164,46 @@ func nodeHTTP(n *netns.Node, path, addr string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// metric sums every series of a Prometheus metric the daemon exports.
-func metric(t *testing.T, n *netns.Node, name string) float64 {
+// samples scrapes every series the daemon exports, keyed as exposed ("name{labels}").
+func samples(t testing.TB, n *netns.Node) map[string]float64 {
 	t.Helper()
 	code, body, err := nodeHTTP(n, "/metrics", metricsAddr)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("scrape metrics on %s: %d %v", n.Name, code, err)
 	}
-	sum := 0.0
+	out := map[string]float64{}
 	sc := bufio.NewScanner(strings.NewReader(body))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		l := sc.Text()
-		if !strings.HasPrefix(l, name+" ") && !strings.HasPrefix(l, name+"{") {
+		if l == "" || l[0] == '#' {
 			continue
 		}
-		v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64)
+		i := strings.LastIndexByte(l, ' ')
+		v, err := strconv.ParseFloat(l[i+1:], 64)
 		if err != nil {
 			t.Fatalf("metric line %q: %v", l, err)
 		}
-		sum += v
+		out[l[:i]] = v
+	}
+	return out
+}
+
+// sumOf adds the series of metric name whose labels contain filter ("" for all).
+func sumOf(series map[string]float64, name, filter string) float64 {
+	sum := 0.0
+	for k, v := range series {
+		if (k == name || strings.HasPrefix(k, name+"{")) && strings.Contains(k, filter) {
+			sum += v
+		}
 	}
 	return sum
+}
+
+// metric sums every series of a Prometheus metric the daemon exports.
+func metric(t testing.TB, n *netns.Node, name string) float64 {
+	t.Helper()
+	return sumOf(samples(t, n), name, "")
 }
 
 // expectHealthy fails unless /healthz says every loop is alive and the process runs.

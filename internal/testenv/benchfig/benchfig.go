@@ -4,6 +4,7 @@
 package benchfig
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -66,15 +67,22 @@ func CPUTime() (total, children time.Duration) {
 
 // PeakRSSMiB reads the process's high-water resident set size.
 func PeakRSSMiB() float64 {
-	data, err := os.ReadFile("/proc/self/status")
+	mib, _ := StatusMiB(os.Getpid(), "VmHWM")
+	return mib
+}
+
+// StatusMiB reads a memory field (VmHWM: peak resident set, VmRSS: now) of process
+// pid's /proc status, in MiB.
+func StatusMiB(pid int, field string) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0
+		return 0, err
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
+		if strings.HasPrefix(line, field+":") {
 			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return float64(kb) / 1024
+			return float64(kb) / 1024, nil
 		}
 	}
-	return 0
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
