@@ -44,7 +44,9 @@ var controlPlane struct {
 // Main runs the tests of a package that uses APIServer and stops the control plane
 // afterwards, also on SIGINT/SIGTERM and shortly before `go test -timeout` would kill
 // the process. Call it from TestMain: `func TestMain(m *testing.M) { testenv.Main(m) }`.
-func Main(m *testing.M) {
+// afterAll run once the tests are done or interrupted: to remove what the package's
+// tests share, such as a binary built once.
+func Main(m *testing.M, afterAll ...func()) {
 	flag.Parse()
 	controlPlane.mu.Lock()
 	controlPlane.mainRan = true
@@ -55,6 +57,9 @@ func Main(m *testing.M) {
 	go func() {
 		sig := <-sigs
 		stopControlPlane()
+		for _, f := range afterAll {
+			f()
+		}
 		fmt.Fprintf(os.Stderr, "testenv: stopped the control plane on %v\n", sig)
 		os.Exit(128 + int(sig.(syscall.Signal)))
 	}()
@@ -68,6 +73,9 @@ func Main(m *testing.M) {
 
 	code := m.Run()
 	stopControlPlane()
+	for _, f := range afterAll {
+		f()
+	}
 	os.Exit(code)
 }
 

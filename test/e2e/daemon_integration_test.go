@@ -29,7 +29,16 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
 
-func TestMain(m *testing.M) { testenv.Main(m) }
+func TestMain(m *testing.M) {
+	testenv.Main(m, func() {
+		if builtDir != "" {
+			os.RemoveAll(builtDir)
+		}
+	})
+}
+
+// builtDir holds the binary buildDaemon built; TestMain removes it.
+var builtDir string
 
 // buildDaemon compiles cmd/kube-routerd once per test process, unless
 // KUBEROUTERD_BIN names a binary to test instead (a packaged one, say).
@@ -41,6 +50,7 @@ var buildDaemon = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	builtDir = dir
 	bin := filepath.Join(dir, "kube-routerd")
 	out, err := exec.Command("go", "build", "-o", bin, "../../cmd/kube-routerd").CombinedOutput()
 	if err != nil {
