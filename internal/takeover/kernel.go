@@ -63,12 +63,9 @@ func (k Kernel) Read() (View, error) {
 		}
 		v.IPTables[ipt.Family()] = tables
 	}
-	sets, err := k.IPSets.ListAll()
-	if err != nil {
+	var err error
+	if v.Sets, err = k.IPSets.Names(); err != nil {
 		return View{}, err
-	}
-	for _, s := range sets {
-		v.Sets = append(v.Sets, s.Name)
 	}
 	if v.ZebraRoutes, err = k.Routes.TableRoutes(254, protocolZebra); err != nil {
 		return View{}, err

@@ -151,17 +151,30 @@ func (f *Fake) List(name string) (SetEntries, error) {
 func (f *Fake) ListAll() ([]SetEntries, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	names := make([]string, 0, len(f.sets))
-	for n := range f.sets {
-		names = append(names, n)
-	}
-	sort.Strings(names)
+	names := f.names()
 	out := make([]SetEntries, 0, len(names))
 	for _, n := range names {
 		s := f.sets[n]
 		out = append(out, SetEntries{Set: s.Set, Entries: sortedEntries(s.entries)})
 	}
 	return out, nil
+}
+
+// Names implements Interface.
+func (f *Fake) Names() ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.names(), nil
+}
+
+// names returns the sets' names, sorted; f.mu is held.
+func (f *Fake) names() []string {
+	names := make([]string, 0, len(f.sets))
+	for n := range f.sets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // Dump prints every set and its entries, sorted, one entry per line:

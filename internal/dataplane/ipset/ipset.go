@@ -83,6 +83,9 @@ type Interface interface {
 	List(name string) (SetEntries, error)
 	// ListAll returns every set in the namespace with its entries, sorted by name.
 	ListAll() ([]SetEntries, error)
+	// Names returns the name of every set in the namespace, sorted, without reading
+	// any entries: the kernel sends only the names.
+	Names() ([]string, error)
 }
 
 // Canonical returns entry in the canonical form for a set of type t.

@@ -63,6 +63,15 @@ func TestNetlinkInNetns(t *testing.T) {
 	if counts["KUBE-ROUTER-IP"] != 5000 || counts["KUBE-ROUTER-BIG"] != 1 {
 		t.Errorf("after swap: %v", counts)
 	}
+	names, err := s.Names()
+	must(err)
+	var listed []string
+	for _, set := range all {
+		listed = append(listed, set.Name)
+	}
+	if !slices.Equal(names, listed) {
+		t.Errorf("Names() = %v; want %v, as ListAll", names, listed)
+	}
 	for _, set := range all {
 		must(s.Destroy(set.Name))
 	}
