@@ -100,8 +100,8 @@ type Controller struct {
 	runner   *loop.Runner
 	changes  *loop.Tracker[struct{}]
 
-	// term is held while this node allocates.
-	term    sync.Mutex
+	// term holds a token while this node allocates (a one-slot semaphore).
+	term    chan struct{}
 	leading atomic.Bool
 	leader  atomic.Value // string: the last observed Lease holder
 
@@ -133,6 +133,7 @@ func New(env daemon.Env, opts Options) (*Controller, error) {
 		services: inf.Lister(),
 		indexer:  inf.Informer().GetIndexer(),
 		metrics:  m,
+		term:     make(chan struct{}, 1),
 		written:  map[string]*corev1.Service{},
 		reported: map[Problem]bool{},
 	}
@@ -212,8 +213,8 @@ func (c *Controller) campaign(ctx context.Context, hb *daemon.Heartbeat) error {
 			OnStartedLeading: func(lctx context.Context) {
 				// client-go starts this in a goroutine that may run after Run
 				// returned: one term at a time, and none on an ended one.
-				c.term.Lock()
-				defer c.term.Unlock()
+				c.term <- struct{}{}
+				defer func() { <-c.term }()
 				if lctx.Err() == nil {
 					c.lead(lctx, hb)
 				}
@@ -230,8 +231,8 @@ func (c *Controller) campaign(ctx context.Context, hb *daemon.Heartbeat) error {
 		return fmt.Errorf("lballoc: leader election: %w", err)
 	}
 	le.Run(ctx)
-	c.term.Lock() // the term, if one started, has ended
-	c.term.Unlock()
+	c.term <- struct{}{} // the term, if one started, has ended
+	<-c.term
 	return nil
 }
 
