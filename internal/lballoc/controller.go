@@ -26,8 +26,9 @@
 //   - new addresses are the lowest free ones, pools in their configured order; an
 //     exhausted pool is reported per Service and retried on every sync (a Service
 //     deleted or changed frees its address and triggers one).
-//   - a Service whose type is no longer LoadBalancer has its status cleared when it
-//     holds a pool address; a deleted Service's addresses are free at once.
+//   - a deleted Service's addresses are free at once, as are those of a Service
+//     whose type is no longer LoadBalancer (the API server clears its status with
+//     the type change, and allows no ingress on other types).
 //
 // Writes are JSON merge patches of the status subresource carrying the
 // resourceVersion they were decided on, so a write on a stale view fails (and is

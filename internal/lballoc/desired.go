@@ -137,10 +137,8 @@ type Problem struct {
 
 // Allocation is the allocator's decision for every Service.
 type Allocation struct {
-	// Status maps a Service to the ingress IPs its status must hold: every Service
-	// the allocator answers, and Services no longer of type LoadBalancer whose
-	// status still holds an address of a pool (nil: clear it). Services not in
-	// Status are not written.
+	// Status maps every Service the allocator answers to the ingress IPs its status
+	// must hold (none: empty). Services not in Status are not written.
 	Status map[string][]netip.Addr
 	// Held are the pool addresses held by Services the allocator does not answer
 	// (another class, or its own class switched off): never handed out.
@@ -169,21 +167,14 @@ func Allocate(p Params, services []Service) Allocation {
 		Size:   map[ipfamily.Family]float64{},
 	}
 	owner := map[netip.Addr]string{}
-	// What others hold is never ours to give; a status left on a Service that is
-	// no longer a load balancer is cleared and its addresses freed.
+	// What other load balancers hold is never ours to give. (A Service that is no
+	// load balancer has no ingress: the API server clears it with the type.)
 	for _, s := range svcs {
-		if p.Answers(s) {
+		if p.Answers(s) || !s.LoadBalancer {
 			continue
 		}
 		for _, ip := range s.Ingress {
-			if !p.inPools(ip) {
-				continue
-			}
-			if !s.LoadBalancer {
-				a.Status[s.Key] = nil
-				continue
-			}
-			if _, taken := owner[ip]; !taken {
+			if _, taken := owner[ip]; !taken && p.inPools(ip) {
 				owner[ip], a.Held[ip] = s.Key, s.Key
 			}
 		}

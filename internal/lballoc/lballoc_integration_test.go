@@ -6,12 +6,15 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
@@ -87,7 +90,8 @@ func TestAllocatorAssignsFreesAndLeavesOtherServicesAlone(t *testing.T) {
 		}
 	}
 
-	// a stops being a load balancer: its status is cleared and d, waiting, gets its address.
+	// a stops being a load balancer: its address is free (the API server clears its
+	// status on the type change) and d, waiting, gets it.
 	a, err := cs.CoreV1().Services(ns).Get(ctx, "a", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -189,5 +193,50 @@ func TestFailoverKeepsEveryAssignment(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBurstIsWrittenOncePerService creates Services all at once: each gets its own
+// address with one status write, none rejected for deciding on a stale view (the
+// allocator remembers its writes until its cache shows them).
+func TestBurstIsWrittenOncePerService(t *testing.T) {
+	rc, cs := testenv.APIServer(t)
+	ns := testenv.Namespace(t, cs)
+	cfg := lbConfig(t, ns, "10.201.0.0/24", "fd00:201::/120")
+	n := startNode(t, rc, testenv.UniqueName("node"), fastLease(cfg, true))
+	testenv.Eventually(t, "the node to lead", 30*time.Second, func() bool { return n.details().Leading })
+	const count = 60
+	var wg sync.WaitGroup
+	for k := range count {
+		wg.Go(func() {
+			createService(t, cs, ns, svcSpec{name: fmt.Sprintf("s%d", k), class: cfg.Class, policy: dual, families: v46})
+		})
+	}
+	wg.Wait()
+	testenv.Eventually(t, "every Service to have its addresses", 30*time.Second, func() bool {
+		return len(n.details().Services) == count
+	})
+	seen := map[string]string{}
+	for k := range count {
+		name := fmt.Sprintf("s%d", k)
+		ips := statusOf(t, cs, ns, name)
+		if len(ips) != 2 {
+			t.Errorf("%s: status %q, want one address of each family", name, ips)
+		}
+		for _, ip := range ips {
+			if other, dup := seen[ip]; dup {
+				t.Errorf("%s and %s both have %s", other, name, ip)
+			}
+			seen[ip] = name
+		}
+	}
+	for result, want := range map[string]float64{"ok": count, "conflict": 0} {
+		var m dto.Metric
+		if err := n.c.metrics.writes.WithLabelValues(result).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		if got := m.GetCounter().GetValue(); got != want {
+			t.Errorf("status writes %s: %v, want %v", result, got, want)
+		}
 	}
 }
