@@ -120,6 +120,8 @@ awk '/^BenchmarkNodeInTheEnvelope/ {
          ready[n] + (150000 - pods[n]) * (ready[n] - ready[1]) / d
      }' "$envelope_out"
 rm -f "$envelope_out"
+bench "load-balancer allocator (real API server): Service created -> address in its status as a watching client sees it (50 one at a time: median, p90, max; then 200 at once), and failover to the first address the next leader gives" \
+  -tags integration -run '^$' -bench 'AssignLatency|Failover' -benchtime 1x ./internal/lballoc/
 bench "routing: routes from 500 simulated BGP nodes installed in / withdrawn from the kernel (namespace)" \
   -tags bench -run '^$' -bench RoutesFrom500Nodes -benchtime 3x ./internal/routing/
 exit $status

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/lballoc"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
@@ -63,6 +64,14 @@ func buildControllers(cfg config.Config, env daemon.Env) ([]daemon.Controller, e
 		c, err := podnet.New(env, podNetworkOptions(cfg), k)
 		if err != nil {
 			return nil, fmt.Errorf("pod network: %w", err)
+		}
+		out = append(out, c)
+	}
+	if cfg.LoadBalancer.Enabled {
+		// A node that stops hands the Lease over at once.
+		c, err := lballoc.New(env, lballoc.Options{Config: cfg.LoadBalancer, ReleaseOnStop: true})
+		if err != nil {
+			return nil, fmt.Errorf("load-balancer allocator: %w", err)
 		}
 		out = append(out, c)
 	}

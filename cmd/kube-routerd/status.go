@@ -12,6 +12,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/lballoc"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
 	"github.com/kube-routerd/kube-routerd/internal/proxy"
@@ -172,6 +173,12 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 			return false
 		}
 		writeTakeover(w, d)
+	case "lballoc":
+		var d lballoc.Details
+		if !redecode(raw, &d) {
+			return false
+		}
+		writeLoadBalancer(w, d)
 	default:
 		return false
 	}

@@ -27,6 +27,7 @@ type Config struct {
 	NetworkPolicy NetworkPolicy `toml:"network_policy"`
 	Routing       Routing       `toml:"routing"`
 	PodNetwork    PodNetwork    `toml:"pod_network"`
+	LoadBalancer  LoadBalancer  `toml:"loadbalancer"`
 	Health        Health        `toml:"health"`
 	Metrics       Metrics       `toml:"metrics"`
 	Logging       Logging       `toml:"logging"`
@@ -89,6 +90,7 @@ func Default() Config {
 		NetworkPolicy: defaultNetworkPolicy(),
 		Routing:       defaultRouting(),
 		PodNetwork:    defaultPodNetwork(),
+		LoadBalancer:  defaultLoadBalancer(),
 		Health:        Health{Listen: "127.0.0.1:20244", StallTimeout: Duration{2 * time.Minute}},
 		Metrics:       Metrics{Listen: "127.0.0.1:20245"},
 		Logging:       Logging{Level: "info", Format: "text"},
@@ -273,6 +275,11 @@ func (c *Config) normalize() {
 	if len(c.Routing.Peers) == 0 {
 		c.Routing.Peers = nil
 	}
+	for _, l := range []*[]IPPool{&c.LoadBalancer.IPv4Pools, &c.LoadBalancer.IPv6Pools} {
+		if len(*l) == 0 {
+			*l = nil
+		}
+	}
 }
 
 // Validate checks a Config built in code (tests, the demo); Parse already does this.
@@ -321,6 +328,7 @@ func (c Config) validate(v *validator) {
 	c.NetworkPolicy.validate(v)
 	c.Routing.validate(v)
 	c.PodNetwork.validate(v)
+	c.LoadBalancer.validate(v, c.ServiceProxy)
 }
 
 // SlogLevel maps the configured level name to a slog.Level.

@@ -148,16 +148,19 @@ func stripNode(n *corev1.Node) *corev1.Node {
 	}
 }
 
-// stripService keeps the whole spec (the proxy reads most of it) and the load
-// balancer's ingress addresses.
+// stripService keeps the whole spec (the proxy reads most of it), the load
+// balancer's ingress addresses and the creation time (the load-balancer allocator
+// settles two Services claiming one address in favour of the older).
 func stripService(s *corev1.Service) *corev1.Service {
-	return &corev1.Service{
+	out := &corev1.Service{
 		ObjectMeta: stripMeta(s.ObjectMeta, func(k string) bool {
 			return isKubeRouterAnnotation(k) || k == sourceRangesAnnotation
 		}),
 		Spec:   s.Spec,
 		Status: corev1.ServiceStatus{LoadBalancer: s.Status.LoadBalancer},
 	}
+	out.CreationTimestamp = s.CreationTimestamp
+	return out
 }
 
 // stripEndpointSlice keeps addresses, conditions, placement and hints of each

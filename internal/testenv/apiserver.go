@@ -152,8 +152,9 @@ func startControlPlane() (*rest.Config, error) {
 	env.ControlPlane.GetAPIServer().Configure().
 		Set("advertise-address", "127.0.0.1").
 		Set("endpoint-reconciler-type", "none").
-		// Room for the benchmarks' 10,000 Services (envtest's default is a /24).
-		Set("service-cluster-ip-range", "10.96.0.0/16")
+		// Room for the benchmarks' 10,000 Services (envtest's default is a /24), and
+		// dual-stack Services; single-stack ones stay IPv4 as before.
+		Set("service-cluster-ip-range", "10.96.0.0/16,fd00:10:96::/108")
 	// A test cluster need not survive a power cut: without fsync etcd takes the
 	// benchmarks' hundreds of thousands of writes several times faster.
 	env.ControlPlane.Etcd = &envtest.Etcd{}
