@@ -56,8 +56,16 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	for _, f := range atExit {
+		f()
+	}
+	os.Exit(code)
 }
+
+// atExit are run when the benchmarks end: what lives as long as the process, not as
+// one call of a benchmark function.
+var atExit []func()
 
 const simNodes = 500
 
@@ -77,7 +85,15 @@ func (s *simNode) path() *api.Path {
 	return &api.Path{Family: familyIPv4, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
 }
 
+// setUpBenchNetns brings up lo and the link of the simulated next hops, once per
+// process.
 func setUpBenchNetns(b *testing.B) {
+	benchNetnsOnce.Do(func() { setUpBenchLinks(b) })
+}
+
+var benchNetnsOnce sync.Once
+
+func setUpBenchLinks(b *testing.B) {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
 		err = netlink.LinkSetUp(lo)

@@ -339,7 +339,7 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	installed, unreachable, kernelErr := reconcileKernel(c.dp.Routes, routes, tunnels, c.keepUntilHeardFrom(l.nodes), c.log)
+	installed, unreachable, kernelErr := reconcileKernel(c.dp.Routes, routes, tunnels, c.keepUntilHeardFrom(l.nodes, l.peers), c.log)
 	c.reportUnreachable(unreachable, l.nodes)
 	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
 	if drifted > 0 {
@@ -374,14 +374,25 @@ func (c *Controller) observePeers(states map[string]peerState) {
 	}
 }
 
-// keepUntilHeardFrom spares a route into the pod CIDR of an existing node whose
-// session has not been up since we started: after a restart the kernel still has
-// the route and the node will announce it again as soon as the session is up.
-func (c *Controller) keepUntilHeardFrom(nodes []nodeInfo) func(route.Route) bool {
+// keepUntilHeardFrom spares a route into the pod CIDR of an existing node that has
+// not been heard from since we started: after a restart the kernel still has the
+// route, and it comes back as soon as the session that carries it is up. That is the
+// node's own session when we peer with it; otherwise the node's routes reach us only
+// through our node peers (route reflectors), and the route is spared until one of
+// them is up. Without any node peer nothing will announce it again.
+func (c *Controller) keepUntilHeardFrom(nodes []nodeInfo, peers []Peer) func(route.Route) bool {
 	owner := map[netip.Prefix]nodeInfo{}
 	for _, n := range nodes {
 		for _, p := range n.PodCIDRs {
 			owner[p] = n
+		}
+	}
+	direct := map[netip.Addr]bool{}
+	relayed := false // a node peer is up: relayed routes are current
+	for _, p := range peers {
+		if p.Node != "" {
+			direct[p.Address] = true
+			relayed = relayed || c.heardFrom[p.Address.String()]
 		}
 	}
 	return func(r route.Route) bool {
@@ -390,7 +401,13 @@ func (c *Controller) keepUntilHeardFrom(nodes []nodeInfo) func(route.Route) bool
 			return false
 		}
 		addr := n.AddressFor(r.Dst.Addr())
-		return addr.IsValid() && !c.heardFrom[addr.String()]
+		if !addr.IsValid() {
+			return false
+		}
+		if direct[addr] {
+			return !c.heardFrom[addr.String()]
+		}
+		return len(direct) > 0 && !relayed
 	}
 }
 

@@ -296,6 +296,35 @@ func TestSyncKeepsRoutesToNodesNotHeardFromSinceStart(t *testing.T) {
 	}
 }
 
+// A route reflector client hears of the other clients' pod CIDRs only through its
+// reflectors: a route left from before a restart is kept until a reflector's session
+// is up, then follows what the reflectors announce.
+func TestSyncKeepsRoutesOfReflectedNodesUntilAReflectorIsHeardFrom(t *testing.T) {
+	h := newSyncHarness(t, config.Default().Routing)
+	h.store(node("a", "10.0.0.1", []string{"10.244.1.0/24"}, map[string]string{annotationRRClient: "1"}))
+	h.store(node("b", "10.0.0.2", []string{"10.244.2.0/24"}, map[string]string{annotationRRClient: "1"}))
+	h.store(node("c", "10.0.1.3", []string{"10.244.3.0/24"}, map[string]string{annotationRRServer: "1"}))
+	leftover := route.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("10.0.0.2")}
+	if err := h.kernel.ReplaceRoute(leftover); err != nil {
+		t.Fatal(err)
+	}
+	h.sync(true)
+	if got, want := h.kernel.Dump(), "route 10.244.2.0/24 via 10.0.0.2\n"; got != want {
+		t.Fatalf("a route to a reflected node was removed before any reflector was heard from:\n%s", got)
+	}
+	h.speaker.setState("10.0.1.3", api.PeerState_ESTABLISHED)
+	h.speaker.learn("10.244.2.0/24 via 10.0.0.2")
+	h.sync(false)
+	if got, want := h.kernel.Dump(), "route 10.244.2.0/24 via 10.0.0.2\n"; got != want {
+		t.Fatalf("the reflected route is not in the kernel:\n%s", got)
+	}
+	h.speaker.learn() // the reflector withdraws it: node b is gone for BGP
+	h.sync(false)
+	if got := h.kernel.Dump(); got != "" {
+		t.Errorf("a route the reflector withdrew stayed:\n%s", got)
+	}
+}
+
 func TestFullSyncRepairsDrift(t *testing.T) {
 	h := newSyncHarness(t, config.Default().Routing)
 	h.sync(true)
