@@ -472,6 +472,11 @@ func (s *gobgpSpeaker) apiPeer(p Peer) *api.Peer {
 		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},
 		AfiSafis:  []*api.AfiSafi{afiSafi},
 	}
+	if p.BFD {
+		// Only BFD resets sessions; the session may come back as soon as the link
+		// does, not after GoBGP's default 30 s.
+		ap.Timers.Config.IdleHoldTimeAfterReset = 1
+	}
 	if p.LocalAddress.IsValid() {
 		ap.Transport.LocalAddress = p.LocalAddress.String()
 	}
