@@ -1,7 +1,9 @@
 // Package bfd runs Bidirectional Forwarding Detection (RFC 5880) sessions in
 // asynchronous mode over single-hop UDP (RFC 5881), so the routing controller learns
-// of a dead link in well under a second instead of after a BGP hold time. Echo mode,
-// demand mode and authentication are not implemented.
+// of a dead link in well under a second instead of after a BGP hold time. A session
+// polls (RFC 5880 section 6.5) when it comes up and moves to the fast rate; changed
+// timers start a new session. Echo mode, demand mode and authentication are not
+// implemented.
 package bfd
 
 import (
