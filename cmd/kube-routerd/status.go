@@ -209,7 +209,7 @@ func writeRouting(w io.Writer, d routing.Details) {
 	} else {
 		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  BGP PEER\tASN\tNODE\tSTATE\tFLAPS")
+		fmt.Fprintln(tw, "  BGP PEER\tASN\tNODE\tSTATE\tFLAPS\tBFD")
 		for _, p := range d.Peers {
 			node := p.Node
 			if node == "" {
@@ -218,7 +218,11 @@ func writeRouting(w io.Writer, d routing.Details) {
 			if p.RRClient {
 				node += " (route reflector client)"
 			}
-			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\n", p.Address, p.ASN, node, p.State, p.Flaps)
+			bfd := p.BFD
+			if bfd == "" {
+				bfd = "-" // not asked for
+			}
+			fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\t%d\t%s\n", p.Address, p.ASN, node, p.State, p.Flaps, bfd)
 		}
 		_ = tw.Flush()
 		fmt.Fprintln(w)

@@ -54,6 +54,11 @@ type Routing struct {
 	ProtectedCIDRs []Prefix `toml:"protected_cidrs"`
 	// Peers are external BGP routers every node peers with.
 	Peers []Peer `toml:"peers"`
+	// BFDMinTxInterval, BFDMinRxInterval and BFDMultiplier are the BFD timers of peers
+	// with bfd = true: a link is dead after multiplier intervals without a packet.
+	BFDMinTxInterval Duration `toml:"bfd_min_tx_interval"`
+	BFDMinRxInterval Duration `toml:"bfd_min_rx_interval"`
+	BFDMultiplier    int      `toml:"bfd_multiplier"`
 }
 
 // Peer is one external BGP neighbour.
@@ -71,6 +76,9 @@ type Peer struct {
 	// MaxPrefixes tears the session down when the peer announces more prefixes than
 	// this (a leak or a misconfigured router); 0 means no limit.
 	MaxPrefixes int64 `toml:"max_prefixes"`
+	// BFD runs single-hop BFD (RFC 5880, 5881) with the peer and resets the BGP
+	// session as soon as BFD finds the link dead.
+	BFD bool `toml:"bfd"`
 }
 
 func defaultRouting() Routing {
@@ -87,8 +95,11 @@ func defaultRouting() Routing {
 		MinSyncInterval:     Duration{100 * time.Millisecond},
 		AdvertisePodCIDR:    true,
 		// Empty, not nil: a file that writes "communities = []" then equals the default.
-		Communities:    []string{},
-		ProtectedCIDRs: []Prefix{},
+		Communities:      []string{},
+		ProtectedCIDRs:   []Prefix{},
+		BFDMinTxInterval: Duration{300 * time.Millisecond},
+		BFDMinRxInterval: Duration{300 * time.Millisecond},
+		BFDMultiplier:    3,
 	}
 }
 
@@ -122,8 +133,22 @@ func (c Routing) validate(v *validator) {
 			v.add(fmt.Sprintf("routing.communities[%d]", i), err.Error())
 		}
 	}
+	for _, d := range []struct {
+		key string
+		val Duration
+	}{{"routing.bfd_min_tx_interval", c.BFDMinTxInterval}, {"routing.bfd_min_rx_interval", c.BFDMinRxInterval}} {
+		if d.val.Duration < 10*time.Millisecond || d.val.Duration > 10*time.Second {
+			v.add(d.key, fmt.Sprintf("BFD interval %s must be 10ms-10s", d.val.Duration))
+		}
+	}
+	if c.BFDMultiplier < 1 || c.BFDMultiplier > 255 {
+		v.add("routing.bfd_multiplier", fmt.Sprintf("invalid BFD detect multiplier %d (want 1-255)", c.BFDMultiplier))
+	}
 	for i, p := range c.Peers {
 		key := fmt.Sprintf("routing.peers[%d]", i)
+		if p.BFD && p.Multihop > 0 {
+			v.add(key+".bfd", "BFD runs with directly connected peers only; unset multihop or bfd")
+		}
 		if !p.Address.IsValid() {
 			v.add(key+".address", "is required")
 		}

@@ -96,3 +96,27 @@ func TestParseCommunityAcceptsKubeRoutersForms(t *testing.T) {
 		}
 	}
 }
+
+func TestRoutingBFD(t *testing.T) {
+	cfg, err := Parse("test.toml", []byte("[routing]\nbfd_min_rx_interval = \"100ms\"\n[[routing.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\nbfd = true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Routing.Peers[0].BFD || cfg.Routing.BFDMinRxInterval.Duration.String() != "100ms" || cfg.Routing.BFDMultiplier != 3 {
+		t.Errorf("peer bfd %v, min rx %s, multiplier %d; want true, 100ms and the default 3",
+			cfg.Routing.Peers[0].BFD, cfg.Routing.BFDMinRxInterval, cfg.Routing.BFDMultiplier)
+	}
+	for _, tc := range []struct{ name, toml, want string }{
+		{"an interval under 10ms is rejected", "[routing]\nbfd_min_tx_interval = \"5ms\"\n", "routing.bfd_min_tx_interval: BFD interval 5ms must be 10ms-10s"},
+		{"a zero multiplier is rejected", "[routing]\nbfd_multiplier = 0\n", "routing.bfd_multiplier: invalid BFD detect multiplier 0 (want 1-255)"},
+		{"BFD with a multihop peer is rejected", "[[routing.peers]]\naddress = \"192.0.2.1\"\nasn = 65000\nmultihop = 2\nbfd = true\n",
+			"routing.peers[0].bfd: BFD runs with directly connected peers only; unset multihop or bfd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("test.toml", []byte(tc.toml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one with %q", err, tc.want)
+			}
+		})
+	}
+}

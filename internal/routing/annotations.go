@@ -19,7 +19,7 @@ import (
 // Node annotations read by the routing controller, in kube-router's formats.
 const (
 	// annotationPeers lists this node's external BGP peers as a YAML list of
-	// {remoteip, remoteasn, localip, password (base64), port}. It takes precedence
+	// {remoteip, remoteasn, localip, password (base64), port, bfd (ours)}. It takes precedence
 	// over the per-field forms below.
 	annotationPeers = "kube-router.io/peers"
 	// annotationPeerIPs lists external BGP peers of this node: "192.0.2.1,192.0.2.2".
@@ -160,6 +160,8 @@ type yamlPeer struct {
 	LocalIP   string  `json:"localip"`
 	Password  string  `json:"password"`
 	Port      *uint16 `json:"port"`
+	// BFD (kube-routerd) runs BFD with the peer, as bfd in [[routing.peers]].
+	BFD bool `json:"bfd"`
 }
 
 func parsePeersYAML(text string, cfg config.Routing) ([]Peer, error) {
@@ -183,6 +185,7 @@ func parsePeersYAML(text string, cfg config.Routing) ([]Peer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s entry %d: %w", annotationPeers, i, err)
 		}
+		p.BFD = e.BFD
 		peers = append(peers, p)
 	}
 	return peers, nil

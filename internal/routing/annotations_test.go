@@ -29,7 +29,7 @@ func TestParseNodeBGPShape(t *testing.T) {
 		wantLog string
 	}{
 		{
-			name: "the YAML peers annotation gives every field, the password base64-decoded",
+			name: "the YAML peers annotation gives every field, the password base64-decoded, bfd ours",
 			ann: map[string]string{annotationPeers: `
 - remoteip: 192.0.2.1
   remoteasn: 65000
@@ -38,11 +38,12 @@ func TestParseNodeBGPShape(t *testing.T) {
   localip: 10.0.0.1
 - remoteip: 2001:db8::1
   remoteasn: 65001
+  bfd: true
 `},
 			want: base(func(n *nodeInfo) {
 				n.Peers = []Peer{
 					{Address: router, ASN: 65000, Port: 1179, Password: "secret", LocalAddress: netip.MustParseAddr("10.0.0.1"), HoldTime: hold},
-					{Address: netip.MustParseAddr("2001:db8::1"), ASN: 65001, HoldTime: hold},
+					{Address: netip.MustParseAddr("2001:db8::1"), ASN: 65001, HoldTime: hold, BFD: true},
 				}
 			}),
 		},

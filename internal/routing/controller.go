@@ -55,6 +55,7 @@ type Controller struct {
 	listenAddress []string
 	// speakerListen are the addresses the running speaker listens on.
 	speakerListen []string
+	bfd           bfdTracker
 
 	mu      sync.Mutex
 	details Details
@@ -180,6 +181,9 @@ func (c *Controller) Name() string { return "routing" }
 // for graceful_restart_time while the daemon restarts.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	loop.Run(ctx, c.changes, c.runner, hb)
+	if c.bfd.sessions != nil {
+		c.bfd.sessions.Close()
+	}
 	if c.speaker != nil && !c.cfg.GracefulRestart {
 		c.speaker.Stop()
 	}
@@ -229,12 +233,16 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			return "", err
 		}
 	}
-	var advertiseErr, kernelErr error
+	c.resetDeadPeers(ctx)
+	var advertiseErr, kernelErr, bfdErr error
 	if changed.nodes || changed.services {
 		var err error
 		if advertiseErr, err = c.advertise(ctx, changed.nodes); err != nil {
 			return "", err
 		}
+	}
+	if changed.nodes {
+		bfdErr = c.syncBFD(c.last.peers)
 	}
 	if changed.nodes || changed.speaker {
 		var err error
@@ -245,7 +253,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 
 	l := &c.last
 	c.metrics.update(l.states, len(l.adv.Prefixes), l.installed)
-	c.setDetails(l.self, l.peers, l.states, l.adv, l.routes, l.tunnels)
+	c.setDetails(l.self, l.peers, l.states, c.bfdStates(), l.adv, l.routes, l.tunnels)
 	up := 0
 	for _, st := range l.states {
 		if st.State == api.PeerState_ESTABLISHED.String() {
@@ -253,7 +261,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 	}
 	summary := fmt.Sprintf("%d/%d peers up, %d prefixes announced, %d routes installed", up, len(l.peers), len(l.adv.Prefixes), l.installed)
-	if err := errors.Join(advertiseErr, kernelErr); err != nil {
+	if err := errors.Join(advertiseErr, kernelErr, bfdErr); err != nil {
 		return summary, fmt.Errorf("routing sync: %w", err)
 	}
 	return summary, nil

@@ -3,6 +3,8 @@ package routing
 import (
 	"context"
 
+	"github.com/kube-routerd/kube-routerd/internal/bfd"
+
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 )
 
@@ -11,6 +13,8 @@ import (
 type Dataplane struct {
 	Routes       route.Interface
 	startSpeaker startSpeakerFunc
+	// startBFD is nil where BFD cannot run (unit tests without a fake).
+	startBFD startBFDFunc
 }
 
 // KernelDataplane is the node's kernel routes and an in-process GoBGP speaker.
@@ -21,5 +25,7 @@ func KernelDataplane() Dataplane {
 			return nil, err
 		}
 		return s, nil
+	}, startBFD: func(c *Controller, onChange func(bfd.Event)) bfdSessions {
+		return bfd.NewManager(c.log, onChange)
 	}}
 }

@@ -90,6 +90,8 @@ type Peer struct {
 	MaxPrefixes uint32
 	// Passive waits for the peer to connect instead of dialling too.
 	Passive bool
+	// BFD runs a BFD session with the peer, whose going down resets the BGP session.
+	BFD bool
 }
 
 // External reports whether the peer is a router outside the cluster.
@@ -137,7 +139,7 @@ func desiredPeers(cfg config.Routing, self nodeInfo, nodes []nodeInfo) []Peer {
 		external = append(external, Peer{
 			Address: c.Address.Addr, ASN: uint32(c.ASN), Password: c.Password,
 			HoldTime: c.HoldTime.Duration, Multihop: uint8(c.Multihop),
-			LocalAddress: c.LocalAddress.Addr, Port: uint16(c.Port), MaxPrefixes: uint32(c.MaxPrefixes),
+			LocalAddress: c.LocalAddress.Addr, Port: uint16(c.Port), MaxPrefixes: uint32(c.MaxPrefixes), BFD: c.BFD,
 		})
 	}
 	for _, p := range external {

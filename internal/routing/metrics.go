@@ -15,6 +15,8 @@ type metrics struct {
 	installed    prometheus.Gauge
 	flaps        prometheus.Counter
 	driftRepairs prometheus.Counter
+	// bfdTransitions counts BFD session state changes by the state entered.
+	bfdTransitions *prometheus.CounterVec
 }
 
 func newMetrics(env daemon.Env) (*metrics, error) {
@@ -38,8 +40,12 @@ func newMetrics(env daemon.Env) (*metrics, error) {
 			Name: "kube_routerd_routing_drift_repairs_total",
 			Help: "Routes and tunnels of ours that someone else removed or changed, and a sync repaired.",
 		}),
+		bfdTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kube_routerd_routing_bfd_transitions_total",
+			Help: "BFD session state changes, by the state entered (down, init, up, admin-down).",
+		}, []string{"state"}),
 	}
-	return m, env.RegisterMetrics("routing", m.peers, m.advertised, m.received, m.installed, m.flaps, m.driftRepairs)
+	return m, env.RegisterMetrics("routing", m.peers, m.advertised, m.received, m.installed, m.flaps, m.driftRepairs, m.bfdTransitions)
 }
 
 func (m *metrics) update(states map[string]peerState, originated, installed int) {

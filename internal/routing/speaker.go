@@ -71,6 +71,9 @@ type speaker interface {
 	Learned(ctx context.Context) ([]LearnedRoute, error)
 	// PeerStates returns each configured peer's session state.
 	PeerStates(ctx context.Context) map[string]peerState
+	// ResetPeer closes a peer's session (its routes go with it) and lets it
+	// re-establish as usual.
+	ResetPeer(ctx context.Context, addr netip.Addr, reason string) error
 	// Stop closes every session and ends the speaker.
 	Stop()
 }
@@ -469,6 +472,11 @@ func (s *gobgpSpeaker) apiPeer(p Peer) *api.Peer {
 		Transport: &api.Transport{RemotePort: uint32(p.Port), PassiveMode: p.Passive},
 		AfiSafis:  []*api.AfiSafi{afiSafi},
 	}
+	if p.BFD {
+		// Only BFD resets sessions; the session may come back as soon as the link
+		// does, not after GoBGP's default 30 s.
+		ap.Timers.Config.IdleHoldTimeAfterReset = 1
+	}
 	if p.LocalAddress.IsValid() {
 		ap.Transport.LocalAddress = p.LocalAddress.String()
 	}
@@ -634,6 +642,12 @@ func (s *gobgpSpeaker) PeerStates(ctx context.Context) map[string]peerState {
 		out[addr] = st
 	}
 	return out
+}
+
+// ResetPeer sends the peer a Cease (administrative reset) and drops the session: not
+// a graceful restart, so the peer's routes are withdrawn at once.
+func (s *gobgpSpeaker) ResetPeer(ctx context.Context, addr netip.Addr, reason string) error {
+	return s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String(), Communication: reason})
 }
 
 // gobgpLogger sends GoBGP's logs to slog; its info level is chatty, so it logs at debug.

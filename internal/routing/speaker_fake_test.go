@@ -106,6 +106,11 @@ func (f *fakeSpeaker) PeerStates(context.Context) map[string]peerState {
 
 func (f *fakeSpeaker) Stop() { f.call("Stop") }
 
+func (f *fakeSpeaker) ResetPeer(_ context.Context, addr netip.Addr, _ string) error {
+	f.call("ResetPeer " + addr.String())
+	return nil
+}
+
 // learn replaces the learned routes ("prefix via next hop") and reports a best path
 // change.
 func (f *fakeSpeaker) learn(routes ...string) {

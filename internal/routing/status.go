@@ -25,6 +25,8 @@ type PeerDetails struct {
 	State    string `json:"state"`
 	Flaps    int    `json:"flaps"`
 	RRClient bool   `json:"rrClient,omitempty"`
+	// BFD is the BFD session's state (down, init, up, admin-down); empty without BFD.
+	BFD string `json:"bfd,omitempty"`
 }
 
 // Details implements daemon.StatusReporter.
@@ -34,7 +36,7 @@ func (c *Controller) Details() any {
 	return c.details
 }
 
-func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
+func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, bfdStates map[string]string, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
 	d := Details{Node: self.Name, Address: self.Address.String(), ASN: self.ASN}
 	if self.AddressV6.IsValid() {
 		d.AddressV6 = self.AddressV6.String()
@@ -44,7 +46,7 @@ func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]p
 	}
 	for _, p := range peers {
 		st := states[p.Address.String()]
-		d.Peers = append(d.Peers, PeerDetails{Address: p.Address.String(), ASN: p.ASN, Node: p.Node, State: st.State, Flaps: st.Flaps, RRClient: p.RRClient})
+		d.Peers = append(d.Peers, PeerDetails{Address: p.Address.String(), ASN: p.ASN, Node: p.Node, State: st.State, Flaps: st.Flaps, RRClient: p.RRClient, BFD: bfdStates[p.Address.String()]})
 	}
 	for _, p := range adv.Prefixes {
 		d.Announced = append(d.Announced, p.String())
