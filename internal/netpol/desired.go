@@ -33,6 +33,8 @@ import (
 	"strconv"
 	"strings"
 
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
@@ -80,6 +82,12 @@ type compiledPolicy struct {
 	Problems []string
 	// SetMeaning says what each of Sets holds, in words, for explain.
 	SetMeaning map[string]string
+	// Cluster says this is a ClusterNetworkPolicy (Key is its name) of Tier, at
+	// Priority; its targets are its subject's pods and its chains write decisions
+	// (desired_cnp.go).
+	Cluster  bool
+	Tier     policyv1beta1.Tier
+	Priority int32
 }
 
 // Desired is the whole state the controller wants in the kernel for one family.

@@ -49,7 +49,10 @@ const betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 type index struct {
 	Pods       map[string]map[string]*Pod
 	Namespaces map[string]*Namespace
-	byNode     map[string]*nodePods
+	// Nodes are the cluster's nodes by name, for the nodes peers of
+	// ClusterNetworkPolicies.
+	Nodes  map[string]*ClusterNode
+	byNode map[string]*nodePods
 }
 
 // nodePods are one node's pods, so that assembling a node's chains need not walk
@@ -64,7 +67,7 @@ type podRef struct{ namespace, name string }
 
 // newIndex returns an empty index.
 func newIndex() *index {
-	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, byNode: map[string]*nodePods{}}
+	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, Nodes: map[string]*ClusterNode{}, byNode: map[string]*nodePods{}}
 }
 
 // SetPod adds or replaces a pod.
