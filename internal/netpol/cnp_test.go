@@ -3,6 +3,7 @@ package netpol
 import (
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -376,3 +377,69 @@ func cp(policies ...*policyv1beta1.ClusterNetworkPolicy) []*policyv1beta1.Cluste
 	return policies
 }
 
+// explainCluster explains a connection over the fixture with both kinds of
+// policies compiled for each node as that node does.
+func explainCluster(t *testing.T, src, dst, proto string, port int, nps []*networkingv1.NetworkPolicy, cnps []*policyv1beta1.ClusterNetworkPolicy) Verdict {
+	t.Helper()
+	idx := fixture()
+	v, err := explainConnection(idx.Pod(src[:1], src[2:]), idx.Pod(dst[:1], dst[2:]), proto, port, ipfamily.IPv4, func(nodeName, _ string) (*compiledModel, error) {
+		o := opts()
+		o.NodeName = nodeName
+		m := &compiledModel{thisNode: nodeName == node, policies: compileBoth(idx, o, nps, cnps)}
+		m.ruleset = assemble(m.policies, idx, o)
+		return m, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestExplainClusterTiers(t *testing.T) {
+	teamB, inX := l("team", "b"), l("ns", "x")
+	fromYtoX := policy("x", "from-y", nil, ingress(nil, nss(teamB)))
+	for _, tc := range []struct {
+		name    string
+		nps     []*networkingv1.NetworkPolicy
+		cnps    []*policyv1beta1.ClusterNetworkPolicy
+		tier    string
+		allowed bool
+		rules   []RuleMatch
+	}{
+		{name: "Admin Deny names the policy and rule",
+			nps:   p(fromYtoX),
+			cnps:  cp(cnp("deny-b", admin, 10, inX, cIn(accept, cPort("tcp", 9), cNS(teamB)), cIn(deny, cPort("tcp", 80), cNS(teamB)))),
+			tier:  TierAdminDeny,
+			rules: []RuleMatch{{Policy: "deny-b", Rule: "ingress/1", Peer: "all pods in namespaces team=b", Port: "TCP 80", Tier: "Admin", Action: "Deny"}}},
+		{name: "Admin Accept", nps: p(policy("x", "deny", nil)),
+			cnps: cp(cnp("accept-b", admin, 10, inX, cIn(accept, nil, cNS(teamB)))), tier: TierAdminAccept, allowed: true,
+			rules: []RuleMatch{{Policy: "accept-b", Rule: "ingress/0", Peer: "all pods in namespaces team=b", Port: "any port", Tier: "Admin", Action: "Accept"}}},
+		{name: "Admin Pass to the NetworkPolicy tier", nps: p(fromYtoX),
+			cnps: cp(cnp("pass", admin, 10, inX, cIn(pass, nil, cNS(teamB))), cnp("deny", admin, 20, inX, cIn(deny, nil, cNS(nil)))),
+			tier: TierPolicy, allowed: true,
+			rules: []RuleMatch{{Policy: "pass", Rule: "ingress/0", Peer: "all pods in namespaces team=b", Port: "any port", Tier: "Admin", Action: "Pass"}}},
+		{name: "Baseline Deny", cnps: cp(cnp("base", base, 10, inX, cIn(deny, nil, cNS(teamB)))), tier: TierBaselineDeny,
+			rules: []RuleMatch{{Policy: "base", Rule: "ingress/0", Peer: "all pods in namespaces team=b", Port: "any port", Tier: "Baseline", Action: "Deny"}}},
+		{name: "NetworkPolicy over Baseline", nps: p(fromYtoX), cnps: cp(cnp("base", base, 10, inX, cIn(deny, nil, cNS(teamB)))),
+			tier: TierPolicy, allowed: true},
+		{name: "Baseline Accept", cnps: cp(cnp("base", base, 10, inX, cIn(accept, nil, cNS(teamB)), cIn(deny, nil, cNS(nil)))),
+			tier: TierBaselineAccept, allowed: true,
+			rules: []RuleMatch{{Policy: "base", Rule: "ingress/0", Peer: "all pods in namespaces team=b", Port: "any port", Tier: "Baseline", Action: "Accept"}}},
+		{name: "no rule matches", cnps: cp(cnp("base", base, 10, inX, cIn(deny, nil, cNS(l("team", "q"))))),
+			tier: TierNotIsolated, allowed: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := explainCluster(t, "y/a", "x/a", "tcp", 80, tc.nps, tc.cnps)
+			got := v.Ingress
+			if got.Tier != tc.tier || got.Allowed != tc.allowed || v.Allowed != tc.allowed || !slices.Equal(got.ClusterRules, tc.rules) {
+				t.Errorf("ingress side: got tier %q allowed %v rules %+v; want %q %v %+v", got.Tier, got.Allowed, got.ClusterRules, tc.tier, tc.allowed, tc.rules)
+			}
+			// explain reads the rules the kernel gets: it must agree with them.
+			k, _ := applyCluster(t, fixture(), opts(), tc.nps, tc.cnps)
+			idx := fixture()
+			if kernel := k.allowed(t, packet{src: addrOf(t, idx, "y/a"), dst: addrOf(t, idx, "x/a"), proto: "tcp", dport: 80}); kernel != v.Allowed {
+				t.Errorf("kernel allows %v, explain %v", kernel, v.Allowed)
+			}
+		})
+	}
+}

@@ -35,6 +35,8 @@ type clusterSource struct {
 	log     *slog.Logger
 	changes *loop.Tracker[changed]
 	request func()
+	// absenceLogged: the CRD's absence (or discovery's failure) was logged once.
+	absenceLogged bool
 
 	mu      sync.Mutex
 	factory policyinformers.SharedInformerFactory
@@ -60,13 +62,17 @@ func clusterPoliciesServed(d discovery.DiscoveryInterface) (bool, error) {
 // before the tracker starts, so that the first sync sees them. It reports whether it did.
 func (s *clusterSource) prepare() bool {
 	served, err := clusterPoliciesServed(s.client.Discovery())
+	logged := s.absenceLogged
+	s.absenceLogged = s.absenceLogged || err != nil || !served
 	switch {
-	case err != nil:
-		s.log.Warn("cannot tell whether the API server serves ClusterNetworkPolicies; asking again later", "err", err)
+	case err != nil && !logged:
+		s.log.Warn("cannot tell whether the API server serves ClusterNetworkPolicies; asking again periodically", "every", crdPollInterval, "err", err)
 		return false
-	case !served:
-		s.log.Info("the API server does not serve ClusterNetworkPolicies (policy.networking.k8s.io/v1beta1); enforcing NetworkPolicies only and checking again periodically",
+	case !served && !logged:
+		s.log.Info("the API server does not serve ClusterNetworkPolicies (policy.networking.k8s.io/v1beta1): enforcing NetworkPolicies only, checking again periodically",
 			"every", crdPollInterval)
+		return false
+	case err != nil || !served:
 		return false
 	}
 	factory := policyinformers.NewSharedInformerFactory(s.client, 0)
