@@ -1,8 +1,10 @@
 package netpol
 
 import (
+	"context"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -441,5 +443,44 @@ func TestExplainClusterTiers(t *testing.T) {
 				t.Errorf("kernel allows %v, explain %v", kernel, v.Allowed)
 			}
 		})
+	}
+}
+
+// TestIncrementalSyncWithClusterPoliciesMatchesFullSync makes single changes (pod
+// labels here and on other nodes, new pods, policies of both kinds) with
+// ClusterNetworkPolicies present, syncs incrementally, and checks that a full sync
+// from scratch finds nothing else to write: what affectsCluster leaves alone and
+// the memoised peer sets kept are indeed unchanged.
+func TestIncrementalSyncWithClusterPoliciesMatchesFullSync(t *testing.T) {
+	ctx := context.Background()
+	bc := newBenchController(t, 5, Dataplane{IPTables: []iptables.Interface{iptables.NewFake(ipfamily.IPv4)}, IPSets: ipset.NewFake()})
+	bc.addClusterPolicies(t, 20)
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	changes := []struct {
+		name string
+		do   func(*benchController, testing.TB, int)
+	}{
+		{"local pod relabelled", (*benchController).relabelPod},
+		{"remote pod relabelled", (*benchController).relabelRemotePod},
+		{"local pod added", (*benchController).addLocalPod},
+		{"policy changed", (*benchController).changePolicy},
+		{"cluster network policy changed", (*benchController).changeClusterPolicy},
+	}
+	for n := range 30 {
+		ch := changes[n%len(changes)]
+		ch.do(bc, t, n)
+		if _, err := bc.c.sync(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		incremental := *bc.c.families[0].asm.last
+		if _, err := bc.c.sync(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		full := bc.c.families[0].asm.last
+		if !reflect.DeepEqual(incremental.Chains, full.Chains) || !reflect.DeepEqual(incremental.Sets, full.Sets) {
+			t.Fatalf("change %d (%s): the incremental sync differs from a full one", n, ch.name)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -135,13 +136,12 @@ func compileCluster(p *policyv1beta1.ClusterNetworkPolicy, idx *index, o options
 	}
 	c.Ingress, c.Egress = len(p.Spec.Ingress) > 0, len(p.Spec.Egress) > 0
 	hashKey := clusterHashKey(p.Name)
-	targets, err := subjectPods(p.Spec.Subject, idx)
+	targets, err := subjectTargets(p.Spec.Subject, idx, o)
 	if err != nil {
 		c.Problems = append(c.Problems, fmt.Sprintf("subject: %v (policy selects no pods)", err))
 		c.Ingress, c.Egress = false, false
 		return c
 	}
-	targets = slices.DeleteFunc(targets, func(pod *Pod) bool { return !o.isLocalTarget(pod) })
 	for _, t := range targets {
 		c.Targets = append(c.Targets, t.Key())
 	}
@@ -174,9 +174,8 @@ func (o options) undecidedGuard() string {
 	return fmt.Sprintf("-m mark ! --mark 0x0/0x%x -j RETURN", o.MarkBit|o.decisionMask())
 }
 
-// subjectPods returns the pods (of any node) a subject selects, host-network pods
-// left out.
-func subjectPods(s policyv1beta1.ClusterNetworkPolicySubject, idx *index) ([]*Pod, error) {
+// subjectTargets returns the local pods a subject selects, by namespace and name.
+func subjectTargets(s policyv1beta1.ClusterNetworkPolicySubject, idx *index, o options) ([]*Pod, error) {
 	var nsSel, podSel *metav1.LabelSelector
 	switch {
 	case s.Namespaces != nil:
@@ -186,28 +185,60 @@ func subjectPods(s policyv1beta1.ClusterNetworkPolicySubject, idx *index) ([]*Po
 	default:
 		return nil, fmt.Errorf("neither namespaces nor pods set")
 	}
-	return podsSelected(idx, nsSel, podSel)
+	inNamespace, pods, err := selectors(idx, nsSel, podSel)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Pod
+	for _, p := range idx.podsOnNode(o.NodeName) {
+		if o.isLocalTarget(p) && inNamespace[p.Namespace] && pods.Matches(labels.Set(p.Labels)) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
-// podsSelected returns the non-host-network pods in the namespaces nsSel selects
-// that podSel (nil: every pod) selects.
-func podsSelected(idx *index, nsSel, podSel *metav1.LabelSelector) ([]*Pod, error) {
+// selectors parses a namespace selector and a pod selector (nil: every pod) and
+// returns the namespaces the first selects.
+func selectors(idx *index, nsSel, podSel *metav1.LabelSelector) (map[string]bool, labels.Selector, error) {
+	ns, pods, err := parseSelectors(nsSel, podSel)
+	if err != nil {
+		return nil, nil, err
+	}
+	inNamespace := map[string]bool{}
+	for name, n := range idx.Namespaces {
+		if ns.Matches(labels.Set(n.Labels)) {
+			inNamespace[name] = true
+		}
+	}
+	return inNamespace, pods, nil
+}
+
+// parseSelectors parses a namespace selector and a pod selector (nil: every pod).
+func parseSelectors(nsSel, podSel *metav1.LabelSelector) (labels.Selector, labels.Selector, error) {
 	ns, err := metav1.LabelSelectorAsSelector(nsSel)
 	if err != nil {
-		return nil, fmt.Errorf("namespace selector: %w", err)
+		return nil, nil, fmt.Errorf("namespace selector: %w", err)
 	}
 	pods := labels.Everything()
 	if podSel != nil {
 		if pods, err = metav1.LabelSelectorAsSelector(podSel); err != nil {
-			return nil, fmt.Errorf("pod selector: %w", err)
+			return nil, nil, fmt.Errorf("pod selector: %w", err)
 		}
 	}
+	return ns, pods, nil
+}
+
+// podsSelected returns the non-host-network pods, in any order, in the namespaces
+// nsSel selects that podSel (nil: every pod) selects.
+func podsSelected(idx *index, nsSel, podSel *metav1.LabelSelector) ([]*Pod, error) {
+	inNamespace, pods, err := selectors(idx, nsSel, podSel)
+	if err != nil {
+		return nil, err
+	}
 	var out []*Pod
-	for _, nsName := range sortedKeys(idx.Namespaces) {
-		if !ns.Matches(labels.Set(idx.Namespaces[nsName].Labels)) {
-			continue
-		}
-		for _, p := range sortedPods(idx.Pods[nsName]) {
+	for nsName := range inNamespace {
+		for _, p := range idx.Pods[nsName] {
 			if !p.HostNetwork && pods.Matches(labels.Set(p.Labels)) {
 				out = append(out, p)
 			}
@@ -251,16 +282,18 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 		peerSide, addrFlag = "dst", "-d"
 	}
 	var peerMatches []string
-	var peerPods []*Pod
+	type podPeer struct{ nsSel, podSel *metav1.LabelSelector }
+	var podPeers []podPeer
+	var parsed []parsedPeer
 	var podKeys []string
 	for j, peer := range r.peers {
 		switch {
 		case peer.namespaces != nil || peer.pods != nil:
-			nsSel, podSel := peer.namespaces, (*metav1.LabelSelector)(nil)
+			pp := podPeer{nsSel: peer.namespaces}
 			if peer.pods != nil {
-				nsSel, podSel = &peer.pods.NamespaceSelector, &peer.pods.PodSelector
+				pp = podPeer{&peer.pods.NamespaceSelector, &peer.pods.PodSelector}
 			}
-			pods, err := podsSelected(b.idx, nsSel, podSel)
+			nsS, podS, err := parseSelectors(pp.nsSel, pp.podSel)
 			if err != nil {
 				if action != policyv1beta1.ClusterNetworkPolicyRuleActionAccept {
 					b.problem("%s rule %d peer %d: %v (rule denies all traffic)", dir, i, j, err)
@@ -269,8 +302,9 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 				b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 				continue
 			}
-			peerPods = append(peerPods, pods...)
-			podKeys = append(podKeys, peerKey(nsSel, podSel))
+			podPeers = append(podPeers, pp)
+			parsed = append(parsed, parsedPeer{nsS, podS})
+			podKeys = append(podKeys, peerKey(pp.nsSel, pp.podSel))
 		case peer.nodes != nil:
 			set, err := b.nodeSet(peer.nodes)
 			if err != nil {
@@ -299,16 +333,34 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 			b.problem("%s rule %d peer %d: no peer field kube-routerd knows (matches nothing)", dir, i, j)
 		}
 	}
-	if len(podKeys) > 0 {
-		entries := map[string]struct{}{}
-		for _, p := range uniquePods(peerPods) {
-			if ip, ok := o.podIP(p); ok {
-				entries[ip.String()] = struct{}{}
-			}
+	// The peer pods: named ports of egress rules resolve on them.
+	peerPods := sync.OnceValue(func() []*Pod {
+		var pods []*Pod
+		for _, pp := range podPeers {
+			selected, _ := podsSelected(b.idx, pp.nsSel, pp.podSel)
+			pods = append(pods, selected...)
 		}
+		return uniquePods(pods)
+	})
+	if len(podKeys) > 0 {
 		slices.Sort(podKeys)
 		podKeys = slices.Compact(podKeys)
-		set := b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(podKeys, "\x00"))
+		set := name(peerSetKind, "shared", o.familyTag(), strings.Join(podKeys, "\x00"))
+		if memo, ok := b.idx.peerSets[set]; ok {
+			b.out.Sets = append(b.out.Sets, memo.set)
+		} else {
+			entries := map[string]struct{}{}
+			for _, p := range peerPods() {
+				if ip, ok := o.podIP(p); ok {
+					entries[ip.String()] = struct{}{}
+				}
+			}
+			b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(podKeys, "\x00"))
+			if b.idx.peerSets == nil {
+				b.idx.peerSets = map[string]*memoSet{}
+			}
+			b.idx.peerSets[set] = &memoSet{set: b.out.Sets[len(b.out.Sets)-1], peers: parsed}
+		}
 		words := make([]string, len(podKeys))
 		for k, key := range podKeys {
 			words[k] = peerWords(key)
@@ -317,7 +369,7 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 		peerMatches = append([]string{"-m set --match-set " + set + " " + peerSide}, peerMatches...)
 	}
 
-	portMatches := b.clusterPorts(dir, i, r.protocols, uniquePods(peerPods))
+	portMatches := b.clusterPorts(dir, i, r.protocols, peerPods)
 	var out []string
 	for _, pm := range portMatches {
 		for _, peer := range peerMatches {
@@ -338,7 +390,7 @@ func (b *policyBuilder) decisionRule(label, peer, port string, code uint32) stri
 }
 
 // clusterPorts compiles a rule's protocols into port matches ("" for any).
-func (b *policyBuilder) clusterPorts(dir string, i int, protocols []policyv1beta1.ClusterNetworkPolicyProtocol, peerPods []*Pod) []string {
+func (b *policyBuilder) clusterPorts(dir string, i int, protocols []policyv1beta1.ClusterNetworkPolicyProtocol, peerPods func() []*Pod) []string {
 	if len(protocols) == 0 {
 		return []string{""}
 	}
@@ -356,7 +408,7 @@ func (b *policyBuilder) clusterPorts(dir string, i int, protocols []policyv1beta
 		case p.DestinationNamedPort != "":
 			holders := b.targets
 			if dir == "egress" {
-				holders = peerPods
+				holders = peerPods()
 			}
 			out = append(out, "-m set --match-set "+b.clusterNamedPortSet(dir, i, j, p.DestinationNamedPort, holders)+" dst,dst")
 			continue
