@@ -48,7 +48,7 @@ type clusterSource struct {
 
 // clusterPoliciesServed asks discovery whether the API server serves ClusterNetworkPolicies.
 func clusterPoliciesServed(d discovery.DiscoveryInterface) (bool, error) {
-	list, err := d.ServerResourcesForGroupVersion(policyv1beta1.SchemeGroupVersion.String())
+	list, err := d.ServerResourcesForGroupVersion(policyv1beta1.GroupVersion.String())
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
