@@ -204,7 +204,10 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 		go c.cluster.run(ctx, c.clusterPrepared)
 		if c.clusterPrepared {
 			wait, cancel := context.WithTimeout(ctx, clusterSyncWait)
-			c.cluster.waitSynced(wait)
+			if !c.cluster.waitSynced(wait) && ctx.Err() == nil {
+				c.log.Warn("ClusterNetworkPolicies not read yet (can this node list them? see packaging/rbac.yaml): enforcing without them until they are",
+					"waited", clusterSyncWait)
+			}
 			cancel()
 		}
 	}
@@ -321,7 +324,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			c.changes.MarkAll()
 			return "", err
 		}
-		c.metrics.record(fs.opts.Family, len(list), desired)
+		c.metrics.record(fs.opts.Family, len(byKey), len(clusterByKey), desired)
 		details.Policies = len(byKey)
 		details.ClusterPolicies = len(clusterByKey)
 		details.Pods = max(details.Pods, desired.Pods)

@@ -129,18 +129,18 @@ func (s *clusterSource) run(ctx context.Context, prepared bool) {
 }
 
 // waitSynced waits (bounded by ctx) until a prepared informer's cache has synced, so
-// the controller's first sync includes the policies.
-func (s *clusterSource) waitSynced(ctx context.Context) {
+// the controller's first sync includes the policies, and reports whether it has.
+func (s *clusterSource) waitSynced(ctx context.Context) bool {
 	for {
 		s.mu.Lock()
 		ready := s.lister != nil
 		s.mu.Unlock()
 		if ready {
-			return
+			return true
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
