@@ -117,7 +117,7 @@ func TestClusterNetworkPolicyTiersOnTheKernel(t *testing.T) {
 	c.waitMatrix(t, "Baseline Deny, Admin Accept over it, malformed policy skipped", c.expect(func(from, to string, tg target) bool {
 		return nsOf(from) == "A" && nsOf(to) == "B" && tg.proto == tnetns.UDP
 	}))
-	if problems := c.ctrl.Details().(Details).Problems["bad-selector"]; len(problems) == 0 {
+	if problems := c.ctrl.Details().(Details).Problems["clusternetworkpolicy/bad-selector"]; len(problems) == 0 {
 		t.Error("the malformed policy's problem is not in the status details")
 	}
 

@@ -306,8 +306,10 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		list := make([]*compiledPolicy, 0, len(fs.compiled))
 		for _, key := range sortedKeys(fs.compiled) {
 			list = append(list, fs.compiled[key])
-			if len(fs.compiled[key].Problems) > 0 {
-				details.Problems[key] = fs.compiled[key].Problems
+			if cp := fs.compiled[key]; len(cp.Problems) > 0 && cp.Cluster {
+				details.Problems["clusternetworkpolicy/"+key] = cp.Problems
+			} else if len(cp.Problems) > 0 {
+				details.Problems[key] = cp.Problems
 			}
 		}
 		desired := fs.asm.Assemble(list, c.idx)

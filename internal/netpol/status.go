@@ -25,9 +25,10 @@ type Details struct {
 	Sets            int `json:"sets"`
 	Entries         int `json:"setEntries"`
 	// EnforcedPods are the local pods in the enforced ledger (the larger family's).
-	EnforcedPods int                                 `json:"enforcedPods"`
-	Problems     map[string][]string                 `json:"problems,omitempty"`
-	LastApply    map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
+	EnforcedPods int `json:"enforcedPods"`
+	// Problems are by policy: "namespace/name", or "clusternetworkpolicy/name".
+	Problems  map[string][]string                 `json:"problems,omitempty"`
+	LastApply map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
 }
 
 // Details implements daemon.StatusReporter.
