@@ -86,6 +86,10 @@ else
 fi
 bench "network policy: single changes on the real kernel" \
   -tags integration -run '^$' -bench 'ScaleKernel/(PodLabelChange|NewLocalPod|PolicyChange)' -benchtime 20x -timeout 30m ./internal/netpol/
+bench "network policy: single changes with 100 ClusterNetworkPolicies beside the 1,000 policies over 10,000 pods (in-memory dataplane)" \
+  -run '^$' -bench 'ScaleFake/ClusterPolicies' -benchtime 40x ./internal/netpol/
+bench "network policy: single changes with 100 ClusterNetworkPolicies beside the 1,000 policies over 10,000 pods on the real kernel" \
+  -tags integration -run '^$' -bench 'ScaleKernel/ClusterPolicies' -benchtime 20x -timeout 30m ./internal/netpol/
 echo
 echo "== network policy: pod IP in the API -> enforced, 30 new pods on the real kernel (real API server,"
 echo "   min_sync_interval 50ms), each probed from the moment it has its addresses (none of the denied probes may pass)"

@@ -95,6 +95,9 @@ func writeSide(w io.Writer, dir string, s netpol.Side) {
 	case len(s.Policies) > 0:
 		fmt.Fprintf(w, "  isolated by: %s\n", strings.Join(s.Policies, ", "))
 	}
+	for _, r := range s.ClusterRules {
+		fmt.Fprintf(w, "  %s tier cluster network policy %s %s: %s, peer %s, port %s\n", r.Tier, r.Policy, r.Rule, r.Action, r.Peer, r.Port)
+	}
 	for _, r := range s.AllowedBy {
 		fmt.Fprintf(w, "  allowed by %s %s: peer %s, port %s\n", r.Policy, r.Rule, r.Peer, r.Port)
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/netpol"
 )
 
 // verdictJSON is an /explain answer as a running daemon sends it: the source on
@@ -95,6 +97,25 @@ func TestExplainJSONAndErrors(t *testing.T) {
 		args := append([]string{"explain", "--config", cfg}, tc.args...)
 		if code := runMain(args, &out, &errOut); code != tc.code || !strings.Contains(errOut.String(), tc.want) {
 			t.Errorf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, errOut.String(), tc.code, tc.want)
+		}
+	}
+}
+
+func TestExplainPrintsTheClusterNetworkPolicyRuleThatDecided(t *testing.T) {
+	var out bytes.Buffer
+	writeVerdict(&out, netpol.Verdict{
+		Source: netpol.Endpoint{Pod: "b/client"}, Destination: netpol.Endpoint{Pod: "a/web"}, Protocol: "tcp", Port: 80, Family: 4,
+		Egress: netpol.Side{Pod: "b/client", Tier: netpol.TierNotIsolated, Allowed: true},
+		Ingress: netpol.Side{Pod: "a/web", Tier: netpol.TierAdminDeny, ClusterRules: []netpol.RuleMatch{
+			{Policy: "protect-a", Rule: "ingress/1 (deny-team-b)", Peer: "all pods in namespaces team=b", Port: "TCP 80", Tier: "Admin", Action: "Deny"},
+		}},
+	})
+	for _, want := range []string{
+		"ingress of a/web: denied, denied by the Admin tier",
+		"Admin tier cluster network policy protect-a ingress/1 (deny-team-b): Deny, peer all pods in namespaces team=b, port TCP 80",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 }

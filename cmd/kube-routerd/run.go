@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
+
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
@@ -26,13 +28,18 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return err
 	}
+	policyClient, err := policyclient.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("creating the policy.networking.k8s.io client: %w", err)
+	}
 	registry := daemon.NewRegistry()
 	env := daemon.Env{
-		Client:    client,
-		Informers: k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration, k8s.NewAPIMetrics(registry)),
-		NodeName:  nodeName,
-		Registry:  registry,
-		Log:       slog.Default(),
+		Client:       client,
+		PolicyClient: policyClient,
+		Informers:    k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration, k8s.NewAPIMetrics(registry)),
+		NodeName:     nodeName,
+		Registry:     registry,
+		Log:          slog.Default(),
 	}
 	controllers, err := buildControllers(cfg, env)
 	if err != nil {

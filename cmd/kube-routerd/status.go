@@ -142,6 +142,9 @@ func writeDetails(w io.Writer, name string, raw any) bool {
 		}
 		fmt.Fprintf(w, "network policy: %d policies isolate %d local pods: %d rules, %d sets with %d entries\n",
 			d.Policies, d.Pods, d.Rules, d.Sets, d.Entries)
+		if d.ClusterPolicies > 0 {
+			fmt.Fprintf(w, "  %d cluster network policies\n", d.ClusterPolicies)
+		}
 		if d.EnforcedPods > 0 {
 			fmt.Fprintf(w, "  %d local pods in force; other addresses of the pod CIDRs are isolated\n", d.EnforcedPods)
 		}

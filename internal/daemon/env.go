@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 )
 
 // Env is what every controller is built from. Controllers register their informer
@@ -16,6 +17,9 @@ import (
 type Env struct {
 	Client    kubernetes.Interface
 	Informers informers.SharedInformerFactory
+	// PolicyClient reads policy.networking.k8s.io objects (ClusterNetworkPolicies);
+	// nil leaves them unread.
+	PolicyClient policyclient.Interface
 	// NodeName is the name of this node's Node object.
 	NodeName string
 	// Registry is where controllers register their Prometheus metrics.

@@ -6,6 +6,7 @@ import (
 
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 func TestAffects(t *testing.T) {
@@ -42,6 +43,39 @@ func TestAffects(t *testing.T) {
 			}
 			if got := affects(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
 				t.Fatalf("Affects = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestAffectsCluster(t *testing.T) {
+	ns := map[string]*Namespace{"x": {Name: "x", Labels: l("team", "a")}, "y": {Name: "y", Labels: l("team", "b")}}
+	pod := func(namespace string, labels map[string]string) *Pod {
+		return &Pod{Namespace: namespace, Name: "p", Labels: labels, NodeName: node, IPs: []netip.Addr{mustAddr("10.0.9.9")}}
+	}
+	for _, tc := range []struct {
+		name     string
+		policy   *policyv1beta1.ClusterNetworkPolicy
+		old, new *Pod
+		want     bool
+	}{
+		{"a new pod in its subject's namespaces", cnp("c", admin, 1, l("team", "a")), nil, pod("x", nil), true},
+		{"a new pod outside its subject and peers", cnp("c", admin, 1, l("team", "a"), cIn(deny, nil, cNS(l("team", "c")))), nil, pod("y", nil), false},
+		{"a new pod in a namespaces peer", cnp("c", admin, 1, l("team", "a"), cIn(deny, nil, cNS(l("team", "b")))), nil, pod("y", nil), true},
+		{"a relabel in a namespaces peer", cnp("c", admin, 1, l("team", "a"), cIn(deny, nil, cNS(l("team", "b")))), pod("y", l("v", "1")), pod("y", l("v", "2")), false},
+		{"a relabel into a pods peer", cnp("c", admin, 1, l("team", "a"), cOut(deny, nil, cPods(l("app", "b"), l("team", "b")))), pod("y", l("app", "c")), pod("y", l("app", "b")), true},
+		{"a relabel that keeps a pods peer match", cnp("c", admin, 1, l("team", "a"), cOut(deny, nil, cPods(l("app", "b"), l("team", "b")))), pod("y", l("app", "b", "v", "1")), pod("y", l("app", "b", "v", "2")), false},
+		{"a relabel out of a pods subject", cnp("c", admin, 1, nil, subjectPodsOf(l("app", "a"), l("team", "a"))), pod("x", l("app", "a")), pod("x", l("app", "z")), true},
+		{"a relabel within a namespaces subject", cnp("c", admin, 1, l("team", "a")), pod("x", l("app", "a")), pod("x", l("app", "z")), false},
+		{"a deleted pod of a networks-only policy's other namespace", cnp("c", admin, 1, l("team", "a"), cOut(deny, nil, cNets("10.0.0.0/8"))), pod("y", nil), nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.new
+			if p == nil {
+				p = tc.old
+			}
+			if got := affectsCluster(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
+				t.Fatalf("affectsCluster = %v, want %v", got, tc.want)
 			}
 		})
 	}

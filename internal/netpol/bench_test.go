@@ -19,6 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/cache"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
+	policylisters "sigs.k8s.io/network-policy-api/pkg/client/listers/apis/v1beta1"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
@@ -51,6 +54,49 @@ type benchController struct {
 	c          *Controller
 	factory    informers.SharedInformerFactory
 	namespaces int
+	// clusterStore holds the ClusterNetworkPolicies, when added.
+	clusterStore cache.Indexer
+}
+
+// benchClusterPolicies is how many ClusterNetworkPolicies the cluster benchmarks add.
+const benchClusterPolicies = 100
+
+// benchClusterPolicy alternates the tiers: each selects one app in the namespaces of
+// one team (2% of the pods), denies SSH from the next team, passes a port range from
+// the next app, accepts DNS to every pod and denies SMTP to every address.
+func benchClusterPolicy(k int) *policyv1beta1.ClusterNetworkPolicy {
+	tier := admin
+	if k%2 == 1 {
+		tier = base
+	}
+	app := func(i int) map[string]string {
+		return map[string]string{"app": fmt.Sprintf("app-%d", i%benchAppsPerNS)}
+	}
+	team := func(i int) map[string]string { return map[string]string{"team": strconv.Itoa(i % benchTeamsOfNS)} }
+	return cnp(fmt.Sprintf("cnp-%d", k), tier, int32(k), nil, subjectPodsOf(app(k), team(k)),
+		cIn(deny, cPort("tcp", 22), cNS(team(k+1))),
+		cIn(pass, cPort("tcp", 9000, 9100), cPods(app(k+1), nil)),
+		cOut(accept, cPort("udp", 53), cNS(nil)),
+		cOut(deny, cPort("tcp", 25), cNets("0.0.0.0/0")))
+}
+
+// addClusterPolicies gives the controller n ClusterNetworkPolicies, read from a
+// store filled here as the informer's would be.
+func (bc *benchController) addClusterPolicies(b testing.TB, n int) {
+	b.Helper()
+	bc.clusterStore = cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	for k := range n {
+		must(b, bc.clusterStore.Add(benchClusterPolicy(k)))
+	}
+	bc.c.cluster = &clusterSource{lister: policylisters.NewClusterNetworkPolicyLister(bc.clusterStore)}
+}
+
+// changeClusterPolicy moves one ClusterNetworkPolicy's denied port and marks it dirty.
+func (bc *benchController) changeClusterPolicy(b testing.TB, n int) {
+	p := benchClusterPolicy(n % benchClusterPolicies)
+	p.Spec.Ingress[0].Protocols = cPort("tcp", int32(22+(n/benchClusterPolicies)%2+1))
+	must(b, bc.clusterStore.Update(p))
+	bc.c.changes.Mark(changed{cluster: true, key: p.Name})
 }
 
 func benchPod(ns, i int) *corev1.Pod {
@@ -217,10 +263,11 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 			profileFullSync(b, newDataplane)
 		}
 	})
-	for _, change := range []struct {
+	type change struct {
 		name string
 		do   func(*benchController, testing.TB, int)
-	}{
+	}
+	for _, change := range []change{
 		{"PodLabelChange", (*benchController).relabelPod},
 		{"NewLocalPod", (*benchController).addLocalPod},
 		{"RemotePodLabelChange", (*benchController).relabelRemotePod},
@@ -228,42 +275,63 @@ func runScaleBenchmarks(b *testing.B, kernel bool, newDataplane func(b *testing.
 	} {
 		for _, namespaces := range []int{benchSmallNamespaces, benchNamespaces} {
 			b.Run(fmt.Sprintf("%s/pods=%d", change.name, namespaces*benchPodsPerNS), func(b *testing.B) {
-				bc := newBenchController(b, namespaces, newDataplane(b))
-				if _, err := bc.c.sync(ctx, true); err != nil {
-					b.Fatal(err)
-				}
-				// Collect the setup's garbage now, not during the measured changes.
-				runtime.GC()
-				n := 0
-				var worst, compile, apply time.Duration
-				cpuStart, childStart := benchfig.CPUTime()
-				b.ResetTimer()
-				for b.Loop() {
-					change.do(bc, b, n)
-					n++
-					start := time.Now()
-					if _, err := bc.c.sync(ctx, false); err != nil {
-						b.Fatal(err)
-					}
-					worst = max(worst, time.Since(start))
-					compile += bc.c.lastCompile
-					apply += bc.c.lastApply
-				}
-				b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
-				b.ReportMetric(float64(compile.Microseconds())/1000/float64(n), "compile-ms/op")
-				b.ReportMetric(float64(apply.Microseconds())/1000/float64(n), "apply-ms/op")
-				// CPU time is what the change costs us; wall time also counts waiting for a
-				// shared CPU.
-				cpuEnd, childEnd := benchfig.CPUTime()
-				b.ReportMetric(float64((cpuEnd-cpuStart).Microseconds())/1000/float64(n), "cpu-ms/op")
-				// Of which iptables-restore (0 with the in-memory dataplane).
-				b.ReportMetric(float64((childEnd-childStart).Microseconds())/1000/float64(n), "restore-cpu-ms/op")
-				st := bc.c.Details().(Details).LastApply[4]
-				b.ReportMetric(float64(st.ChainsWritten), "chains-written/op")
-				b.ReportMetric(float64(st.EntriesChanged), "entries-changed/op")
+				runSingleChanges(b, newBenchController(b, namespaces, newDataplane(b)), change.do)
 			})
 		}
 	}
+	// The same single changes, and a ClusterNetworkPolicy's, with 100
+	// ClusterNetworkPolicies beside the 1,000 policies over 10,000 pods.
+	for _, change := range []change{
+		{"PodLabelChange", (*benchController).relabelPod},
+		{"RemotePodLabelChange", (*benchController).relabelRemotePod},
+		{"PolicyChange", (*benchController).changePolicy},
+		{"ClusterPolicyChange", (*benchController).changeClusterPolicy},
+	} {
+		b.Run(fmt.Sprintf("ClusterPolicies=%d/%s/pods=%d", benchClusterPolicies, change.name, benchNamespaces*benchPodsPerNS), func(b *testing.B) {
+			bc := newBenchController(b, benchNamespaces, newDataplane(b))
+			bc.addClusterPolicies(b, benchClusterPolicies)
+			runSingleChanges(b, bc, change.do)
+			reportSize(b, bc.c)
+		})
+	}
+}
+
+// runSingleChanges times one change (do) and the incremental sync after it, per op,
+// after a full sync of bc.
+func runSingleChanges(b *testing.B, bc *benchController, do func(*benchController, testing.TB, int)) {
+	ctx := context.Background()
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		b.Fatal(err)
+	}
+	// Collect the setup's garbage now, not during the measured changes.
+	runtime.GC()
+	n := 0
+	var worst, compile, apply time.Duration
+	cpuStart, childStart := benchfig.CPUTime()
+	b.ResetTimer()
+	for b.Loop() {
+		do(bc, b, n)
+		n++
+		start := time.Now()
+		if _, err := bc.c.sync(ctx, false); err != nil {
+			b.Fatal(err)
+		}
+		worst = max(worst, time.Since(start))
+		compile += bc.c.lastCompile
+		apply += bc.c.lastApply
+	}
+	b.ReportMetric(float64(worst.Microseconds())/1000, "worst-ms")
+	b.ReportMetric(float64(compile.Microseconds())/1000/float64(n), "compile-ms/op")
+	b.ReportMetric(float64(apply.Microseconds())/1000/float64(n), "apply-ms/op")
+	// CPU time is what the change costs us; wall time also counts waiting for a
+	// shared CPU.
+	cpuEnd, childEnd := benchfig.CPUTime()
+	b.ReportMetric(float64((cpuEnd-cpuStart).Microseconds())/1000/float64(n), "cpu-ms/op")
+	// Of which iptables-restore (0 with the in-memory dataplane).
+	b.ReportMetric(float64((childEnd-childStart).Microseconds())/1000/float64(n), "restore-cpu-ms/op")
+	st := bc.c.Details().(Details).LastApply[4]
+	b.ReportMetric(float64(st.ChainsWritten), "chains-written/op")
+	b.ReportMetric(float64(st.EntriesChanged), "entries-changed/op")
 }
 
 // benchOutEnv names the directory where benchmarks leave files (hack/bench.sh's

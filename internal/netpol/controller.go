@@ -17,6 +17,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	netlisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
@@ -27,7 +28,8 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
-// Controller enforces NetworkPolicies for the pods on this node.
+// Controller enforces NetworkPolicies and ClusterNetworkPolicies for the pods on
+// this node.
 type Controller struct {
 	log      *slog.Logger
 	opts     options
@@ -40,6 +42,10 @@ type Controller struct {
 	namespaces corelisters.NamespaceLister
 	policies   netlisters.NetworkPolicyLister
 	nodes      corelisters.NodeLister
+	// cluster reads ClusterNetworkPolicies; nil without a PolicyClient.
+	cluster *clusterSource
+	// clusterPrepared: the API server served them when New asked.
+	clusterPrepared bool
 	// node is this node's pod CIDRs as last read, by the Node's resourceVersion.
 	node struct {
 		read            bool
@@ -63,10 +69,12 @@ type Controller struct {
 	details   Details
 }
 
-// changed names one changed object: a pod or a policy, by "namespace/name".
+// changed names one changed object: a pod or a policy, by "namespace/name", or a
+// ClusterNetworkPolicy (cluster), by name.
 type changed struct {
-	policy bool
-	key    string
+	policy  bool
+	cluster bool
+	key     string
 }
 
 // familyState is the compiled policies and netfilter writer of one IP family.
@@ -121,11 +129,16 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 	polInf := env.Informers.Networking().V1().NetworkPolicies()
 	nodeInf := env.Informers.Core().V1().Nodes()
 	c.pods, c.namespaces, c.policies, c.nodes = podInf.Lister(), nsInf.Lister(), polInf.Lister(), nodeInf.Lister()
+	if env.PolicyClient != nil {
+		c.cluster = &clusterSource{client: env.PolicyClient, log: c.log, changes: c.changes, request: c.runner.Request}
+		c.clusterPrepared = c.cluster.prepare()
+	}
+	nodeChanged := podCIDRsChanged(env.NodeName)
 	if err := errors.Join(
 		c.changes.Watch(podInf.Informer(), loop.Both(keyOf(false))),
 		c.changes.Watch(polInf.Informer(), loop.Both(keyOf(true))),
 		c.changes.WatchAll(nsInf.Informer(), func(loop.Change) bool { return true }),
-		c.changes.WatchAll(nodeInf.Informer(), podCIDRsChanged(env.NodeName)),
+		c.changes.WatchAll(nodeInf.Informer(), func(ch loop.Change) bool { return nodeChanged(ch) || c.cluster.nodePeersChanged(ch) }),
 	); err != nil {
 		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
@@ -187,9 +200,24 @@ func (c *Controller) Name() string { return "netpol" }
 
 // Run implements daemon.Controller.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
+	if c.cluster != nil {
+		go c.cluster.run(ctx, c.clusterPrepared)
+		if c.clusterPrepared {
+			wait, cancel := context.WithTimeout(ctx, clusterSyncWait)
+			if !c.cluster.waitSynced(wait) && ctx.Err() == nil {
+				c.log.Warn("ClusterNetworkPolicies not read yet (can this node list them? see packaging/rbac.yaml): enforcing without them until they are",
+					"waited", clusterSyncWait)
+			}
+			cancel()
+		}
+	}
 	loop.Run(ctx, c.changes, c.runner, hb)
 	return nil
 }
+
+// clusterSyncWait bounds how long the first sync waits for the ClusterNetworkPolicy
+// cache; one that syncs later is enforced from then on.
+const clusterSyncWait = 30 * time.Second
 
 // sync recompiles what changed and applies it. A full sync (first, periodic, after an
 // error, or after a namespace changed) recompiles every policy and rewrites every chain.
@@ -207,7 +235,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 	} else {
 		for ch := range dirty {
-			if ch.policy {
+			if ch.policy || ch.cluster {
 				continue
 			}
 			key := ch.key
@@ -233,6 +261,14 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	for _, p := range policies {
 		byKey[p.Namespace+"/"+p.Name] = p
 	}
+	clusterPolicies, err := c.cluster.list()
+	if err != nil {
+		return "", fmt.Errorf("listing cluster network policies: %w", err)
+	}
+	clusterByKey := make(map[string]*policyv1beta1.ClusterNetworkPolicy, len(clusterPolicies))
+	for _, p := range clusterPolicies {
+		clusterByKey[clusterKey(p.Name)] = p
+	}
 
 	c.readPodCIDRs()
 	details := Details{Problems: map[string][]string{}, LastApply: map[ipfamily.Family]netfilter.Stats{}}
@@ -242,8 +278,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		// IPv6 pods, compiling for IPv6 made thousands of empty sets. The family's first
 		// pod finds fs.compiled empty and has every policy compiled.
 		active := fs.opts.hasLocalPods(c.idx)
-		for key := range fs.compiled {
-			if byKey[key] == nil || !active {
+		for key, cp := range fs.compiled {
+			if (cp.Cluster && clusterByKey[key] == nil) || (!cp.Cluster && byKey[key] == nil) || !active {
 				delete(fs.compiled, key)
 			}
 		}
@@ -255,19 +291,25 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			if _, marked := dirty[changed{policy: true, key: key}]; !recompileAll && old != nil && !marked && !c.touches(p, changedPods) {
 				continue
 			}
-			cp := compilePolicy(p, c.idx, fs.opts)
-			if old == nil || !slices.Equal(old.Problems, cp.Problems) {
-				for _, problem := range cp.Problems {
-					c.log.Warn("network policy partly not enforceable", "policy", key, "family", fs.opts.Family, "problem", problem)
-				}
+			c.keep(fs, old, compilePolicy(p, c.idx, fs.opts))
+		}
+		for key, p := range clusterByKey {
+			if !active {
+				break
 			}
-			fs.compiled[key] = cp
+			old := fs.compiled[key]
+			if _, marked := dirty[changed{cluster: true, key: key}]; !recompileAll && old != nil && !marked && !c.touchesCluster(p, changedPods) {
+				continue
+			}
+			c.keep(fs, old, compileCluster(p, c.idx, fs.opts))
 		}
 		list := make([]*compiledPolicy, 0, len(fs.compiled))
 		for _, key := range sortedKeys(fs.compiled) {
 			list = append(list, fs.compiled[key])
-			if len(fs.compiled[key].Problems) > 0 {
-				details.Problems[key] = fs.compiled[key].Problems
+			if cp := fs.compiled[key]; len(cp.Problems) > 0 && cp.Cluster {
+				details.Problems["clusternetworkpolicy/"+key] = cp.Problems
+			} else if len(cp.Problems) > 0 {
+				details.Problems[key] = cp.Problems
 			}
 		}
 		desired := fs.asm.Assemble(list, c.idx)
@@ -284,8 +326,9 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			c.changes.MarkAll()
 			return "", err
 		}
-		c.metrics.record(fs.opts.Family, len(list), desired)
-		details.Policies = len(list)
+		c.metrics.record(fs.opts.Family, len(byKey), len(clusterByKey), desired)
+		details.Policies = len(byKey)
+		details.ClusterPolicies = len(clusterByKey)
 		details.Pods = max(details.Pods, desired.Pods)
 		details.Rules += desired.Rules
 		details.Sets += len(desired.Sets)
@@ -295,7 +338,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 	}
 	// The same totals as the details, over both families.
-	summary := fmt.Sprintf("%d policies, %d isolated pods, %d rules, %d sets", details.Policies, details.Pods, details.Rules, details.Sets)
+	summary := fmt.Sprintf("%d policies, %d cluster policies, %d isolated pods, %d rules, %d sets",
+		details.Policies, details.ClusterPolicies, details.Pods, details.Rules, details.Sets)
 	c.lastCompile, c.lastApply = time.Since(compileStart)-applyTime, applyTime
 	c.metrics.phaseDuration.WithLabelValues("compile").Observe(c.lastCompile.Seconds())
 	c.metrics.phaseDuration.WithLabelValues("apply").Observe(c.lastApply.Seconds())
@@ -308,6 +352,34 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 // podChange is one pod before and after a change; old is nil for a new pod, new is
 // nil for a deleted one.
 type podChange struct{ old, new *Pod }
+
+// keep stores a policy's compilation, logging its problems when they changed.
+func (c *Controller) keep(fs *familyState, old, cp *compiledPolicy) {
+	if old == nil || !slices.Equal(old.Problems, cp.Problems) {
+		kind, msg := "policy", "network policy partly not enforceable"
+		if cp.Cluster {
+			kind, msg = "clusterNetworkPolicy", "cluster network policy partly not enforceable"
+		}
+		for _, problem := range cp.Problems {
+			c.log.Warn(msg, kind, cp.Key, "family", fs.opts.Family, "problem", problem)
+		}
+	}
+	fs.compiled[cp.Key] = cp
+}
+
+// touchesCluster reports whether any changed pod may affect ClusterNetworkPolicy p.
+func (c *Controller) touchesCluster(p *policyv1beta1.ClusterNetworkPolicy, changed []podChange) bool {
+	for _, ch := range changed {
+		pod := ch.new
+		if pod == nil {
+			pod = ch.old
+		}
+		if pod != nil && affectsCluster(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
+			return true
+		}
+	}
+	return false
+}
 
 // touches reports whether any changed pod may affect policy p.
 func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange) bool {
@@ -344,6 +416,15 @@ func (c *Controller) rebuildIndex() error {
 	for _, p := range pods {
 		if pod := podFromAPI(p); pod != nil {
 			idx.SetPod(pod)
+		}
+	}
+	if c.cluster != nil {
+		nodes, err := c.nodes.List(labels.Everything())
+		if err != nil {
+			return fmt.Errorf("listing nodes: %w", err)
+		}
+		for _, n := range nodes {
+			idx.Nodes[n.Name] = nodeFromAPI(n)
 		}
 	}
 	c.idx = idx

@@ -1,7 +1,9 @@
 // Package netpol is kube-routerd's network policy controller: it compiles
-// networking.k8s.io/v1 NetworkPolicies, the pods they select and the namespaces they
-// name into iptables chains and ipsets for the pods on this node (desired*.go:
-// compile, names, affects, assemble), and applies only what changed (reconcile.go).
+// networking.k8s.io/v1 NetworkPolicies and policy.networking.k8s.io/v1beta1
+// ClusterNetworkPolicies (desired_cnp.go: the Admin and Baseline tiers around the
+// NetworkPolicies), the pods they select and the namespaces they name into iptables
+// chains and ipsets for the pods on this node (desired*.go: compile, names, affects,
+// assemble), and applies only what changed (reconcile.go).
 //
 // Layout in the filter table (IPv4 and IPv6 alike):
 //
@@ -17,6 +19,9 @@
 //	KUBE-ROUTER-PI-<pod>: node's own addresses RETURN; jump to each selecting policy's
 //	  ingress chain KUBE-ROUTER-NI-<policy>, whose rules set the allow mark; unmarked
 //	  packets are (logged and) dropped; the mark is cleared and the packet returns.
+//	  With ClusterNetworkPolicies, the Admin tier's chains KUBE-ROUTER-CI-<policy>
+//	  come first and the Baseline tier's stand in for the NetworkPolicies of a pod
+//	  they do not isolate (desired_cnp.go).
 //
 // A pod's connection to a Service VIP never crosses FORWARD: IPVS takes it in INPUT
 // and sends it to the backend through OUTPUT, with the client's address as source.
@@ -32,6 +37,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
@@ -80,6 +87,12 @@ type compiledPolicy struct {
 	Problems []string
 	// SetMeaning says what each of Sets holds, in words, for explain.
 	SetMeaning map[string]string
+	// Cluster says this is a ClusterNetworkPolicy (Key is its name) of Tier, at
+	// Priority; its targets are its subject's pods and its chains write decisions
+	// (desired_cnp.go).
+	Cluster  bool
+	Tier     policyv1beta1.Tier
+	Priority int32
 }
 
 // Desired is the whole state the controller wants in the kernel for one family.

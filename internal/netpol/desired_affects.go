@@ -8,6 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
 // affects reports whether a pod's change from old to new (either may be nil for an
@@ -144,4 +145,68 @@ func hasNamedPort(ports []networkingv1.NetworkPolicyPort) bool {
 func sameExceptLabels(a, b *Pod) bool {
 	return a.NodeName == b.NodeName && a.HostNetwork == b.HostNetwork &&
 		slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Ports, b.Ports)
+}
+
+// affectsCluster reports whether a pod's change from old to new may change what
+// ClusterNetworkPolicy p compiles to: the pod is (or was) in its subject or one of
+// its namespaces or pods peers. ns is the pod's namespace. Named ports resolve on
+// subject pods (ingress) and peer pods (egress), so they are covered too.
+func affectsCluster(p *policyv1beta1.ClusterNetworkPolicy, old, new *Pod, ns *Namespace) bool {
+	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
+	var nsLabels labels.Set
+	if ns != nil {
+		nsLabels = ns.Labels
+	}
+	selects := func(nsSel, podSel *metav1.LabelSelector) bool {
+		if labelsOnly && podSel == nil {
+			return false // a namespace-wide selector does not care about pod labels
+		}
+		matches := func(x *Pod) (bool, error) {
+			nsS, err := metav1.LabelSelectorAsSelector(nsSel)
+			if err != nil || !nsS.Matches(nsLabels) {
+				return false, err
+			}
+			if podSel == nil {
+				return true, nil
+			}
+			s, err := metav1.LabelSelectorAsSelector(podSel)
+			return err == nil && s.Matches(labels.Set(x.Labels)), err
+		}
+		mOld, errOld := matchesPod(matches, old)
+		mNew, errNew := matchesPod(matches, new)
+		switch {
+		case errOld != nil || errNew != nil:
+			return true // cannot tell: recompile
+		case labelsOnly:
+			return mOld != mNew
+		}
+		return mOld || mNew
+	}
+	peer := func(namespaces *metav1.LabelSelector, pods *policyv1beta1.NamespacedPod) bool {
+		switch {
+		case namespaces != nil:
+			return selects(namespaces, nil)
+		case pods != nil:
+			return selects(&pods.NamespaceSelector, &pods.PodSelector)
+		}
+		return false
+	}
+	if peer(p.Spec.Subject.Namespaces, p.Spec.Subject.Pods) {
+		return true
+	}
+	for _, r := range p.Spec.Ingress {
+		for _, from := range r.From {
+			if peer(from.Namespaces, from.Pods) {
+				return true
+			}
+		}
+	}
+	for _, r := range p.Spec.Egress {
+		for _, to := range r.To {
+			if peer(to.Namespaces, to.Pods) {
+				return true
+			}
+		}
+	}
+	return false
 }

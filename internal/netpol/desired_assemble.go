@@ -100,11 +100,14 @@ type assembler struct {
 	o        options
 	policies map[string]*compiledPolicy // by key, as last assembled
 	// ingressOf and egressOf are the chains of the policies selecting each local pod,
-	// sorted. A list is replaced when it changes, never modified in place.
-	ingressOf, egressOf map[podRef][]string
-	pods                map[podRef]*assembledPod
-	gen                 uint64 // stamps the pods seen by the current Assemble
-	order               []*assembledPod
+	// sorted; clusterIngressOf and clusterEgressOf the orderKeys of the
+	// ClusterNetworkPolicies whose subject it is. A list is replaced when it changes,
+	// never modified in place.
+	ingressOf, egressOf               map[podRef][]string
+	clusterIngressOf, clusterEgressOf map[podRef][]string
+	pods                              map[podRef]*assembledPod
+	gen                               uint64 // stamps the pods seen by the current Assemble
+	order                             []*assembledPod
 	// enforced are the addresses of the enforced ledger, as last assembled.
 	enforced []string
 	// headChanged: the pod CIDRs changed since the last Assemble.
@@ -115,9 +118,8 @@ type assembler struct {
 // assembledPod is one local pod's chains and dispatch rules with the inputs they
 // were built from.
 type assembledPod struct {
-	ip              netip.Addr
-	ingress, egress []string
-	beta            bool
+	ip netip.Addr
+	podPolicies
 	chains          []netfilter.Chain
 	dispatchIngress string // top chain rule sending traffic to the pod to its ingress chain
 	dispatchEgress  string
@@ -127,7 +129,8 @@ type assembledPod struct {
 // newAssembler returns an assembler that remembers nothing yet.
 func newAssembler(o options) *assembler {
 	return &assembler{o: o, policies: map[string]*compiledPolicy{},
-		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
+		ingressOf: map[podRef][]string{}, egressOf: map[podRef][]string{},
+		clusterIngressOf: map[podRef][]string{}, clusterEgressOf: map[podRef][]string{}, pods: map[podRef]*assembledPod{}}
 }
 
 // SetPodCIDRs sets the node's pod networks of the assembler's family.
@@ -163,14 +166,15 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 		ref := podRef{pod.Namespace, pod.Name}
 		ns := idx.Namespaces[pod.Namespace]
 		beta := o.BetaNamespaceIsolation && ns != nil && ns.BetaIngressIsolation
-		ingress, egress := a.ingressOf[ref], a.egressOf[ref]
-		if len(ingress) == 0 && !beta && len(egress) == 0 {
+		pp := podPolicies{ingress: a.ingressOf[ref], egress: a.egressOf[ref], beta: beta,
+			clusterIngress: a.clusterIngressOf[ref], clusterEgress: a.clusterEgressOf[ref]}
+		if !pp.any() {
 			continue
 		}
 		ip, _ := o.podIP(pod)
 		ap := a.pods[ref]
-		if ap == nil || ap.ip != ip || ap.beta != beta || !slices.Equal(ap.ingress, ingress) || !slices.Equal(ap.egress, egress) {
-			rebuilt := assemblePod(pod.Key(), ip, ingress, egress, beta, o)
+		if ap == nil || ap.ip != ip || !ap.podPolicies.equal(pp) {
+			rebuilt := assemblePod(pod.Key(), ip, pp, o)
 			dispatchChanged = dispatchChanged || ap == nil ||
 				ap.dispatchIngress != rebuilt.dispatchIngress || ap.dispatchEgress != rebuilt.dispatchEgress
 			ap = rebuilt
@@ -286,6 +290,15 @@ func (a *assembler) setTargets(c *compiledPolicy, add bool) {
 	for _, t := range c.Targets {
 		ns, name, _ := strings.Cut(t, "/")
 		ref := podRef{ns, name}
+		if c.Cluster {
+			if c.Ingress {
+				a.clusterIngressOf[ref] = withChain(a.clusterIngressOf[ref], orderKey(c, c.Chains[0].Name), add)
+			}
+			if c.Egress {
+				a.clusterEgressOf[ref] = withChain(a.clusterEgressOf[ref], orderKey(c, c.Chains[len(c.Chains)-1].Name), add)
+			}
+			continue
+		}
 		if c.Ingress {
 			a.ingressOf[ref] = withChain(a.ingressOf[ref], c.Chains[0].Name, add)
 		}
@@ -310,24 +323,45 @@ func withChain(list []string, chain string, add bool) []string {
 	return list
 }
 
+// podPolicies are what a local pod's chains are built from: the chains of the
+// NetworkPolicies isolating it, the namespace's beta isolation, and the orderKeys of
+// the ClusterNetworkPolicies whose subject it is, by direction.
+type podPolicies struct {
+	ingress, egress               []string
+	beta                          bool
+	clusterIngress, clusterEgress []string
+}
+
+// any says whether the pod needs chains at all.
+func (pp podPolicies) any() bool {
+	return len(pp.ingress) > 0 || pp.beta || len(pp.egress) > 0 || len(pp.clusterIngress) > 0 || len(pp.clusterEgress) > 0
+}
+
+func (pp podPolicies) equal(other podPolicies) bool {
+	return pp.beta == other.beta && slices.Equal(pp.ingress, other.ingress) && slices.Equal(pp.egress, other.egress) &&
+		slices.Equal(pp.clusterIngress, other.clusterIngress) && slices.Equal(pp.clusterEgress, other.clusterEgress)
+}
+
 // assemblePod builds a local pod's chains and the top chain rules dispatching to them.
-func assemblePod(key string, ip netip.Addr, ingress, egress []string, beta bool, o options) *assembledPod {
-	ap := &assembledPod{ip: ip, ingress: ingress, egress: egress, beta: beta}
-	if len(ingress) > 0 || beta {
-		chain := podChain(podIngressKind, key, ingress, o)
+func assemblePod(key string, ip netip.Addr, pp podPolicies, o options) *assembledPod {
+	ap := &assembledPod{ip: ip, podPolicies: pp}
+	if len(pp.ingress) > 0 || pp.beta || len(pp.clusterIngress) > 0 {
+		chain := podChain(podIngressKind, key, pp.ingress, pp.clusterIngress, len(pp.ingress) > 0 || pp.beta, o)
 		ap.chains = append(ap.chains, chain)
 		ap.dispatchIngress = fmt.Sprintf(`-d %s -m comment --comment "ingress to %s" -j %s`, hostPrefix(ip), key, chain.Name)
 	}
-	if len(egress) > 0 {
-		chain := podChain(podEgressKind, key, egress, o)
+	if len(pp.egress) > 0 || len(pp.clusterEgress) > 0 {
+		chain := podChain(podEgressKind, key, pp.egress, pp.clusterEgress, len(pp.egress) > 0, o)
 		ap.chains = append(ap.chains, chain)
 		ap.dispatchEgress = fmt.Sprintf(`-s %s -m comment --comment "egress from %s" -j %s`, hostPrefix(ip), key, chain.Name)
 	}
 	return ap
 }
 
-// podChain is a pod's ingress or egress chain: the union of its policies' allows.
-func podChain(kind, podKey string, policyChains []string, o options) netfilter.Chain {
+// podChain is a pod's ingress or egress chain: the Admin tier's decision, then the
+// union of its NetworkPolicies' allows when they isolate it (isolated), else the
+// Baseline tier's decision (see desired_cnp.go). cluster are orderKeys, in order.
+func podChain(kind, podKey string, policyChains, cluster []string, isolated bool, o options) netfilter.Chain {
 	dir := "ingress"
 	if kind == podEgressKind {
 		dir = "egress"
@@ -337,19 +371,59 @@ func podChain(kind, podKey string, policyChains []string, o options) netfilter.C
 		// The node itself (kubelet probes) always reaches its pods.
 		c.Rules = append(c.Rules, `-m comment --comment "node to its own pods" -m addrtype --src-type LOCAL -j RETURN`)
 	}
-	for _, pc := range slices.Sorted(slices.Values(policyChains)) {
-		c.Rules = append(c.Rules, "-j "+pc)
+	var admin, baseline []string
+	for _, key := range cluster {
+		chain, isAdmin := orderedChain(key)
+		if isAdmin {
+			admin = append(admin, chain)
+		} else {
+			baseline = append(baseline, chain)
+		}
 	}
 	mark := fmt.Sprintf("0x%x/0x%x", o.MarkBit, o.MarkBit)
-	if o.LogDrops {
-		c.Rules = append(c.Rules, fmt.Sprintf(`-m mark ! --mark %s -m limit --limit %d/min --limit-burst %d -j NFLOG --nflog-prefix "%s" --nflog-group %d`,
-			mark, o.LogRatePerMinute, o.LogRatePerMinute, truncate("DROP "+dir+" "+podKey, 63), o.NFLOGGroup))
+	decided := func(code uint32) string {
+		return fmt.Sprintf("-m mark --mark 0x%x/0x%x", o.decisionMark(code), o.decisionMask())
 	}
-	c.Rules = append(c.Rules,
-		fmt.Sprintf(`-m comment --comment "%s not allowed by policy" -m mark ! --mark %s -j DROP`, truncate(dir+" "+podKey, commentMaxBytes), mark),
-		fmt.Sprintf("-j MARK --set-xmark 0x0/0x%x", o.MarkBit),
-	)
+	drop := func(match, what string) []string {
+		var rules []string
+		if o.LogDrops {
+			rules = append(rules, fmt.Sprintf(`%s -m limit --limit %d/min --limit-burst %d -j NFLOG --nflog-prefix "%s" --nflog-group %d`,
+				match, o.LogRatePerMinute, o.LogRatePerMinute, truncate("DROP "+dir+" "+podKey, 63), o.NFLOGGroup))
+		}
+		return append(rules, fmt.Sprintf(`-m comment --comment "%s" %s -j DROP`, truncate(dir+" "+podKey+" "+what, commentMaxBytes), match))
+	}
+	for _, chain := range admin {
+		c.Rules = append(c.Rules, "-j "+chain)
+	}
+	if len(admin) > 0 {
+		c.Rules = append(c.Rules, drop(decided(decisionDeny), adminDenied)...)
+		c.Rules = append(c.Rules,
+			fmt.Sprintf(`-m comment --comment "%s" %s -j MARK --set-xmark 0x%x/0x%x`, truncate(dir+" "+podKey+" accepted by the Admin tier", commentMaxBytes),
+				decided(decisionAccept), o.MarkBit, o.MarkBit|o.decisionMask()),
+			fmt.Sprintf(`%s -j MARK --set-xmark 0x0/0x%x`, decided(decisionPass), o.decisionMask()))
+	}
+	if isolated {
+		for _, pc := range slices.Sorted(slices.Values(policyChains)) {
+			c.Rules = append(c.Rules, "-j "+pc)
+		}
+		c.Rules = append(c.Rules, drop("-m mark ! --mark "+mark, "not allowed by policy")...)
+		c.Rules = append(c.Rules, fmt.Sprintf("-j MARK --set-xmark 0x0/0x%x", o.MarkBit))
+		return c
+	}
+	for _, chain := range baseline {
+		c.Rules = append(c.Rules, "-j "+chain)
+	}
+	if len(baseline) > 0 {
+		c.Rules = append(c.Rules, drop(decided(decisionDeny), baselineDenied)...)
+	}
+	c.Rules = append(c.Rules, fmt.Sprintf("-j MARK --set-xmark 0x0/0x%x", o.MarkBit|o.decisionMask()))
 	return c
 }
+
+// What the drops after each tier say in their comments; explain reads them back.
+const (
+	adminDenied    = "denied by the Admin tier"
+	baselineDenied = "denied by the Baseline tier"
+)
 
 func hostPrefix(ip netip.Addr) string { return netip.PrefixFrom(ip, ip.BitLen()).String() }

@@ -7,6 +7,9 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 )
 
 // Pod is what the policy compiler needs to know about a pod.
@@ -49,7 +52,48 @@ const betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 type index struct {
 	Pods       map[string]map[string]*Pod
 	Namespaces map[string]*Namespace
-	byNode     map[string]*nodePods
+	// Nodes are the cluster's nodes by name, for the nodes peers of
+	// ClusterNetworkPolicies.
+	Nodes  map[string]*ClusterNode
+	byNode map[string]*nodePods
+	// peerSets memoises the shared peer sets of ClusterNetworkPolicies by name: many
+	// policies name the same pods (every pod, say), and a sync recompiles each of
+	// them. A pod change forgets the sets it may move in or out of.
+	peerSets map[string]*memoSet
+}
+
+// memoSet is a memoised peer set and the selectors that decide its members.
+type memoSet struct {
+	set   ipset.SetEntries
+	peers []parsedPeer
+}
+
+// parsedPeer is a namespaces or pods peer with its selectors parsed.
+type parsedPeer struct{ namespaces, pods labels.Selector }
+
+// forgetPeerSets drops the memoised sets whose members a pod's change from old to
+// new (either may be nil) may move.
+func (x *index) forgetPeerSets(old, new *Pod) {
+	if len(x.peerSets) == 0 {
+		return
+	}
+	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
+	in := func(p *Pod, pp parsedPeer) bool {
+		if p == nil {
+			return false
+		}
+		ns := x.Namespaces[p.Namespace]
+		return ns != nil && pp.namespaces.Matches(labels.Set(ns.Labels)) && pp.pods.Matches(labels.Set(p.Labels))
+	}
+	for name, m := range x.peerSets {
+		for _, pp := range m.peers {
+			inOld, inNew := in(old, pp), in(new, pp)
+			if inOld != inNew || (!labelsOnly && (inOld || inNew)) {
+				delete(x.peerSets, name)
+				break
+			}
+		}
+	}
 }
 
 // nodePods are one node's pods, so that assembling a node's chains need not walk
@@ -64,11 +108,12 @@ type podRef struct{ namespace, name string }
 
 // newIndex returns an empty index.
 func newIndex() *index {
-	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, byNode: map[string]*nodePods{}}
+	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, Nodes: map[string]*ClusterNode{}, byNode: map[string]*nodePods{}}
 }
 
 // SetPod adds or replaces a pod.
 func (x *index) SetPod(p *Pod) {
+	x.forgetPeerSets(x.Pod(p.Namespace, p.Name), p)
 	if old := x.Pod(p.Namespace, p.Name); old != nil && old.NodeName != p.NodeName {
 		x.forgetOnNode(old)
 	}
@@ -94,6 +139,7 @@ func (x *index) SetPod(p *Pod) {
 
 // DeletePod removes a pod.
 func (x *index) DeletePod(namespace, name string) {
+	x.forgetPeerSets(x.Pod(namespace, name), nil)
 	if old := x.Pod(namespace, name); old != nil {
 		x.forgetOnNode(old)
 	}

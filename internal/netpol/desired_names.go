@@ -16,6 +16,8 @@ const (
 	podEgressKind   = "PE"
 	polIngressKind  = "NI"
 	polEgressKind   = "NE"
+	cnpIngressKind  = "CI" // a ClusterNetworkPolicy's ingress rules
+	cnpEgressKind   = "CE"
 	peerSetKind     = "SP"                    // hash:ip of peer pods
 	exceptSetKind   = "SX"                    // hash:net of an ipBlock's except list
 	namedPortKind   = "SN"                    // hash:ip,port of pods exposing a named port

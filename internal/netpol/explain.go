@@ -3,6 +3,7 @@ package netpol
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
@@ -44,6 +45,16 @@ const (
 	TierPolicy = "allowed by policy"
 	// TierIsolation: policies isolate the pod and none of their rules allows it.
 	TierIsolation = "denied by isolation"
+	// TierAdminAccept and TierAdminDeny: a rule of an Admin tier
+	// ClusterNetworkPolicy decided, before any NetworkPolicy.
+	TierAdminAccept = "accepted by the Admin tier"
+	TierAdminDeny   = "denied by the Admin tier"
+	// TierBaselineAccept, TierBaselinePass and TierBaselineDeny: no NetworkPolicy
+	// isolates the pod and a rule of a Baseline tier ClusterNetworkPolicy decided (a
+	// Pass there leaves the default, allow).
+	TierBaselineAccept = "accepted by the Baseline tier"
+	TierBaselinePass   = "passed by the Baseline tier to the default"
+	TierBaselineDeny   = "denied by the Baseline tier"
 )
 
 // Side is the verdict of one direction.
@@ -62,6 +73,9 @@ type Side struct {
 	BetaIsolation bool `json:"betaIsolation,omitempty"`
 	// AllowedBy are the rules that allow the connection.
 	AllowedBy []RuleMatch `json:"allowedBy,omitempty"`
+	// ClusterRules are the ClusterNetworkPolicy rules that matched, in order: an
+	// Admin tier Pass, then the rule that decided, if any.
+	ClusterRules []RuleMatch `json:"clusterRules,omitempty"`
 }
 
 // RuleMatch is one policy rule that matched, in words.
@@ -70,6 +84,10 @@ type RuleMatch struct {
 	Rule   string `json:"rule"` // "ingress/0": direction and index in the spec
 	Peer   string `json:"peer"`
 	Port   string `json:"port"`
+	// Tier (Admin or Baseline) and Action (Accept, Deny or Pass) of a
+	// ClusterNetworkPolicy rule.
+	Tier   string `json:"tier,omitempty"`
+	Action string `json:"action,omitempty"`
 }
 
 // compiledModel is one node's compiled state for one family: what the kernel holds
@@ -149,28 +167,78 @@ func explainSide(pod, src, dst *Pod, p packet, family ipfamily.Family, kind stri
 		// The node's own packets to its pods never enter the policy chains.
 		side.Tier = TierNode
 	}
-	isolated := false
-	entered := map[string]bool{} // policy chains the pod's chain jumped to
+	o := options{Family: family, MarkBit: defaultMarkBit}
+	isolated, byNode := false, false
+	var adminDecision, baselineDecision *RuleMatch
+	entered := map[string]bool{} // NetworkPolicy chains the pod's chain jumped to
 	for _, s := range trace {
+		c := policyOf[s.target]
 		switch {
 		case s.chain == topChain && s.target == podChain:
 			isolated = true
-			side.Tier, side.Allowed = TierIsolation, false
-		case s.chain == podChain && policyOf[s.target] != nil:
+		case s.chain == podChain && c != nil && !c.Cluster:
 			entered[s.target] = true
-			side.Policies = append(side.Policies, policyOf[s.target].Key)
+			side.Policies = append(side.Policies, c.Key)
 		case s.chain == podChain && s.target == "RETURN":
-			side.Tier, side.Allowed = TierNode, true
+			byNode = true
 		case s.target == "MARK" && entered[s.chain]:
 			side.AllowedBy = append(side.AllowedBy, describeRule(s.rule, policyOf[s.chain], kind == podEgressKind))
+		case s.target == "MARK" && policyOf[s.chain] != nil && policyOf[s.chain].Cluster:
+			cp := policyOf[s.chain]
+			rm := describeRule(s.rule, cp, kind == podEgressKind)
+			rm.Tier, rm.Action = string(cp.Tier), o.decisionOf(s.rule)
+			side.ClusterRules = append(side.ClusterRules, rm)
+			switch {
+			case cp.Tier == "Admin" && rm.Action != "Pass":
+				adminDecision = &rm
+			case cp.Tier != "Admin":
+				baselineDecision = &rm
+			}
 		}
 	}
-	if side.Tier == TierIsolation && len(side.AllowedBy) > 0 {
+	npIsolated := isolated && m.ruleset.isolatesByPolicy(podChain)
+	switch {
+	case byNode:
+		side.Tier, side.Allowed = TierNode, true
+	case adminDecision != nil:
+		side.Tier, side.Allowed = TierAdminDeny, false
+		if adminDecision.Action == "Accept" {
+			side.Tier, side.Allowed = TierAdminAccept, true
+		}
+	case npIsolated && len(side.AllowedBy) > 0:
 		side.Tier, side.Allowed = TierPolicy, true
+	case npIsolated:
+		side.Tier, side.Allowed = TierIsolation, false
+	case baselineDecision != nil:
+		side.Tier, side.Allowed = map[string]string{"Accept": TierBaselineAccept, "Pass": TierBaselinePass, "Deny": TierBaselineDeny}[baselineDecision.Action], baselineDecision.Action != "Deny"
 	}
-	// A pod chain without policies is the beta annotation's isolation.
-	side.BetaIsolation = isolated && len(side.Policies) == 0
+	// A pod chain that isolates without policies is the beta annotation's isolation.
+	side.BetaIsolation = npIsolated && len(side.Policies) == 0
 	return side, nil
+}
+
+// isolatesByPolicy reports whether the pod chain named chain ends in the drop of
+// what no NetworkPolicy allows: NetworkPolicies (or the beta annotation) isolate it.
+func (d *Desired) isolatesByPolicy(chain string) bool {
+	for _, c := range d.Chains {
+		if c.Name == chain {
+			return slices.ContainsFunc(c.Rules, func(r string) bool { return strings.Contains(r, "not allowed by policy\"") })
+		}
+	}
+	return false
+}
+
+// decisionOf reads the action a ClusterNetworkPolicy rule writes.
+func (o options) decisionOf(rule string) string {
+	f := tokens(rule)
+	v, _, _ := parseMark(f[len(f)-1])
+	switch v {
+	case o.decisionMark(decisionAccept):
+		return "Accept"
+	case o.decisionMark(decisionDeny):
+		return "Deny"
+	}
+	return "Pass"
 }
 
 // describeRule puts a compiled rule that set the allow mark into words: the policy

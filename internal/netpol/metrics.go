@@ -14,6 +14,7 @@ type metrics struct {
 	phaseDuration *prometheus.HistogramVec
 	driftRepairs  *prometheus.CounterVec
 	policies      prometheus.Gauge
+	cluster       prometheus.Gauge
 	pods          *prometheus.GaugeVec
 	rules         *prometheus.GaugeVec
 	sets          *prometheus.GaugeVec
@@ -35,6 +36,9 @@ func newMetrics(env daemon.Env) (*metrics, error) {
 		policies: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kube_routerd_netpol_policies_enforced", Help: "NetworkPolicies compiled and enforced.",
 		}),
+		cluster: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kube_routerd_netpol_cluster_policies_enforced", Help: "ClusterNetworkPolicies compiled and enforced.",
+		}),
 		pods: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kube_routerd_netpol_pods_isolated", Help: "Local pods isolated by at least one policy direction.",
 		}, fam),
@@ -48,12 +52,13 @@ func newMetrics(env daemon.Env) (*metrics, error) {
 			Name: "kube_routerd_netpol_ipset_entries", Help: "Entries over all of the policy controller's ipsets.",
 		}, fam),
 	}
-	return m, env.RegisterMetrics("netpol", m.phaseDuration, m.driftRepairs, m.policies, m.pods, m.rules, m.sets, m.entries)
+	return m, env.RegisterMetrics("netpol", m.phaseDuration, m.driftRepairs, m.policies, m.cluster, m.pods, m.rules, m.sets, m.entries)
 }
 
-func (m *metrics) record(family ipfamily.Family, policies int, d *Desired) {
+func (m *metrics) record(family ipfamily.Family, policies, clusterPolicies int, d *Desired) {
 	f := strconv.Itoa(int(family))
 	m.policies.Set(float64(policies))
+	m.cluster.Set(float64(clusterPolicies))
 	m.pods.WithLabelValues(f).Set(float64(d.Pods))
 	m.rules.WithLabelValues(f).Set(float64(d.Rules))
 	m.sets.WithLabelValues(f).Set(float64(len(d.Sets)))

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
@@ -63,14 +64,14 @@ func servedTargets() []target {
 // cluster is the e2e world: one node namespace with pods in two Kubernetes namespaces,
 // a real API server, and the controller running in the node namespace.
 type cluster struct {
-	cs     kubernetes.Interface
-	node   *tnetns.Node
-	nsA    string                 // labelled team=a
-	nsB    string                 // labelled team=b
-	pods   map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
-	hb     *daemon.Heartbeat
-	ctrl   *Controller
-	cancel context.CancelFunc
+	cs   kubernetes.Interface
+	pc   policyclient.Interface
+	node *tnetns.Node
+	nsA  string                 // labelled team=a
+	nsB  string                 // labelled team=b
+	pods map[string]*tnetns.Pod // "A/a", "A/b", "B/c"
+	hb   *daemon.Heartbeat
+	ctrl *Controller
 }
 
 func startCluster(t *testing.T) *cluster { return startClusterWith(t, nil) }
@@ -83,8 +84,12 @@ func startClusterWith(t *testing.T, tune func(*config.NetworkPolicy)) *cluster {
 // startClusterOn starts the cluster; serviceLedger is Dataplane.ServiceLedger.
 func startClusterOn(t *testing.T, tune func(*config.NetworkPolicy), serviceLedger bool) *cluster {
 	testenv.RequireRoot(t)
-	_, cs := testenv.APIServer(t)
-	c := &cluster{cs: cs, pods: map[string]*tnetns.Pod{}}
+	rc, cs := testenv.APIServer(t)
+	pc, err := policyclient.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{cs: cs, pc: pc, pods: map[string]*tnetns.Pod{}}
 	c.nsA, c.nsB = testenv.Namespace(t, cs), testenv.Namespace(t, cs)
 	c.labelNamespace(t, c.nsA, map[string]string{"team": "a"})
 	c.labelNamespace(t, c.nsB, map[string]string{"team": "b"})
@@ -93,30 +98,39 @@ func startClusterOn(t *testing.T, tune func(*config.NetworkPolicy), serviceLedge
 	c.addPod(t, "A/b", map[string]string{"app": "b"})
 	c.addPod(t, "B/c", map[string]string{"app": "c"})
 
-	dp, err := KernelDataplane(c.node.Handle)
+	c.ctrl, c.hb = startController(t, daemon.Env{Client: cs, PolicyClient: pc, NodeName: c.node.Name}, c.node, tune, serviceLedger)
+	return c
+}
+
+// startController runs the controller in node's namespace, built from env (its
+// informers made here), until the test ends, and then checks that Cleanup leaves
+// nothing of ours behind. serviceLedger is Dataplane.ServiceLedger.
+func startController(t *testing.T, env daemon.Env, node *tnetns.Node, tune func(*config.NetworkPolicy), serviceLedger bool) (*Controller, *daemon.Heartbeat) {
+	t.Helper()
+	dp, err := KernelDataplane(node.Handle)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dp.ServiceLedger = serviceLedger
-	factory := informers.NewSharedInformerFactory(cs, 0)
+	factory := informers.NewSharedInformerFactory(env.Client, 0)
+	env.Informers = factory
+	env.Registry = prometheus.NewRegistry()
 	cfg := config.Default().NetworkPolicy
 	cfg.MinSyncInterval = config.Duration{Duration: 50 * time.Millisecond}
 	cfg.BetaNamespaceIsolation = true
 	if tune != nil {
 		tune(&cfg)
 	}
-	ctrl, err := New(daemon.Env{Client: cs, Informers: factory, NodeName: c.node.Name, Registry: prometheus.NewRegistry()}, cfg, dp)
+	ctrl, err := New(env, cfg, dp)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.ctrl = ctrl
 	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
 	factory.Start(ctx.Done())
 	factory.WaitForCacheSync(ctx.Done())
-	c.hb = daemon.NewHeartbeat("netpol", nil)
+	hb := daemon.NewHeartbeat("netpol", nil)
 	done := make(chan struct{})
-	go func() { defer close(done); _ = ctrl.Run(ctx, c.hb) }()
+	go func() { defer close(done); _ = ctrl.Run(ctx, hb) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
@@ -142,7 +156,7 @@ func startClusterOn(t *testing.T, tune func(*config.NetworkPolicy), serviceLedge
 			}
 		}
 	})
-	return c
+	return ctrl, hb
 }
 
 // addPod starts a pod on the node that serves every matrix target. key is "A/<name>"

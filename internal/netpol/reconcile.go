@@ -7,16 +7,17 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 )
 
-// Owner is what network policy has in the kernel: the top chain, the chains of pods
-// and policies, the sets of peers, except lists and named ports, and the enforced
+// Owner is what network policy has in the kernel: the top chain, the chains of pods,
+// policies and cluster network policies, the sets of peers, except lists and named ports, and the enforced
 // ledgers.
 var Owner = netfilter.Owner{
-	Name:          "network policy",
-	Tables:        []string{iptables.TableFilter},
-	Chains:        []string{topChain},
-	ChainPrefixes: []string{chainPrefix + podIngressKind + "-", chainPrefix + podEgressKind + "-", chainPrefix + polIngressKind + "-", chainPrefix + polEgressKind + "-"},
-	Sets:          []string{enforcedSet + "4", enforcedSet + "6"},
-	SetPrefixes:   []string{chainPrefix + peerSetKind + "-", chainPrefix + exceptSetKind + "-", chainPrefix + namedPortKind + "-"},
+	Name:   "network policy",
+	Tables: []string{iptables.TableFilter},
+	Chains: []string{topChain},
+	ChainPrefixes: []string{chainPrefix + podIngressKind + "-", chainPrefix + podEgressKind + "-", chainPrefix + polIngressKind + "-", chainPrefix + polEgressKind + "-",
+		chainPrefix + cnpIngressKind + "-", chainPrefix + cnpEgressKind + "-"},
+	Sets:        []string{enforcedSet + "4", enforcedSet + "6"},
+	SetPrefixes: []string{chainPrefix + peerSetKind + "-", chainPrefix + exceptSetKind + "-", chainPrefix + namedPortKind + "-"},
 }
 
 // jumpRule sends forwarded traffic through our top chain; it goes first so that an

@@ -18,14 +18,17 @@ import (
 // Details is what `kube-routerd status` shows about the policy controller.
 type Details struct {
 	Policies int `json:"policies"`
-	Pods     int `json:"isolatedPods"`
-	Rules    int `json:"rules"`
-	Sets     int `json:"sets"`
-	Entries  int `json:"setEntries"`
+	// ClusterPolicies are the ClusterNetworkPolicies (0 where the CRD is not served).
+	ClusterPolicies int `json:"clusterPolicies"`
+	Pods            int `json:"isolatedPods"`
+	Rules           int `json:"rules"`
+	Sets            int `json:"sets"`
+	Entries         int `json:"setEntries"`
 	// EnforcedPods are the local pods in the enforced ledger (the larger family's).
-	EnforcedPods int                                 `json:"enforcedPods"`
-	Problems     map[string][]string                 `json:"problems,omitempty"`
-	LastApply    map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
+	EnforcedPods int `json:"enforcedPods"`
+	// Problems are by policy: "namespace/name", or "clusternetworkpolicy/name".
+	Problems  map[string][]string                 `json:"problems,omitempty"`
+	LastApply map[ipfamily.Family]netfilter.Stats `json:"lastApplyByFamily,omitempty"`
 }
 
 // Details implements daemon.StatusReporter.
@@ -106,6 +109,13 @@ func (c *Controller) modelOf(fs *familyState, node, namespace string) (*compiled
 	m := &compiledModel{}
 	for _, p := range policies {
 		m.policies = append(m.policies, compilePolicy(p, c.idx, o))
+	}
+	clusterPolicies, err := c.cluster.list()
+	if err != nil {
+		return nil, fmt.Errorf("listing cluster network policies: %w", err)
+	}
+	for _, p := range clusterPolicies {
+		m.policies = append(m.policies, compileCluster(p, c.idx, o))
 	}
 	slices.SortFunc(m.policies, func(a, b *compiledPolicy) int { return strings.Compare(a.Key, b.Key) })
 	m.ruleset = assemble(m.policies, c.idx, o)
