@@ -4,17 +4,12 @@ package lballoc
 
 import (
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
@@ -23,44 +18,12 @@ import (
 
 const rbacPath = "../../packaging/rbac.yaml"
 
-// applyRBAC creates the objects of the package's rbac.yaml (those already there
-// from an earlier test are left).
-func applyRBAC(t *testing.T, cs kubernetes.Interface) {
-	t.Helper()
-	data, err := os.ReadFile(rbacPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", rbacPath, err)
-		}
-		switch o := obj.(type) {
-		case *rbacv1.ClusterRole:
-			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.Role:
-			_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.RoleBinding:
-			_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		default:
-			t.Fatalf("%s holds a %T", rbacPath, obj)
-		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			t.Fatalf("apply %s: %v", rbacPath, err)
-		}
-	}
-}
-
 // TestPackagedPermissionsAreExactlyWhatTheAllocatorUses runs the allocator as a
 // node identity bound by rbac.yaml alone, and checks that identity may write nothing
 // else: no Service spec, no status by update, no other Lease, no events.
 func TestPackagedPermissionsAreExactlyWhatTheAllocatorUses(t *testing.T) {
 	rc, cs := testenv.APIServer(t)
-	applyRBAC(t, cs)
+	testenv.ApplyRBAC(t, cs, rbacPath)
 	nodeName := testenv.UniqueName("node")
 	user, groups := "system:kube-routerd:"+nodeName, []string{"system:kube-routerd", "system:authenticated"}
 

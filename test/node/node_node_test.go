@@ -20,11 +20,9 @@ import (
 	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
@@ -205,7 +203,7 @@ func (c *cluster) install(t *testing.T) {
 		t.Errorf("br_netfilter is not loaded after apt install: %v", err)
 	}
 
-	applyRBAC(t, c.cs, rbacPath)
+	testenv.ApplyRBAC(t, c.cs, rbacPath)
 	kubeconfig, err := os.ReadFile(os.Getenv("KUBEROUTERD_NODE_KUBECONFIG"))
 	if err != nil {
 		t.Fatal(err)
@@ -657,37 +655,6 @@ func reach(t *testing.T, from *netns.NS, target netip.AddrPort) netns.Reply {
 		return true
 	})
 	return reply
-}
-
-// applyRBAC creates the objects of the package's rbac.yaml, as `kubectl apply -f` would.
-func applyRBAC(t *testing.T, cs kubernetes.Interface, path string) {
-	t.Helper()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
-		if err != nil {
-			t.Fatalf("%s: %v", path, err)
-		}
-		switch o := obj.(type) {
-		case *rbacv1.ClusterRole:
-			_, err = cs.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.ClusterRoleBinding:
-			_, err = cs.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.Role:
-			_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		case *rbacv1.RoleBinding:
-			_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-		default:
-			t.Fatalf("%s holds a %T", path, obj)
-		}
-		if err != nil {
-			t.Fatalf("apply %s: %v", path, err)
-		}
-	}
 }
 
 // createEchoService creates a ClusterIP Service on echoPort over the backends, and the
