@@ -294,15 +294,7 @@ local_address = "2001:db8::1"
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse("test.toml", []byte(tc.toml))
-			var cerr *Error
-			if !errors.As(err, &cerr) {
-				t.Fatalf("want *config.Error, got %v", err)
-			}
-			var got []string
-			for _, p := range cerr.Problems {
-				got = append(got, p.String())
-			}
+			got := problems(t, tc.toml)
 			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
 				t.Errorf("problems:\n got: %q\nwant: %q", got, tc.want)
 			}
@@ -361,4 +353,19 @@ func uncommentedKeys(text string) map[string]bool {
 		}
 	}
 	return keys
+}
+
+// problems parses text, which must not be valid, and returns what is wrong with it.
+func problems(t *testing.T, text string) []string {
+	t.Helper()
+	_, err := Parse("test.toml", []byte(text))
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("want *config.Error, got %v", err)
+	}
+	var out []string
+	for _, p := range cerr.Problems {
+		out = append(out, p.String())
+	}
+	return out
 }

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"net/netip"
 	"slices"
 	"testing"
@@ -89,15 +88,7 @@ lease_duration = "1s"
 			[]string{"line 5: loadbalancer.ipv4_pools: 192.0.2.100-192.0.2.150 is not inside service_proxy.loadbalancer_ip_ranges: the service proxy would not program its addresses"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse("test.toml", []byte(tc.toml))
-			var cerr *Error
-			if !errors.As(err, &cerr) {
-				t.Fatalf("want *config.Error, got %v", err)
-			}
-			var got []string
-			for _, p := range cerr.Problems {
-				got = append(got, p.String())
-			}
+			got := problems(t, tc.toml)
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("problems:\n got: %q\nwant: %q", got, tc.want)
 			}
