@@ -137,6 +137,13 @@ if [[ -n ${KUBEROUTERD_VM_KUBE_PROXY:-} ]]; then
   cp "$KUBEROUTERD_VM_KUBE_PROXY" "$run/bin/kube-proxy"
   echo "export KUBEROUTERD_KUBE_PROXY=/mnt/run/bin/kube-proxy" >>"$run/env"
 fi
+# Modules whose files (not embedded in Go) tests read: the guest has no module cache.
+vm_modules=(sigs.k8s.io/network-policy-api)
+for m in "${vm_modules[@]}"; do
+  mkdir -p "$run/modules/$m"
+  cp -r --no-preserve=mode "$(go list -m -f '{{.Dir}}' "$m")/config" "$run/modules/$m/"
+done
+echo "export KUBEROUTERD_MODULES=/mnt/run/modules" >>"$run/env"
 install -m 0755 "$here/guest-run.sh" "$run/guest-run.sh"
 mkfifo "$run/output"
 boot_start=$(now)

@@ -4,7 +4,6 @@ package netpol
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,18 +17,6 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
 	tnetns "github.com/kube-routerd/kube-routerd/internal/testenv/netns"
 )
-
-// crdPath is the module's CRD of a channel ("standard" or "experimental").
-func crdPath(t *testing.T, channel string) string {
-	return filepath.Join(testenv.ModuleDir(t, "sigs.k8s.io/network-policy-api"), "config", "crd", channel)
-}
-
-// installClusterPolicyCRD installs the module's experimental CRD (a superset of the
-// standard one: node peers, named ports) into the test API server.
-func installClusterPolicyCRD(t *testing.T) {
-	rc, _ := testenv.APIServer(t)
-	testenv.InstallCRDs(t, rc, crdPath(t, "experimental"))
-}
 
 // setClusterPolicies replaces every ClusterNetworkPolicy with policies.
 func (c *cluster) setClusterPolicies(t *testing.T, policies ...*policyv1beta1.ClusterNetworkPolicy) {

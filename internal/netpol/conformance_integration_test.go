@@ -1,4 +1,4 @@
-//go:build integration
+//go:build integration || vm
 
 package netpol
 
@@ -11,6 +11,7 @@ import (
 	"go/token"
 	"io/fs"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
@@ -21,6 +22,7 @@ import (
 	"text/template"
 	"time"
 
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -51,8 +53,22 @@ import (
 // statement by statement (conformanceInterpreter): its pokes become probes between
 // netns pods, its policy, pod label and namespace label changes go to the API
 // server, and the real controller enforces everything with iptables and ipsets.
-// What the interpreter cannot read, or the ground cannot do (SCTP: the host kernel
-// has no sctp module), is reported as not run, with the reason.
+// What the interpreter cannot read is reported as not run, with the reason. SCTP is
+// split between the tiers: the host kernel has no sctp module, so the integration
+// tier runs the TCP and UDP probes and the VM tier the SCTP probes, of the tests
+// that have them.
+
+// crdPath is the module's CRD of a channel ("standard" or "experimental").
+func crdPath(t *testing.T, channel string) string {
+	return filepath.Join(testenv.ModuleDir(t, "sigs.k8s.io/network-policy-api"), "config", "crd", channel)
+}
+
+// installClusterPolicyCRD installs the module's experimental CRD (a superset of the
+// standard one: node peers, named ports) into the test API server.
+func installClusterPolicyCRD(t *testing.T) {
+	rc, _ := testenv.APIServer(t)
+	testenv.InstallCRDs(t, rc, crdPath(t, "experimental"))
+}
 
 // conformanceHostPorts are the suite's HostNetworkPorts, which the host-network pods
 // serve on the node.
@@ -71,12 +87,18 @@ type conformanceGround struct {
 	nsLabels  map[string]map[string]string
 	podLabels map[string]map[string]string
 	decoder   runtime.Decoder
+	// sctp: the kernel has SCTP; sctpOnly: the probes of other protocols are left to
+	// the host tier (in the VM).
+	sctp, sctpOnly bool
 }
 
 func TestClusterNetworkPolicyConformance(t *testing.T) {
 	installClusterPolicyCRD(t)
 	g := newConformanceGround(t)
 	tests := loadConformanceTests(t)
+	if g.sctpOnly {
+		tests = slices.DeleteFunc(tests, func(ct *conformanceTest) bool { return !ct.probesSCTP() })
+	}
 	var report []string
 	for _, ct := range tests {
 		ok := t.Run(ct.name, func(t *testing.T) {
@@ -109,7 +131,7 @@ func newConformanceGround(t *testing.T) *conformanceGround {
 			t.Fatal(err)
 		}
 	}
-	g := &conformanceGround{cs: cs, pc: pc, pods: map[string]*tnetns.Pod{},
+	g := &conformanceGround{cs: cs, pc: pc, pods: map[string]*tnetns.Pod{}, sctp: kernelHasSCTP(), sctpOnly: testenv.InVM(),
 		nsLabels: map[string]map[string]string{}, podLabels: map[string]map[string]string{},
 		decoder: serializer.NewCodecFactory(scheme).UniversalDeserializer()}
 	g.node = tnetns.NewNode(t, tnetns.NodeOptions{Client: cs, Labels: map[string]string{"kubernetes.io/os": "linux"}})
@@ -203,7 +225,7 @@ func (g *conformanceGround) addStatefulSet(t *testing.T, s *appsv1.StatefulSet) 
 	}
 	if tmpl.Spec.HostNetwork {
 		for _, sv := range servers {
-			if sv.proto != tnetns.SCTP {
+			if sv.proto != tnetns.SCTP || g.sctp {
 				g.node.Serve(t, sv.proto, sv.port)
 			}
 		}
@@ -224,7 +246,7 @@ func (g *conformanceGround) addStatefulSet(t *testing.T, s *appsv1.StatefulSet) 
 		}
 		p := g.node.AddPod(t, tnetns.PodOptions{Namespace: s.Namespace, Name: name, Labels: labels, Ports: ports})
 		for _, sv := range servers {
-			if sv.proto != tnetns.SCTP {
+			if sv.proto != tnetns.SCTP || g.sctp {
 				p.Serve(t, sv.proto, sv.port)
 			}
 		}
@@ -389,6 +411,23 @@ func loadConformanceTests(t *testing.T) []*conformanceTest {
 	return out
 }
 
+// probesSCTP reports whether the test's code names the SCTP protocol.
+func (ct *conformanceTest) probesSCTP() bool {
+	start, end := ct.fset.Position(ct.body.Pos()).Offset, ct.fset.Position(ct.body.End()).Offset
+	return bytes.Contains(ct.src[start:end], []byte(`"sctp"`))
+}
+
+// kernelHasSCTP reports whether this kernel can open SCTP sockets (the host's has no
+// sctp module; the VM's has).
+func kernelHasSCTP() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
 // readConformanceTest reads a `suite.ConformanceTest{...}` literal.
 func readConformanceTest(v ast.Expr, src []byte, fset *token.FileSet) *conformanceTest {
 	lit, ok := v.(*ast.CompositeLit)
@@ -426,12 +465,15 @@ func (g *conformanceGround) run(t *testing.T, ct *conformanceTest) string {
 	in := newConformanceInterpreter(g, ct)
 	in.block(t, ct.body.List)
 	if in.probes > 0 && in.probes == in.sctpSkipped {
-		return "not run: every probe is SCTP, which the host kernel lacks"
+		return "not run here: every probe is SCTP, which the host kernel lacks (the VM tier runs them)"
 	}
 	var parts []string
-	parts = append(parts, fmt.Sprintf("%d of %d subtests run, %d probes", in.subtestsRun, in.subtests, in.probes-in.sctpSkipped))
+	parts = append(parts, fmt.Sprintf("%d of %d subtests run, %d probes", in.subtestsRun, in.subtests, in.probes-in.sctpSkipped-in.otherSkipped))
 	if in.sctpSkipped > 0 {
-		parts = append(parts, fmt.Sprintf("%d SCTP probes not run (no sctp module on the host)", in.sctpSkipped))
+		parts = append(parts, fmt.Sprintf("%d SCTP probes left to the VM tier (no sctp module on the host)", in.sctpSkipped))
+	}
+	if in.otherSkipped > 0 {
+		parts = append(parts, fmt.Sprintf("%d TCP and UDP probes left to the host tier", in.otherSkipped))
 	}
 	if in.stopped != "" {
 		parts = append(parts, "not run from "+in.stopped)

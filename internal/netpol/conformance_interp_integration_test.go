@@ -1,4 +1,4 @@
-//go:build integration
+//go:build integration || vm
 
 package netpol
 
@@ -37,7 +37,10 @@ type conformanceInterpreter struct {
 	pending  []probeCase
 	cleanups [][]ast.Stmt
 
-	subtests, subtestsRun, probes, sctpSkipped int
+	subtests, subtestsRun, probes int
+	// sctpSkipped are SCTP probes a kernel without SCTP cannot run; otherSkipped the
+	// TCP and UDP probes the VM leaves to the host tier.
+	sctpSkipped, otherSkipped int
 	// stopped is the statement the interpreter could not run, and why.
 	stopped string
 }
@@ -712,8 +715,12 @@ func (in *conformanceInterpreter) poke(t *testing.T, call *ast.CallExpr) error {
 		return fmt.Errorf("no client pod %s on the ground", from)
 	}
 	in.probes++
-	if tnetns.Proto(a[2]) == tnetns.SCTP {
+	switch sctp := tnetns.Proto(a[2]) == tnetns.SCTP; {
+	case sctp && !in.g.sctp:
 		in.sctpSkipped++
+		return nil
+	case !sctp && in.g.sctpOnly:
+		in.otherSkipped++
 		return nil
 	}
 	in.pending = append(in.pending, probeCase{from: from, proto: tnetns.Proto(a[2]),

@@ -1,7 +1,9 @@
 package testenv
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -20,10 +22,18 @@ func InstallCRDs(t testing.TB, rc *rest.Config, paths ...string) {
 	}
 }
 
+// ModulesEnv names a directory that holds, by module path, copies of the modules
+// whose files tests read: the VM has no Go toolchain or module cache, so
+// hack/vm/run-tests.sh ships them (its vm_modules) and sets it.
+const ModulesEnv = "KUBEROUTERD_MODULES"
+
 // ModuleDir returns the directory of a module the build uses (in the module cache),
 // for the files a Go package of it does not embed, such as its CRDs.
 func ModuleDir(t testing.TB, module string) string {
 	t.Helper()
+	if dir := os.Getenv(ModulesEnv); dir != "" {
+		return filepath.Join(dir, module)
+	}
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", module).Output()
 	dir := strings.TrimSpace(string(out))
 	if err != nil || dir == "" {
