@@ -130,7 +130,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 	nodeInf := env.Informers.Core().V1().Nodes()
 	c.pods, c.namespaces, c.policies, c.nodes = podInf.Lister(), nsInf.Lister(), polInf.Lister(), nodeInf.Lister()
 	if env.PolicyClient != nil {
-		c.cluster = &clusterSource{client: env.PolicyClient, log: c.log, changes: c.changes, request: c.runner.Request}
+		c.cluster = &clusterSource{client: env.PolicyClient, log: c.log, changes: c.changes, request: c.runner.Request, synced: make(chan struct{})}
 		c.clusterPrepared = c.cluster.prepare()
 	}
 	nodeChanged := podCIDRsChanged(env.NodeName)

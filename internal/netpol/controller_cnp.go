@@ -41,6 +41,8 @@ type clusterSource struct {
 	mu      sync.Mutex
 	factory policyinformers.SharedInformerFactory
 	lister  policylisters.ClusterNetworkPolicyLister // nil until the informer synced
+	// synced is closed once lister is set.
+	synced chan struct{}
 	// nodePeers says some ClusterNetworkPolicy has a nodes peer: Node labels and
 	// addresses matter then.
 	nodePeers atomic.Bool
@@ -122,6 +124,7 @@ func (s *clusterSource) run(ctx context.Context, prepared bool) {
 	s.mu.Lock()
 	s.lister = factory.Policy().V1beta1().ClusterNetworkPolicies().Lister()
 	s.mu.Unlock()
+	close(s.synced)
 	s.changes.MarkAll()
 	s.request()
 	<-ctx.Done()
@@ -131,18 +134,11 @@ func (s *clusterSource) run(ctx context.Context, prepared bool) {
 // waitSynced waits (bounded by ctx) until a prepared informer's cache has synced, so
 // the controller's first sync includes the policies, and reports whether it has.
 func (s *clusterSource) waitSynced(ctx context.Context) bool {
-	for {
-		s.mu.Lock()
-		ready := s.lister != nil
-		s.mu.Unlock()
-		if ready {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(20 * time.Millisecond):
-		}
+	select {
+	case <-s.synced:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 
