@@ -410,7 +410,7 @@ func (b *policyBuilder) clusterPorts(dir string, i int, protocols []policyv1beta
 			if dir == "egress" {
 				holders = peerPods()
 			}
-			out = append(out, "-m set --match-set "+b.clusterNamedPortSet(dir, i, j, p.DestinationNamedPort, holders)+" dst,dst")
+			out = append(out, "-m set --match-set "+b.namedPortSet(dir, i, j, "", p.DestinationNamedPort, holders, "")+" dst,dst")
 			continue
 		default:
 			b.problem("%s rule %d protocol %d: no protocol kube-routerd knows (matches nothing)", dir, i, j)
@@ -430,26 +430,6 @@ func (b *policyBuilder) clusterPorts(dir string, i int, protocols []policyv1beta
 		}
 	}
 	return out
-}
-
-// clusterNamedPortSet adds the hash:ip,port set of the holders' ports called
-// portName, on any protocol, and returns its name.
-func (b *policyBuilder) clusterNamedPortSet(dir string, i, j int, portName string, holders []*Pod) string {
-	entries := map[string]struct{}{}
-	for _, p := range holders {
-		ip, ok := b.o.podIP(p)
-		if !ok {
-			continue
-		}
-		for _, np := range p.Ports {
-			if np.Name == portName {
-				entries[fmt.Sprintf("%s,%s:%d", ip, strings.ToLower(string(np.Protocol)), np.Port)] = struct{}{}
-			}
-		}
-	}
-	set := b.addSet(namedPortKind, ipset.HashIPPort, entries, dir+"/"+strconv.Itoa(i), "port", strconv.Itoa(j))
-	b.out.SetMeaning[set] = "named port " + portName
-	return set
 }
 
 // nodeSet adds the set of the addresses of the Nodes sel selects.

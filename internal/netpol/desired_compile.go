@@ -246,16 +246,20 @@ func (b *policyBuilder) namedPortHolders(dir string, anyPeer bool, peerPods []*P
 	return uniquePods(holders), "peer pod"
 }
 
-// namedPortSet adds the hash:ip,port set of the holders' ports called name on proto,
-// for port j of rule i, and returns the set's name.
+// namedPortSet adds the hash:ip,port set of the holders' ports called name on proto
+// (any protocol when proto is empty, as a ClusterNetworkPolicy's destinationNamedPort
+// means), for port j of rule i, and returns the set's name. what names the holders
+// for the problem of a set that stays empty; empty: no such problem.
 func (b *policyBuilder) namedPortSet(dir string, i, j int, proto corev1.Protocol, name string, holders []*Pod, what string) string {
-	protoName := strings.ToLower(string(proto))
 	entries := map[string]struct{}{}
 	for _, p := range holders {
-		ip, _ := b.o.podIP(p)
+		ip, ok := b.o.podIP(p)
+		if !ok {
+			continue
+		}
 		for _, np := range p.Ports {
-			if np.Name == name && np.Protocol == proto {
-				entries[fmt.Sprintf("%s,%s:%d", ip, protoName, np.Port)] = struct{}{}
+			if np.Name == name && (proto == "" || np.Protocol == proto) {
+				entries[fmt.Sprintf("%s,%s:%d", ip, strings.ToLower(string(np.Protocol)), np.Port)] = struct{}{}
 			}
 		}
 	}
@@ -263,7 +267,11 @@ func (b *policyBuilder) namedPortSet(dir string, i, j int, proto corev1.Protocol
 		b.problem("%s rule %d port %d: no %s exposes named port %s/%s (matches nothing yet)", dir, i, j, what, proto, name)
 	}
 	set := b.addSet(namedPortKind, ipset.HashIPPort, entries, dir+"/"+strconv.Itoa(i), "port", strconv.Itoa(j))
-	b.out.SetMeaning[set] = "named port " + string(proto) + "/" + name
+	meaning := "named port " + name
+	if proto != "" {
+		meaning = "named port " + string(proto) + "/" + name
+	}
+	b.out.SetMeaning[set] = meaning
 	return set
 }
 
