@@ -398,7 +398,7 @@ func (c *Controller) keepUntilHeardFrom(nodes []nodeInfo, peers []Peer) func(rou
 	direct := map[netip.Addr]bool{}
 	relayed := false // a node peer is up: relayed routes are current
 	for _, p := range peers {
-		if p.Node != "" {
+		if !p.External() {
 			direct[p.Address] = true
 			relayed = relayed || c.heardFrom[p.Address.String()]
 		}
