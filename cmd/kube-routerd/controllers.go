@@ -9,6 +9,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 	"github.com/kube-routerd/kube-routerd/internal/lballoc"
 	"github.com/kube-routerd/kube-routerd/internal/netpol"
 	"github.com/kube-routerd/kube-routerd/internal/podnet"
@@ -98,9 +99,12 @@ func newTakeover(cfg config.Config, env daemon.Env) (*takeover.Controller, error
 
 // podNetworkOptions gathers what the pod network depends on from every section.
 func podNetworkOptions(cfg config.Config) podnet.Options {
+	// The configuration was validated: the encapsulation parses.
+	encap, _ := route.ParseEncap(cfg.Routing.OverlayEncap)
 	opts := podnet.Options{
 		Config:    cfg.PodNetwork,
 		MayTunnel: cfg.Routing.Enabled && cfg.Routing.Overlay != "never",
+		Encap:     encap,
 	}
 	for _, p := range cfg.ServiceProxy.ClusterCIDRs {
 		opts.ClusterCIDRs = append(opts.ClusterCIDRs, p.Prefix)
@@ -120,7 +124,7 @@ func cleanup(ctx context.Context, cfg config.Config) error {
 	if err := proxy.Cleanup(ctx, cfg.ServiceProxy); err != nil {
 		errs = append(errs, fmt.Errorf("service proxy: %w", err))
 	}
-	if err := routing.Cleanup(ctx); err != nil {
+	if err := routing.Cleanup(ctx, cfg.Routing); err != nil {
 		errs = append(errs, fmt.Errorf("routing: %w", err))
 	}
 	// The pod bridge is ours only when our conflist told the bridge plugin to make it.

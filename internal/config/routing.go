@@ -28,6 +28,14 @@ type Routing struct {
 	// Overlay chooses when pod traffic to another node is tunnelled (IPIP, ip6ip6):
 	// "always", "cross-subnet" (only to nodes outside our subnet) or "never".
 	Overlay string `toml:"overlay"`
+	// OverlayEncap is how tunnelled traffic travels: "ipip" (IPIP and ip6ip6), "fou"
+	// (the same inside UDP) or "vxlan".
+	OverlayEncap string `toml:"overlay_encap"`
+	// OverlayEncapPort is the UDP port of FOU or VXLAN; 0 means 5555 for FOU
+	// (kube-router's) and 4789 for VXLAN (IANA's).
+	OverlayEncapPort int `toml:"overlay_encap_port"`
+	// VXLANVNI is the VXLAN network identifier of the overlay.
+	VXLANVNI int `toml:"vxlan_vni"`
 	// HoldTime is the BGP hold time offered to peers.
 	HoldTime Duration `toml:"hold_time"`
 	// GracefulRestart keeps peers' routes to us while the daemon restarts.
@@ -87,6 +95,8 @@ func defaultRouting() Routing {
 		ASN:                 64512,
 		ListenPort:          179,
 		Overlay:             "cross-subnet",
+		OverlayEncap:        "ipip",
+		VXLANVNI:            1,
 		HoldTime:            Duration{90 * time.Second},
 		GracefulRestart:     true,
 		GracefulRestartTime: Duration{90 * time.Second},
@@ -103,6 +113,36 @@ func defaultRouting() Routing {
 	}
 }
 
+// EncapPort is the UDP port of the overlay's encapsulation: the configured one, or
+// the encapsulation's own (none for IPIP).
+func (c Routing) EncapPort() uint16 {
+	if c.OverlayEncapPort != 0 {
+		return uint16(c.OverlayEncapPort)
+	}
+	switch c.OverlayEncap {
+	case "fou":
+		return DefaultFOUPort
+	case "vxlan":
+		return DefaultVXLANPort
+	}
+	return 0
+}
+
+// FOUPort is the port FOU uses, or would use, with this configuration.
+func (c Routing) FOUPort() uint16 {
+	if c.OverlayEncapPort != 0 {
+		return uint16(c.OverlayEncapPort)
+	}
+	return DefaultFOUPort
+}
+
+// Default UDP ports of the overlay encapsulations: kube-router's for FOU, IANA's for
+// VXLAN.
+const (
+	DefaultFOUPort   = 5555
+	DefaultVXLANPort = 4789
+)
+
 func (c Routing) validate(v *validator) {
 	if !ValidASN(c.ASN) {
 		v.add("routing.asn", fmt.Sprintf("invalid AS number %d (want 1-4294967294)", c.ASN))
@@ -117,6 +157,17 @@ func (c Routing) validate(v *validator) {
 	case "always", "cross-subnet", "never":
 	default:
 		v.add("routing.overlay", fmt.Sprintf("unknown overlay mode %q (want always, cross-subnet or never)", c.Overlay))
+	}
+	switch c.OverlayEncap {
+	case "ipip", "fou", "vxlan":
+	default:
+		v.add("routing.overlay_encap", fmt.Sprintf("unknown encapsulation %q (want ipip, fou or vxlan)", c.OverlayEncap))
+	}
+	if c.OverlayEncapPort != 0 && (c.OverlayEncapPort < 1024 || c.OverlayEncapPort > 65535) {
+		v.add("routing.overlay_encap_port", fmt.Sprintf("invalid port %d: must be 1024-65535, or 0 for the encapsulation's own", c.OverlayEncapPort))
+	}
+	if c.VXLANVNI < 1 || c.VXLANVNI > 1<<24-1 {
+		v.add("routing.vxlan_vni", fmt.Sprintf("invalid VNI %d: must be 1-16777215", c.VXLANVNI))
 	}
 	checkHoldTime(v, "routing.hold_time", c.HoldTime)
 	if c.SyncPeriod.Duration < time.Second {

@@ -111,3 +111,33 @@ func TestRoutingBFD(t *testing.T) {
 		})
 	}
 }
+
+func TestRoutingOverlayEncapsulation(t *testing.T) {
+	for _, tc := range []struct {
+		toml     string
+		wantPort uint16
+		want     []string
+	}{
+		{"[routing]\noverlay_encap = \"ipip\"\n", 0, nil},
+		{"[routing]\noverlay_encap = \"fou\"\n", 5555, nil},
+		{"[routing]\noverlay_encap = \"vxlan\"\n", 4789, nil},
+		{"[routing]\noverlay_encap = \"vxlan\"\noverlay_encap_port = 8472\nvxlan_vni = 16777215\n", 8472, nil},
+		{"[routing]\noverlay_encap = \"gre\"\n", 0, []string{`line 2: routing.overlay_encap: unknown encapsulation "gre" (want ipip, fou or vxlan)`}},
+		{"[routing]\noverlay_encap = \"fou\"\noverlay_encap_port = 53\n", 0, []string{"line 3: routing.overlay_encap_port: invalid port 53: must be 1024-65535, or 0 for the encapsulation's own"}},
+		{"[routing]\nvxlan_vni = 16777216\n", 0, []string{"line 2: routing.vxlan_vni: invalid VNI 16777216: must be 1-16777215"}},
+	} {
+		if tc.want != nil {
+			if got := problems(t, tc.toml); !slices.Equal(got, tc.want) {
+				t.Errorf("%q: problems = %q, want %q", tc.toml, got, tc.want)
+			}
+			continue
+		}
+		cfg, err := Parse("test.toml", []byte(tc.toml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cfg.Routing.EncapPort(); got != tc.wantPort {
+			t.Errorf("%q: port %d, want %d", tc.toml, got, tc.wantPort)
+		}
+	}
+}

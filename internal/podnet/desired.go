@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
@@ -17,20 +18,15 @@ import (
 // configured path with another name is someone else's and is left alone.
 const networkName = "kube-routerd"
 
-// Tunnel overheads: the outer header IPIP (IPv4 in IPv4) and ip6ip6 add.
-const (
-	ipipOverhead   = 20
-	ip6ip6Overhead = 40
-)
-
 // Options are the settings the desired state depends on.
 type Options struct {
 	Config config.PodNetwork
 	// ClusterCIDRs is service_proxy.cluster_cidrs: destinations never masqueraded to.
 	ClusterCIDRs []netip.Prefix
 	// MayTunnel says the routing overlay can put pod traffic into tunnels, whose
-	// header the pods' MTU must leave room for.
+	// headers (those of Encap) the pods' MTU must leave room for.
 	MayTunnel bool
+	Encap     route.Encap
 }
 
 // desired is what the node should have, as plain data.
@@ -66,11 +62,7 @@ func podMTU(opts Options, linkMTU int, podCIDRs []netip.Prefix) int {
 	}
 	overhead := 0
 	for _, p := range podCIDRs {
-		if p.Addr().Is4() {
-			overhead = max(overhead, ipipOverhead)
-		} else {
-			overhead = max(overhead, ip6ip6Overhead)
-		}
+		overhead = max(overhead, opts.Encap.Overhead(p.Addr().Is6()))
 	}
 	return linkMTU - overhead
 }

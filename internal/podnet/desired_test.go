@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
 	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
@@ -35,6 +36,8 @@ func TestPodMTU(t *testing.T) {
 		{"without tunnels pods get the link MTU", Options{Config: defaults()}, dual, 9000},
 		{"IPv4 pods leave room for the IPIP header", Options{Config: defaults(), MayTunnel: true}, v4, 8980},
 		{"dual-stack pods leave room for the larger ip6ip6 header", Options{Config: defaults(), MayTunnel: true}, dual, 8960},
+		{"FOU adds UDP to IPIP", Options{Config: defaults(), MayTunnel: true, Encap: route.EncapFOU}, v4, 8972},
+		{"VXLAN over IPv6 takes 70 bytes", Options{Config: defaults(), MayTunnel: true, Encap: route.EncapVXLAN}, dual, 8930},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

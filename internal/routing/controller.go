@@ -26,6 +26,7 @@ import (
 // Controller is the routing controller (daemon.Controller).
 type Controller struct {
 	cfg      config.Routing
+	overlay  overlaySettings
 	nodeName string
 	log      *slog.Logger
 	dp       Dataplane
@@ -74,8 +75,7 @@ type lastSync struct {
 	peers     []Peer
 	adv       advertisements
 	states    map[string]peerState
-	routes    []route.Route
-	tunnels   []route.Tunnel
+	kernel    route.State
 	installed int
 }
 
@@ -135,8 +135,13 @@ func New(env daemon.Env, cfg config.Routing, dp Dataplane) (*Controller, error) 
 		}
 		cfg.Peers[i].Password = pw
 	}
+	encap, err := route.ParseEncap(cfg.OverlayEncap)
+	if err != nil {
+		return nil, fmt.Errorf("routing: %w", err)
+	}
 	c := &Controller{
 		cfg:             cfg,
+		overlay:         overlaySettings{Mode: cfg.Overlay, Encap: encap, Port: cfg.EncapPort(), VNI: uint32(cfg.VXLANVNI)},
 		nodeName:        env.NodeName,
 		log:             env.Logger("routing"),
 		dp:              dp,
@@ -253,7 +258,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 
 	l := &c.last
 	c.metrics.update(l.states, len(l.adv.Prefixes), l.installed)
-	c.setDetails(l.self, l.peers, l.states, c.bfdStates(), l.adv, l.routes, l.tunnels)
+	c.setDetails(l.self, l.peers, l.states, c.bfdStates(), l.adv, l.kernel)
 	up := 0
 	for _, st := range l.states {
 		if st.State == api.PeerState_ESTABLISHED.String() {
@@ -339,22 +344,24 @@ func (c *Controller) syncKernel(ctx context.Context) (applyErr, err error) {
 	if err != nil {
 		return nil, err
 	}
-	routes, tunnels := desiredKernel(c.cfg.Overlay, l.self, l.nodes, learned, localPrefixes)
+	want := desiredKernel(c.overlay, l.self, l.nodes, learned, localPrefixes)
 	l.states = c.speaker.PeerStates(ctx)
 	c.observePeers(l.states)
 
-	drifted, err := c.drift.count(c.dp.Routes, routes, tunnels)
+	drifted, err := c.drift.count(c.dp.Routes, want)
 	if err != nil {
 		return nil, err
 	}
-	installed, unreachable, kernelErr := reconcileKernel(c.dp.Routes, routes, tunnels, c.keepUntilHeardFrom(l.nodes, l.peers), c.log)
+	installed, unreachable, kernelErr := reconcileKernel(c.dp.Routes, want, c.keepUntilHeardFrom(l.nodes, l.peers), c.log)
 	c.reportUnreachable(unreachable, l.nodes)
-	c.drift.remember(withoutRoutes(routes, unreachable), tunnels, kernelErr == nil)
+	left := want
+	left.Routes = withoutRoutes(want.Routes, unreachable)
+	c.drift.remember(left, kernelErr == nil)
 	if drifted > 0 {
 		c.log.Warn("repaired routes or tunnels changed by someone else", "drifted", drifted)
 		c.metrics.driftRepairs.Add(float64(drifted))
 	}
-	l.routes, l.tunnels, l.installed = routes, tunnels, installed
+	l.kernel, l.installed = want, installed
 	return kernelErr, nil
 }
 

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -345,13 +344,24 @@ type LearnedRoute struct {
 	NextHop netip.Addr
 }
 
+// overlaySettings say when and how pod traffic to another node is tunnelled.
+type overlaySettings struct {
+	// Mode is routing.overlay: "always", "cross-subnet" or "never".
+	Mode  string
+	Encap route.Encap
+	// Port is the UDP port of FOU and VXLAN.
+	Port uint16
+	VNI  uint32
+}
+
 // desiredKernel turns learned routes into kernel routes and the tunnels they need.
 // Routes into our own pod CIDRs, via ourselves or with a next hop of the other IP
 // family are skipped. A route whose next hop is another node goes through a tunnel to
-// it (IPIP for IPv4, ip6ip6 for IPv6, from our address of that family) when overlay is
-// "always", or "cross-subnet" and the node is outside localPrefixes; every other route
-// goes via its next hop.
-func desiredKernel(overlay string, self nodeInfo, nodes []nodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) ([]route.Route, []route.Tunnel) {
+// it (from our address of that family) when overlay.Mode is "always", or
+// "cross-subnet" and the node is outside localPrefixes; every other route goes via
+// its next hop. IPIP and FOU make one tunnel per node (FOU also a receive port per
+// family); VXLAN one device per family, each node a peer of it.
+func desiredKernel(overlay overlaySettings, self nodeInfo, nodes []nodeInfo, learned []LearnedRoute, localPrefixes []netip.Prefix) route.State {
 	isNode := map[netip.Addr]bool{}
 	for _, n := range nodes {
 		if n.Name == self.Name {
@@ -365,6 +375,8 @@ func desiredKernel(overlay string, self nodeInfo, nodes []nodeInfo, learned []Le
 	}
 	routes := map[netip.Prefix]route.Route{}
 	tunnels := map[string]route.Tunnel{}
+	peers := map[route.VXLANPeer]bool{}
+	fouPorts := map[route.FOUPort]bool{}
 	for _, l := range learned {
 		if !l.NextHop.IsValid() || l.NextHop.Is4() != l.Prefix.Addr().Is4() || self.HasAddress(l.NextHop) || overlapsAny(l.Prefix, self.PodCIDRs) {
 			continue
@@ -375,26 +387,43 @@ func desiredKernel(overlay string, self nodeInfo, nodes []nodeInfo, learned []Le
 			local = self.AddressV6
 		}
 		tunnel := isNode[l.NextHop] && local.IsValid() &&
-			(overlay == "always" || (overlay == "cross-subnet" && !onLink))
-		if tunnel {
-			t := route.Tunnel{Name: route.TunnelName(l.NextHop), Local: local, Remote: l.NextHop}
-			tunnels[t.Name] = t
-			routes[l.Prefix] = route.Route{Dst: l.Prefix, Device: t.Name}
+			(overlay.Mode == "always" || (overlay.Mode == "cross-subnet" && !onLink))
+		if !tunnel {
+			routes[l.Prefix] = route.Route{Dst: l.Prefix, Gateway: l.NextHop}
 			continue
 		}
-		routes[l.Prefix] = route.Route{Dst: l.Prefix, Gateway: l.NextHop}
+		switch overlay.Encap {
+		case route.EncapVXLAN:
+			t := route.Tunnel{Name: route.VXLANName(l.NextHop.Is6()), Encap: route.EncapVXLAN, Local: local, Port: overlay.Port, VNI: overlay.VNI}
+			tunnels[t.Name] = t
+			peer := route.VXLANPeer{Device: t.Name, Node: l.NextHop, MAC: route.VXLANMAC(l.NextHop)}
+			peers[peer] = true
+			routes[l.Prefix] = route.Route{Dst: l.Prefix, Gateway: peer.Gateway(), Device: t.Name}
+		default:
+			t := route.Tunnel{Name: route.TunnelName(l.NextHop), Encap: overlay.Encap, Local: local, Remote: l.NextHop}
+			if overlay.Encap == route.EncapFOU {
+				t.Port = overlay.Port
+				fouPorts[route.FOUPort{V6: l.NextHop.Is6(), Port: overlay.Port}] = true
+			}
+			tunnels[t.Name] = t
+			routes[l.Prefix] = route.Route{Dst: l.Prefix, Device: t.Name}
+		}
 	}
-	rs := make([]route.Route, 0, len(routes))
+	var st route.State
 	for _, r := range routes {
-		rs = append(rs, r)
+		st.Routes = append(st.Routes, r)
 	}
-	route.SortRoutes(rs)
-	ts := make([]route.Tunnel, 0, len(tunnels))
 	for _, t := range tunnels {
-		ts = append(ts, t)
+		st.Tunnels = append(st.Tunnels, t)
 	}
-	slices.SortFunc(ts, func(a, b route.Tunnel) int { return strings.Compare(a.Name, b.Name) })
-	return rs, ts
+	for p := range peers {
+		st.Peers = append(st.Peers, p)
+	}
+	for p := range fouPorts {
+		st.FOUPorts = append(st.FOUPorts, p)
+	}
+	st.Sort()
+	return st
 }
 
 func overlapsAny(p netip.Prefix, set []netip.Prefix) bool {

@@ -3,6 +3,7 @@ package routing
 import (
 	"bytes"
 	"log/slog"
+	"net"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -358,8 +359,7 @@ route 172.16.0.0/16 via 10.0.0.254
 `},
 	} {
 		t.Run("overlay "+tc.overlay, func(t *testing.T) {
-			rs, ts := desiredKernel(tc.overlay, self, nodes, learned, local)
-			if got := route.Dump(rs, ts); got != tc.want {
+			if got := desiredKernel(overlaySettings{Mode: tc.overlay}, self, nodes, learned, local).Dump(); got != tc.want {
 				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
 			}
 		})
@@ -435,10 +435,92 @@ route fd00:244:2::/64 dev ` + v6Tunnel + `
 route fd00:244:2::/64 via fd00::2
 `},
 	} {
-		rs, ts := desiredKernel(tc.overlay, self, []nodeInfo{self, b}, learned, tc.local)
-		if got := route.Dump(rs, ts); got != tc.want {
+		if got := desiredKernel(overlaySettings{Mode: tc.overlay}, self, []nodeInfo{self, b}, learned, tc.local).Dump(); got != tc.want {
 			t.Errorf("overlay %s, local %v: got\n%s\nwant\n%s", tc.overlay, tc.local, got, tc.want)
 		}
+	}
+}
+
+// FOU keeps the tunnels of IPIP and opens a receive port per family; VXLAN makes one
+// device per family, a peer per node and onlink routes via the node. Routes that need
+// no tunnel are the same for every encapsulation.
+func TestDesiredKernelEncapsulations(t *testing.T) {
+	self := dualStack("a", "10.0.0.1", "fd00::1", "10.244.1.0/24", "fd00:244:1::/64")
+	b := dualStack("b", "10.0.0.2", "fd00::2", "10.244.2.0/24", "fd00:244:2::/64")
+	c := dualStack("c", "10.0.1.3", "fd00:1::3", "10.244.3.0/24", "fd00:244:3::/64")
+	learned := []LearnedRoute{
+		{Prefix: netip.MustParsePrefix("10.244.2.0/24"), NextHop: netip.MustParseAddr("10.0.0.2")},
+		{Prefix: netip.MustParsePrefix("fd00:244:2::/64"), NextHop: netip.MustParseAddr("fd00::2")},
+		{Prefix: netip.MustParsePrefix("10.244.3.0/24"), NextHop: netip.MustParseAddr("10.0.1.3")},
+		{Prefix: netip.MustParsePrefix("fd00:244:3::/64"), NextHop: netip.MustParseAddr("fd00:1::3")},
+	}
+	local := pfx("10.0.0.0/24", "fd00::/64")
+	v6Tunnel := route.TunnelName(netip.MustParseAddr("fd00:1::3"))
+	vxlanPeer := func(node string) route.VXLANPeer {
+		addr := netip.MustParseAddr(node)
+		return route.VXLANPeer{Device: route.VXLANName(true), Node: addr, MAC: route.VXLANMAC(addr)}
+	}
+	for _, tc := range []struct {
+		overlay overlaySettings
+		want    string
+	}{
+		{overlaySettings{Mode: "cross-subnet", Encap: route.EncapFOU, Port: 5555}, `fou port 5555 ipproto 4 (IPv4)
+fou port 5555 ipproto 41 (IPv6)
+tunnel krt-0a000103 ipip local 10.0.0.1 remote 10.0.1.3 encap fou dport 5555
+tunnel ` + v6Tunnel + ` ip6ip6 local fd00::1 remote fd00:1::3 encap fou dport 5555
+route 10.244.2.0/24 via 10.0.0.2
+route 10.244.3.0/24 dev krt-0a000103
+route fd00:244:2::/64 via fd00::2
+route fd00:244:3::/64 dev ` + v6Tunnel + `
+`},
+		{overlaySettings{Mode: "cross-subnet", Encap: route.EncapVXLAN, Port: 4789, VNI: 7}, `tunnel krt-vxlan vxlan id 7 local 10.0.0.1 dstport 4789
+tunnel krt-vxlan6 vxlan id 7 local fd00::1 dstport 4789
+peer 10.0.1.3 lladdr 0e:6b:0a:00:01:03 dst 10.0.1.3 dev krt-vxlan
+peer ` + vxlanPeer("fd00:1::3").String() + `
+route 10.244.2.0/24 via 10.0.0.2
+route 10.244.3.0/24 via 10.0.1.3 dev krt-vxlan onlink
+route fd00:244:2::/64 via fd00::2
+route fd00:244:3::/64 via ` + vxlanPeer("fd00:1::3").Gateway().String() + ` dev krt-vxlan6
+`},
+		{overlaySettings{Mode: "always", Encap: route.EncapVXLAN, Port: 4789, VNI: 1}, `tunnel krt-vxlan vxlan id 1 local 10.0.0.1 dstport 4789
+tunnel krt-vxlan6 vxlan id 1 local fd00::1 dstport 4789
+peer 10.0.0.2 lladdr 0e:6b:0a:00:00:02 dst 10.0.0.2 dev krt-vxlan
+peer 10.0.1.3 lladdr 0e:6b:0a:00:01:03 dst 10.0.1.3 dev krt-vxlan
+peer ` + vxlanPeer("fd00::2").String() + `
+peer ` + vxlanPeer("fd00:1::3").String() + `
+route 10.244.2.0/24 via 10.0.0.2 dev krt-vxlan onlink
+route 10.244.3.0/24 via 10.0.1.3 dev krt-vxlan onlink
+route fd00:244:2::/64 via ` + vxlanPeer("fd00::2").Gateway().String() + ` dev krt-vxlan6
+route fd00:244:3::/64 via ` + vxlanPeer("fd00:1::3").Gateway().String() + ` dev krt-vxlan6
+`},
+	} {
+		if got := desiredKernel(tc.overlay, self, []nodeInfo{self, b, c}, learned, local).Dump(); got != tc.want {
+			t.Errorf("overlay %+v: got\n%s\nwant\n%s", tc.overlay, got, tc.want)
+		}
+	}
+}
+
+// Every node derives another's VXLAN MAC from its address: unicast, locally
+// administered, and different for different nodes. An IPv6 peer's gateway is the
+// EUI-64 link-local address of its MAC.
+func TestVXLANMACs(t *testing.T) {
+	p := route.VXLANPeer{Node: netip.MustParseAddr("fd00::2"), MAC: "0e:11:22:33:44:55"}
+	if got, want := p.Gateway(), netip.MustParseAddr("fe80::c11:22ff:fe33:4455"); got != want {
+		t.Errorf("gateway of %s = %s, want %s", p.MAC, got, want)
+	}
+	seen := map[string]string{}
+	for _, a := range []string{"10.0.0.2", "10.0.0.3", "fd00::2", "fd00::3", "2001:db8::2"} {
+		mac, err := net.ParseMAC(route.VXLANMAC(netip.MustParseAddr(a)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if mac[0]&0x01 != 0 || mac[0]&0x02 == 0 {
+			t.Errorf("%s: MAC %s is not unicast and locally administered", a, mac)
+		}
+		if other, ok := seen[mac.String()]; ok {
+			t.Errorf("%s and %s share the MAC %s", a, other, mac)
+		}
+		seen[mac.String()] = a
 	}
 }
 

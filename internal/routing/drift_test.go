@@ -16,16 +16,19 @@ func TestDriftDetectorCountsOnlyWhatSomeoneElseChanged(t *testing.T) {
 	tun := route.Tunnel{Name: "krt-0a000103", Local: netip.MustParseAddr("10.0.0.1"), Remote: netip.MustParseAddr("10.0.1.3")}
 	viaGw := route.Route{Dst: netip.MustParsePrefix("10.244.2.0/24"), Gateway: netip.MustParseAddr("10.0.0.2")}
 	viaTun := route.Route{Dst: netip.MustParsePrefix("10.244.3.0/24"), Device: tun.Name}
-	routes, tunnels := []route.Route{viaGw, viaTun}, []route.Tunnel{tun}
+	vxlan := route.Tunnel{Name: route.VXLANName(false), Encap: route.EncapVXLAN, Local: netip.MustParseAddr("10.0.0.1"), Port: 4789, VNI: 1}
+	peer := route.VXLANPeer{Device: vxlan.Name, Node: netip.MustParseAddr("10.0.2.4"), MAC: route.VXLANMAC(netip.MustParseAddr("10.0.2.4"))}
+	viaVXLAN := route.Route{Dst: netip.MustParsePrefix("10.244.4.0/24"), Gateway: peer.Node, Device: vxlan.Name}
+	want := route.State{Routes: []route.Route{viaGw, viaTun, viaVXLAN}, Tunnels: []route.Tunnel{tun, vxlan}, Peers: []route.VXLANPeer{peer}}
 	var d driftDetector
 	sync := func() int {
 		t.Helper()
-		n, err := d.count(k, routes, tunnels)
+		n, err := d.count(k, want)
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _, err = reconcileKernel(k, routes, tunnels, never, log)
-		d.remember(routes, tunnels, err == nil)
+		_, _, err = reconcileKernel(k, want, never, log)
+		d.remember(want, err == nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -45,16 +48,19 @@ func TestDriftDetectorCountsOnlyWhatSomeoneElseChanged(t *testing.T) {
 	if err := k.DeleteTunnel(tun.Name); err != nil {
 		t.Fatal(err)
 	}
-	if n := sync(); n != 3 {
-		t.Fatalf("counted %d drifted; want 3 (two routes, one tunnel)", n)
+	// And a VXLAN peer.
+	if err := k.DeleteVXLANPeer(peer); err != nil {
+		t.Fatal(err)
 	}
-	want := route.Dump(routes, tunnels)
-	if got := k.Dump(); got != want {
-		t.Fatalf("not repaired:\n%s\nwant\n%s", got, want)
+	if n := sync(); n != 4 {
+		t.Fatalf("counted %d drifted; want 4 (two routes, one tunnel, one peer)", n)
+	}
+	if got := k.Dump(); got != want.Dump() {
+		t.Fatalf("not repaired:\n%s\nwant\n%s", got, want.Dump())
 	}
 	// A change we want ourselves (new next hop) is no drift.
 	viaGw.Gateway = netip.MustParseAddr("10.0.0.3")
-	routes = []route.Route{viaGw, viaTun}
+	want.Routes = []route.Route{viaGw, viaTun, viaVXLAN}
 	if n := sync(); n != 0 {
 		t.Fatalf("a wanted change counted as %d drifted", n)
 	}

@@ -15,6 +15,10 @@ type Details struct {
 	ToExternal []string      `json:"toExternal"`
 	Routes     []string      `json:"routes"`
 	Tunnels    []string      `json:"tunnels,omitempty"`
+	// Overlay is how tunnelled traffic travels ("ipip", "fou" or "vxlan").
+	Overlay    string   `json:"overlayEncap"`
+	VXLANPeers []string `json:"vxlanPeers,omitempty"`
+	FOUPorts   []string `json:"fouPorts,omitempty"`
 }
 
 // PeerDetails describes one BGP neighbour.
@@ -36,8 +40,8 @@ func (c *Controller) Details() any {
 	return c.details
 }
 
-func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, bfdStates map[string]string, adv advertisements, routes []route.Route, tunnels []route.Tunnel) {
-	d := Details{Node: self.Name, Address: self.Address.String(), ASN: self.ASN}
+func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]peerState, bfdStates map[string]string, adv advertisements, kernel route.State) {
+	d := Details{Node: self.Name, Address: self.Address.String(), ASN: self.ASN, Overlay: c.overlay.Encap.String()}
 	if self.AddressV6.IsValid() {
 		d.AddressV6 = self.AddressV6.String()
 	}
@@ -54,11 +58,17 @@ func (c *Controller) setDetails(self nodeInfo, peers []Peer, states map[string]p
 	for _, p := range adv.ToExternal {
 		d.ToExternal = append(d.ToExternal, p.String())
 	}
-	for _, r := range routes {
+	for _, r := range kernel.Routes {
 		d.Routes = append(d.Routes, r.String())
 	}
-	for _, t := range tunnels {
+	for _, t := range kernel.Tunnels {
 		d.Tunnels = append(d.Tunnels, t.String())
+	}
+	for _, p := range kernel.Peers {
+		d.VXLANPeers = append(d.VXLANPeers, p.String())
+	}
+	for _, p := range kernel.FOUPorts {
+		d.FOUPorts = append(d.FOUPorts, p.String())
 	}
 	c.mu.Lock()
 	c.details = d

@@ -13,6 +13,8 @@ type Fake struct {
 	mu       sync.Mutex
 	routes   map[netip.Prefix]Route
 	tunnels  map[string]Tunnel
+	peers    map[VXLANPeer]bool
+	fouPorts map[FOUPort]bool
 	prefixes []netip.Prefix
 	// Calls counts mutating calls, to check that a sync with nothing to do does nothing.
 	Calls int
@@ -22,7 +24,8 @@ var _ Interface = (*Fake)(nil)
 
 // NewFake returns a fake kernel whose host addresses lie in localPrefixes.
 func NewFake(localPrefixes ...netip.Prefix) *Fake {
-	return &Fake{routes: map[netip.Prefix]Route{}, tunnels: map[string]Tunnel{}, prefixes: localPrefixes}
+	return &Fake{routes: map[netip.Prefix]Route{}, tunnels: map[string]Tunnel{}, peers: map[VXLANPeer]bool{},
+		fouPorts: map[FOUPort]bool{}, prefixes: localPrefixes}
 }
 
 // Routes implements Interface.
@@ -47,7 +50,7 @@ func (f *Fake) ReplaceRoute(r Route) error {
 			return fmt.Errorf("replacing route %s: no device %s", r, r.Device)
 		}
 	}
-	if r.Gateway.IsValid() && len(f.prefixes) > 0 && !slices.ContainsFunc(f.prefixes, func(p netip.Prefix) bool { return p.Contains(r.Gateway) }) {
+	if r.Gateway.IsValid() && r.Device == "" && len(f.prefixes) > 0 && !slices.ContainsFunc(f.prefixes, func(p netip.Prefix) bool { return p.Contains(r.Gateway) }) {
 		return fmt.Errorf("replacing route %s: %w", r, ErrNextHopUnreachable)
 	}
 	f.routes[r.Dst] = r
@@ -94,15 +97,92 @@ func (f *Fake) DeleteTunnel(name string) error {
 			delete(f.routes, dst)
 		}
 	}
+	for p := range f.peers {
+		if p.Device == name {
+			delete(f.peers, p)
+		}
+	}
+	return nil
+}
+
+// VXLANPeers implements Interface.
+func (f *Fake) VXLANPeers() ([]VXLANPeer, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]VXLANPeer, 0, len(f.peers))
+	for p := range f.peers {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// ReplaceVXLANPeer implements Interface.
+func (f *Fake) ReplaceVXLANPeer(p VXLANPeer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Calls++
+	if t, ok := f.tunnels[p.Device]; !ok || t.Encap != EncapVXLAN {
+		return fmt.Errorf("VXLAN peer %s: no VXLAN device %s", p, p.Device)
+	}
+	for q := range f.peers {
+		if q.Device == p.Device && q.Node == p.Node {
+			delete(f.peers, q)
+		}
+	}
+	f.peers[p] = true
+	return nil
+}
+
+// DeleteVXLANPeer implements Interface.
+func (f *Fake) DeleteVXLANPeer(p VXLANPeer) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Calls++
+	delete(f.peers, p)
+	return nil
+}
+
+// FOUPorts implements Interface.
+func (f *Fake) FOUPorts() ([]FOUPort, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]FOUPort, 0, len(f.fouPorts))
+	for p := range f.fouPorts {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// AddFOUPort implements Interface.
+func (f *Fake) AddFOUPort(p FOUPort) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Calls++
+	f.fouPorts[p] = true
+	return nil
+}
+
+// DeleteFOUPort implements Interface.
+func (f *Fake) DeleteFOUPort(p FOUPort) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Calls++
+	delete(f.fouPorts, p)
 	return nil
 }
 
 // LocalPrefixes implements Interface.
 func (f *Fake) LocalPrefixes() ([]netip.Prefix, error) { return f.prefixes, nil }
 
-// Dump renders the fake's routes and tunnels as text.
-func (f *Fake) Dump() string {
-	rs, _ := f.Routes()
-	ts, _ := f.Tunnels()
-	return Dump(rs, ts)
+// State is everything the fake holds.
+func (f *Fake) State() State {
+	var s State
+	s.Routes, _ = f.Routes()
+	s.Tunnels, _ = f.Tunnels()
+	s.Peers, _ = f.VXLANPeers()
+	s.FOUPorts, _ = f.FOUPorts()
+	return s
 }
+
+// Dump renders the fake's state as text.
+func (f *Fake) Dump() string { return f.State().Dump() }
