@@ -117,7 +117,7 @@ echo "root:x:0:" >"$stage/etc/group"
 mods=(
   ip_vs ip_vs_rr ip_vs_wrr ip_vs_lc ip_vs_wlc ip_vs_lblc ip_vs_lblcr ip_vs_dh ip_vs_sh
   ip_vs_sed ip_vs_nq ip_vs_fo ip_vs_ovf ip_vs_mh ip_vs_ftp
-  dummy ipip tunnel4 ip_tunnel ip6_tunnel tunnel6 veth bridge br_netfilter vxlan 8021q sctp crc32c_generic xfrm_user
+  dummy ipip tunnel4 ip_tunnel ip6_tunnel tunnel6 fou fou6 veth bridge br_netfilter vxlan 8021q sctp crc32c_generic xfrm_user
   virtio_pci virtio_net 9p 9pnet_virtio
 )
 mdir="$kroot/lib/modules/$kver/kernel"

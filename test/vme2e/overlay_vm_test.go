@@ -126,7 +126,8 @@ func TestCrossSubnetOverlayTunnelsOnlyBetweenSubnets(t *testing.T) {
 	a2 := subnetA.AddNode(t, netns.NodeOptions{Client: cs})
 	b1 := subnetB.AddNode(t, netns.NodeOptions{Client: cs,
 		PodCIDRv4: netip.MustParsePrefix("10.244.3.0/24"), PodCIDRv6: netip.MustParsePrefix("fd00:10:244:3::/64")})
-	joinSubnets(t, subnetA, subnetB)
+	router := joinSubnets(t, subnetA, subnetB)
+	wire := countEncapsulations(t, router)
 	nodes := []*netns.Node{a1, a2, b1}
 	var pods []*netns.Pod
 	for _, n := range nodes {
@@ -137,7 +138,7 @@ func TestCrossSubnetOverlayTunnelsOnlyBetweenSubnets(t *testing.T) {
 	t.Logf("subnet A %s: %s (pods %s), %s (pods %s); subnet B %s: %s (pods %s)",
 		subnetA.V4, a1.IPv4, a1.PodCIDRv4, a2.IPv4, a2.PodCIDRv4, subnetB.V4, b1.IPv4, b1.PodCIDRv4)
 
-	config := func(overlay string) string {
+	config := func(overlay, encap string) string {
 		return fmt.Sprintf(`
 [service_proxy]
 enabled = false   # the restart test covers it
@@ -147,11 +148,12 @@ enabled = false
 
 [routing]
 overlay = %q
-`, overlay)
+overlay_encap = %q
+`, overlay, encap)
 	}
 	var daemons []*daemon
 	for _, n := range nodes {
-		daemons = append(daemons, newDaemon(t, n, rc, bin, config("cross-subnet")))
+		daemons = append(daemons, newDaemon(t, n, rc, bin, config("cross-subnet", "ipip")))
 	}
 	startAll := func() {
 		t.Helper()
@@ -223,6 +225,31 @@ overlay = %q
 		}
 	}
 
+	// onTheWire probes every pair and checks that what crossed the router between the
+	// subnets was the encapsulation asked for, in both families, and nothing else; and
+	// that each tunnel device leaves room for its headers in the node link's MTU.
+	onTheWire := func(overlay, encap string, tunnel func(from, to *netns.Node) bool) {
+		t.Helper()
+		wire.reset(t)
+		allPairs(overlay+"/"+encap, tunnel)
+		got := wire.read(t)
+		t.Logf("overlay %s, encapsulation %s: packets across the router %v", overlay, encap, got)
+		for _, family := range []string{"4", "6"} {
+			for _, kind := range []string{"ipip", "fou", "vxlan"} {
+				n := got[kind+family]
+				if kind == encap && n == 0 {
+					t.Errorf("encapsulation %s: no %s packet of IPv%s crossed the router", encap, kind, family)
+				}
+				if kind != encap && n > 0 {
+					t.Errorf("encapsulation %s: %d %s packets of IPv%s crossed the router", encap, n, kind, family)
+				}
+			}
+		}
+		for _, n := range nodes {
+			checkTunnelMTUs(t, n, encap)
+		}
+	}
+
 	inB := func(n *netns.Node) bool { return n == b1 }
 	crossSubnet := func(from, to *netns.Node) bool { return inB(from) != inB(to) }
 	allRoutes("cross-subnet", crossSubnet)
@@ -231,12 +258,12 @@ overlay = %q
 			t.Errorf("%s routes %s's pods %q, want directly via %s", a1.Name, a2.Name, want[0], want[1])
 		}
 	}
-	allPairs("cross-subnet", crossSubnet)
+	onTheWire("cross-subnet", "ipip", crossSubnet)
 
 	// overlay "always": a restart with the new setting turns every route into a tunnel.
 	for _, d := range daemons {
 		d.Stop()
-		d.reconfigure(config("always"))
+		d.reconfigure(config("always", "ipip"))
 	}
 	start = time.Now()
 	startAll()
@@ -248,12 +275,33 @@ overlay = %q
 		t.Logf("%s tunnels: %s", n.Name, strings.Join(tunnelNames(t, n), " "))
 	}
 
+	// The other encapsulations, each after a restart that replaces the tunnels of
+	// the last: FOU (IPIP and ip6ip6 inside UDP) for every route, then VXLAN across
+	// the subnets only.
+	for _, phase := range []struct {
+		overlay, encap string
+		tunnel         func(from, to *netns.Node) bool
+	}{{"always", "fou", always}, {"cross-subnet", "vxlan", crossSubnet}} {
+		for _, d := range daemons {
+			d.Stop()
+			d.reconfigure(config(phase.overlay, phase.encap))
+		}
+		start = time.Now()
+		startAll()
+		t.Logf("three daemons READY with overlay %s, encapsulation %s after %s", phase.overlay, phase.encap, time.Since(start).Round(time.Millisecond))
+		allRoutes(phase.overlay+"/"+phase.encap, phase.tunnel)
+		onTheWire(phase.overlay, phase.encap, phase.tunnel)
+		for _, n := range nodes {
+			t.Logf("%s tunnels: %s", n.Name, strings.Join(tunnelNames(t, n), " "))
+		}
+	}
+
 	// overlay "never": the nodes in A cannot route to B's pods (the next hop is on no
 	// connected network). Each daemon still becomes READY, warns once naming the node
 	// it cannot reach, keeps no tunnel, and pods within subnet A still talk directly.
 	for _, d := range daemons {
 		d.Stop()
-		d.reconfigure(config("never"))
+		d.reconfigure(config("never", "vxlan"))
 	}
 	start = time.Now()
 	startAll()
@@ -279,27 +327,121 @@ overlay = %q
 	probeTarget(t, pods[0].NS, netip.AddrPortFrom(pods[1].IPv6, 8080))
 }
 
-// tunnelNames lists the node's tunnels of ours (IPIP and ip6ip6) with their remote ends.
+// tunnelNames lists the node's tunnels of ours (IPIP, ip6ip6, VXLAN) with their
+// remote ends and MTUs.
 func tunnelNames(t *testing.T, n *netns.Node) []string {
+	t.Helper()
+	var names []string
+	for _, l := range ourTunnelLinks(t, n) {
+		remote := "all"
+		switch tun := l.(type) {
+		case *netlink.Iptun:
+			remote = tun.Remote.String()
+		case *netlink.Ip6tnl:
+			remote = tun.Remote.String()
+		}
+		names = append(names, l.Attrs().Name+"->"+remote+"(mtu "+strconv.Itoa(l.Attrs().MTU)+")")
+	}
+	return names
+}
+
+// ourTunnelLinks are the node's tunnel devices of ours.
+func ourTunnelLinks(t *testing.T, n *netns.Node) []netlink.Link {
 	t.Helper()
 	links, err := n.Netlink.LinkList()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
+	var out []netlink.Link
 	for _, l := range links {
-		var remote net.IP
-		switch tun := l.(type) {
-		case *netlink.Iptun:
-			remote = tun.Remote
-		case *netlink.Ip6tnl:
-			remote = tun.Remote
-		default:
-			continue
-		}
-		if strings.HasPrefix(l.Attrs().Name, route.TunnelNamePrefix) {
-			names = append(names, l.Attrs().Name+"->"+remote.String()+"(mtu "+strconv.Itoa(l.Attrs().MTU)+")")
+		switch l.(type) {
+		case *netlink.Iptun, *netlink.Ip6tnl, *netlink.Vxlan:
+			if strings.HasPrefix(l.Attrs().Name, route.TunnelNamePrefix) {
+				out = append(out, l)
+			}
 		}
 	}
-	return names
+	return out
+}
+
+// checkTunnelMTUs checks that each tunnel of the node leaves exactly the room its
+// encapsulation's headers need in the MTU of the node's link (what the pods' MTU is
+// computed from).
+func checkTunnelMTUs(t *testing.T, n *netns.Node, encap string) {
+	t.Helper()
+	e, err := route.ParseEncap(encap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth, err := n.Netlink.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ourTunnelLinks(t, n) {
+		v6 := false
+		switch tun := l.(type) {
+		case *netlink.Ip6tnl:
+			v6 = true
+		case *netlink.Vxlan:
+			v6 = tun.SrcAddr.To4() == nil
+		}
+		if want := eth.Attrs().MTU - e.Overhead(v6); l.Attrs().MTU != want {
+			t.Errorf("%s: tunnel %s has MTU %d, want %d (link %d less the %s headers)", n.Name, l.Attrs().Name, l.Attrs().MTU, want, eth.Attrs().MTU, encap)
+		}
+	}
+}
+
+// wireCounters count, in the router between the subnets, the forwarded packets of
+// each encapsulation and family: IP protocols 4 and 41, and UDP to FOU's and VXLAN's
+// ports.
+type wireCounters struct {
+	router *netns.NS
+}
+
+var wireRules = []struct {
+	name, cmd string
+	match     []string
+}{
+	{"ipip4", "iptables", []string{"-p", "4"}},
+	{"ipip6", "ip6tables", []string{"-p", "41"}},
+	{"fou4", "iptables", []string{"-p", "udp", "--dport", "5555"}},
+	{"fou6", "ip6tables", []string{"-p", "udp", "--dport", "5555"}},
+	{"vxlan4", "iptables", []string{"-p", "udp", "--dport", "4789"}},
+	{"vxlan6", "ip6tables", []string{"-p", "udp", "--dport", "4789"}},
+}
+
+func countEncapsulations(t *testing.T, router *netns.NS) *wireCounters {
+	t.Helper()
+	for _, r := range wireRules {
+		args := append([]string{"-w", "-A", "FORWARD"}, r.match...)
+		router.Run(t, r.cmd, append(args, "-m", "comment", "--comment", r.name)...)
+	}
+	return &wireCounters{router: router}
+}
+
+func (w *wireCounters) reset(t *testing.T) {
+	t.Helper()
+	w.router.Run(t, "iptables", "-w", "-Z", "FORWARD")
+	w.router.Run(t, "ip6tables", "-w", "-Z", "FORWARD")
+}
+
+// read returns the packets counted per rule name since the last reset.
+func (w *wireCounters) read(t *testing.T) map[string]uint64 {
+	t.Helper()
+	got := map[string]uint64{}
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		for _, line := range strings.Split(w.router.Run(t, cmd, "-w", "-L", "FORWARD", "-v", "-x", "-n"), "\n") {
+			f := strings.Fields(line)
+			for _, r := range wireRules {
+				if r.cmd == cmd && len(f) > 0 && strings.Contains(line, "/* "+r.name+" */") {
+					n, err := strconv.ParseUint(f[0], 10, 64)
+					if err != nil {
+						t.Fatalf("%s counters: %q: %v", cmd, line, err)
+					}
+					got[r.name] += n
+				}
+			}
+		}
+	}
+	return got
 }

@@ -3,8 +3,10 @@
 package route
 
 import (
+	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -117,4 +119,74 @@ func tunnelScenario(t *testing.T, f tunnelFamily) error {
 		t.Errorf("the foreign tunnel is gone: %v", err)
 	}
 	return nil
+}
+
+// FOU needs the fou and fou6 modules, which only the VM's kernel has. Ports of both
+// families open and close; a foreign port for another protocol is not listed; a
+// plain tunnel asked to be FOU is recreated with the encapsulation and reads back as
+// asked, for IPv4 and IPv6.
+func TestNetlinkFOUTunnelsAndPorts(t *testing.T) {
+	testenv.RequireVM(t)
+	inPrivateNetns(t, func() error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(veth); err != nil {
+			return err
+		}
+		for _, a := range []string{"10.0.0.1/24", "fd00::1/64"} {
+			addr, _ := netlink.ParseAddr(a)
+			addr.Flags = unix.IFA_F_NODAD
+			if err := netlink.AddrAdd(veth, addr); err != nil {
+				return err
+			}
+		}
+		k := Netlink{}
+		ports := []FOUPort{{Port: 5555}, {V6: true, Port: 5555}}
+		for _, p := range ports {
+			if err := k.AddFOUPort(p); err != nil {
+				return err
+			}
+		}
+		if err := netlink.FouAdd(netlink.Fou{Family: netlink.FAMILY_V4, Port: 6080, Protocol: unix.IPPROTO_GRE, EncapType: netlink.FOU_ENCAP_DIRECT}); err != nil {
+			return fmt.Errorf("a foreign GRE port: %w", err)
+		}
+		got, err := k.FOUPorts()
+		if err != nil {
+			return fmt.Errorf("listing: %w", err)
+		}
+		if s := (State{FOUPorts: got}).Dump(); s != (State{FOUPorts: ports}).Dump() {
+			t.Errorf("FOU ports:\n%s\nwant (not the foreign GRE port 6080)\n%s", s, State{FOUPorts: ports}.Dump())
+		}
+		for _, f := range []struct{ local, remote string }{{"10.0.0.1", "10.0.1.3"}, {"fd00::1", "fd00:1::3"}} {
+			plain := Tunnel{Name: TunnelName(netip.MustParseAddr(f.remote)), Local: netip.MustParseAddr(f.local), Remote: netip.MustParseAddr(f.remote)}
+			fou := plain
+			fou.Encap, fou.Port = EncapFOU, 5555
+			for _, want := range []Tunnel{plain, fou} {
+				if err := k.EnsureTunnel(want); err != nil {
+					return fmt.Errorf("ensuring %s: %w", want, err)
+				}
+				ts, err := k.Tunnels()
+				if err != nil {
+					return err
+				}
+				if !slices.Contains(ts, want) {
+					t.Errorf("tunnels %v, want %v among them", ts, want)
+				}
+			}
+			if err := k.DeleteTunnel(fou.Name); err != nil {
+				return err
+			}
+		}
+		for _, p := range ports {
+			if err := k.DeleteFOUPort(p); err != nil {
+				return err
+			}
+		}
+		if got, err := k.FOUPorts(); err != nil || len(got) != 0 {
+			t.Errorf("after closing: FOU ports %v, %v", got, err)
+		}
+		return nil
+	})
 }
