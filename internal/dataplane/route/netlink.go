@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 
@@ -416,17 +417,16 @@ func (Netlink) FOUPorts() ([]FOUPort, error) {
 	if _, err := os.Stat("/sys/module/fou"); err != nil {
 		return nil, nil // without the module no port is open (and asking would load it)
 	}
+	// The kernel's dump holds the ports of both families, whichever is asked for.
+	fous, err := netlink.FouList(netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("listing FOU ports: %w", err)
+	}
 	var out []FOUPort
-	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		fous, err := netlink.FouList(family)
-		if err != nil {
-			return nil, fmt.Errorf("listing FOU ports: %w", err)
-		}
-		for _, f := range fous {
-			p := FOUPort{V6: f.Family == netlink.FAMILY_V6, Port: uint16(f.Port)}
-			if f.EncapType == netlink.FOU_ENCAP_DIRECT && f.Protocol == fouProtocol(p.V6) {
-				out = append(out, p)
-			}
+	for _, f := range fous {
+		p := FOUPort{V6: f.Family == netlink.FAMILY_V6, Port: uint16(f.Port)}
+		if f.EncapType == netlink.FOU_ENCAP_DIRECT && f.Protocol == fouProtocol(p.V6) && !slices.Contains(out, p) {
+			out = append(out, p)
 		}
 	}
 	return out, nil
