@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/netfilter"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
@@ -52,6 +54,10 @@ type Controller struct {
 		resourceVersion string
 		podCIDRs        []netip.Prefix
 	}
+
+	// crossNamespace are the policies pods of other namespaces can affect
+	// (reachesOtherNamespaces), as of the last sync that listed every policy.
+	crossNamespace []*networkingv1.NetworkPolicy
 
 	// changes collects the pods and policies that changed; "all" when a namespace
 	// changed (selectors and the beta annotation read them) or the last apply failed.
@@ -253,13 +259,27 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 		}
 	}
 
+	if !recompileAll && onlyPods(dirty) {
+		done, err := c.syncSetsOnly(changedPods)
+		if err != nil || done {
+			c.lastCompile = time.Since(compileStart) - c.lastApply
+			c.metrics.phaseDuration.WithLabelValues("compile").Observe(c.lastCompile.Seconds())
+			c.metrics.phaseDuration.WithLabelValues("apply").Observe(c.lastApply.Seconds())
+			return "", err // the counts of the last full path stand
+		}
+	}
+
 	policies, err := c.policies.List(labels.Everything())
 	if err != nil {
 		return "", fmt.Errorf("listing network policies: %w", err)
 	}
 	byKey := make(map[string]*networkingv1.NetworkPolicy, len(policies))
+	c.crossNamespace = c.crossNamespace[:0]
 	for _, p := range policies {
 		byKey[p.Namespace+"/"+p.Name] = p
+		if reachesOtherNamespaces(p) {
+			c.crossNamespace = append(c.crossNamespace, p)
+		}
 	}
 	clusterPolicies, err := c.cluster.list()
 	if err != nil {
@@ -352,6 +372,147 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 // podChange is one pod before and after a change; old is nil for a new pod, new is
 // nil for a deleted one.
 type podChange struct{ old, new *Pod }
+
+// onlyPods reports whether every change is a pod's.
+func onlyPods(dirty map[changed]struct{}) bool {
+	for ch := range dirty {
+		if ch.policy || ch.cluster {
+			return false
+		}
+	}
+	return true
+}
+
+// syncSetsOnly is the sync of pod changes that move only set members, the common
+// case of a pod of another node appearing, leaving or being relabelled: it
+// recompiles the policies the pods touch, and when each differs from its last
+// compilation in set members alone, writes those over netlink, without assembling
+// the chains again or starting iptables-restore. Its cost follows the policies that
+// can see the pods' namespace, not the cluster's size. done is false, with nothing
+// written, when the changes need the full path: a pod of this node (its chains, the
+// dispatch and the ledger), or a policy whose chains or targets change.
+func (c *Controller) syncSetsOnly(changedPods []podChange) (done bool, err error) {
+	namespaces := map[string]bool{}
+	for _, ch := range changedPods {
+		for _, p := range []*Pod{ch.old, ch.new} {
+			if p == nil {
+				continue
+			}
+			if p.NodeName == c.opts.NodeName {
+				return false, nil
+			}
+			namespaces[p.Namespace] = true
+		}
+	}
+	candidates := slices.Clone(c.crossNamespace)
+	for ns := range namespaces {
+		inNS, err := c.policies.NetworkPolicies(ns).List(labels.Everything())
+		if err != nil {
+			return false, fmt.Errorf("listing network policies: %w", err)
+		}
+		for _, p := range inNS {
+			if !reachesOtherNamespaces(p) { // those are candidates already
+				candidates = append(candidates, p)
+			}
+		}
+	}
+	clusterPolicies, err := c.cluster.list()
+	if err != nil {
+		return false, fmt.Errorf("listing cluster network policies: %w", err)
+	}
+	type update struct {
+		old, cp *compiledPolicy
+		sets    []ipset.SetEntries
+	}
+	updates := make([][]update, len(c.families))
+	for i, fs := range c.families {
+		if !fs.opts.hasLocalPods(c.idx) {
+			continue // nothing compiled, and no local pod changed
+		}
+		consider := func(key string, compile func() *compiledPolicy) bool {
+			old := fs.compiled[key]
+			if old == nil {
+				return false
+			}
+			cp := compile()
+			sets, ok := setsOnlyChange(old, cp)
+			if ok && len(sets) > 0 {
+				updates[i] = append(updates[i], update{old: old, cp: cp, sets: sets})
+			}
+			return ok
+		}
+		for _, p := range candidates {
+			if c.touches(p, changedPods) && !consider(p.Namespace+"/"+p.Name, func() *compiledPolicy { return compilePolicy(p, c.idx, fs.opts) }) {
+				return false, nil
+			}
+		}
+		for _, p := range clusterPolicies {
+			if c.touchesCluster(p, changedPods) && !consider(clusterKey(p.Name), func() *compiledPolicy { return compileCluster(p, c.idx, fs.opts) }) {
+				return false, nil
+			}
+		}
+	}
+
+	c.detailsMu.Lock()
+	details := c.details
+	c.detailsMu.Unlock()
+	details.LastApply = map[ipfamily.Family]netfilter.Stats{}
+	applyStart := time.Now()
+	for i, fs := range c.families {
+		// Policies with the same peers share a set: each once.
+		var sets []ipset.SetEntries
+		seen := map[string]bool{}
+		for _, u := range updates[i] {
+			for _, s := range u.sets {
+				if !seen[s.Name] {
+					seen[s.Name] = true
+					sets = append(sets, s)
+				}
+			}
+		}
+		before := fs.asm.setEntries(sets)
+		st, err := fs.netfilter.ApplySets(sets)
+		details.LastApply[fs.opts.Family] = st
+		if err != nil {
+			c.changes.MarkAll()
+			return true, err
+		}
+		for _, u := range updates[i] {
+			fs.asm.ReplaceSets(u.cp)
+			c.keep(fs, u.old, u.cp)
+		}
+		details.Entries += fs.asm.setEntries(sets) - before
+	}
+	c.lastApply = time.Since(applyStart)
+	c.detailsMu.Lock()
+	c.details = details
+	c.detailsMu.Unlock()
+	return true, nil
+}
+
+// setsOnlyChange returns the sets of cp whose members differ from old's, if cp differs
+// from old in nothing else (ok).
+func setsOnlyChange(old, cp *compiledPolicy) (sets []ipset.SetEntries, ok bool) {
+	if old.Ingress != cp.Ingress || old.Egress != cp.Egress || !slices.Equal(old.Targets, cp.Targets) ||
+		!slices.Equal(old.Problems, cp.Problems) || !maps.Equal(old.SetMeaning, cp.SetMeaning) ||
+		len(old.Chains) != len(cp.Chains) || len(old.Sets) != len(cp.Sets) {
+		return nil, false
+	}
+	for i, ch := range cp.Chains {
+		if o := old.Chains[i]; o.Table != ch.Table || o.Name != ch.Name || !slices.Equal(o.Rules, ch.Rules) {
+			return nil, false
+		}
+	}
+	for i, s := range cp.Sets {
+		if old.Sets[i].Set != s.Set {
+			return nil, false
+		}
+		if !slices.Equal(old.Sets[i].Entries, s.Entries) {
+			sets = append(sets, s)
+		}
+	}
+	return sets, true
+}
 
 // keep stores a policy's compilation, logging its problems when they changed.
 func (c *Controller) keep(fs *familyState, old, cp *compiledPolicy) {

@@ -113,6 +113,8 @@ type assembler struct {
 	// headChanged: the pod CIDRs changed since the last Assemble.
 	headChanged bool
 	last        *Desired
+	// setAt is the index of each set in last.Sets.
+	setAt map[string]int
 }
 
 // assembledPod is one local pod's chains and dispatch rules with the inputs they
@@ -246,7 +248,37 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 		d.Rules += len(c.Rules)
 	}
 	a.last = d
+	a.setAt = make(map[string]int, len(d.Sets))
+	for i, s := range d.Sets {
+		a.setAt[s.Name] = i
+	}
 	return d
+}
+
+// setEntries counts the entries the last result holds in the named sets.
+func (a *assembler) setEntries(sets []ipset.SetEntries) int {
+	n := 0
+	for _, s := range sets {
+		if i, ok := a.setAt[s.Name]; ok && a.last != nil {
+			n += len(a.last.Sets[i].Entries)
+		}
+	}
+	return n
+}
+
+// ReplaceSets records cp, a new compilation of a policy the last Assemble had that
+// differs from it only in the members of its sets (setsOnlyChange), without
+// assembling again: the last result holds cp's sets from now on.
+func (a *assembler) ReplaceSets(cp *compiledPolicy) {
+	a.policies[cp.Key] = cp
+	if a.last == nil {
+		return
+	}
+	for _, s := range cp.Sets {
+		if i, ok := a.setAt[s.Name]; ok {
+			a.last.Sets[i] = s
+		}
+	}
 }
 
 // trackPolicies brings ingressOf and egressOf up to date with the policies that were

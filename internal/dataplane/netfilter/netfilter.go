@@ -27,6 +27,10 @@ type Interface interface {
 	// the last apply wrote and changes only what differs from it. want's slices are
 	// kept as the record of what was written: the caller must not change them later.
 	Apply(want *Ruleset, full bool) (Stats, error)
+	// ApplySets changes the members of sets the last Apply wrote, and nothing else:
+	// a change that moves only set members needs no iptables-restore process. The
+	// sets' slices are kept like Apply's.
+	ApplySets(sets []ipset.SetEntries) (Stats, error)
 	// Cleanup removes everything the Owner has in the kernel: jumps, chains, sets.
 	Cleanup() error
 }

@@ -107,6 +107,28 @@ func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 	return st, nil
 }
 
+// ApplySets implements Interface. A set the records do not hold with the same type,
+// or records not known to match the kernel, fail it before anything is written.
+func (w *Writer) ApplySets(sets []ipset.SetEntries) (Stats, error) {
+	var st Stats
+	if !w.primed {
+		return st, fmt.Errorf("%s: set members changed before a full apply", w.owner.Name)
+	}
+	for _, s := range sets {
+		if old, ok := w.sets[s.Name]; !ok || old.Set != s.Set {
+			return st, fmt.Errorf("%s: set %s is not one the last apply wrote", w.owner.Name, s.Name)
+		}
+	}
+	w.primed = false
+	for _, s := range sets {
+		if err := w.applySetCounted(s, &st); err != nil {
+			return st, err
+		}
+	}
+	w.primed = true
+	return st, nil
+}
+
 // Cleanup implements Interface.
 func (w *Writer) Cleanup() error {
 	w.primed = false

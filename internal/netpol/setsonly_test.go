@@ -1,0 +1,86 @@
+package netpol
+
+import (
+	"fmt"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
+	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+)
+
+// Pods of other nodes appearing, relabelled and leaving move only set members: their
+// sync writes the members without iptables-restore and leaves the kernel exactly as
+// the full path would (a full sync right after finds nothing to write). A change of a
+// local pod takes the full path.
+func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
+	ctx := t.Context()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
+	bc := newBenchController(t, 3, Dataplane{IPTables: []iptables.Interface{ipt}, IPSets: sets})
+	bc.addClusterPolicies(t, 6)
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	pods := bc.factory.Core().V1().Pods().Informer().GetIndexer()
+	remote := func(n int) (string, string) {
+		return fmt.Sprintf("ns-%d", n%bc.namespaces), fmt.Sprintf("remote-%d", n)
+	}
+	// toggle moves pod i of namespace ns between app-3 and app-7.
+	toggle := func(ns, i int) {
+		key := fmt.Sprintf("ns-%d/pod-%d", ns, i)
+		obj, _, _ := pods.GetByKey(key)
+		pod := obj.(*corev1.Pod).DeepCopy()
+		pod.Labels["app"] = map[string]string{"app-3": "app-7", "app-7": "app-3"}[pod.Labels["app"]]
+		must(t, pods.Update(pod))
+		bc.c.changes.Mark(changed{key: key})
+	}
+	steps := []struct {
+		name     string
+		do       func(n int)
+		setsOnly bool
+	}{
+		{"a remote pod relabelled", func(n int) { toggle(n%bc.namespaces, benchLocalPerNS+3) }, true},
+		{"a remote pod added", func(n int) {
+			ns, name := remote(n)
+			pod := benchPod(n%bc.namespaces, benchLocalPerNS+4) // app-4 on the other node
+			pod.Name = name
+			pod.Status.PodIPs[0].IP = fmt.Sprintf("10.99.%d.%d", n/200, n%200+1)
+			must(t, pods.Add(pod))
+			bc.c.changes.Mark(changed{key: ns + "/" + name})
+		}, true},
+		{"a remote pod deleted", func(n int) {
+			ns, name := remote(n - 1)
+			obj, _, _ := pods.GetByKey(ns + "/" + name)
+			must(t, pods.Delete(obj))
+			bc.c.changes.Mark(changed{key: ns + "/" + name})
+		}, true},
+		{"a local pod relabelled", func(n int) { toggle(n%bc.namespaces, 3) }, false},
+	}
+	for n := range 4 * len(steps) {
+		step := steps[n%len(steps)]
+		restores, assembled := len(ipt.Restores), bc.c.families[0].asm.last
+		step.do(n)
+		if _, err := bc.c.sync(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]
+		if setsOnly := bc.c.families[0].asm.last == assembled; setsOnly != step.setsOnly {
+			t.Errorf("change %d (%s): set members only %v, want %v", n, step.name, setsOnly, step.setsOnly)
+		}
+		if step.setsOnly && len(ipt.Restores) != restores {
+			t.Errorf("change %d (%s): iptables-restore ran", n, step.name)
+		}
+		if step.setsOnly && st.EntriesChanged == 0 {
+			t.Errorf("change %d (%s): no set member changed; the benchmark's changes must move some", n, step.name)
+		}
+		restores = len(ipt.Restores)
+		if _, err := bc.c.sync(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]; len(ipt.Restores) != restores || st.EntriesChanged != 0 || st.Drifted != 0 {
+			t.Fatalf("change %d (%s): a full sync after it still wrote: %+v, %d restores", n, step.name, st, len(ipt.Restores)-restores)
+		}
+	}
+}
