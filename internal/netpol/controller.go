@@ -481,7 +481,9 @@ func (c *Controller) syncSetsOnly(changedPods []podChange) (done bool, err error
 			fs.asm.ReplaceSets(u.cp)
 			c.keep(fs, u.old, u.cp)
 		}
-		details.Entries += fs.asm.setEntries(sets) - before
+		delta := fs.asm.setEntries(sets) - before
+		details.Entries += delta
+		c.metrics.entries.WithLabelValues(fs.opts.familyTag()).Add(float64(delta))
 	}
 	c.lastApply = time.Since(applyStart)
 	c.detailsMu.Lock()

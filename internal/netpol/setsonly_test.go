@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"testing"
 
+	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
@@ -75,12 +76,21 @@ func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
 		if step.setsOnly && st.EntriesChanged == 0 {
 			t.Errorf("change %d (%s): no set member changed; the benchmark's changes must move some", n, step.name)
 		}
+		var gauge dto.Metric
+		if err := bc.c.metrics.entries.WithLabelValues("4").Write(&gauge); err != nil {
+			t.Fatal(err)
+		}
+		entries, entriesGauge := bc.c.Details().(Details).Entries, gauge.GetGauge().GetValue()
 		restores = len(ipt.Restores)
 		if _, err := bc.c.sync(ctx, true); err != nil {
 			t.Fatal(err)
 		}
 		if st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]; len(ipt.Restores) != restores || st.EntriesChanged != 0 || st.Drifted != 0 {
 			t.Fatalf("change %d (%s): a full sync after it still wrote: %+v, %d restores", n, step.name, st, len(ipt.Restores)-restores)
+		}
+		// The counts in status and metrics were kept up to date, too.
+		if want := bc.c.Details().(Details).Entries; entries != want || entriesGauge != float64(want) {
+			t.Errorf("change %d (%s): set entries counted %d in status and %v in metrics, want %d", n, step.name, entries, entriesGauge, want)
 		}
 	}
 }
