@@ -65,12 +65,23 @@ func reconcileKernel(k route.Interface, want route.State, keep func(route.Route)
 	// Peers are known by device and node: a listed peer whose entries are wrong (no
 	// MAC) is replaced, not deleted.
 	peerKey := func(p route.VXLANPeer) route.VXLANPeer { return route.VXLANPeer{Device: p.Device, Node: p.Node} }
+	// By device and gateway: the peer a kept route goes through.
+	type gatewayKey struct {
+		device  string
+		gateway netip.Addr
+	}
+	listed := make(map[route.VXLANPeer]bool, len(havePeers))
+	byGateway := make(map[gatewayKey]route.VXLANPeer, len(havePeers))
+	for _, p := range havePeers {
+		listed[p] = true
+		byGateway[gatewayKey{p.Device, p.Gateway()}] = p
+	}
 	peerOK := map[route.VXLANPeer]bool{}
 	for _, p := range want.Peers {
 		if !tunnelOK[p.Device] {
 			continue
 		}
-		if !slices.Contains(havePeers, p) {
+		if !listed[p] {
 			if err := k.ReplaceVXLANPeer(p); err != nil {
 				errs = append(errs, err)
 				continue
@@ -115,10 +126,8 @@ func reconcileKernel(k route.Interface, want route.State, keep func(route.Route)
 		}
 		if keep(r) {
 			keptTunnels[r.Device] = true
-			for _, p := range havePeers {
-				if p.Device == r.Device && p.Gateway() == r.Gateway {
-					peerOK[peerKey(p)] = true
-				}
+			if p, ok := byGateway[gatewayKey{r.Device, r.Gateway}]; ok {
+				peerOK[peerKey(p)] = true
 			}
 			continue
 		}
