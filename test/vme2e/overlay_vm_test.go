@@ -290,6 +290,16 @@ overlay_encap = %q
 		startAll()
 		t.Logf("three daemons READY with overlay %s, encapsulation %s after %s", phase.overlay, phase.encap, time.Since(start).Round(time.Millisecond))
 		allRoutes(phase.overlay+"/"+phase.encap, phase.tunnel)
+		// The routes above may still go through the last setting's tunnels, until
+		// each daemon's first sync replaces them: wait for tunnels of this one.
+		testenv.Eventually(t, "tunnels of encapsulation "+phase.encap+" on every node", 3*time.Minute, func() bool {
+			for _, n := range nodes {
+				if !tunnelsAre(t, n, phase.encap) {
+					return false
+				}
+			}
+			return true
+		})
 		onTheWire(phase.overlay, phase.encap, phase.tunnel)
 		for _, n := range nodes {
 			t.Logf("%s tunnels: %s", n.Name, strings.Join(tunnelNames(t, n), " "))
@@ -362,6 +372,35 @@ func ourTunnelLinks(t *testing.T, n *netns.Node) []netlink.Link {
 		}
 	}
 	return out
+}
+
+// tunnelsAre reports whether the node has tunnels and all are of the encapsulation:
+// of its kind of device and with the MTU its headers leave.
+func tunnelsAre(t *testing.T, n *netns.Node, encap string) bool {
+	t.Helper()
+	e, err := route.ParseEncap(encap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eth, err := n.Netlink.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	links := ourTunnelLinks(t, n)
+	for _, l := range links {
+		v6 := false
+		switch tun := l.(type) {
+		case *netlink.Ip6tnl:
+			v6 = true
+		case *netlink.Vxlan:
+			v6 = tun.SrcAddr.To4() == nil
+		}
+		_, isVXLAN := l.(*netlink.Vxlan)
+		if isVXLAN != (e == route.EncapVXLAN) || l.Attrs().MTU != eth.Attrs().MTU-e.Overhead(v6) {
+			return false
+		}
+	}
+	return len(links) > 0
 }
 
 // checkTunnelMTUs checks that each tunnel of the node leaves exactly the room its
