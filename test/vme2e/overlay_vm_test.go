@@ -388,19 +388,24 @@ func tunnelsAre(t *testing.T, n *netns.Node, encap string) bool {
 	}
 	links := ourTunnelLinks(t, n)
 	for _, l := range links {
-		v6 := false
-		switch tun := l.(type) {
-		case *netlink.Ip6tnl:
-			v6 = true
-		case *netlink.Vxlan:
-			v6 = tun.SrcAddr.To4() == nil
-		}
+		v6 := tunnelIsIPv6(l)
 		_, isVXLAN := l.(*netlink.Vxlan)
 		if isVXLAN != (e == route.EncapVXLAN) || l.Attrs().MTU != eth.Attrs().MTU-e.Overhead(v6) {
 			return false
 		}
 	}
 	return len(links) > 0
+}
+
+// tunnelIsIPv6 reports whether the tunnel device carries IPv6 between nodes.
+func tunnelIsIPv6(l netlink.Link) bool {
+	switch tun := l.(type) {
+	case *netlink.Ip6tnl:
+		return true
+	case *netlink.Vxlan:
+		return tun.SrcAddr.To4() == nil
+	}
+	return false
 }
 
 // checkTunnelMTUs checks that each tunnel of the node leaves exactly the room its
@@ -417,13 +422,7 @@ func checkTunnelMTUs(t *testing.T, n *netns.Node, encap string) {
 		t.Fatal(err)
 	}
 	for _, l := range ourTunnelLinks(t, n) {
-		v6 := false
-		switch tun := l.(type) {
-		case *netlink.Ip6tnl:
-			v6 = true
-		case *netlink.Vxlan:
-			v6 = tun.SrcAddr.To4() == nil
-		}
+		v6 := tunnelIsIPv6(l)
 		if want := eth.Attrs().MTU - e.Overhead(v6); l.Attrs().MTU != want {
 			t.Errorf("%s: tunnel %s has MTU %d, want %d (link %d less the %s headers)", n.Name, l.Attrs().Name, l.Attrs().MTU, want, eth.Attrs().MTU, encap)
 		}
