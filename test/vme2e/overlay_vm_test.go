@@ -378,40 +378,20 @@ func ourTunnelLinks(t *testing.T, n *netns.Node) []netlink.Link {
 // of its kind of device and with the MTU its headers leave.
 func tunnelsAre(t *testing.T, n *netns.Node, encap string) bool {
 	t.Helper()
-	e, err := route.ParseEncap(encap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eth, err := n.Netlink.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, wantMTU := tunnelMTU(t, n, encap)
 	links := ourTunnelLinks(t, n)
 	for _, l := range links {
-		v6 := tunnelIsIPv6(l)
 		_, isVXLAN := l.(*netlink.Vxlan)
-		if isVXLAN != (e == route.EncapVXLAN) || l.Attrs().MTU != eth.Attrs().MTU-e.Overhead(v6) {
+		if isVXLAN != (e == route.EncapVXLAN) || l.Attrs().MTU != wantMTU(l) {
 			return false
 		}
 	}
 	return len(links) > 0
 }
 
-// tunnelIsIPv6 reports whether the tunnel device carries IPv6 between nodes.
-func tunnelIsIPv6(l netlink.Link) bool {
-	switch tun := l.(type) {
-	case *netlink.Ip6tnl:
-		return true
-	case *netlink.Vxlan:
-		return tun.SrcAddr.To4() == nil
-	}
-	return false
-}
-
-// checkTunnelMTUs checks that each tunnel of the node leaves exactly the room its
-// encapsulation's headers need in the MTU of the node's link (what the pods' MTU is
-// computed from).
-func checkTunnelMTUs(t *testing.T, n *netns.Node, encap string) {
+// tunnelMTU parses encap and returns the MTU a tunnel of it must have on the node:
+// the node link's MTU less the encapsulation's headers for the tunnel's family.
+func tunnelMTU(t *testing.T, n *netns.Node, encap string) (route.Encap, func(netlink.Link) int) {
 	t.Helper()
 	e, err := route.ParseEncap(encap)
 	if err != nil {
@@ -421,10 +401,27 @@ func checkTunnelMTUs(t *testing.T, n *netns.Node, encap string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e, func(l netlink.Link) int {
+		v6 := false
+		switch tun := l.(type) {
+		case *netlink.Ip6tnl:
+			v6 = true
+		case *netlink.Vxlan:
+			v6 = tun.SrcAddr.To4() == nil
+		}
+		return eth.Attrs().MTU - e.Overhead(v6)
+	}
+}
+
+// checkTunnelMTUs checks that each tunnel of the node leaves exactly the room its
+// encapsulation's headers need in the MTU of the node's link (what the pods' MTU is
+// computed from).
+func checkTunnelMTUs(t *testing.T, n *netns.Node, encap string) {
+	t.Helper()
+	_, wantMTU := tunnelMTU(t, n, encap)
 	for _, l := range ourTunnelLinks(t, n) {
-		v6 := tunnelIsIPv6(l)
-		if want := eth.Attrs().MTU - e.Overhead(v6); l.Attrs().MTU != want {
-			t.Errorf("%s: tunnel %s has MTU %d, want %d (link %d less the %s headers)", n.Name, l.Attrs().Name, l.Attrs().MTU, want, eth.Attrs().MTU, encap)
+		if want := wantMTU(l); l.Attrs().MTU != want {
+			t.Errorf("%s: tunnel %s has MTU %d, want %d (the node link's less the %s headers)", n.Name, l.Attrs().Name, l.Attrs().MTU, want, encap)
 		}
 	}
 }
