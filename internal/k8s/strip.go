@@ -28,13 +28,14 @@ const (
 	betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 )
 
-// Strip returns a smaller copy of a Pod, Node, Service, EndpointSlice, Namespace or
-// NetworkPolicy, holding what the controllers read, and any other object unchanged.
-// It is idempotent, as client-go requires of a transform.
+// Strip returns a smaller copy of a Node, Service, EndpointSlice, Namespace or
+// NetworkPolicy, holding what the controllers read, a Pod as a compact Pod, and any
+// other object (a Pod already compacted too) unchanged. It is idempotent, as
+// client-go requires of a transform.
 func Strip(obj any) any {
 	switch o := obj.(type) {
 	case *corev1.Pod:
-		return stripPod(o)
+		return CompactPod(o)
 	case *corev1.Node:
 		return stripNode(o)
 	case *corev1.Service:
@@ -81,57 +82,6 @@ func stripMeta(m metav1.ObjectMeta, keep func(annotation string) bool) metav1.Ob
 }
 
 func isKubeRouterAnnotation(k string) bool { return strings.HasPrefix(k, kubeRouterAnnotationPrefix) }
-
-// stripPod keeps what network policy reads: placement, addresses, phase and the
-// named ports the pod serves (of its containers and sidecars).
-func stripPod(p *corev1.Pod) *corev1.Pod {
-	out := &corev1.Pod{
-		ObjectMeta: stripMeta(p.ObjectMeta, nil),
-		Spec: corev1.PodSpec{
-			NodeName:    p.Spec.NodeName,
-			HostNetwork: p.Spec.HostNetwork,
-			Containers:  namedPorts(p.Spec),
-		},
-		Status: corev1.PodStatus{
-			Phase:   p.Status.Phase,
-			PodIP:   p.Status.PodIP,
-			PodIPs:  p.Status.PodIPs,
-			HostIP:  p.Status.HostIP,
-			HostIPs: p.Status.HostIPs,
-		},
-	}
-	return out
-}
-
-// namedPortsContainer names the one container a stripped pod keeps.
-const namedPortsContainer = "named-ports"
-
-// namedPorts folds the named ports of every container and sidecar (restartable
-// init container), in order, into one container: a Container is 400 bytes, and at
-// 150,000 pods the copies would cost more than the rest of the cache. Pods without
-// named ports keep none. A pod stripped before comes back unchanged.
-func namedPorts(spec corev1.PodSpec) []corev1.Container {
-	var ports []corev1.ContainerPort
-	collect := func(c corev1.Container) {
-		for _, port := range c.Ports {
-			if port.Name != "" {
-				ports = append(ports, port)
-			}
-		}
-	}
-	for _, c := range spec.Containers {
-		collect(c)
-	}
-	for _, c := range spec.InitContainers {
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			collect(c)
-		}
-	}
-	if len(ports) == 0 {
-		return nil
-	}
-	return []corev1.Container{{Name: namedPortsContainer, Ports: ports}}
-}
 
 // stripNode keeps addresses, pod CIDRs, taints and kube-router's annotations; the
 // node's images, conditions, capacity and system info go.

@@ -40,7 +40,9 @@ type Controller struct {
 	families []*familyState
 	metrics  *metrics
 
-	pods       corelisters.PodLister
+	// pods is the pod informer's cache: compact pods (k8s.Pod) in the daemon, whole
+	// ones where a test feeds the informers directly.
+	pods       cache.Indexer
 	namespaces corelisters.NamespaceLister
 	policies   netlisters.NetworkPolicyLister
 	nodes      corelisters.NodeLister
@@ -134,14 +136,14 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 	nsInf := env.Informers.Core().V1().Namespaces()
 	polInf := env.Informers.Networking().V1().NetworkPolicies()
 	nodeInf := env.Informers.Core().V1().Nodes()
-	c.pods, c.namespaces, c.policies, c.nodes = podInf.Lister(), nsInf.Lister(), polInf.Lister(), nodeInf.Lister()
+	c.pods, c.namespaces, c.policies, c.nodes = podInf.Informer().GetIndexer(), nsInf.Lister(), polInf.Lister(), nodeInf.Lister()
 	if env.PolicyClient != nil {
 		c.cluster = &clusterSource{client: env.PolicyClient, log: c.log, changes: c.changes, request: c.runner.Request, synced: make(chan struct{})}
 		c.clusterPrepared = c.cluster.prepare()
 	}
 	nodeChanged := podCIDRsChanged(env.NodeName)
 	if err := errors.Join(
-		c.changes.Watch(podInf.Informer(), loop.Both(keyOf(false))),
+		c.changes.Watch(podInf.Informer(), podKeys),
 		c.changes.Watch(polInf.Informer(), loop.Both(keyOf(true))),
 		c.changes.WatchAll(nsInf.Informer(), func(loop.Change) bool { return true }),
 		c.changes.WatchAll(nodeInf.Informer(), func(ch loop.Change) bool { return nodeChanged(ch) || c.cluster.nodePeersChanged(ch) }),
@@ -149,6 +151,18 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 		return nil, fmt.Errorf("registering informer handlers: %w", err)
 	}
 	return c, nil
+}
+
+// podKeys names a changed pod for the change tracker. Most pod updates are kubelet
+// writing statuses the cache does not keep: those arrive as equal compact pods and
+// need no sync.
+func podKeys(ch loop.Change) []changed {
+	if o, ok := ch.Old.(*k8s.Pod); ok {
+		if n, ok := ch.New.(*k8s.Pod); ok && o.Equal(n) {
+			return nil
+		}
+	}
+	return loop.Both(keyOf(false))(ch)
 }
 
 // keyOf names a pod or policy object for the change tracker.
@@ -247,8 +261,8 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 			key := ch.key
 			ns, name, _ := cache.SplitMetaNamespaceKey(key)
 			change := podChange{old: c.idx.Pod(ns, name)}
-			if obj, err := c.pods.Pods(ns).Get(name); err == nil {
-				change.new = podFromAPI(obj)
+			if obj, exists, err := c.pods.GetByKey(key); err == nil && exists {
+				change.new = policedPod(obj)
 			}
 			if change.new != nil {
 				c.idx.SetPod(change.new)
@@ -572,12 +586,8 @@ func (c *Controller) rebuildIndex() error {
 		}
 		idx.Namespaces[ns.Name] = n
 	}
-	pods, err := c.pods.List(labels.Everything())
-	if err != nil {
-		return fmt.Errorf("listing pods: %w", err)
-	}
-	for _, p := range pods {
-		if pod := podFromAPI(p); pod != nil {
+	for _, p := range c.pods.List() {
+		if pod := policedPod(p); pod != nil {
 			idx.SetPod(pod)
 		}
 	}

@@ -127,6 +127,16 @@ func (o options) podIP(p *Pod) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
+// podIPText is podIP as set entries write it, shared by every set listing the pod.
+func (o options) podIPText(p *Pod) (string, bool) {
+	for i, ip := range p.IPs {
+		if o.Family.Has(ip) {
+			return p.IPText(i), true
+		}
+	}
+	return "", false
+}
+
 // hasLocalPods reports whether any pod this node polices has an address of o's family.
 func (o options) hasLocalPods(idx *index) bool {
 	return slices.ContainsFunc(idx.podsOnNode(o.NodeName), o.isLocalTarget)

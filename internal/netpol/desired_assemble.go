@@ -162,8 +162,8 @@ func (a *assembler) Assemble(policies []*compiledPolicy, idx *index) *Desired {
 			continue
 		}
 		if o.isolating() {
-			ip, _ := o.podIP(pod)
-			enforced = append(enforced, ip.String())
+			ip, _ := o.podIPText(pod)
+			enforced = append(enforced, ip)
 		}
 		ref := podRef{pod.Namespace, pod.Name}
 		ns := idx.Namespaces[pod.Namespace]

@@ -351,8 +351,8 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 		} else {
 			entries := map[string]struct{}{}
 			for _, p := range peerPods() {
-				if ip, ok := o.podIP(p); ok {
-					entries[ip.String()] = struct{}{}
+				if ip, ok := o.podIPText(p); ok {
+					entries[ip] = struct{}{}
 				}
 			}
 			b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(podKeys, "\x00"))

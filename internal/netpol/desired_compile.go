@@ -153,8 +153,8 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	if selectorPeers {
 		entries := map[string]struct{}{}
 		for _, p := range peerPods {
-			ip, _ := b.o.podIP(p)
-			entries[ip.String()] = struct{}{}
+			ip, _ := b.o.podIPText(p)
+			entries[ip] = struct{}{}
 		}
 		slices.Sort(peerKeys)
 		peerKeys = slices.Compact(peerKeys)

@@ -2,7 +2,6 @@ package netpol
 
 import (
 	"encoding/json"
-	"net/netip"
 	"slices"
 	"strings"
 
@@ -10,29 +9,15 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
-// Pod is what the policy compiler needs to know about a pod.
-type Pod struct {
-	Namespace   string
-	Name        string
-	Labels      map[string]string
-	IPs         []netip.Addr
-	NodeName    string
-	HostNetwork bool
-	// Ports are the pod's named container ports, for named ports in policies.
-	Ports []NamedPort
-}
-
-// Key is "namespace/name".
-func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+// Pod is what the policy compiler knows of a pod: the informer cache's own object,
+// shared, never modified.
+type Pod = k8s.Pod
 
 // NamedPort is one named container port.
-type NamedPort struct {
-	Name     string
-	Protocol corev1.Protocol
-	Port     int32
-}
+type NamedPort = k8s.NamedPort
 
 // Namespace is what the policy compiler needs to know about a namespace.
 type Namespace struct {
@@ -191,52 +176,23 @@ func (x *index) podsOnNode(node string) []*Pod {
 // Pod returns the pod namespace/name, or nil.
 func (x *index) Pod(namespace, name string) *Pod { return x.Pods[namespace][name] }
 
-// podFromAPI converts a Pod object. It returns nil for pods that can neither be
-// policed nor be a peer: no IP yet, or finished (their IP may already be reused).
-func podFromAPI(p *corev1.Pod) *Pod {
-	if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+// policedPod returns the pod of a cached object (a compact pod from the daemon's
+// informers, or a whole one), or nil for pods that can neither be policed nor be a
+// peer: no IP yet, or finished (their IP may already be reused).
+func policedPod(obj any) *Pod {
+	var p *Pod
+	switch o := obj.(type) {
+	case *k8s.Pod:
+		p = o
+	case *corev1.Pod:
+		p = k8s.CompactPod(o)
+	default:
 		return nil
 	}
-	out := &Pod{
-		Namespace:   p.Namespace,
-		Name:        p.Name,
-		Labels:      p.Labels,
-		NodeName:    p.Spec.NodeName,
-		HostNetwork: p.Spec.HostNetwork,
-	}
-	for _, ip := range p.Status.PodIPs {
-		if a, err := netip.ParseAddr(ip.IP); err == nil {
-			out.IPs = append(out.IPs, a.Unmap())
-		}
-	}
-	if len(out.IPs) == 0 {
-		if a, err := netip.ParseAddr(p.Status.PodIP); err == nil {
-			out.IPs = append(out.IPs, a.Unmap())
-		}
-	}
-	if len(out.IPs) == 0 {
+	if p.Finished || len(p.IPs) == 0 {
 		return nil
 	}
-	containers := p.Spec.Containers
-	for _, c := range p.Spec.InitContainers {
-		// Sidecars (restartable init containers) serve ports like regular containers.
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			containers = append(containers, c)
-		}
-	}
-	for _, c := range containers {
-		for _, port := range c.Ports {
-			if port.Name == "" {
-				continue
-			}
-			proto := port.Protocol
-			if proto == "" {
-				proto = corev1.ProtocolTCP
-			}
-			out.Ports = append(out.Ports, NamedPort{Name: port.Name, Protocol: proto, Port: port.ContainerPort})
-		}
-	}
-	return out
+	return p
 }
 
 // namespaceFromAPI converts a Namespace object. A malformed beta annotation is

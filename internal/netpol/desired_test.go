@@ -39,9 +39,9 @@ func fixture() *index {
 			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Ports: ports})
 	}
 	pod("x", "a", "10.0.1.1", node, map[string]string{"app": "a"},
-		NamedPort{"http", corev1.ProtocolTCP, 80}, NamedPort{"dns", corev1.ProtocolUDP, 53})
-	pod("x", "b", "10.0.1.2", node, map[string]string{"app": "b", "tier": "web"}, NamedPort{"http", corev1.ProtocolTCP, 8080})
-	pod("y", "a", "10.0.2.1", node, map[string]string{"app": "a"}, NamedPort{"http", corev1.ProtocolTCP, 80})
+		NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}, NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})
+	pod("x", "b", "10.0.1.2", node, map[string]string{"app": "b", "tier": "web"}, NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080})
+	pod("y", "a", "10.0.2.1", node, map[string]string{"app": "a"}, NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80})
 	pod("y", "c", "10.0.2.3", "n2", map[string]string{"app": "c"})
 	pod("z", "a", "10.0.3.1", node, map[string]string{"app": "a"})
 	idx.SetPod(&Pod{Namespace: "x", Name: "host", Labels: map[string]string{"app": "a"}, NodeName: node,

@@ -41,7 +41,7 @@ func FuzzCompilePolicy(f *testing.F) {
 		idx.Namespaces["x"] = &Namespace{Name: "x", Labels: map[string]string{"ns": "x"}}
 		idx.Namespaces["y"] = &Namespace{Name: "y", Labels: map[string]string{"ns": "y", podLabelKey: podLabelVal}}
 		mk := func(ns, name, ip, nodeName string, labels map[string]string, ports ...NamedPort) {
-			if p := podFromAPI(&corev1.Pod{
+			if p := policedPod(&corev1.Pod{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
 				Spec:       corev1.PodSpec{NodeName: nodeName},
 				Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
@@ -50,9 +50,9 @@ func FuzzCompilePolicy(f *testing.F) {
 				idx.SetPod(p)
 			}
 		}
-		mk("x", "a", "10.0.1.1", "n1", map[string]string{podLabelKey: podLabelVal, "app": "a"}, NamedPort{"http", corev1.ProtocolTCP, 80})
-		mk("x", "b", "10.0.1.2", "n1", map[string]string{"app": "b"}, NamedPort{"http", corev1.ProtocolTCP, 8080})
-		mk("y", "c", remotePodIP, "n2", map[string]string{"app": "c", podLabelKey: podLabelVal}, NamedPort{namedPort, corev1.Protocol(proto), int32(port)})
+		mk("x", "a", "10.0.1.1", "n1", map[string]string{podLabelKey: podLabelVal, "app": "a"}, NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80})
+		mk("x", "b", "10.0.1.2", "n1", map[string]string{"app": "b"}, NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 8080})
+		mk("y", "c", remotePodIP, "n2", map[string]string{"app": "c", podLabelKey: podLabelVal}, NamedPort{Name: namedPort, Protocol: corev1.Protocol(proto), Port: int32(port)})
 
 		var peer networkingv1.NetworkPolicyPeer
 		sel := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{

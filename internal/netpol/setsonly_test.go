@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
@@ -10,6 +11,9 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
+	"github.com/kube-routerd/kube-routerd/internal/loop"
+	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
 )
 
 // Pods of other nodes appearing, relabelled and leaving move only set members: their
@@ -92,5 +96,23 @@ func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
 		if want := bc.c.Details().(Details).Entries; entries != want || entriesGauge != float64(want) {
 			t.Errorf("change %d (%s): set entries counted %d in status and %v in metrics, want %d", n, step.name, entries, entriesGauge, want)
 		}
+	}
+}
+
+// TestStatusOnlyPodUpdatesNeedNoSync: kubelet's status writes (conditions, container
+// states) are most pod updates; the cache's compact pods compare equal across them,
+// so they mark nothing for the next sync. Changes policy reads still do.
+func TestStatusOnlyPodUpdatesNeedNoSync(t *testing.T) {
+	whole := workload.Size{Nodes: 1, Pods: 1, Namespaces: 1, Services: 1}.Pod(0)
+	old := k8s.CompactPod(whole)
+	whole.Status.Conditions[0].Status = corev1.ConditionFalse
+	whole.Status.ContainerStatuses[0].RestartCount++
+	if keys := podKeys(loop.Change{Old: old, New: k8s.CompactPod(whole)}); len(keys) != 0 {
+		t.Errorf("a status-only update marked %v", keys)
+	}
+	whole.Labels["tier"] = "other"
+	want := []changed{{key: old.Key()}, {key: old.Key()}}
+	if keys := podKeys(loop.Change{Old: old, New: k8s.CompactPod(whole)}); !slices.Equal(keys, want) {
+		t.Errorf("a label change marked %v, want %v", keys, want)
 	}
 }
