@@ -303,7 +303,7 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 				continue
 			}
 			podPeers = append(podPeers, pp)
-			parsed = append(parsed, parsedPeer{nsS, podS})
+			parsed = append(parsed, parsedPeer{namespaces: nsS, pods: podS})
 			podKeys = append(podKeys, peerKey(pp.nsSel, pp.podSel))
 		case peer.nodes != nil:
 			set, err := b.nodeSet(peer.nodes)
@@ -345,22 +345,7 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 	if len(podKeys) > 0 {
 		slices.Sort(podKeys)
 		podKeys = slices.Compact(podKeys)
-		set := name(peerSetKind, "shared", o.familyTag(), strings.Join(podKeys, "\x00"))
-		if memo, ok := b.idx.peerSets[set]; ok {
-			b.out.Sets = append(b.out.Sets, memo.set)
-		} else {
-			entries := map[string]struct{}{}
-			for _, p := range peerPods() {
-				if ip, ok := o.podIPText(p); ok {
-					entries[ip] = struct{}{}
-				}
-			}
-			b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(podKeys, "\x00"))
-			if b.idx.peerSets == nil {
-				b.idx.peerSets = map[string]*memoSet{}
-			}
-			b.idx.peerSets[set] = &memoSet{set: b.out.Sets[len(b.out.Sets)-1], peers: parsed}
-		}
+		set := b.sharedPeerSet(strings.Join(podKeys, "\x00"), parsed, peerPods)
 		words := make([]string, len(podKeys))
 		for k, key := range podKeys {
 			words[k] = peerWords(key)

@@ -99,6 +99,29 @@ func (b *policyBuilder) addSharedSet(kind string, t ipset.Type, entries map[stri
 	return b.addNamedSet(name(kind, "shared", b.o.familyTag(), key), t, entries)
 }
 
+// sharedPeerSet adds the shared set of the pods that peers select (key names them,
+// pods lists them) and returns its name. A policy compiled since the last change to
+// those pods built the same entries: their one copy is used, never changed.
+func (b *policyBuilder) sharedPeerSet(key string, peers []parsedPeer, pods func() []*Pod) string {
+	set := name(peerSetKind, "shared", b.o.familyTag(), key)
+	if memo, ok := b.idx.peerSets[set]; ok {
+		b.out.Sets = append(b.out.Sets, memo.set)
+		return set
+	}
+	entries := map[string]struct{}{}
+	for _, p := range pods() {
+		if ip, ok := b.o.podIPText(p); ok {
+			entries[ip] = struct{}{}
+		}
+	}
+	b.addSharedSet(peerSetKind, ipset.HashIP, entries, key)
+	if b.idx.peerSets == nil {
+		b.idx.peerSets = map[string]*memoSet{}
+	}
+	b.idx.peerSets[set] = &memoSet{set: b.out.Sets[len(b.out.Sets)-1], peers: peers}
+	return set
+}
+
 func (b *policyBuilder) addNamedSet(setName string, t ipset.Type, entries map[string]struct{}) string {
 	list := make([]string, 0, len(entries))
 	for e := range entries {
@@ -126,6 +149,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	selectorPeers := false
 	var blocks []ipBlockPeer
 	var peerKeys []string // what selects the peer pods, one per selector peer
+	var parsedPeers []parsedPeer
 	for j, peer := range peers {
 		peerID := ruleID + "/peer/" + strconv.Itoa(j)
 		if peer.IPBlock != nil {
@@ -135,13 +159,14 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			continue
 		}
 		selectorPeers = true
-		pods, key, err := b.selectPeers(peer)
+		pods, key, parsed, err := b.selectPeers(peer)
 		if err != nil {
 			b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 			continue
 		}
 		peerPods = append(peerPods, pods...)
 		peerKeys = append(peerKeys, key)
+		parsedPeers = append(parsedPeers, parsed)
 	}
 	peerPods = uniquePods(peerPods)
 	anyPeer := len(peers) == 0
@@ -151,14 +176,9 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 		peerMatches = []string{""}
 	}
 	if selectorPeers {
-		entries := map[string]struct{}{}
-		for _, p := range peerPods {
-			ip, _ := b.o.podIPText(p)
-			entries[ip] = struct{}{}
-		}
 		slices.Sort(peerKeys)
 		peerKeys = slices.Compact(peerKeys)
-		set := b.addSharedSet(peerSetKind, ipset.HashIP, entries, strings.Join(peerKeys, "\x00"))
+		set := b.sharedPeerSet(strings.Join(peerKeys, "\x00"), parsedPeers, func() []*Pod { return peerPods })
 		words := make([]string, len(peerKeys))
 		for i, k := range peerKeys {
 			words[i] = peerWords(k)
@@ -330,25 +350,27 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 // node, that have an address of the compiled family and are not host-network pods,
 // and a key that is the same for every peer that selects the same pods: the
 // namespace or the canonical namespace selector, and the canonical pod selector.
-func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, string, error) {
+func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, string, parsedPeer, error) {
 	podSel := labels.Everything()
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
-			return nil, "", fmt.Errorf("podSelector: %w", err)
+			return nil, "", parsedPeer{}, fmt.Errorf("podSelector: %w", err)
 		}
 		podSel = s
 	}
 	var namespaces []string
 	key := "namespace " + b.namespace
+	parsed := parsedPeer{pods: podSel, namespace: b.namespace}
 	if peer.NamespaceSelector == nil {
 		namespaces = []string{b.namespace}
 	} else {
 		nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
 		if err != nil {
-			return nil, "", fmt.Errorf("namespaceSelector: %w", err)
+			return nil, "", parsedPeer{}, fmt.Errorf("namespaceSelector: %w", err)
 		}
 		key = "namespaces " + nsSel.String()
+		parsed = parsedPeer{namespaces: nsSel, pods: podSel}
 		for nsName, ns := range b.idx.Namespaces {
 			if nsSel.Matches(labels.Set(ns.Labels)) {
 				namespaces = append(namespaces, nsName)
@@ -366,7 +388,7 @@ func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod
 			}
 		}
 	}
-	return out, key + " pods " + podSel.String(), nil
+	return out, key + " pods " + podSel.String(), parsed, nil
 }
 
 // allPods returns every non-host-network pod with an address of the compiled family.

@@ -41,9 +41,10 @@ type index struct {
 	// ClusterNetworkPolicies.
 	Nodes  map[string]*ClusterNode
 	byNode map[string]*nodePods
-	// peerSets memoises the shared peer sets of ClusterNetworkPolicies by name: many
-	// policies name the same pods (every pod, say), and a sync recompiles each of
-	// them. A pod change forgets the sets it may move in or out of.
+	// peerSets memoises the shared peer sets of policies by name: many policies name
+	// the same pods (every pod of a tier, say), and each compiled policy held its own
+	// copy of their thousands of entries. A pod change forgets the sets it may move
+	// in or out of.
 	peerSets map[string]*memoSet
 }
 
@@ -53,8 +54,21 @@ type memoSet struct {
 	peers []parsedPeer
 }
 
-// parsedPeer is a namespaces or pods peer with its selectors parsed.
-type parsedPeer struct{ namespaces, pods labels.Selector }
+// parsedPeer is a namespaces or pods peer with its selectors parsed. A peer of a
+// NetworkPolicy without a namespace selector names its policy's namespace instead.
+type parsedPeer struct {
+	namespaces, pods labels.Selector
+	namespace        string
+}
+
+// selects reports whether the peer selects p, which lives in namespace ns (nil if
+// unknown).
+func (pp parsedPeer) selects(p *Pod, ns *Namespace) bool {
+	if pp.namespace != "" {
+		return p.Namespace == pp.namespace && pp.pods.Matches(labels.Set(p.Labels))
+	}
+	return ns != nil && pp.namespaces.Matches(labels.Set(ns.Labels)) && pp.pods.Matches(labels.Set(p.Labels))
+}
 
 // forgetPeerSets drops the memoised sets whose members a pod's change from old to
 // new (either may be nil) may move.
@@ -67,8 +81,7 @@ func (x *index) forgetPeerSets(old, new *Pod) {
 		if p == nil {
 			return false
 		}
-		ns := x.Namespaces[p.Namespace]
-		return ns != nil && pp.namespaces.Matches(labels.Set(ns.Labels)) && pp.pods.Matches(labels.Set(p.Labels))
+		return pp.selects(p, x.Namespaces[p.Namespace])
 	}
 	for name, m := range x.peerSets {
 		for _, pp := range m.peers {

@@ -59,7 +59,9 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 	}
 
 	// x/b loses its label: only the peer set changes, no chain is rewritten.
-	idx.Pod("x", "b").Labels = map[string]string{"app": "other"}
+	relabelled := *idx.Pod("x", "b")
+	relabelled.Labels = map[string]string{"app": "other"}
+	idx.SetPod(&relabelled)
 	st, err = rec.Apply(&compileAll(idx, o, policies).Ruleset, false)
 	if err != nil {
 		t.Fatal(err)
