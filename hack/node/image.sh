@@ -88,7 +88,8 @@ cp "$root"/boot/vmlinuz-* "$out.tmp/vmlinuz"
 cp "$root"/boot/initrd.img-* "$out.tmp/initrd.img"
 # Room for what the tests install and log; the image file is sparse.
 size_mb=$(($(du -sm "$root" | cut -f1) + 1024))
-mkfs.ext4 -q -L krd-node -d "$root" "$out.tmp/root.img" "${size_mb}M"
+# mkfs.ext4 says "Creating regular file" on stdout even with -q; stdout is the path.
+mkfs.ext4 -q -L krd-node -d "$root" "$out.tmp/root.img" "${size_mb}M" >&2
 rm -rf "$out" && mv "$out.tmp" "$out"
 # Images of older inputs are never used again (qemu reads them at start only).
 find "$cache" -mindepth 1 -maxdepth 1 -name 'image-*' ! -path "$out" -exec rm -rf {} +
