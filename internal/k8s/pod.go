@@ -67,19 +67,7 @@ func (p *Pod) GetObjectMeta() metav1.Object {
 func (p *Pod) Equal(o *Pod) bool {
 	return p.Namespace == o.Namespace && p.Name == o.Name && p.NodeName == o.NodeName &&
 		p.HostNetwork == o.HostNetwork && p.Finished == o.Finished &&
-		slices.Equal(p.IPs, o.IPs) && slices.Equal(p.Ports, o.Ports) && sameLabels(p.Labels, o.Labels)
-}
-
-func sameLabels(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
+		slices.Equal(p.IPs, o.IPs) && slices.Equal(p.Ports, o.Ports) && maps.Equal(p.Labels, o.Labels)
 }
 
 // CompactPod returns the cache's form of p.

@@ -119,20 +119,16 @@ func (o options) familyTag() string { return strconv.Itoa(int(o.Family)) }
 
 // podIP returns the pod's address of the compiled family.
 func (o options) podIP(p *Pod) (netip.Addr, bool) {
-	for _, ip := range p.IPs {
-		if o.Family.Has(ip) {
-			return ip, true
-		}
+	if i := slices.IndexFunc(p.IPs, o.Family.Has); i >= 0 {
+		return p.IPs[i], true
 	}
 	return netip.Addr{}, false
 }
 
 // podIPText is podIP as set entries write it, shared by every set listing the pod.
 func (o options) podIPText(p *Pod) (string, bool) {
-	for i, ip := range p.IPs {
-		if o.Family.Has(ip) {
-			return p.IPText(i), true
-		}
+	if i := slices.IndexFunc(p.IPs, o.Family.Has); i >= 0 {
+		return p.IPText(i), true
 	}
 	return "", false
 }

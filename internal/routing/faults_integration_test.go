@@ -251,13 +251,14 @@ func TestBGPFaultsLeaveTheOtherSessionsAndRoutesAlone(t *testing.T) {
 		testenv.Eventually(t, "the speaker to send the greedy peer a max-prefix Cease", 30*time.Second, func() bool {
 			return logLine(log, 0, `msg="sent notification"`, peer, "Code=6", "Subcode=1") != ""
 		})
+		const received = "Received: Maximum number of prefixes reached"
 		// BIRD mostly reads the Cease; when it still had UPDATEs in flight, the
 		// speaker's close becomes a reset that can discard the Cease before BIRD
 		// reads it. Either way BIRD's session must be down.
 		testenv.Eventually(t, "BIRD to log the Cease it received or to lose the session", 30*time.Second, func() bool {
-			return strings.Contains(lab.bird["greedy"].Log(), "Received: Maximum number of prefixes reached") || !lab.birdEstablished("greedy")
+			return strings.Contains(lab.bird["greedy"].Log(), received) || !lab.birdEstablished("greedy")
 		})
-		if !strings.Contains(lab.bird["greedy"].Log(), "Received: Maximum number of prefixes reached") {
+		if !strings.Contains(lab.bird["greedy"].Log(), received) {
 			t.Logf("BIRD lost the session without reading the Cease:\n%s", lab.bird["greedy"].Ctl("show", "protocols", "all", "greedy"))
 		}
 		testenv.Eventually(t, "no route of the greedy peer in node 0's kernel", 30*time.Second, func() bool {
