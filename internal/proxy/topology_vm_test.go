@@ -5,11 +5,14 @@ package proxy
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
@@ -47,7 +50,7 @@ func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
 	}
 
 	dp := testKernelDataplane(t, node.NS)
-	startController(t, cs, node.Name, config.Default().ServiceProxy, dp)
+	rc := startController(t, cs, node.Name, config.Default().ServiceProxy, dp)
 	svc := apiService{name: "web", proto: corev1.ProtocolTCP, port: 80, target: 8080}.create(t, cs, namespace, node, near, far1, far2)
 	slice, err := cs.DiscoveryV1().EndpointSlices(namespace).Get(ctx, "web-ipv4", metav1.GetOptions{})
 	if err != nil {
@@ -100,4 +103,52 @@ func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
 	if seen[far1.Name] != 2 || seen[far2.Name] != 2 {
 		t.Errorf("replies %v, want 2 from each zone-b endpoint", seen)
 	}
+
+	t.Run("the kernel's counters reach the Service's traffic metrics", func(t *testing.T) {
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(newTrafficCollector(dp.IPVS, rc.c.desired.portsOf, rc.c.log))
+		values := map[string]float64{}
+		scrape := func() {
+			families, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range families {
+				for _, m := range f.GetMetric() {
+					// The API server holds other tests' Services too, and this node
+					// programs them all: keep only this test's.
+					name, ours := f.GetName(), 0
+					for _, l := range m.GetLabel() {
+						switch {
+						case l.GetName() == "direction":
+							name += " " + l.GetValue()
+						case l.GetName() == "namespace" && l.GetValue() == namespace,
+							l.GetName() == "service" && l.GetValue() == svc.Name:
+							ours++
+						}
+					}
+					if ours == 2 {
+						values[name] = m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		deadline := time.Now().Add(vmWait)
+		for scrape(); values["kube_routerd_proxy_service_connections_total"] < 1; scrape() {
+			if time.Now().After(deadline) {
+				st, err := dp.IPVS.Stats()
+				t.Fatalf("the kernel's counters did not move within %s: metrics %v; Stats %v %v; /proc/net/ip_vs_stats:\n%s",
+					vmWait, values, st, err, node.NS.Run(t, "cat", "/proc/net/ip_vs_stats"))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if c := values["kube_routerd_proxy_service_connections_total"]; c > 8 {
+			t.Errorf("connections %v, more than the 8 probes made", c)
+		}
+		for _, name := range []string{"kube_routerd_proxy_service_bytes_total in", "kube_routerd_proxy_service_bytes_total out", "kube_routerd_proxy_service_packets_total in"} {
+			if values[name] == 0 {
+				t.Errorf("%s is 0 after 8 connections: %v", name, values)
+			}
+		}
+	})
 }
