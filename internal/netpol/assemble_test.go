@@ -91,8 +91,10 @@ func TestAssemblerMatchesFreshAssembleAcrossChanges(t *testing.T) {
 	check("pod address changed")
 }
 
-func TestIndexKeepsEachNodesPodsSorted(t *testing.T) {
-	idx := newIndex()
+// TestIndexKeepsItsNodesPodsSorted: the local node's pods are kept sorted at hand;
+// another node's (for explain) are found by walking, and cost the index nothing.
+func TestIndexKeepsItsNodesPodsSorted(t *testing.T) {
+	idx := newIndex("n1")
 	for _, p := range []*Pod{
 		{Namespace: "a-b", Name: "x", NodeName: "n1"},
 		{Namespace: "a", Name: "y", NodeName: "n1"},
@@ -118,5 +120,8 @@ func TestIndexKeepsEachNodesPodsSorted(t *testing.T) {
 	}
 	if got, want := keys("n2"), []string{"a/x", "a/z"}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("pods on n2: %q, want %q", got, want)
+	}
+	if len(idx.local.pos) != 1 {
+		t.Errorf("the index holds %d positions, want only n1's one pod's", len(idx.local.pos))
 	}
 }

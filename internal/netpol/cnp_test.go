@@ -289,7 +289,7 @@ func TestClusterPolicySemantics(t *testing.T) {
 // TestClusterPolicyIPv6 checks that the tiers compile for IPv6 alike: networks of
 // the family apply, the other family's are left out.
 func TestClusterPolicyIPv6(t *testing.T) {
-	idx := newIndex()
+	idx := newIndex(node)
 	idx.Namespaces["x"] = &Namespace{Name: "x", Labels: l("ns", "x")}
 	idx.Namespaces["y"] = &Namespace{Name: "y", Labels: l("ns", "y")}
 	idx.SetPod(&Pod{Namespace: "x", Name: "a", NodeName: node, IPs: []netip.Addr{mustAddr("10.0.1.1"), mustAddr("fd00::1")}})

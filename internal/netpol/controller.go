@@ -108,7 +108,7 @@ func New(env daemon.Env, cfg config.NetworkPolicy, dp Dataplane) (*Controller, e
 			NFLOGGroup:             cfg.NFLOGGroup,
 			LogRatePerMinute:       cfg.LogRatePerMinute,
 		},
-		idx: newIndex(),
+		idx: newIndex(env.NodeName),
 	}
 	if dp.ServiceLedger {
 		// Our INPUT jump names the ledger sets, which the service proxy may not have
@@ -574,7 +574,7 @@ func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange)
 
 // rebuildIndex reloads every pod and namespace from the informer caches.
 func (c *Controller) rebuildIndex() error {
-	idx := newIndex()
+	idx := newIndex(c.opts.NodeName)
 	nss, err := c.namespaces.List(labels.Everything())
 	if err != nil {
 		return fmt.Errorf("listing namespaces: %w", err)

@@ -39,8 +39,13 @@ type index struct {
 	Namespaces map[string]*Namespace
 	// Nodes are the cluster's nodes by name, for the nodes peers of
 	// ClusterNetworkPolicies.
-	Nodes  map[string]*ClusterNode
-	byNode map[string]*nodePods
+	Nodes map[string]*ClusterNode
+	// local are the pods of the node this index serves, kept sorted at hand for
+	// assembling its chains. Only that node's: a position map for every node of a
+	// large cluster cost more than the pods it pointed at, and only explain asks
+	// for another node, which walks the pods instead.
+	localNode string
+	local     nodePods
 	// peerSets memoises the shared peer sets of policies by name: many policies name
 	// the same pods (every pod of a tier, say), and each compiled policy held its own
 	// copy of their thousands of entries. A pod change forgets the sets it may move
@@ -104,9 +109,10 @@ type nodePods struct {
 // podRef names a pod.
 type podRef struct{ namespace, name string }
 
-// newIndex returns an empty index.
-func newIndex() *index {
-	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, Nodes: map[string]*ClusterNode{}, byNode: map[string]*nodePods{}}
+// newIndex returns an empty index serving localNode.
+func newIndex(localNode string) *index {
+	return &index{Pods: map[string]map[string]*Pod{}, Namespaces: map[string]*Namespace{}, Nodes: map[string]*ClusterNode{},
+		localNode: localNode, local: nodePods{pos: map[podRef]int{}}}
 }
 
 // SetPod adds or replaces a pod.
@@ -121,17 +127,15 @@ func (x *index) SetPod(p *Pod) {
 		x.Pods[p.Namespace] = byName
 	}
 	byName[p.Name] = p
-	np := x.byNode[p.NodeName]
-	if np == nil {
-		np = &nodePods{pos: map[podRef]int{}}
-		x.byNode[p.NodeName] = np
+	if p.NodeName != x.localNode {
+		return
 	}
 	ref := podRef{p.Namespace, p.Name}
-	if i, known := np.pos[ref]; !known {
-		np.pos[ref] = -1
-		np.sorted = nil
-	} else if np.sorted != nil {
-		np.sorted[i] = p
+	if i, known := x.local.pos[ref]; !known {
+		x.local.pos[ref] = -1
+		x.local.sorted = nil
+	} else if x.local.sorted != nil {
+		x.local.sorted[i] = p
 	}
 }
 
@@ -148,42 +152,54 @@ func (x *index) DeletePod(namespace, name string) {
 }
 
 func (x *index) forgetOnNode(p *Pod) {
-	np := x.byNode[p.NodeName]
-	if np == nil {
+	if p.NodeName != x.localNode {
 		return
 	}
-	delete(np.pos, podRef{p.Namespace, p.Name})
-	np.sorted = nil
-	if len(np.pos) == 0 {
-		delete(x.byNode, p.NodeName)
-	}
+	delete(x.local.pos, podRef{p.Namespace, p.Name})
+	x.local.sorted = nil
 }
 
-// podsOnNode returns the pods scheduled to node, by namespace and then name. The
-// slice is the index's own: read it before the index changes, and do not modify it.
+// podsOnNode returns the pods scheduled to node, by namespace and then name. For
+// the local node the slice is the index's own: read it before the index changes,
+// and do not modify it. Another node's pods are found by walking every pod.
 func (x *index) podsOnNode(node string) []*Pod {
-	np := x.byNode[node]
-	if np == nil {
-		return nil
+	if node != x.localNode {
+		var refs []podRef
+		for ns, byName := range x.Pods {
+			for name, p := range byName {
+				if p.NodeName == node {
+					refs = append(refs, podRef{ns, name})
+				}
+			}
+		}
+		return x.sortedPods(refs)
 	}
-	if np.sorted == nil {
-		refs := make([]podRef, 0, len(np.pos))
-		for ref := range np.pos {
+	if x.local.sorted == nil {
+		refs := make([]podRef, 0, len(x.local.pos))
+		for ref := range x.local.pos {
 			refs = append(refs, ref)
 		}
-		slices.SortFunc(refs, func(a, b podRef) int {
-			if c := strings.Compare(a.namespace, b.namespace); c != 0 {
-				return c
-			}
-			return strings.Compare(a.name, b.name)
-		})
-		np.sorted = make([]*Pod, len(refs))
-		for i, ref := range refs {
-			np.pos[ref] = i
-			np.sorted[i] = x.Pods[ref.namespace][ref.name]
+		x.local.sorted = x.sortedPods(refs)
+		for i, p := range x.local.sorted {
+			x.local.pos[podRef{p.Namespace, p.Name}] = i
 		}
 	}
-	return np.sorted
+	return x.local.sorted
+}
+
+// sortedPods sorts refs by namespace, then name, and returns their pods.
+func (x *index) sortedPods(refs []podRef) []*Pod {
+	slices.SortFunc(refs, func(a, b podRef) int {
+		if c := strings.Compare(a.namespace, b.namespace); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	pods := make([]*Pod, len(refs))
+	for i, ref := range refs {
+		pods[i] = x.Pods[ref.namespace][ref.name]
+	}
+	return pods
 }
 
 // Pod returns the pod namespace/name, or nil.

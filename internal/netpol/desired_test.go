@@ -26,7 +26,7 @@ const node = "n1"
 // fixture is a small cluster: namespaces x (team=a), y (team=b), z; pods on this node
 // unless noted.
 func fixture() *index {
-	idx := newIndex()
+	idx := newIndex(node)
 	for _, ns := range []*Namespace{
 		{Name: "x", Labels: map[string]string{"ns": "x", "team": "a"}},
 		{Name: "y", Labels: map[string]string{"ns": "y", "team": "b"}},
@@ -333,7 +333,7 @@ func TestPolicySemantics(t *testing.T) {
 // Neighbour discovery passes isolated pods as ARP does, but only on the link; router
 // discovery and ICMPv6 errors about no allowed connection stay under policy.
 func TestIPv6NeighbourDiscoveryPassesIsolation(t *testing.T) {
-	idx := newIndex()
+	idx := newIndex(node)
 	for _, ns := range []string{"x", "y"} {
 		idx.Namespaces[ns] = &Namespace{Name: ns}
 	}

@@ -37,7 +37,7 @@ func FuzzCompilePolicy(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, peerKind uint8, selKey, selOp, selVal, cidr, except, proto, namedPort string,
 		port, endPort uint16, podLabelKey, podLabelVal, remotePodIP string) {
-		idx := newIndex()
+		idx := newIndex("n1")
 		idx.Namespaces["x"] = &Namespace{Name: "x", Labels: map[string]string{"ns": "x"}}
 		idx.Namespaces["y"] = &Namespace{Name: "y", Labels: map[string]string{"ns": "y", podLabelKey: podLabelVal}}
 		mk := func(ns, name, ip, nodeName string, labels map[string]string, ports ...NamedPort) {
