@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv"
@@ -21,10 +21,12 @@ import (
 
 func TestMain(m *testing.M) { testenv.Main(m) }
 
-// requestLog records the method and URL of every request a client makes.
+// requestLog records the method and URL of every request a client makes, and the
+// content type of each answer.
 type requestLog struct {
-	mu   sync.Mutex
-	urls []string
+	mu           sync.Mutex
+	urls         []string
+	contentTypes map[string]int
 }
 
 func (l *requestLog) RoundTrip(next http.RoundTripper) http.RoundTripper {
@@ -32,7 +34,16 @@ func (l *requestLog) RoundTrip(next http.RoundTripper) http.RoundTripper {
 		l.mu.Lock()
 		l.urls = append(l.urls, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
 		l.mu.Unlock()
-		return next.RoundTrip(r)
+		resp, err := next.RoundTrip(r)
+		if err == nil {
+			l.mu.Lock()
+			if l.contentTypes == nil {
+				l.contentTypes = map[string]int{}
+			}
+			l.contentTypes[resp.Header.Get("Content-Type")]++
+			l.mu.Unlock()
+		}
+		return resp, err
 	})
 }
 
@@ -68,7 +79,10 @@ func TestInformersStreamTheirListAndCacheCompactPods(t *testing.T) {
 	var log requestLog
 	logged := rest.CopyConfig(rc)
 	logged.Wrap(log.RoundTrip)
-	client := kubernetes.NewForConfigOrDie(logged)
+	client, err := NewClient(logged)
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
 	metrics := NewAPIMetrics(reg)
 	factory := NewInformerFactory(client, 0, metrics)
@@ -99,6 +113,13 @@ func TestInformersStreamTheirListAndCacheCompactPods(t *testing.T) {
 	log.mu.Unlock()
 	if len(streams) == 0 || len(lists) != 0 {
 		t.Errorf("want the initial list as a watch stream and no LIST; got streams %q, lists %q", streams, lists)
+	}
+	// Protobuf, not JSON (client-go's typed clients ask for it): decoding is most of
+	// the daemon's CPU at start-up, and JSON costs several times more.
+	for ct := range log.contentTypes {
+		if !strings.HasPrefix(ct, runtime.ContentTypeProtobuf) {
+			t.Errorf("answers by content type %v, want protobuf only", log.contentTypes)
+		}
 	}
 
 	obj, exists, err := pods.Informer().GetIndexer().GetByKey(ns + "/" + workload.PodName(1))

@@ -3,11 +3,8 @@ package k8s
 import (
 	"maps"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"weak"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -120,35 +117,18 @@ func CompactPod(p *corev1.Pod) *Pod {
 type labelSet struct{ labels map[string]string }
 
 // podLabels interns pods' label sets: the replicas of a Deployment carry the same
-// labels, and one map for all of them saves about 400 bytes a pod. An entry lives
-// while some pod holds its set.
-var podLabels = struct {
-	sync.Mutex
-	sets map[string]weak.Pointer[labelSet]
-}{sets: map[string]weak.Pointer[labelSet]{}}
+// labels, and one map for all of them saves about 400 bytes a pod.
+var podLabels internTable[labelSet]
 
 // internLabels returns the shared copy of labels and the set that owns it.
 func internLabels(labels map[string]string) (map[string]string, *labelSet) {
 	if len(labels) == 0 {
 		return nil, nil
 	}
-	key := labelsKey(labels)
-	podLabels.Lock()
-	defer podLabels.Unlock()
-	if s := podLabels.sets[key].Value(); s != nil {
-		return s.labels, s
-	}
-	// A copy: the caller's map is the caller's to change.
-	s := &labelSet{labels: maps.Clone(labels)}
-	ptr := weak.Make(s)
-	podLabels.sets[key] = ptr
-	runtime.AddCleanup(s, func(key string) {
-		podLabels.Lock()
-		defer podLabels.Unlock()
-		if podLabels.sets[key] == ptr {
-			delete(podLabels.sets, key)
-		}
-	}, key)
+	s := podLabels.get(labelsKey(labels), func() *labelSet {
+		// A copy: the caller's map is the caller's to change.
+		return &labelSet{labels: maps.Clone(labels)}
+	})
 	return s.labels, s
 }
 

@@ -88,10 +88,7 @@ func TestPodsShareLabelsWhileHeld(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()
-		podLabels.Lock()
-		_, held := podLabels.sets[key]
-		podLabels.Unlock()
-		if !held {
+		if !podLabels.holds(key) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -100,4 +97,12 @@ func TestPodsShareLabelsWhileHeld(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	runtime.KeepAlive(other)
+}
+
+// holds reports whether key has an entry.
+func (t *internTable[T]) holds(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.entries[key]
+	return ok
 }

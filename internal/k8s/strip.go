@@ -98,7 +98,7 @@ func stripNode(n *corev1.Node) *corev1.Node {
 	}
 }
 
-// stripService keeps the whole spec (the proxy reads most of it), the load
+// stripService keeps the spec but the selector (the proxy reads most of it), the load
 // balancer's ingress addresses and the creation time (the load-balancer allocator
 // settles two Services claiming one address in favour of the older).
 func stripService(s *corev1.Service) *corev1.Service {
@@ -109,12 +109,15 @@ func stripService(s *corev1.Service) *corev1.Service {
 		Spec:   s.Spec,
 		Status: corev1.ServiceStatus{LoadBalancer: s.Status.LoadBalancer},
 	}
+	// The EndpointSlice controller applies the selector; the proxy reads its slices.
+	out.Spec.Selector = nil
 	out.CreationTimestamp = s.CreationTimestamp
 	return out
 }
 
 // stripEndpointSlice keeps addresses, conditions, placement and hints of each
 // endpoint, and of its target only the name (the weights annotation names pods).
+// Node and zone names and the conditions are shared between endpoints.
 func stripEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 	out := &discoveryv1.EndpointSlice{
 		ObjectMeta:  stripMeta(s.ObjectMeta, nil),
@@ -124,11 +127,15 @@ func stripEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice
 	}
 	for i, ep := range s.Endpoints {
 		kept := discoveryv1.Endpoint{
-			Addresses:  ep.Addresses,
-			Conditions: ep.Conditions,
-			NodeName:   ep.NodeName,
-			Zone:       ep.Zone,
-			Hints:      ep.Hints,
+			Addresses: ep.Addresses,
+			Conditions: discoveryv1.EndpointConditions{
+				Ready:       sharedBool(ep.Conditions.Ready),
+				Serving:     sharedBool(ep.Conditions.Serving),
+				Terminating: sharedBool(ep.Conditions.Terminating),
+			},
+			NodeName: internString(ep.NodeName),
+			Zone:     internString(ep.Zone),
+			Hints:    ep.Hints,
 		}
 		if ep.TargetRef != nil {
 			kept.TargetRef = &corev1.ObjectReference{Kind: ep.TargetRef.Kind, Name: ep.TargetRef.Name}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
 )
@@ -45,5 +46,33 @@ func TestStrippedNodeHasTheSameAddresses(t *testing.T) {
 	whole, got := ParseNodeAddresses(node.(*corev1.Node), log), ParseNodeAddresses(stripped.(*corev1.Node), log)
 	if !reflect.DeepEqual(whole, got) || !whole.IPv4.IsValid() || len(whole.PodCIDRs) != 1 {
 		t.Fatalf("addresses: whole %+v, stripped %+v", whole, got)
+	}
+}
+
+// TestStrippedEndpointsShareNodeNamesAndConditions: endpoints on one node point at
+// one copy of its name, and conditions at shared values, whatever slice they are in.
+func TestStrippedEndpointsShareNodeNamesAndConditions(t *testing.T) {
+	s := workload.Size{Nodes: 3, Pods: 10, Namespaces: 2, Services: 2, EndpointsPerService: 150, Policies: 1}
+	var all []discoveryv1.Endpoint
+	for svc := range 2 {
+		for _, slice := range s.EndpointSlices(svc) {
+			all = append(all, Strip(slice).(*discoveryv1.EndpointSlice).Endpoints...)
+		}
+	}
+	byName := map[string]*string{}
+	for _, ep := range all {
+		if ep.NodeName == nil || ep.Conditions.Ready == nil {
+			t.Fatalf("endpoint %v lost its node or readiness", ep.Addresses)
+		}
+		if first, seen := byName[*ep.NodeName]; seen && first != ep.NodeName {
+			t.Fatalf("two copies of node name %q", *ep.NodeName)
+		}
+		byName[*ep.NodeName] = ep.NodeName
+		if ready := all[0].Conditions.Ready; *ready == *ep.Conditions.Ready && ready != ep.Conditions.Ready {
+			t.Fatal("two copies of one readiness")
+		}
+	}
+	if len(byName) < 2 {
+		t.Fatalf("the workload's endpoints sit on %d node(s); the test needs several", len(byName))
 	}
 }
