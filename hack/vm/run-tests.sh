@@ -24,6 +24,9 @@
 #   KUBEROUTERD_VM_KEEP_RUN  1 keeps the run directory (binaries, console log) for debugging
 #   KUBEROUTERD_VM_KUBE_PROXY  a kube-proxy binary to ship to the guest (`hack/kube-bin.sh
 #                            kube-proxy` builds one); tests find it at $KUBEROUTERD_KUBE_PROXY
+#   KUBEROUTERD_BENCH_OUT    a host directory: benchmarks in the guest see their own
+#                            $KUBEROUTERD_BENCH_OUT, and what they leave there (profiles) is
+#                            copied here after the run
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -144,6 +147,10 @@ for m in "${vm_modules[@]}"; do
   cp -r --no-preserve=mode "$(go list -m -f '{{.Dir}}' "$m")/config" "$run/modules/$m/"
 done
 echo "export KUBEROUTERD_MODULES=/mnt/run/modules" >>"$run/env"
+if [[ -n ${KUBEROUTERD_BENCH_OUT:-} ]]; then
+  mkdir -p "$run/bench-out"
+  echo "export KUBEROUTERD_BENCH_OUT=/mnt/run/bench-out" >>"$run/env"
+fi
 install -m 0755 "$here/guest-run.sh" "$run/guest-run.sh"
 mkfifo "$run/output"
 boot_start=$(now)
@@ -171,6 +178,10 @@ vm_rc=0
 wait "$qemu_pid" || vm_rc=$?
 qemu_pid=""
 log "VM ran $(since "$boot_start") s, qemu exit status $vm_rc"
+if [[ -n ${KUBEROUTERD_BENCH_OUT:-} ]] && compgen -G "$run/bench-out/*" >/dev/null; then
+  mkdir -p "$KUBEROUTERD_BENCH_OUT" && cp -r "$run/bench-out/." "$KUBEROUTERD_BENCH_OUT/"
+  log "copied the guest's bench output to $KUBEROUTERD_BENCH_OUT"
+fi
 if ((vm_rc == 124)); then log "the VM run exceeded ${vm_timeout} s and was killed"; fi
 if [[ $booted == 0 ]]; then
   log "the VM did not boot; qemu said:"

@@ -52,6 +52,8 @@ type contender struct {
 	labels          []string
 	// kernel opens the view of what it programs in node.
 	kernel func(b *testing.B, node *netns.Node, namespace string) kernelView
+	// profileURL, when set, serves a CPU profile of the process (net/http/pprof).
+	profileURL string
 }
 
 // kernelView reads what a contender programmed in its node's kernel.
@@ -97,6 +99,9 @@ masquerade_egress = false
 
 [metrics]
 listen = "127.0.0.1:20245"
+
+[debug]
+pprof_listen = "127.0.0.1:20246"
 `, kubeconfig, node.Name, clusterCIDR))
 			return []string{bin, "run", "--config", config}
 		},
@@ -106,6 +111,7 @@ listen = "127.0.0.1:20245"
 		syncs:      "kube_routerd_sync_duration_seconds",
 		labels:     []string{`controller="proxy"`},
 		kernel:     openIPVSView,
+		profileURL: "http://127.0.0.1:20246/debug/pprof/profile",
 	}
 }
 
