@@ -36,6 +36,8 @@ type apiService struct {
 	target    int32
 	svcType   corev1.ServiceType
 	dualStack bool
+	// local sets externalTrafficPolicy Local (for a NodePort or LoadBalancer type).
+	local bool
 }
 
 func (s apiService) create(t *testing.T, cs kubernetes.Interface, namespace string, node *netns.Node, pods ...*netns.Pod) *corev1.Service {
@@ -48,6 +50,9 @@ func (s apiService) create(t *testing.T, cs kubernetes.Interface, namespace stri
 	}
 	if s.svcType != "" {
 		svc.Spec.Type = s.svcType
+	}
+	if s.local {
+		svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	}
 	families := []discoveryv1.AddressType{discoveryv1.AddressTypeIPv4}
 	if s.dualStack {
