@@ -321,3 +321,19 @@ func get(t *testing.T, url string) string {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
 }
+
+// TestRegistryHasTheLiveHeap: the daemon's registry exports the live heap, which
+// the envelope bench and operators read to tell what the caches hold from the
+// collector's headroom.
+func TestRegistryHasTheLiveHeap(t *testing.T) {
+	families, err := NewRegistry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == "go_gc_heap_live_bytes" {
+			return
+		}
+	}
+	t.Error("no go_gc_heap_live_bytes")
+}
