@@ -21,12 +21,8 @@ import (
 // this node's ready endpoints: 200 while there is one, 503 once it is not ready, and
 // nothing after the Service is deleted.
 func TestHealthCheckNodePortOfAServiceInTheAPIServer(t *testing.T) {
-	testenv.RequireVM(t)
-	_, cs := testenv.APIServer(t)
+	cs, namespace, _, node := vmCluster(t)
 	ctx := t.Context()
-	namespace := testenv.Namespace(t, cs)
-	link := netns.NewLink(t)
-	node := link.AddNode(t, netns.NodeOptions{Client: cs})
 	backend := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	dp := testKernelDataplane(t, node.NS)
 	startController(t, cs, node.Name, config.Default().ServiceProxy, dp)

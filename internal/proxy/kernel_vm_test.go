@@ -158,17 +158,25 @@ func (rc *runningController) stop() {
 	<-rc.done
 }
 
+// vmCluster starts most proxy VM tests: it skips outside the VM, and returns the
+// real API server's client, a namespace for the test's objects, a link, and a node
+// on it registered as a Node.
+func vmCluster(t *testing.T) (kubernetes.Interface, string, *netns.Link, *netns.Node) {
+	t.Helper()
+	testenv.RequireVM(t)
+	_, cs := testenv.APIServer(t)
+	namespace := testenv.Namespace(t, cs)
+	link := netns.NewLink(t)
+	return cs, namespace, link, link.AddNode(t, netns.NodeOptions{Client: cs})
+}
+
 // vmWait bounds waits in the VM tests; it only keeps a broken test from hanging, and
 // is generous because the VM emulates its CPU.
 const vmWait = 90 * time.Second
 
 func TestServiceProxyEndToEnd(t *testing.T) {
-	testenv.RequireVM(t)
-	_, cs := testenv.APIServer(t)
+	cs, namespace, link, node := vmCluster(t)
 	ctx := t.Context()
-	namespace := testenv.Namespace(t, cs)
-	link := netns.NewLink(t)
-	node := link.AddNode(t, netns.NodeOptions{Client: cs})
 	outside := link.AddNode(t, netns.NodeOptions{})
 	pod1 := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	pod2 := node.AddPod(t, netns.PodOptions{Namespace: namespace})

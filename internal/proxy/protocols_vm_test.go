@@ -143,12 +143,8 @@ func countReplies(t *testing.T, n int, want netip.Addr, probe func() (netns.Repl
 }
 
 func TestServiceProxyIPv6UDPAndSCTP(t *testing.T) {
-	testenv.RequireVM(t)
-	_, cs := testenv.APIServer(t)
+	cs, namespace, link, node := vmCluster(t)
 	ctx := t.Context()
-	namespace := testenv.Namespace(t, cs)
-	link := netns.NewLink(t)
-	node := link.AddNode(t, netns.NodeOptions{Client: cs})
 	outside := link.AddNode(t, netns.NodeOptions{})
 	pod1 := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	pod2 := node.AddPod(t, netns.PodOptions{Namespace: namespace})

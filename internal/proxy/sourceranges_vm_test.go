@@ -19,12 +19,8 @@ import (
 // inside its loadBalancerSourceRanges and one outside, in both families, then widens
 // the ranges: the outside client gets in without the Service being recreated.
 func TestLoadBalancerSourceRangesAdmitOnlyTheirClients(t *testing.T) {
-	testenv.RequireVM(t)
-	_, cs := testenv.APIServer(t)
+	cs, namespace, _, node := vmCluster(t)
 	ctx := t.Context()
-	namespace := testenv.Namespace(t, cs)
-	link := netns.NewLink(t)
-	node := link.AddNode(t, netns.NodeOptions{Client: cs})
 	backend := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	inside := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	outside := node.AddPod(t, netns.PodOptions{Namespace: namespace})

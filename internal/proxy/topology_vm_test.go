@@ -24,12 +24,8 @@ import (
 // zone-a endpoint of a Service whose EndpointSlice carries zone hints while that
 // endpoint is ready, and every endpoint once it is not.
 func TestZoneHintsKeepTrafficInTheZone(t *testing.T) {
-	testenv.RequireVM(t)
-	_, cs := testenv.APIServer(t)
+	cs, namespace, _, node := vmCluster(t)
 	ctx := t.Context()
-	namespace := testenv.Namespace(t, cs)
-	link := netns.NewLink(t)
-	node := link.AddNode(t, netns.NodeOptions{Client: cs})
 	near := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	far1 := node.AddPod(t, netns.PodOptions{Namespace: namespace})
 	far2 := node.AddPod(t, netns.PodOptions{Namespace: namespace})
