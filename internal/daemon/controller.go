@@ -19,6 +19,14 @@ type Controller interface {
 	Run(ctx context.Context, hb *Heartbeat) error
 }
 
+// Preparer is a Controller with work that needs no API objects (reading its kernel
+// state back): Prepare runs while the informers list, beside
+// Options.BeforeControllers, and Run starts only after both. An error is logged and
+// Run goes on; its first sync then does the work itself.
+type Preparer interface {
+	Prepare(ctx context.Context) error
+}
+
 // Heartbeat is how a controller reports liveness and sync results. Safe for
 // concurrent use.
 type Heartbeat struct {

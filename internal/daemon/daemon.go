@@ -163,12 +163,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 
+	prepared := d.prepare(ctx)
 	if d.opts.BeforeControllers != nil {
 		d.notify("STATUS=waiting for the API server")
 		if err := d.opts.BeforeControllers(ctx); err != nil {
+			prepared()
 			return err
 		}
 	}
+	prepared()
 	d.notify("STATUS=starting controllers")
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -201,6 +204,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 		slog.Warn("controllers did not stop in time", "timeout", d.opts.StopTimeout)
 	}
 	return runErr
+}
+
+// prepare starts the Prepare of every Preparer and returns a function that waits
+// for them all.
+func (d *Daemon) prepare(ctx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	for _, c := range d.controllers {
+		p, ok := c.(Preparer)
+		if !ok {
+			continue
+		}
+		wg.Go(func() {
+			start := time.Now()
+			if err := p.Prepare(ctx); err != nil {
+				slog.Warn("preparing before the informers synced failed; the first sync does it", "controller", c.Name(), "err", err)
+				return
+			}
+			slog.Debug("prepared", "controller", c.Name(), "took", time.Since(start).Round(time.Millisecond))
+		})
+	}
+	return wg.Wait
 }
 
 // supervise pings the watchdog while every loop is alive, refreshes STATUS, and

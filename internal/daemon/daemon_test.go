@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -336,4 +337,45 @@ func TestRegistryHasTheLiveHeap(t *testing.T) {
 		}
 	}
 	t.Error("no go_gc_heap_live_bytes")
+}
+
+// preparingFake is a fakeController that prepares: it records that Prepare began and
+// holds it until released.
+type preparingFake struct {
+	*fakeController
+	began, release chan struct{}
+}
+
+func (f preparingFake) Prepare(context.Context) error {
+	close(f.began)
+	<-f.release
+	return nil
+}
+
+// TestPrepareRunsWhileTheInformersListAndBeforeRun: a Preparer's Prepare runs beside
+// BeforeControllers (here it cannot return until Prepare began) and its Run waits
+// for Prepare to end.
+func TestPrepareRunsWhileTheInformersListAndBeforeRun(t *testing.T) {
+	c := preparingFake{fakeController: newFake("netpol"), began: make(chan struct{}), release: make(chan struct{})}
+	d := New(Options{HealthListen: "127.0.0.1:0", MetricsListen: "127.0.0.1:0", StallTimeout: time.Minute,
+		BeforeControllers: func(ctx context.Context) error {
+			select {
+			case <-c.began:
+				return nil
+			case <-time.After(10 * time.Second):
+				return errors.New("Prepare did not run beside BeforeControllers")
+			}
+		}}, c)
+	stop := runDaemon(t, d)
+	select {
+	case <-c.synced:
+		t.Fatal("Run started before Prepare ended")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(c.release)
+	select {
+	case <-c.synced:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Run did not start after Prepare ended (daemon: %v)", stop())
+	}
 }

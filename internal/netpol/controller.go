@@ -235,6 +235,22 @@ func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	return nil
 }
 
+var _ daemon.Preparer = (*Controller)(nil)
+
+// Prepare implements daemon.Preparer: it reads each family's chains and sets back
+// while the informers list, which on a restart at scale takes the longest read (a
+// few hundred thousand set entries) off the first sync's path.
+func (c *Controller) Prepare(context.Context) error {
+	c.modelMu.Lock()
+	defer c.modelMu.Unlock()
+	for _, fs := range c.families {
+		if err := fs.netfilter.ReadAhead(); err != nil {
+			return fmt.Errorf("reading IPv%d chains and sets back: %w", fs.opts.Family, err)
+		}
+	}
+	return nil
+}
+
 // clusterSyncWait bounds how long the first sync waits for the ClusterNetworkPolicy
 // cache; one that syncs later is enforced from then on.
 const clusterSyncWait = 30 * time.Second

@@ -55,12 +55,22 @@ func TestRestartFindsNothingToWrite(t *testing.T) {
 		if _, err := newWriter(ipt, dp.IPSets, slog.Default()).Apply(&d.Ruleset, true); err != nil {
 			t.Fatal(err)
 		}
-		st, err := newWriter(ipt, dp.IPSets, slog.Default()).Apply(&d.Ruleset, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st.Writes() != 0 {
-			t.Errorf("%s: the restart rewrote %+v", o.Family, st)
+		// A restart reads the kernel in its first full sync, or ahead of it while the
+		// informers list (Controller.Prepare); either way it finds nothing to write.
+		for _, readAhead := range []bool{false, true} {
+			w := newWriter(ipt, dp.IPSets, slog.Default())
+			if readAhead {
+				if err := w.ReadAhead(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			st, err := w.Apply(&d.Ruleset, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Writes() != 0 {
+				t.Errorf("%s, read ahead %v: the restart rewrote %+v", o.Family, readAhead, st)
+			}
 		}
 		if o.Family == ipfamily.IPv6 && d.Rules < 20 {
 			t.Errorf("IPv6: only %d rules; the pods' IPv6 addresses were not used", d.Rules)

@@ -33,6 +33,11 @@ type Interface interface {
 	ApplySets(sets []ipset.SetEntries) (Stats, error)
 	// Cleanup removes everything the Owner has in the kernel: jumps, chains, sets.
 	Cleanup() error
+	// ReadAhead reads what the kernel holds of the Owner's now, and the next Apply,
+	// full or not, starts from that instead of reading again. A caller with time to
+	// spare before its first sync (while the informers list) takes the read off the
+	// sync's path; it must not let anything else write the Owner's objects between.
+	ReadAhead() error
 }
 
 // Ruleset is the desired kernel state of one Owner in one IP family.

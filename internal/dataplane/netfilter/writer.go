@@ -42,6 +42,9 @@ type Writer struct {
 	jumps  map[Jump]int // our jumps in the kernel, by how often each is there
 	sets   map[string]ipset.SetEntries
 	primed bool // the records reflect the kernel (an apply succeeded since the last read)
+	// readAhead: the records were read by ReadAhead and nothing was applied since,
+	// so the next full Apply starts from them instead of reading again.
+	readAhead bool
 }
 
 var _ Interface = (*Writer)(nil)
@@ -67,7 +70,9 @@ func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 			return st, err
 		}
 	}
-	if full || !w.primed {
+	readAhead := w.readAhead
+	w.readAhead = false
+	if (full && !readAhead) || !w.primed {
 		wasPrimed := w.primed
 		lastChains, lastJumps, lastSets := w.chains, w.jumps, w.sets
 		if err := w.read(); err != nil {
@@ -111,7 +116,7 @@ func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 // or records not known to match the kernel, fail it before anything is written.
 func (w *Writer) ApplySets(sets []ipset.SetEntries) (Stats, error) {
 	var st Stats
-	if !w.primed {
+	if !w.primed || w.readAhead {
 		return st, fmt.Errorf("%s: set members changed before a full apply", w.owner.Name)
 	}
 	for _, s := range sets {
@@ -135,6 +140,16 @@ func (w *Writer) Cleanup() error {
 	_, err := w.Apply(&Ruleset{}, true)
 	w.primed = false
 	return err
+}
+
+// ReadAhead implements Interface.
+func (w *Writer) ReadAhead() error {
+	if err := w.read(); err != nil {
+		w.primed, w.readAhead = false, false
+		return err
+	}
+	w.primed, w.readAhead = true, true
+	return nil
 }
 
 // read replaces the records with what the kernel holds of the Owner's.

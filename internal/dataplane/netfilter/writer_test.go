@@ -338,3 +338,50 @@ func TestLedgerEntriesComeAfterTheirChainsAndGoBeforeThem(t *testing.T) {
 		t.Fatalf("dropping the ledger: %+v, %v", st, err)
 	}
 }
+
+// countingIPTables counts the kernel reads of the iptables it wraps.
+type countingIPTables struct {
+	iptables.Interface
+	saves int
+}
+
+func (c *countingIPTables) SaveChains(table string) (map[string][]string, error) {
+	c.saves++
+	return c.Interface.SaveChains(table)
+}
+
+// TestReadAheadSavesTheFirstFullApplyItsRead: on a restart, a full Apply right after
+// ReadAhead starts from what ReadAhead read (no second read of the kernel) and finds
+// nothing to write; the full Apply after it reads the kernel again.
+func TestReadAheadSavesTheFirstFullApplyItsRead(t *testing.T) {
+	fake, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
+	if _, err := NewWriter(testOwner, fake, sets, slog.Default()).Apply(testRuleset(), true); err != nil {
+		t.Fatal(err)
+	}
+	restores, ops := len(fake.Restores), sets.Ops
+
+	ipt := &countingIPTables{Interface: fake}
+	restarted := NewWriter(testOwner, ipt, sets, slog.Default())
+	if _, err := restarted.ApplySets(testRuleset().Sets); err == nil {
+		t.Error("set members were changed before any Apply")
+	}
+	if err := restarted.ReadAhead(); err != nil {
+		t.Fatal(err)
+	}
+	read := ipt.saves
+	if _, err := restarted.Apply(testRuleset(), true); err != nil {
+		t.Fatal(err)
+	}
+	if ipt.saves != read {
+		t.Errorf("the full Apply after ReadAhead read the kernel again (%d reads, %d before)", ipt.saves, read)
+	}
+	if len(fake.Restores) != restores || sets.Ops != ops {
+		t.Errorf("a restart on the programmed kernel wrote: %d restores, %d set operations", len(fake.Restores)-restores, sets.Ops-ops)
+	}
+	if _, err := restarted.Apply(testRuleset(), true); err != nil {
+		t.Fatal(err)
+	}
+	if ipt.saves == read {
+		t.Error("the second full Apply did not read the kernel")
+	}
+}
