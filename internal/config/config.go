@@ -45,9 +45,6 @@ type Kubernetes struct {
 	// QPS and Burst limit our requests to the API server.
 	QPS   float64 `toml:"qps"`
 	Burst int     `toml:"burst"`
-	// Compression asks the API server to gzip its answers: far fewer bytes for
-	// the lists of every pod at start-up, for CPU on both ends.
-	Compression bool `toml:"compression"`
 }
 
 // Health configures the /healthz and /readyz endpoints.
@@ -88,7 +85,6 @@ func Default() Config {
 			ResyncPeriod: Duration{0},
 			QPS:          20,
 			Burst:        40,
-			Compression:  true,
 		},
 		ServiceProxy:  defaultServiceProxy(),
 		NetworkPolicy: defaultNetworkPolicy(),

@@ -36,7 +36,6 @@ func RESTConfig(c config.Kubernetes) (*rest.Config, error) {
 	rc.UserAgent = UserAgent
 	rc.QPS = float32(c.QPS)
 	rc.Burst = c.Burst
-	rc.DisableCompression = !c.Compression
 	return rc, nil
 }
 
