@@ -110,16 +110,16 @@ func TestInformersStreamTheirListAndCacheCompactPods(t *testing.T) {
 			lists = append(lists, u)
 		}
 	}
-	log.mu.Unlock()
-	if len(streams) == 0 || len(lists) != 0 {
-		t.Errorf("want the initial list as a watch stream and no LIST; got streams %q, lists %q", streams, lists)
-	}
 	// Protobuf, not JSON (client-go's typed clients ask for it): decoding is most of
 	// the daemon's CPU at start-up, and JSON costs several times more.
 	for ct := range log.contentTypes {
 		if !strings.HasPrefix(ct, runtime.ContentTypeProtobuf) {
 			t.Errorf("answers by content type %v, want protobuf only", log.contentTypes)
 		}
+	}
+	log.mu.Unlock()
+	if len(streams) == 0 || len(lists) != 0 {
+		t.Errorf("want the initial list as a watch stream and no LIST; got streams %q, lists %q", streams, lists)
 	}
 
 	obj, exists, err := pods.Informer().GetIndexer().GetByKey(ns + "/" + workload.PodName(1))

@@ -34,9 +34,9 @@ type Interface interface {
 	// Cleanup removes everything the Owner has in the kernel: jumps, chains, sets.
 	Cleanup() error
 	// ReadAhead reads what the kernel holds of the Owner's now, and the next Apply,
-	// full or not, starts from that instead of reading again. A caller with time to
-	// spare before its first sync (while the informers list) takes the read off the
-	// sync's path; it must not let anything else write the Owner's objects between.
+	// full or not, starts from that instead of reading again (a full one only if
+	// the read is less than 30 s old). A caller with time to spare before its first
+	// sync (while the informers list) takes the read off the sync's path.
 	ReadAhead() error
 }
 

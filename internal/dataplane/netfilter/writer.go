@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
@@ -42,10 +43,17 @@ type Writer struct {
 	jumps  map[Jump]int // our jumps in the kernel, by how often each is there
 	sets   map[string]ipset.SetEntries
 	primed bool // the records reflect the kernel (an apply succeeded since the last read)
-	// readAhead: the records were read by ReadAhead and nothing was applied since,
-	// so the next full Apply starts from them instead of reading again.
+	// readAhead: the records were read by ReadAhead at readAt and nothing was
+	// applied since, so the next full Apply starts from them instead of reading
+	// again, unless they are older than readAheadFresh.
 	readAhead bool
+	readAt    time.Time
 }
+
+// readAheadFresh bounds how old a ReadAhead may be for a full Apply to trust it: the
+// informers' lists take seconds, but an API server that does not answer at boot can
+// hold the first sync for minutes, in which anything may have changed the kernel.
+const readAheadFresh = 30 * time.Second
 
 var _ Interface = (*Writer)(nil)
 
@@ -70,7 +78,7 @@ func (w *Writer) Apply(want *Ruleset, full bool) (Stats, error) {
 			return st, err
 		}
 	}
-	readAhead := w.readAhead
+	readAhead := w.readAhead && time.Since(w.readAt) < readAheadFresh
 	w.readAhead = false
 	if (full && !readAhead) || !w.primed {
 		wasPrimed := w.primed
@@ -148,7 +156,7 @@ func (w *Writer) ReadAhead() error {
 		w.primed, w.readAhead = false, false
 		return err
 	}
-	w.primed, w.readAhead = true, true
+	w.primed, w.readAhead, w.readAt = true, true, time.Now()
 	return nil
 }
 

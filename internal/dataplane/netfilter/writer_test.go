@@ -384,4 +384,18 @@ func TestReadAheadSavesTheFirstFullApplyItsRead(t *testing.T) {
 	if ipt.saves == read {
 		t.Error("the second full Apply did not read the kernel")
 	}
+
+	// A read ahead long before the first sync (an API server that did not answer)
+	// is not trusted.
+	if err := restarted.ReadAhead(); err != nil {
+		t.Fatal(err)
+	}
+	restarted.readAt = restarted.readAt.Add(-2 * readAheadFresh)
+	read = ipt.saves
+	if _, err := restarted.Apply(testRuleset(), true); err != nil {
+		t.Fatal(err)
+	}
+	if ipt.saves == read {
+		t.Error("a full Apply trusted a read ahead older than readAheadFresh")
+	}
 }
