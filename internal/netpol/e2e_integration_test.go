@@ -124,7 +124,7 @@ func TestDroppedPacketsAreLoggedToNFLOG(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		defer cancel()
 		_, _ = c.pods["B/c"].Probe(ctx, tnetns.TCP, netip.AddrPortFrom(c.pods["A/a"].IPv4, 80))
-		for _, m := range nflogPackets.FindAllStringSubmatch(c.node.Run(t, "iptables-save", "-c", "-t", "filter"), -1) {
+		for _, m := range nflogPackets.FindAllStringSubmatch(c.node.Save(t, "iptables-save", "-c", "-t", "filter"), -1) {
 			if m[1] != "0" {
 				return true
 			}

@@ -270,7 +270,7 @@ asn = 65000
 		n.show(node.Name, "systemctl stop kube-routerd   # here: SIGTERM", "")
 		n.run(node.NS, bin, "cleanup", "--config", daemons[i].config)
 		left := ourRoutes(t, node)
-		for _, l := range strings.Split(node.Run(t, "iptables-save")+node.Run(t, "ipset", "list", "-n"), "\n") {
+		for _, l := range strings.Split(node.Save(t, "iptables-save")+node.Run(t, "ipset", "list", "-n"), "\n") {
 			if strings.Contains(strings.ToLower(l), "kube-router") {
 				left += l + "\n"
 			}

@@ -102,7 +102,7 @@ func ourState(t testing.TB, n *netns.Node) string {
 	t.Helper()
 	var b strings.Builder
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
-	sc := bufio.NewScanner(strings.NewReader(n.Run(t, "iptables-save", "-t", "filter")))
+	sc := bufio.NewScanner(strings.NewReader(n.Save(t, "iptables-save", "-t", "filter")))
 	for sc.Scan() {
 		if l := sc.Text(); strings.Contains(l, "KUBE-ROUTER") {
 			b.WriteString(counters.ReplaceAllString(l, "") + "\n")

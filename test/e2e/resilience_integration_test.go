@@ -234,7 +234,7 @@ func fullState(t testing.TB, n *netns.Node) string {
 	slices.Sort(sets)
 	b.WriteString(strings.Join(sets, ""))
 	counters := regexp.MustCompile(`\[\d+:\d+\]`)
-	for _, l := range strings.Split(n.Run(t, "ip6tables-save", "-t", "filter"), "\n") {
+	for _, l := range strings.Split(n.Save(t, "ip6tables-save", "-t", "filter"), "\n") {
 		if strings.Contains(l, "KUBE-ROUTER") {
 			b.WriteString("v6 " + counters.ReplaceAllString(l, "") + "\n")
 		}
@@ -375,7 +375,7 @@ func existingPolicies(t *testing.T, cs kubernetes.Interface) int {
 // chainCount counts our policy ingress chains in the IPv4 filter table.
 func chainCount(t *testing.T, n *netns.Node) int {
 	t.Helper()
-	return strings.Count(n.Run(t, "iptables-save", "-t", "filter"), ":KUBE-ROUTER-NI-")
+	return strings.Count(n.Save(t, "iptables-save", "-t", "filter"), ":KUBE-ROUTER-NI-")
 }
 
 // settle waits until the node's kernel state has wanted policy chains and stops
@@ -593,7 +593,7 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 	}
 
 	testenv.Eventually(t, "the thousands-of-ports policy to be programmed", 60*time.Second, func() bool {
-		return strings.Count(node.Run(t, "iptables-save", "-t", "filter"), "--dport ") >= 3000
+		return strings.Count(node.Save(t, "iptables-save", "-t", "filter"), "--dport ") >= 3000
 	})
 	testenv.Eventually(t, "the bad annotations to be logged with their objects", 30*time.Second, func() bool {
 		log := d.LogText()
@@ -611,7 +611,7 @@ func TestHostileObjectsAreSkipped(t *testing.T) {
 	}
 	// Nothing was opened: the IPv6-only pod has no IPv4 chain, and the IPv4 rules of the
 	// ipBlock policy name no IPv6 range.
-	if state := node.Run(t, "iptables-save", "-t", "filter"); strings.Contains(state, "fd00") {
+	if state := node.Save(t, "iptables-save", "-t", "filter"); strings.Contains(state, "fd00") {
 		t.Fatalf("IPv6 addresses in the IPv4 ruleset:\n%s", testenv.LastLines(state, 20))
 	}
 }

@@ -175,7 +175,7 @@ func TestTakeoverFromKubeRouterKeepsPodTrafficFlowing(t *testing.T) {
 	}
 	t.Logf("status:\n%s", daemonA.Run("status"))
 
-	save := nodeA.Run(t, "iptables-save") + nodeA.Run(t, "ip6tables-save")
+	save := nodeA.Save(t, "iptables-save") + nodeA.Save(t, "ip6tables-save")
 	for _, gone := range []string{"KUBE-ROUTER-INPUT", "KUBE-ROUTER-OUTPUT", "KUBE-NWPLCY-", "KUBE-POD-FW-", "kube-router netpol", "kube-router-pod-subnets"} {
 		if strings.Contains(save, gone) {
 			t.Errorf("%s left in iptables", gone)

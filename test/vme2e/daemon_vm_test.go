@@ -160,7 +160,7 @@ func dataplaneState(t *testing.T, n *netns.Node) string {
 	}
 	for _, table := range []string{"filter", "nat", "mangle"} {
 		b.WriteString("# iptables-save -t " + table + " | grep KUBE-ROUTER\n")
-		for _, l := range strings.Split(n.Run(t, "iptables-save", "-t", table), "\n") {
+		for _, l := range strings.Split(n.Save(t, "iptables-save", "-t", table), "\n") {
 			if strings.Contains(l, "KUBE-ROUTER") {
 				b.WriteString(chainCounters.ReplaceAllString(l, "") + "\n")
 			}

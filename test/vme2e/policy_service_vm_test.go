@@ -144,7 +144,7 @@ router_id = %q
 	}))
 
 	// One jump from OUTPUT and INPUT, as from FORWARD, however often the daemon synced.
-	filter := node.Run(t, "iptables-save", "-t", "filter")
+	filter := node.Save(t, "iptables-save", "-t", "filter")
 	for _, chain := range []string{"FORWARD", "OUTPUT", "INPUT"} {
 		if n := strings.Count(filter, "-A "+chain+" -m comment --comment \"kube-routerd network policy"); n != 1 {
 			t.Errorf("%d network policy jumps in %s, want 1:\n%s", n, chain, filter)

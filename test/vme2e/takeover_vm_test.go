@@ -213,7 +213,7 @@ func TestTakeoverFromKubeRouterKeepsServiceAndTunnelTraffic(t *testing.T) {
 	if !strings.Contains(ipvs, vipPort.String()) || !strings.Contains(ipvs, "192.0.2.1:80") || strings.Contains(ipvs, vip.String()+":8443") {
 		t.Errorf("IPVS after the takeover (want %s adopted, 192.0.2.1:80 kept, :8443 gone):\n%s", vipPort, ipvs)
 	}
-	save := nodeA.Run(t, "iptables-save")
+	save := nodeA.Save(t, "iptables-save")
 	for _, gone := range []string{"KUBE-ROUTER-HAIRPIN", "--vmethod MASQ", "kube-router-svip-prt"} {
 		if strings.Contains(save, gone) {
 			t.Errorf("%s left in iptables", gone)

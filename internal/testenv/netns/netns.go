@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -166,6 +167,28 @@ func (ns *NS) Run(t testing.TB, name string, args ...string) string {
 		t.Fatalf("in %s (%s): %s %s: %v: %s", ns.Label, ns.NetnsName, name, strings.Join(args, " "), err, stderr)
 	}
 	return string(out)
+}
+
+// Save runs iptables-save or ip6tables-save (cmd) with args and returns its output.
+// iptables-nft's save fails now and then when another process commits meanwhile
+// ("Set with index N in kernel doesn't exist"); tests read while a daemon writes, so
+// a failed read is tried again a few times before the test fails.
+func (ns *NS) Save(t testing.TB, cmd string, args ...string) string {
+	t.Helper()
+	var failure string
+	for range 5 {
+		out, err := ns.Command(context.Background(), cmd, args...).Output()
+		if err == nil {
+			return string(out)
+		}
+		failure = err.Error()
+		if ee, ok := err.(*exec.ExitError); ok {
+			failure += ": " + strings.TrimSpace(string(ee.Stderr))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("in %s (%s): %s %s, 5 tries: %s", ns.Label, ns.NetnsName, cmd, strings.Join(args, " "), failure)
+	return ""
 }
 
 // Sysctl writes a sysctl of the namespace, for example ("net/ipv4/ip_forward", "1").
