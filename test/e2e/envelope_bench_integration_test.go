@@ -98,7 +98,9 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	peakRSS := procMemMiB(b, pid, "VmHWM")
 	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
-	profiled := restartProfile(b, node, size)
+	// The profile's 4 s fit the node client's timeout.
+	profiled := benchfig.StartupCPUProfile(b, nodeClient(node), "http://127.0.0.1:6060/debug/pprof/profile", 4,
+		fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods))
 	restartReady := d.StartReady(10 * time.Minute)
 	profiled()
 	waitIdle(b, node)
@@ -150,41 +152,6 @@ func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile of the daemon at READY: %s", path)
-}
-
-// restartProfile writes a CPU profile of the daemon's first seconds after a restart
-// to $KUBEROUTERD_BENCH_OUT, if set: call it before the restart, and what it returns
-// after. It asks the pprof listener as soon as it answers, a few milliseconds after
-// the process starts.
-func restartProfile(b *testing.B, node *netns.Node, size workload.Size) (wait func()) {
-	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
-	if dir == "" {
-		return func() {}
-	}
-	done := make(chan string, 1)
-	go func() {
-		deadline := time.Now().Add(time.Minute)
-		for time.Now().Before(deadline) {
-			code, profile, err := nodeHTTP(node, "/debug/pprof/profile?seconds=4", "127.0.0.1:6060")
-			if err != nil {
-				time.Sleep(5 * time.Millisecond)
-				continue
-			}
-			if code != http.StatusOK {
-				done <- fmt.Sprintf("restart CPU profile: HTTP %d", code)
-				return
-			}
-			path := filepath.Join(dir, fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods))
-			if err := os.WriteFile(path, []byte(profile), 0o644); err != nil {
-				done <- err.Error()
-				return
-			}
-			done <- "CPU profile of the daemon's first 4 s after the restart: " + path
-			return
-		}
-		done <- "restart CPU profile: the pprof listener did not answer within a minute"
-	}()
-	return func() { b.Log(<-done) }
 }
 
 // loadCluster creates size's Namespaces, Nodes, Pods (with their status),

@@ -142,10 +142,10 @@ func (f *apiForwarder) cut() {
 	}
 }
 
-// nodeHTTP fetches a URL from inside the node namespace (the daemon's endpoints listen
-// on the namespace's loopback).
-func nodeHTTP(n *netns.Node, path, addr string) (int, string, error) {
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+// nodeClient is an HTTP client that connects from inside the node namespace (the
+// daemon's endpoints listen on the namespace's loopback).
+func nodeClient(n *netns.Node) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, a string) (c net.Conn, err error) {
 			err = n.Do(func() (err error) {
 				c, err = (&net.Dialer{Timeout: 3 * time.Second}).DialContext(ctx, network, a)
@@ -155,7 +155,11 @@ func nodeHTTP(n *netns.Node, path, addr string) (int, string, error) {
 		},
 		DisableKeepAlives: true,
 	}}
-	resp, err := client.Get("http://" + addr + path)
+}
+
+// nodeHTTP fetches a URL from inside the node namespace.
+func nodeHTTP(n *netns.Node, path, addr string) (int, string, error) {
+	resp, err := nodeClient(n).Get("http://" + addr + path)
 	if err != nil {
 		return 0, "", err
 	}

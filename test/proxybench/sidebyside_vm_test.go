@@ -4,11 +4,9 @@ package proxybench
 
 import (
 	"fmt"
-	"io"
 	"math"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -130,7 +128,11 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 	kernel := c.kernel(b, node, w.namespace)
 	metrics := metricsClient(node)
 	p := startProcess(b, node, c.name, filepath.Join(dir, c.name+".log"), argv)
-	profiled := startupProfile(b, c, metrics, fmt.Sprintf("%s-startup-cpu-%dservices.pprof", c.name, n))
+	profiled := func() {}
+	if c.profileURL != "" {
+		profiled = benchfig.StartupCPUProfile(b, metrics, c.profileURL, startupProfileSeconds,
+			fmt.Sprintf("%s-startup-cpu-%dservices.pprof", c.name, n))
+	}
 
 	var f figures
 	seen, got := 0.0, 0
@@ -189,42 +191,6 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 	f.peakRSS = float64(hwm) / 1024
 	f.treeRSS = float64(p.stop(b)) / 1024
 	return f
-}
-
-// startupProfile writes a CPU profile of c's first startupProfileSeconds to
-// $KUBEROUTERD_BENCH_OUT/name, if that is set and c serves profiles, asking as soon
-// as the process answers; the function it returns waits for it.
-func startupProfile(b *testing.B, c contender, client *http.Client, name string) (wait func()) {
-	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
-	if dir == "" || c.profileURL == "" {
-		return func() {}
-	}
-	done := make(chan string, 1)
-	go func() {
-		url := fmt.Sprintf("%s?seconds=%d", c.profileURL, startupProfileSeconds)
-		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(pollEvery) {
-			resp, err := client.Get(url)
-			if err != nil {
-				continue
-			}
-			profile, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err == nil && resp.StatusCode != http.StatusOK {
-				err = fmt.Errorf("HTTP %d", resp.StatusCode)
-			}
-			if err == nil {
-				err = os.WriteFile(filepath.Join(dir, name), profile, 0o644)
-			}
-			if err != nil {
-				done <- fmt.Sprintf("start-up CPU profile of %s: %v", c.name, err)
-			} else {
-				done <- fmt.Sprintf("CPU profile of %s's first %d s: %s", c.name, startupProfileSeconds, name)
-			}
-			return
-		}
-		done <- fmt.Sprintf("start-up CPU profile of %s: no answer within a minute", c.name)
-	}()
-	return func() { b.Log(<-done) }
 }
 
 // startupProfileSeconds is how much of a start the profile covers: the start-up and
