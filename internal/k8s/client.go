@@ -6,7 +6,10 @@ import (
 	"os"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
+	coreinformers "k8s.io/client-go/informers/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
@@ -59,7 +62,13 @@ func NewInformerFactory(cs kubernetes.Interface, resync time.Duration, m *APIMet
 	if m != nil {
 		transform = m.CountingTransform(transform)
 	}
-	return informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(transform))
+	f := informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(transform))
+	// Pods are looked up by key and listed whole, never by namespace: without the
+	// namespace index every pod costs about 70 bytes less.
+	f.InformerFor(&corev1.Pod{}, func(cs kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return coreinformers.NewPodInformer(cs, metav1.NamespaceAll, resync, cache.Indexers{})
+	})
+	return f
 }
 
 // NodeName returns the configured node name, else the host name.

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -33,8 +34,9 @@ type Pod struct {
 	// containers), in order, for named ports in policies.
 	Ports []NamedPort
 
-	// labelsOwner keeps the interned Labels alive while this pod holds them.
-	labelsOwner *labelSet
+	// shape keeps the interned Namespace, Labels and Ports alive while this pod
+	// holds them.
+	shape *podShape
 }
 
 // NamedPort is one named container port; an empty protocol is TCP.
@@ -70,13 +72,11 @@ func (p *Pod) Equal(o *Pod) bool {
 // CompactPod returns the cache's form of p.
 func CompactPod(p *corev1.Pod) *Pod {
 	out := &Pod{
-		Namespace:   p.Namespace,
 		Name:        p.Name,
 		NodeName:    p.Spec.NodeName,
 		HostNetwork: p.Spec.HostNetwork,
 		Finished:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
 	}
-	out.Labels, out.labelsOwner = internLabels(p.Labels)
 	for _, ip := range p.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
 			out.IPs = append(out.IPs, a.Unmap())
@@ -90,6 +90,14 @@ func CompactPod(p *corev1.Pod) *Pod {
 	for _, ip := range out.IPs {
 		out.ipTexts = append(out.ipTexts, ip.String())
 	}
+	out.shape = internShape(p.Namespace, p.Labels, namedPorts(p.Spec))
+	out.Namespace, out.Labels, out.Ports = out.shape.namespace, out.shape.labels, out.shape.ports
+	return out
+}
+
+// namedPorts lists the named ports of the containers and sidecars of spec.
+func namedPorts(spec corev1.PodSpec) []NamedPort {
+	var ports []NamedPort
 	collect := func(c corev1.Container) {
 		for _, port := range c.Ports {
 			if port.Name == "" {
@@ -99,52 +107,67 @@ func CompactPod(p *corev1.Pod) *Pod {
 			if proto == "" {
 				proto = corev1.ProtocolTCP
 			}
-			out.Ports = append(out.Ports, NamedPort{Name: port.Name, Protocol: proto, Port: port.ContainerPort})
+			ports = append(ports, NamedPort{Name: port.Name, Protocol: proto, Port: port.ContainerPort})
 		}
 	}
-	for _, c := range p.Spec.Containers {
+	for _, c := range spec.Containers {
 		collect(c)
 	}
-	for _, c := range p.Spec.InitContainers {
+	for _, c := range spec.InitContainers {
 		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
 			collect(c)
 		}
 	}
-	return out
+	return ports
 }
 
-// labelSet is one interned set of labels.
-type labelSet struct{ labels map[string]string }
+// podShape is what the replicas of a workload have in common: namespace, labels and
+// named ports. One shared copy saves about 500 bytes a pod at the envelope's shapes.
+type podShape struct {
+	namespace string
+	labels    map[string]string
+	ports     []NamedPort
+}
 
-// podLabels interns pods' label sets: the replicas of a Deployment carry the same
-// labels, and one map for all of them saves about 400 bytes a pod.
-var podLabels internTable[labelSet]
+var podShapes internTable[podShape]
 
-// internLabels returns the shared copy of labels and the set that owns it.
-func internLabels(labels map[string]string) (map[string]string, *labelSet) {
-	if len(labels) == 0 {
-		return nil, nil
-	}
-	s := podLabels.get(labelsKey(labels), func() *labelSet {
-		// A copy: the caller's map is the caller's to change.
-		return &labelSet{labels: maps.Clone(labels)}
+// internShape returns the shared shape with these contents; the caller's values are
+// copied, as they are the caller's to change.
+func internShape(namespace string, labels map[string]string, ports []NamedPort) *podShape {
+	return podShapes.get(shapeKey(namespace, labels, ports), func() *podShape {
+		s := &podShape{namespace: strings.Clone(namespace), ports: slices.Clip(ports)}
+		if len(labels) > 0 {
+			s.labels = maps.Clone(labels)
+		}
+		return s
 	})
-	return s.labels, s
 }
 
-// labelsKey is a canonical form of a label set. Keys and values cannot hold NUL.
-func labelsKey(labels map[string]string) string {
+// shapeKey is a canonical form of a shape. Names, label keys and values cannot hold
+// NUL, so NUL separates them.
+func shapeKey(namespace string, labels map[string]string, ports []NamedPort) string {
 	keys := make([]string, 0, len(labels))
 	for k := range labels {
 		keys = append(keys, k)
 	}
 	slices.Sort(keys)
 	var b strings.Builder
+	b.WriteString(namespace)
+	b.WriteByte(0)
 	for _, k := range keys {
 		b.WriteString(k)
 		b.WriteByte(0)
 		b.WriteString(labels[k])
 		b.WriteByte(0)
+	}
+	for _, p := range ports {
+		// A port's fields cannot be empty; the extra NUL ends the labels.
+		b.WriteByte(0)
+		b.WriteString(p.Name)
+		b.WriteByte(0)
+		b.WriteString(string(p.Protocol))
+		b.WriteByte(0)
+		b.WriteString(strconv.Itoa(int(p.Port)))
 	}
 	return b.String()
 }

@@ -1,14 +1,17 @@
 package k8s
 
 import (
+	"maps"
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
@@ -68,8 +71,8 @@ func TestCompactPodKeepsWhatPolicyReads(t *testing.T) {
 	}
 }
 
-// TestPodsShareLabelsWhileHeld checks the interning of label sets: replicas share one
-// map, and the table forgets a set once no pod holds it.
+// TestPodsShareLabelsWhileHeld checks the interning of pod shapes: replicas share one
+// label map and one port list, and the table forgets a shape once no pod holds it.
 func TestPodsShareLabelsWhileHeld(t *testing.T) {
 	size := workload.Size{Nodes: 1, Pods: 100, Namespaces: 1, Services: 1}
 	labels := func(p *Pod) uintptr { return reflect.ValueOf(p.Labels).Pointer() }
@@ -78,21 +81,24 @@ func TestPodsShareLabelsWhileHeld(t *testing.T) {
 	if labels(first) != labels(second) {
 		t.Fatal("two pods with equal labels hold two maps")
 	}
+	if len(first.Ports) == 0 || &first.Ports[0] != &second.Ports[0] {
+		t.Fatal("two replicas hold two port lists")
+	}
 	other := CompactPod(size.Pod(7)) // another tier
 	if labels(first) == labels(other) || other.Labels["tier"] == first.Labels["tier"] {
 		t.Fatal("pods with different labels share a map")
 	}
-	key := labelsKey(first.Labels)
+	key := shapeKey(first.Namespace, first.Labels, first.Ports)
 	runtime.KeepAlive(second)
 	first, second = nil, nil
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		runtime.GC()
-		if !podLabels.holds(key) {
+		if !podShapes.holds(key) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the label set is still in the table after its pods went")
+			t.Fatal("the shape is still in the table after its pods went")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -105,4 +111,16 @@ func (t *internTable[T]) holds(key string) bool {
 	defer t.mu.Unlock()
 	_, ok := t.entries[key]
 	return ok
+}
+
+// TestPodCacheHasNoNamespaceIndex checks that the factory's pod informer, the one
+// every controller gets, keeps no index: nothing asks for pods by namespace.
+func TestPodCacheHasNoNamespaceIndex(t *testing.T) {
+	factory := NewInformerFactory(fake.NewClientset(), 0, nil)
+	if idx := factory.Core().V1().Pods().Informer().GetIndexer().GetIndexers(); len(idx) != 0 {
+		t.Fatalf("the pod cache keeps indexes %v", slices.Collect(maps.Keys(idx)))
+	}
+	if idx := factory.Core().V1().Services().Informer().GetIndexer().GetIndexers(); len(idx) == 0 {
+		t.Fatal("the other informers lost their namespace index too")
+	}
 }
