@@ -32,6 +32,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return fmt.Errorf("creating the policy.networking.k8s.io client: %w", err)
 	}
+	daemon.CapGCHeadroom(ctx, uint64(cfg.Memory.GCHeadroomMiB)<<20, slog.Default())
 	registry := daemon.NewRegistry()
 	env := daemon.Env{
 		Client:       client,

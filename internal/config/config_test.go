@@ -287,6 +287,11 @@ local_address = "2001:db8::1"
 			want: []string{`line 2: debug.pprof_listen: "localhost:6060" is not a loopback address: want an IP of 127.0.0.0/8 or ::1 with a port, e.g. "127.0.0.1:6060"`},
 		},
 		{
+			name: "a negative GC headroom is refused",
+			toml: "[memory]\ngc_headroom_mib = -1\n",
+			want: []string{`line 2: memory.gc_headroom_mib: must be 0 (Go's default) or more`},
+		},
+		{
 			name: "a syntax error names its line",
 			toml: "[routing]\nasn = = 1\n",
 			want: []string{`line 2: routing.asn: expected value but found '=' instead`},

@@ -325,18 +325,19 @@ func get(t *testing.T, url string) string {
 
 // TestRegistryHasTheLiveHeap: the daemon's registry exports the live heap, which
 // the envelope bench and operators read to tell what the caches hold from the
-// collector's headroom.
+// collector's headroom, and the GOGC the headroom cap sets.
 func TestRegistryHasTheLiveHeap(t *testing.T) {
 	families, err := NewRegistry().Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	missing := map[string]bool{"go_gc_heap_live_bytes": true, "go_gc_gogc_percent": true}
 	for _, f := range families {
-		if f.GetName() == "go_gc_heap_live_bytes" {
-			return
-		}
+		delete(missing, f.GetName())
 	}
-	t.Error("no go_gc_heap_live_bytes")
+	if len(missing) > 0 {
+		t.Errorf("the registry lacks %v", missing)
+	}
 }
 
 // preparingFake is a fakeController that prepares: it records that Prepare began and
