@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -146,10 +147,17 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	}
 	// Peer pods (selector peers), ipBlocks, or "anyone" when the rule lists no peers.
 	var peerPods []*Pod
-	selectorPeers := false
 	var blocks []ipBlockPeer
-	var peerKeys []string // what selects the peer pods, one per selector peer
-	var parsedPeers []parsedPeer
+	// One set per selector peer, not one for the rule's union: a peer such as "the
+	// namespaces of team X" recurs across many policies whose other peers differ,
+	// and its one set serves them all. Unions would repeat its members in every
+	// policy's set (at half the scalability envelope, 1.9 million entries where the
+	// distinct peers hold about 100,000).
+	type selectorPeer struct {
+		parsed parsedPeer
+		pods   []*Pod
+	}
+	selectorPeers := map[string]selectorPeer{} // by what selects the pods
 	for j, peer := range peers {
 		peerID := ruleID + "/peer/" + strconv.Itoa(j)
 		if peer.IPBlock != nil {
@@ -158,15 +166,13 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			}
 			continue
 		}
-		selectorPeers = true
 		pods, key, parsed, err := b.selectPeers(peer)
 		if err != nil {
 			b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 			continue
 		}
 		peerPods = append(peerPods, pods...)
-		peerKeys = append(peerKeys, key)
-		parsedPeers = append(parsedPeers, parsed)
+		selectorPeers[key] = selectorPeer{parsed: parsed, pods: pods}
 	}
 	peerPods = uniquePods(peerPods)
 	anyPeer := len(peers) == 0
@@ -175,15 +181,10 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	if anyPeer {
 		peerMatches = []string{""}
 	}
-	if selectorPeers {
-		slices.Sort(peerKeys)
-		peerKeys = slices.Compact(peerKeys)
-		set := b.sharedPeerSet(strings.Join(peerKeys, "\x00"), parsedPeers, func() []*Pod { return peerPods })
-		words := make([]string, len(peerKeys))
-		for i, k := range peerKeys {
-			words[i] = peerWords(k)
-		}
-		b.out.SetMeaning[set] = strings.Join(words, " or ")
+	for _, key := range slices.Sorted(maps.Keys(selectorPeers)) {
+		sp := selectorPeers[key]
+		set := b.sharedPeerSet(key, []parsedPeer{sp.parsed}, func() []*Pod { return sp.pods })
+		b.out.SetMeaning[set] = peerWords(key)
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}
 	for _, blk := range blocks {
