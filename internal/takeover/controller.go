@@ -137,13 +137,20 @@ func (c *Controller) adoptServices() ([]ipvs.Key, error) {
 // and may become removable.
 func (c *Controller) Run(ctx context.Context, hb *daemon.Heartbeat) error {
 	hb.SyncDone(true, 0, nil, c.summary())
-	select {
-	case <-c.othersReady:
-	case <-ctx.Done():
-		return nil
-	}
 	tick := time.NewTicker(retryInterval)
 	defer tick.Stop()
+	// The others' first syncs take minutes at the top of the scale envelope: beat
+	// meanwhile, or this loop counts as stuck and the watchdog pings stop.
+	for waiting := true; waiting; {
+		select {
+		case <-c.othersReady:
+			waiting = false
+		case <-tick.C:
+			hb.Beat()
+		case <-ctx.Done():
+			return nil
+		}
+	}
 	for {
 		start := time.Now()
 		more, err := c.pass()
