@@ -247,7 +247,7 @@ func podsSelected(idx *index, nsSel, podSel *metav1.LabelSelector) ([]*Pod, erro
 	return out, nil
 }
 
-// peerKey is the shared set key of a namespaces or pods peer: the one selectPeers
+// peerKey is the shared set key of a namespaces or pods peer: the one parsePeer
 // gives a NetworkPolicy peer that selects the same pods, so both share one set.
 func peerKey(nsSel, podSel *metav1.LabelSelector) string {
 	ns, _ := metav1.LabelSelectorAsSelector(nsSel)

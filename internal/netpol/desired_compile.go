@@ -146,18 +146,15 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 		peerSide, addrFlag = "dst", "-d"
 	}
 	// Peer pods (selector peers), ipBlocks, or "anyone" when the rule lists no peers.
-	var peerPods []*Pod
 	var blocks []ipBlockPeer
 	// One set per selector peer, not one for the rule's union: a peer such as "the
 	// namespaces of team X" recurs across many policies whose other peers differ,
 	// and its one set serves them all. Unions would repeat its members in every
 	// policy's set (at half the scalability envelope, 1.9 million entries where the
-	// distinct peers hold about 100,000).
-	type selectorPeer struct {
-		parsed parsedPeer
-		pods   []*Pod
-	}
-	selectorPeers := map[string]selectorPeer{} // by what selects the pods
+	// distinct peers hold about 100,000). A peer's pods are looked up only when its
+	// set is not memoised: with every policy walking the cluster's pods, a full sync
+	// grew with policies times pods.
+	selectorPeers := map[string]parsedPeer{} // by what selects the pods
 	for j, peer := range peers {
 		peerID := ruleID + "/peer/" + strconv.Itoa(j)
 		if peer.IPBlock != nil {
@@ -166,24 +163,30 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 			}
 			continue
 		}
-		pods, key, parsed, err := b.selectPeers(peer)
+		key, parsed, err := parsePeer(peer, b.namespace)
 		if err != nil {
 			b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 			continue
 		}
-		peerPods = append(peerPods, pods...)
-		selectorPeers[key] = selectorPeer{parsed: parsed, pods: pods}
+		selectorPeers[key] = parsed
 	}
-	peerPods = uniquePods(peerPods)
 	anyPeer := len(peers) == 0
+	keys := slices.Sorted(maps.Keys(selectorPeers))
+	peerPods := sync.OnceValue(func() []*Pod {
+		var pods []*Pod
+		for _, key := range keys {
+			pods = append(pods, b.selectedPods(selectorPeers[key])...)
+		}
+		return uniquePods(pods)
+	})
 
 	var peerMatches []string
 	if anyPeer {
 		peerMatches = []string{""}
 	}
-	for _, key := range slices.Sorted(maps.Keys(selectorPeers)) {
-		sp := selectorPeers[key]
-		set := b.sharedPeerSet(key, []parsedPeer{sp.parsed}, func() []*Pod { return sp.pods })
+	for _, key := range keys {
+		parsed := selectorPeers[key]
+		set := b.sharedPeerSet(key, []parsedPeer{parsed}, func() []*Pod { return b.selectedPods(parsed) })
 		b.out.SetMeaning[set] = peerWords(key)
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}
@@ -195,7 +198,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	if len(ports) == 0 {
 		portMatches = []string{""}
 	}
-	namedPortHolders := sync.OnceValues(func() ([]*Pod, string) { return b.namedPortHolders(dir, anyPeer, peerPods, blocks) })
+	namedPortHolders := sync.OnceValues(func() ([]*Pod, string) { return b.namedPortHolders(dir, anyPeer, peerPods(), blocks) })
 	for j, port := range ports {
 		proto := corev1.ProtocolTCP
 		if port.Protocol != nil {
@@ -347,33 +350,36 @@ func (b *policyBuilder) ipBlock(block *networkingv1.IPBlock, peerID, side, addrF
 	return blk, true
 }
 
-// selectPeers returns the pods a podSelector/namespaceSelector peer selects, in every
-// node, that have an address of the compiled family and are not host-network pods,
-// and a key that is the same for every peer that selects the same pods: the
+// parsePeer parses a podSelector/namespaceSelector peer of a policy in namespace
+// and returns a key that is the same for every peer that selects the same pods: the
 // namespace or the canonical namespace selector, and the canonical pod selector.
-func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod, string, parsedPeer, error) {
+func parsePeer(peer networkingv1.NetworkPolicyPeer, namespace string) (string, parsedPeer, error) {
 	podSel := labels.Everything()
 	if peer.PodSelector != nil {
 		s, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
 		if err != nil {
-			return nil, "", parsedPeer{}, fmt.Errorf("podSelector: %w", err)
+			return "", parsedPeer{}, fmt.Errorf("podSelector: %w", err)
 		}
 		podSel = s
 	}
-	var namespaces []string
-	key := "namespace " + b.namespace
-	parsed := parsedPeer{pods: podSel, namespace: b.namespace}
 	if peer.NamespaceSelector == nil {
-		namespaces = []string{b.namespace}
-	} else {
-		nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
-		if err != nil {
-			return nil, "", parsedPeer{}, fmt.Errorf("namespaceSelector: %w", err)
-		}
-		key = "namespaces " + nsSel.String()
-		parsed = parsedPeer{namespaces: nsSel, pods: podSel}
+		return "namespace " + namespace + " pods " + podSel.String(), parsedPeer{pods: podSel, namespace: namespace}, nil
+	}
+	nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+	if err != nil {
+		return "", parsedPeer{}, fmt.Errorf("namespaceSelector: %w", err)
+	}
+	return "namespaces " + nsSel.String() + " pods " + podSel.String(), parsedPeer{namespaces: nsSel, pods: podSel}, nil
+}
+
+// selectedPods returns the pods pp selects, in every node, that have an address of
+// the compiled family and are not host-network pods.
+func (b *policyBuilder) selectedPods(pp parsedPeer) []*Pod {
+	namespaces := []string{pp.namespace}
+	if pp.namespace == "" {
+		namespaces = nil
 		for nsName, ns := range b.idx.Namespaces {
-			if nsSel.Matches(labels.Set(ns.Labels)) {
+			if pp.namespaces.Matches(labels.Set(ns.Labels)) {
 				namespaces = append(namespaces, nsName)
 			}
 		}
@@ -384,12 +390,12 @@ func (b *policyBuilder) selectPeers(peer networkingv1.NetworkPolicyPeer) ([]*Pod
 			if p.HostNetwork {
 				continue
 			}
-			if _, ok := b.o.podIP(p); ok && podSel.Matches(labels.Set(p.Labels)) {
+			if _, ok := b.o.podIP(p); ok && pp.pods.Matches(labels.Set(p.Labels)) {
 				out = append(out, p)
 			}
 		}
 	}
-	return out, key + " pods " + podSel.String(), parsed, nil
+	return out
 }
 
 // allPods returns every non-host-network pod with an address of the compiled family.
@@ -405,7 +411,7 @@ func (b *policyBuilder) allPods() []*Pod {
 	return out
 }
 
-// peerWords turns a selector peer's key (selectPeers) into words for explain.
+// peerWords turns a selector peer's key (parsePeer) into words for explain.
 func peerWords(key string) string {
 	where, podSel, _ := strings.Cut(key, " pods ")
 	pods := "all pods"
