@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -448,6 +449,43 @@ func TestIncrementalSyncWithClusterPoliciesMatchesFullSync(t *testing.T) {
 		full := bc.c.families[0].asm.last
 		if !reflect.DeepEqual(incremental.Chains, full.Chains) || !reflect.DeepEqual(incremental.Sets, full.Sets) {
 			t.Fatalf("change %d (%s): the incremental sync differs from a full one", n, ch.name)
+		}
+	}
+}
+
+// TestClusterPeersRecurringAcrossRulesShareOneSet gives three ClusterNetworkPolicies
+// a rule admitting one team's namespaces and one namespace of their own. The team's
+// pods are held in one set that all three rules match; a set per rule (the union of
+// its peers) repeated them in each.
+func TestClusterPeersRecurringAcrossRulesShareOneSet(t *testing.T) {
+	idx := newIndex(node)
+	teamPod := mustAddr("10.0.9.1")
+	idx.Namespaces["team"] = &Namespace{Name: "team", Labels: l("team", "a")}
+	idx.SetPod(&Pod{Namespace: "team", Name: "t", NodeName: node, IPs: []netip.Addr{teamPod}})
+	var cnps []*policyv1beta1.ClusterNetworkPolicy
+	for i, ns := range []string{"x", "y", "z"} {
+		idx.Namespaces[ns] = &Namespace{Name: ns, Labels: l("ns", ns)}
+		idx.SetPod(&Pod{Namespace: ns, Name: "p", NodeName: node, IPs: []netip.Addr{mustAddr("10.0." + strconv.Itoa(i+1) + ".1")}})
+		cnps = append(cnps, cnp("admit-"+ns, admin, int32(i+1), l("ns", ns), cIn(accept, nil, cNS(l("team", "a")), cNS(l("ns", ns)))))
+	}
+	o := opts()
+	d := assemble(compileBoth(idx, o, nil, cnps), idx, o)
+	holding := 0
+	for _, s := range d.Sets {
+		if slices.Contains(s.Entries, teamPod.String()) {
+			holding++
+		}
+	}
+	if holding != 1 {
+		t.Errorf("the team's pod is in %d sets, want 1", holding)
+	}
+	k, _ := applyCluster(t, idx, o, nil, cnps)
+	for _, pr := range []probe{
+		{"10.0.9.1", "10.0.2.1", "tcp", 80, true}, {"10.0.1.1", "10.0.1.1", "tcp", 80, true},
+	} {
+		pk := packet{src: mustAddr(pr.from), dst: mustAddr(pr.to), proto: pr.proto, dport: pr.port}
+		if got := k.allowed(t, pk); got != pr.want {
+			t.Errorf("%s -> %s: allowed=%v, want %v", pr.from, pr.to, got, pr.want)
 		}
 	}
 }

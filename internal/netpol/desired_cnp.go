@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -284,8 +285,9 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 	var peerMatches []string
 	type podPeer struct{ nsSel, podSel *metav1.LabelSelector }
 	var podPeers []podPeer
-	var parsed []parsedPeer
-	var podKeys []string
+	// One shared set per selector peer, as for NetworkPolicies: a peer recurring
+	// across rules with different companions is held once.
+	selectorPeers := map[string]parsedPeer{}
 	for j, peer := range r.peers {
 		switch {
 		case peer.namespaces != nil || peer.pods != nil:
@@ -303,8 +305,7 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 				continue
 			}
 			podPeers = append(podPeers, pp)
-			parsed = append(parsed, parsedPeer{namespaces: nsS, pods: podS})
-			podKeys = append(podKeys, peerKey(pp.nsSel, pp.podSel))
+			selectorPeers[peerKey(pp.nsSel, pp.podSel)] = parsedPeer{namespaces: nsS, pods: podS}
 		case peer.nodes != nil:
 			set, err := b.nodeSet(peer.nodes)
 			if err != nil {
@@ -342,17 +343,13 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 		}
 		return uniquePods(pods)
 	})
-	if len(podKeys) > 0 {
-		slices.Sort(podKeys)
-		podKeys = slices.Compact(podKeys)
-		set := b.sharedPeerSet(strings.Join(podKeys, "\x00"), parsed, peerPods)
-		words := make([]string, len(podKeys))
-		for k, key := range podKeys {
-			words[k] = peerWords(key)
-		}
-		b.out.SetMeaning[set] = strings.Join(words, " or ")
-		peerMatches = append([]string{"-m set --match-set " + set + " " + peerSide}, peerMatches...)
+	var setMatches []string
+	for _, key := range slices.Sorted(maps.Keys(selectorPeers)) {
+		set := b.sharedPeerSet(key, selectorPeers[key])
+		b.out.SetMeaning[set] = peerWords(key)
+		setMatches = append(setMatches, "-m set --match-set "+set+" "+peerSide)
 	}
+	peerMatches = append(setMatches, peerMatches...)
 
 	portMatches := b.clusterPorts(dir, i, r.protocols, peerPods)
 	var out []string

@@ -100,17 +100,18 @@ func (b *policyBuilder) addSharedSet(kind string, t ipset.Type, entries map[stri
 	return b.addNamedSet(name(kind, "shared", b.o.familyTag(), key), t, entries)
 }
 
-// sharedPeerSet adds the shared set of the pods that peers select (key names them,
-// pods lists them) and returns its name. A policy compiled since the last change to
-// those pods built the same entries: their one copy is used, never changed.
-func (b *policyBuilder) sharedPeerSet(key string, peers []parsedPeer, pods func() []*Pod) string {
+// sharedPeerSet adds the shared set of the pods peer selects (key names them) and
+// returns its name. A policy compiled since the last change to those pods built the
+// same entries: their one copy is used, never changed, and the pods are not looked
+// up again.
+func (b *policyBuilder) sharedPeerSet(key string, peer parsedPeer) string {
 	set := name(peerSetKind, "shared", b.o.familyTag(), key)
 	if memo, ok := b.idx.peerSets[set]; ok {
 		b.out.Sets = append(b.out.Sets, memo.set)
 		return set
 	}
 	entries := map[string]struct{}{}
-	for _, p := range pods() {
+	for _, p := range b.selectedPods(peer) {
 		if ip, ok := b.o.podIPText(p); ok {
 			entries[ip] = struct{}{}
 		}
@@ -119,7 +120,7 @@ func (b *policyBuilder) sharedPeerSet(key string, peers []parsedPeer, pods func(
 	if b.idx.peerSets == nil {
 		b.idx.peerSets = map[string]*memoSet{}
 	}
-	b.idx.peerSets[set] = &memoSet{set: b.out.Sets[len(b.out.Sets)-1], peers: peers}
+	b.idx.peerSets[set] = &memoSet{set: b.out.Sets[len(b.out.Sets)-1], peer: peer}
 	return set
 }
 
@@ -185,8 +186,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 		peerMatches = []string{""}
 	}
 	for _, key := range keys {
-		parsed := selectorPeers[key]
-		set := b.sharedPeerSet(key, []parsedPeer{parsed}, func() []*Pod { return b.selectedPods(parsed) })
+		set := b.sharedPeerSet(key, selectorPeers[key])
 		b.out.SetMeaning[set] = peerWords(key)
 		peerMatches = append(peerMatches, "-m set --match-set "+set+" "+peerSide)
 	}

@@ -53,10 +53,10 @@ type index struct {
 	peerSets map[string]*memoSet
 }
 
-// memoSet is a memoised peer set and the selectors that decide its members.
+// memoSet is a memoised peer set and the peer whose selectors decide its members.
 type memoSet struct {
-	set   ipset.SetEntries
-	peers []parsedPeer
+	set  ipset.SetEntries
+	peer parsedPeer
 }
 
 // parsedPeer is a namespaces or pods peer with its selectors parsed. A peer of a
@@ -89,12 +89,9 @@ func (x *index) forgetPeerSets(old, new *Pod) {
 		return pp.selects(p, x.Namespaces[p.Namespace])
 	}
 	for name, m := range x.peerSets {
-		for _, pp := range m.peers {
-			inOld, inNew := in(old, pp), in(new, pp)
-			if inOld != inNew || (!labelsOnly && (inOld || inNew)) {
-				delete(x.peerSets, name)
-				break
-			}
+		inOld, inNew := in(old, m.peer), in(new, m.peer)
+		if inOld != inNew || (!labelsOnly && (inOld || inNew)) {
+			delete(x.peerSets, name)
 		}
 	}
 }
