@@ -38,8 +38,8 @@ func (t *internTable[T]) get(key string, create func() *T) *T {
 	return v
 }
 
-// sharedStrings interns the node and zone names of EndpointSlice endpoints: a
-// cluster has a few thousand of them and a hundred thousand endpoints naming them.
+// sharedStrings interns the node names of EndpointSlice endpoints: a cluster has a
+// few thousand of them and a hundred thousand endpoints naming them.
 var sharedStrings internTable[string]
 
 // internString returns the shared copy of *s (nil for nil).
@@ -51,23 +51,4 @@ func internString(s *string) *string {
 		c := strings.Clone(*s)
 		return &c
 	})
-}
-
-// The values endpoint conditions point at. Cached objects are never written to,
-// so every endpoint can share them.
-var (
-	conditionTrue  = true
-	conditionFalse = false
-)
-
-// sharedBool returns a pointer to a shared true or false (nil for nil).
-func sharedBool(b *bool) *bool {
-	switch {
-	case b == nil:
-		return nil
-	case *b:
-		return &conditionTrue
-	default:
-		return &conditionFalse
-	}
 }

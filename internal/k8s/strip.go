@@ -28,9 +28,9 @@ const (
 	betaIsolationAnnotation = "net.beta.kubernetes.io/network-policy"
 )
 
-// Strip returns a smaller copy of a Node, Service, EndpointSlice, Namespace or
-// NetworkPolicy, holding what the controllers read, a Pod as a compact Pod, and any
-// other object (a Pod already compacted too) unchanged. It is idempotent, as
+// Strip returns a smaller copy of a Node, Service, Namespace or NetworkPolicy,
+// holding what the controllers read, a Pod or EndpointSlice in its compact form, and
+// any other object (a compacted one too) unchanged. It is idempotent, as
 // client-go requires of a transform.
 func Strip(obj any) any {
 	switch o := obj.(type) {
@@ -41,7 +41,7 @@ func Strip(obj any) any {
 	case *corev1.Service:
 		return stripService(o)
 	case *discoveryv1.EndpointSlice:
-		return stripEndpointSlice(o)
+		return CompactEndpointSlice(o)
 	case *corev1.Namespace:
 		return &corev1.Namespace{
 			ObjectMeta: stripMeta(o.ObjectMeta, func(k string) bool { return k == betaIsolationAnnotation }),
@@ -99,8 +99,10 @@ func stripNode(n *corev1.Node) *corev1.Node {
 }
 
 // stripService keeps the spec but the selector (the proxy reads most of it), the load
-// balancer's ingress addresses and the creation time (the load-balancer allocator
-// settles two Services claiming one address in favour of the older).
+// balancer's ingress addresses, the creation time (the load-balancer allocator
+// settles two Services claiming one address in favour of the older) and of the
+// labels only the two that hand a Service to another proxy or mark it headless: the
+// rest (Helm's, the app's) cost about 400 bytes a Service and nothing reads them.
 func stripService(s *corev1.Service) *corev1.Service {
 	out := &corev1.Service{
 		ObjectMeta: stripMeta(s.ObjectMeta, func(k string) bool {
@@ -109,38 +111,17 @@ func stripService(s *corev1.Service) *corev1.Service {
 		Spec:   s.Spec,
 		Status: corev1.ServiceStatus{LoadBalancer: s.Status.LoadBalancer},
 	}
+	out.Labels = nil
+	for _, k := range []string{LabelServiceProxyName, corev1.IsHeadlessService} {
+		if v, ok := s.Labels[k]; ok {
+			if out.Labels == nil {
+				out.Labels = map[string]string{}
+			}
+			out.Labels[k] = v
+		}
+	}
 	// The EndpointSlice controller applies the selector; the proxy reads its slices.
 	out.Spec.Selector = nil
 	out.CreationTimestamp = s.CreationTimestamp
-	return out
-}
-
-// stripEndpointSlice keeps addresses, conditions, placement and hints of each
-// endpoint, and of its target only the name (the weights annotation names pods).
-// Node and zone names and the conditions are shared between endpoints.
-func stripEndpointSlice(s *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
-	out := &discoveryv1.EndpointSlice{
-		ObjectMeta:  stripMeta(s.ObjectMeta, nil),
-		AddressType: s.AddressType,
-		Ports:       s.Ports,
-		Endpoints:   make([]discoveryv1.Endpoint, len(s.Endpoints)),
-	}
-	for i, ep := range s.Endpoints {
-		kept := discoveryv1.Endpoint{
-			Addresses: ep.Addresses,
-			Conditions: discoveryv1.EndpointConditions{
-				Ready:       sharedBool(ep.Conditions.Ready),
-				Serving:     sharedBool(ep.Conditions.Serving),
-				Terminating: sharedBool(ep.Conditions.Terminating),
-			},
-			NodeName: internString(ep.NodeName),
-			Zone:     internString(ep.Zone),
-			Hints:    ep.Hints,
-		}
-		if ep.TargetRef != nil {
-			kept.TargetRef = &corev1.ObjectReference{Kind: ep.TargetRef.Kind, Name: ep.TargetRef.Name}
-		}
-		out.Endpoints[i] = kept
-	}
 	return out
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
 )
@@ -49,30 +48,18 @@ func TestStrippedNodeHasTheSameAddresses(t *testing.T) {
 	}
 }
 
-// TestStrippedEndpointsShareNodeNamesAndConditions: endpoints on one node point at
-// one copy of its name, and conditions at shared values, whatever slice they are in.
-func TestStrippedEndpointsShareNodeNamesAndConditions(t *testing.T) {
-	s := workload.Size{Nodes: 3, Pods: 10, Namespaces: 2, Services: 2, EndpointsPerService: 150, Policies: 1}
-	var all []discoveryv1.Endpoint
-	for svc := range 2 {
-		for _, slice := range s.EndpointSlices(svc) {
-			all = append(all, Strip(slice).(*discoveryv1.EndpointSlice).Endpoints...)
-		}
+// TestStrippedServiceKeepsOnlyTheLabelsTheProxyReads: the labels handing a Service
+// to another proxy or marking it headless stay, with their values; Helm's and the
+// app's go.
+func TestStrippedServiceKeepsOnlyTheLabelsTheProxyReads(t *testing.T) {
+	svc := workloadObjects()["Service"].(*corev1.Service).DeepCopy()
+	if got := Strip(svc).(*corev1.Service).Labels; got != nil {
+		t.Errorf("labels of a Service without proxy labels: %v, want none", got)
 	}
-	byName := map[string]*string{}
-	for _, ep := range all {
-		if ep.NodeName == nil || ep.Conditions.Ready == nil {
-			t.Fatalf("endpoint %v lost its node or readiness", ep.Addresses)
-		}
-		if first, seen := byName[*ep.NodeName]; seen && first != ep.NodeName {
-			t.Fatalf("two copies of node name %q", *ep.NodeName)
-		}
-		byName[*ep.NodeName] = ep.NodeName
-		if ready := all[0].Conditions.Ready; *ready == *ep.Conditions.Ready && ready != ep.Conditions.Ready {
-			t.Fatal("two copies of one readiness")
-		}
-	}
-	if len(byName) < 2 {
-		t.Fatalf("the workload's endpoints sit on %d node(s); the test needs several", len(byName))
+	svc.Labels[LabelServiceProxyName] = "other"
+	svc.Labels[corev1.IsHeadlessService] = ""
+	want := map[string]string{LabelServiceProxyName: "other", corev1.IsHeadlessService: ""}
+	if got := Strip(svc).(*corev1.Service).Labels; !reflect.DeepEqual(got, want) {
+		t.Errorf("labels: %v, want %v", got, want)
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	discoveryv1 "k8s.io/api/discovery/v1"
 
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 	"github.com/kube-routerd/kube-routerd/internal/testenv/benchfig"
 )
 
@@ -32,18 +33,18 @@ func benchHarnessOn(b testing.TB, dp Dataplane, n int) (*harness, []*discoveryv1
 			eps[j] = ep{ip: fmt.Sprintf("10.%d.%d.%d", 100+i/65000, (i/250)%256, j*25+i%25), node: "node-b"}
 		}
 		slices[i] = sliceFor(name, eps...)
-		h.store(slices[i])
+		h.store(k8s.CompactEndpointSlice(slices[i]))
 	}
 	return h, slices
 }
 
-// toggledEndpoint returns slice with its first endpoint ready on odd i and not ready
-// on even i: one destination comes and goes.
-func toggledEndpoint(slice *discoveryv1.EndpointSlice, i int) *discoveryv1.EndpointSlice {
+// toggledEndpoint returns slice, as the daemon's cache holds it, with its first
+// endpoint ready on odd i and not ready on even i: one destination comes and goes.
+func toggledEndpoint(slice *discoveryv1.EndpointSlice, i int) *k8s.EndpointSlice {
 	s := slice.DeepCopy()
 	s.Endpoints[0].Conditions.Ready = ptrBool(i%2 == 1)
 	s.Endpoints[0].Conditions.Terminating = ptrBool(false)
-	return s
+	return k8s.CompactEndpointSlice(s)
 }
 
 // BenchmarkFullSync measures a first full sync (everything created) of N Services x

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -28,6 +27,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
@@ -130,7 +130,7 @@ func New(env daemon.Env, cfg config.ServiceProxy, dp Dataplane) (*Controller, er
 	c.slices = sliceInformer.GetIndexer()
 	if err := errors.Join(
 		c.changes.Watch(svcInformer, loop.Both(serviceName)),
-		c.changes.Watch(sliceInformer, loop.Both(sliceServiceName)),
+		c.changes.Watch(sliceInformer, sliceKeys),
 		c.changes.WatchAll(nodeInformer, c.changesThisNode),
 	); err != nil {
 		return nil, fmt.Errorf("registering informer handlers: %w", err)
@@ -167,11 +167,20 @@ func serviceName(obj any) (types.NamespacedName, bool) {
 }
 
 func sliceServiceName(obj any) (types.NamespacedName, bool) {
-	s, ok := obj.(*discoveryv1.EndpointSlice)
-	if !ok || s.Labels[discoveryv1.LabelServiceName] == "" {
+	s := k8s.CachedEndpointSlice(obj)
+	if s == nil || s.ServiceName == "" {
 		return types.NamespacedName{}, false
 	}
-	return types.NamespacedName{Namespace: s.Namespace, Name: s.Labels[discoveryv1.LabelServiceName]}, true
+	return types.NamespacedName{Namespace: s.Namespace, Name: s.ServiceName}, true
+}
+
+// sliceKeys names the Service of a changed EndpointSlice for the change tracker;
+// an update that reads the same needs no sync.
+func sliceKeys(ch loop.Change) []types.NamespacedName {
+	if k8s.UnchangedEndpointSlice(ch.Old, ch.New) {
+		return nil
+	}
+	return loop.Both(sliceServiceName)(ch)
 }
 
 func sliceServiceIndex(obj any) ([]string, error) {
@@ -314,9 +323,9 @@ func (c *Controller) compute(name types.NamespacedName, node Node, opts options)
 	if err != nil {
 		c.log.Error("reading endpoint slices", "service", name.String(), "err", err)
 	}
-	epSlices := make([]*discoveryv1.EndpointSlice, 0, len(objs))
+	epSlices := make([]*k8s.EndpointSlice, 0, len(objs))
 	for _, o := range objs {
-		if s, ok := o.(*discoveryv1.EndpointSlice); ok {
+		if s := k8s.CachedEndpointSlice(o); s != nil {
 			epSlices = append(epSlices, s)
 		}
 	}

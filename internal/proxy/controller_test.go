@@ -29,6 +29,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/podtunnel"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/sysctl"
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // fakeKernel is the fake dataplane; it outlives controllers to model restarts.
@@ -107,7 +108,7 @@ func (h *harness) indexer(obj any) cache.Indexer {
 	switch obj.(type) {
 	case *corev1.Service:
 		return h.factory.Core().V1().Services().Informer().GetIndexer()
-	case *discoveryv1.EndpointSlice:
+	case *discoveryv1.EndpointSlice, *k8s.EndpointSlice:
 		return h.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer()
 	case *corev1.Node:
 		return h.factory.Core().V1().Nodes().Informer().GetIndexer()
@@ -262,7 +263,7 @@ func TestServiceThatGainsAServiceProxyNameLosesItsVirtualServices(t *testing.T) 
 	h.kernel.ipvs.ResetWrites()
 
 	h.store(namedService("web", "10.96.0.10", func(s *corev1.Service) {
-		s.Labels = map[string]string{labelServiceProxyName: "other-proxy"}
+		s.Labels = map[string]string{k8s.LabelServiceProxyName: "other-proxy"}
 	}))
 	h.sync(false)
 	h.wantWrites("delete service 10.96.0.10:80/TCP")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipvs"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // Annotations a Service can carry to tune its IPVS virtual services.
@@ -38,19 +39,18 @@ const (
 	annotationDSR = "kube-router.io/service.dsr"
 )
 
-// labelServiceProxyName names the proxy that implements a Service; kube-proxy
-// ignores every Service carrying it, whatever the value, and so do we.
-const labelServiceProxyName = "service.kubernetes.io/service-proxy-name"
-
-// notOurs reports whether a Service or EndpointSlice is left to another proxy or has
-// nothing to proxy, as kube-proxy decides it: labelled with a proxy name, or
-// labelled headless (set by the EndpointSlice controller on slices of headless
-// Services, whatever the value).
+// notOurs reports whether a Service is left to another proxy or has nothing to
+// proxy, as kube-proxy decides it: labelled with a proxy name
+// (k8s.LabelServiceProxyName) or labelled headless, whatever the value.
 func notOurs(labels map[string]string) bool {
-	_, named := labels[labelServiceProxyName]
+	_, named := labels[k8s.LabelServiceProxyName]
 	_, headless := labels[corev1.IsHeadlessService]
 	return named || headless
 }
+
+// sliceNotOurs is notOurs for an EndpointSlice, whose two labels the cache keeps as
+// flags (the EndpointSlice controller labels the slices of headless Services).
+func sliceNotOurs(s *k8s.EndpointSlice) bool { return s.OtherProxy || s.Headless }
 
 // defaultAffinityTimeout is the Kubernetes default for sessionAffinity ClientIP (3 hours).
 const defaultAffinityTimeout = 10800
@@ -280,7 +280,7 @@ func serviceAddrs(svc *corev1.Service, opts options) ([]vipAddr, []refusedAddr, 
 // error lists what was skipped or ignored (bad addresses, unsupported protocols, a
 // malformed service.local annotation) or, for invalid IPVS settings annotations, why
 // every virtual service of the Service is returned Frozen.
-func desiredForService(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, node Node, opts options) ([]virtualServer, []refusedAddr, error) {
+func desiredForService(svc *corev1.Service, epSlices []*k8s.EndpointSlice, node Node, opts options) ([]virtualServer, []refusedAddr, error) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || notOurs(svc.Labels) {
 		return nil, nil, nil
 	}
@@ -424,7 +424,7 @@ func (r sourceRanges) forAddr(a netip.Addr) ([]netip.Prefix, bool) {
 // destinations selects the endpoints of one Service port in one address family.
 // Ready endpoints serve; when none is ready, serving terminating ones do (as
 // kube-proxy does); other terminating endpoints are listed for draining.
-func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.EndpointSlice, node Node, localOnly bool, weights map[string]int) []destination {
+func destinations(sp corev1.ServicePort, v4 bool, epSlices []*k8s.EndpointSlice, node Node, localOnly bool, weights map[string]int) []destination {
 	nodeName := node.Name
 	family := discoveryv1.AddressTypeIPv6
 	if v4 {
@@ -439,7 +439,7 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 	var order []ipvs.DestKey
 	anyReady := false
 	for _, slice := range epSlices {
-		if slice.AddressType != family || notOurs(slice.Labels) {
+		if slice.AddressType != family || sliceNotOurs(slice) {
 			continue
 		}
 		port, ok := slicePort(slice, sp)
@@ -447,33 +447,22 @@ func destinations(sp corev1.ServicePort, v4 bool, epSlices []*discoveryv1.Endpoi
 			continue
 		}
 		for _, ep := range slice.Endpoints {
-			if len(ep.Addresses) == 0 {
-				continue
-			}
-			addr, err := netip.ParseAddr(ep.Addresses[0])
-			if err != nil || addr.Unmap().Is4() != v4 {
+			if !ep.Addr.IsValid() || ep.Addr.Is4() != v4 {
 				continue // the API server validates this; never mix families in IPVS
 			}
-			addr = addr.Unmap()
 			local := ep.NodeName != nil && *ep.NodeName == nodeName
 			if localOnly && !local {
 				continue
 			}
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			serving := ready
-			if ep.Conditions.Serving != nil {
-				serving = *ep.Conditions.Serving
-			}
-			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			if !ready && !terminating {
+			if !ep.Ready && !ep.Terminating {
 				continue
 			}
-			ready = ready && !terminating
-			key := ipvs.DestKey{Addr: addr.Unmap(), Port: port}
+			ready := ep.Ready && !ep.Terminating
+			key := ipvs.DestKey{Addr: ep.Addr, Port: port}
 			c := &candidate{
-				dest:      destination{DestKey: key, Weight: weightOf(ep, key.Addr, weights), Terminating: !ready, Local: local},
+				dest:      destination{DestKey: key, Weight: weightOf(ep, weights), Terminating: !ready, Local: local},
 				ready:     ready,
-				servingTm: terminating && serving,
+				servingTm: ep.Terminating && ep.Serving,
 				hints:     ep.Hints,
 			}
 			// The same endpoint can sit in two slices while they are rebalanced.
@@ -555,31 +544,23 @@ func topologyFilter(ready []*discoveryv1.EndpointHints, node Node) func(*discove
 
 // slicePort finds the port of a slice that serves sp: same name, same protocol. The
 // EndpointSlice controller has already resolved named target ports to numbers.
-func slicePort(slice *discoveryv1.EndpointSlice, sp corev1.ServicePort) (uint16, bool) {
+func slicePort(slice *k8s.EndpointSlice, sp corev1.ServicePort) (uint16, bool) {
 	for _, p := range slice.Ports {
-		name := ""
-		if p.Name != nil {
-			name = *p.Name
-		}
-		proto := corev1.ProtocolTCP
-		if p.Protocol != nil {
-			proto = *p.Protocol
-		}
-		if name == sp.Name && proto == sp.Protocol && p.Port != nil {
-			return uint16(*p.Port), true
+		if p.Name == sp.Name && p.Protocol == sp.Protocol {
+			return uint16(p.Port), true
 		}
 	}
 	return 0, false
 }
 
-func weightOf(ep discoveryv1.Endpoint, addr netip.Addr, weights map[string]int) int {
-	if w, ok := weights[addr.String()]; ok {
+// weightOf returns the weight the weights annotation gives an endpoint, by address
+// or by pod name (no name is empty: decodeSettings rejects those), else 1.
+func weightOf(ep k8s.Endpoint, weights map[string]int) int {
+	if w, ok := weights[ep.Addr.String()]; ok {
 		return w
 	}
-	if ep.TargetRef != nil {
-		if w, ok := weights[ep.TargetRef.Name]; ok {
-			return w
-		}
+	if w, ok := weights[ep.TargetName]; ok {
+		return w
 	}
 	return 1
 }

@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 const thisNode = "node-a"
@@ -83,6 +84,15 @@ func endpointSlice(family discoveryv1.AddressType, eps ...ep) *discoveryv1.Endpo
 
 func v4(eps ...ep) *discoveryv1.EndpointSlice {
 	return endpointSlice(discoveryv1.AddressTypeIPv4, eps...)
+}
+
+// compact gives the desired-state functions slices as the daemon's cache holds them.
+func compact(whole ...*discoveryv1.EndpointSlice) []*k8s.EndpointSlice {
+	out := make([]*k8s.EndpointSlice, len(whole))
+	for i, s := range whole {
+		out[i] = k8s.CompactEndpointSlice(s)
+	}
+	return out
 }
 
 // render prints virtual services one per line, destinations inline, for comparisons.
@@ -427,6 +437,13 @@ func TestDesiredForService(t *testing.T) {
 				"ClusterIP [fd00:96::10]:80/TCP rr -> [fd00:1::1]:8080 w1",
 		},
 		{
+			name: "addresses that are not IPs are skipped, mapped ones unmapped",
+			svc:  service(),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.01"}, ep{ip: "::ffff:10.1.0.2"}, ep{ip: "fd00:1::1"}),
+				endpointSlice(discoveryv1.AddressTypeFQDN, ep{ip: "web.example"})},
+			want: "ClusterIP 10.96.0.10:80/TCP rr -> 10.1.0.2:8080 w1",
+		},
+		{
 			name:   "a slice port with another name or protocol does not match the Service port",
 			svc:    service(func(s *corev1.Service) { s.Spec.Ports[0].Protocol = corev1.ProtocolUDP }),
 			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"})},
@@ -439,7 +456,7 @@ func TestDesiredForService(t *testing.T) {
 			if opts.Scheduler == "" {
 				opts = testOptions()
 			}
-			got, refused, err := desiredForService(tt.svc, tt.slices, testNode(), opts)
+			got, refused, err := desiredForService(tt.svc, compact(tt.slices...), testNode(), opts)
 			if r := strings.Join(refusedStrings(refused), ", "); r != tt.wantRefused {
 				t.Errorf("refused %q, want %q", r, tt.wantRefused)
 			}
@@ -550,7 +567,7 @@ func TestTopologyHints(t *testing.T) {
 			}
 			sp := corev1.ServicePort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}
 			var got []string
-			for _, d := range destinations(sp, true, []*discoveryv1.EndpointSlice{slice}, tc.node, tc.localOnly, nil) {
+			for _, d := range destinations(sp, true, compact(slice), tc.node, tc.localOnly, nil) {
 				got = append(got, d.Addr.String())
 			}
 			if !slices.Equal(got, tc.want) {

@@ -85,7 +85,7 @@ func TestDesiredDSR(t *testing.T) {
 			opts := testOptions()
 			opts.IPRanges.External = append(opts.IPRanges.External, opts.IPRanges.External[0])
 			opts.IPRanges.External[1].Prefix = netip.MustParsePrefix("2001:db8::/64")
-			vss, _, err := desiredForService(tc.svc, tc.slices, testNode(), opts)
+			vss, _, err := desiredForService(tc.svc, compact(tc.slices...), testNode(), opts)
 			got := render(vss)
 			for _, line := range strings.Split(tc.want, "\n") {
 				if !strings.Contains(got, line) {

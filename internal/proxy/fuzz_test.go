@@ -73,7 +73,7 @@ func FuzzDesiredForService(f *testing.F) {
 			}
 			slices = append(slices, slice)
 		}
-		got, refused, err := desiredForService(svc, slices, node, opts)
+		got, refused, err := desiredForService(svc, compact(slices...), node, opts)
 		if _, settingsErr := decodeSettings(svc, opts); settingsErr != nil {
 			if err == nil {
 				t.Fatalf("invalid annotations (%v) but no error", settingsErr)

@@ -14,8 +14,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // Health check node ports, as kube-proxy serves them (pkg/proxy/healthcheck): a
@@ -35,29 +36,33 @@ type healthCheck struct {
 // pure. Only ready endpoints count, not terminating ones that still serve: while
 // those are all a node has, the load balancer should stop sending it new
 // connections (KEP-1669).
-func desiredHealthCheck(svc *corev1.Service, epSlices []*discoveryv1.EndpointSlice, nodeName string) (healthCheck, bool) {
+func desiredHealthCheck(svc *corev1.Service, epSlices []*k8s.EndpointSlice, nodeName string) (healthCheck, bool) {
 	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer || svc.Spec.HealthCheckNodePort <= 0 || svc.Spec.HealthCheckNodePort > 65535 ||
 		svc.Spec.ExternalTrafficPolicy != corev1.ServiceExternalTrafficPolicyLocal || notOurs(svc.Labels) {
 		return healthCheck{}, false
 	}
-	local := map[string]bool{}
+	local := map[netip.Addr]bool{}
+	unparsable := 0
 	for _, slice := range epSlices {
-		if notOurs(slice.Labels) {
+		if sliceNotOurs(slice) {
 			continue
 		}
 		for _, ep := range slice.Endpoints {
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
-			if len(ep.Addresses) == 0 || ep.NodeName == nil || *ep.NodeName != nodeName || !ready || terminating {
+			if ep.NodeName == nil || *ep.NodeName != nodeName || !ep.Ready || ep.Terminating {
 				continue
 			}
-			local[ep.Addresses[0]] = true // one endpoint, whatever number of ports
+			switch {
+			case ep.Addr.IsValid():
+				local[ep.Addr] = true // one endpoint, whatever number of ports
+			case ep.UnparsableAddr: // not an IP (an FQDN slice's), yet an endpoint
+				unparsable++
+			}
 		}
 	}
 	return healthCheck{
 		Service:        types.NamespacedName{Namespace: svc.Namespace, Name: svc.Name},
 		Port:           uint16(svc.Spec.HealthCheckNodePort),
-		LocalEndpoints: len(local),
+		LocalEndpoints: len(local) + unparsable,
 	}, true
 }
 

@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // testPorts binds every listener the proxy asks for on 127.0.0.1 with a free port,
@@ -158,6 +159,13 @@ func TestDesiredHealthCheck(t *testing.T) {
 			want:   &healthCheck{Service: web, Port: 32000, LocalEndpoints: 1},
 		},
 		{
+			name: "an address that is not an IP counts; a mapped one is its IPv4 address",
+			svc:  service(lbLocal(32000)),
+			slices: []*discoveryv1.EndpointSlice{v4(ep{ip: "10.1.0.1"}, ep{ip: "::ffff:10.1.0.2"}, ep{ip: "10.1.0.2"}),
+				endpointSlice(discoveryv1.AddressTypeFQDN, ep{ip: "web.example"})},
+			want: &healthCheck{Service: web, Port: 32000, LocalEndpoints: 3},
+		},
+		{
 			name: "a Cluster LoadBalancer has none",
 			svc: service(lbLocal(32000), func(s *corev1.Service) {
 				s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
@@ -174,13 +182,13 @@ func TestDesiredHealthCheck(t *testing.T) {
 		{
 			name: "a Service left to another proxy has none",
 			svc: service(lbLocal(32000), func(s *corev1.Service) {
-				s.Labels = map[string]string{labelServiceProxyName: "other"}
+				s.Labels = map[string]string{k8s.LabelServiceProxyName: "other"}
 			}),
 		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, ok := desiredHealthCheck(tc.svc, tc.slices, thisNode)
+			got, ok := desiredHealthCheck(tc.svc, compact(tc.slices...), thisNode)
 			switch {
 			case tc.want == nil && ok:
 				t.Errorf("got %+v, want none", got)

@@ -16,7 +16,10 @@ import (
 // TestStrippedObjectsProgramTheSameKernel loads realistic objects into one
 // controller whole and into another as the daemon's informers cache them
 // (k8s.Strip): both must leave the same IPVS table, firewall and health
-// check ports. Services vary every field the proxy reads.
+// check ports. Services and endpoints vary every field the proxy reads. The
+// controller reads EndpointSlices only in their compact form, compacting whole ones
+// itself; what compaction keeps is pinned by k8s's tests and by the desired-state
+// tests, which build whole slices.
 func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 	size := workload.Size{Nodes: 6, Pods: 300, Namespaces: 4, Services: 40, EndpointsPerService: 12}
 	local := workload.NodeName(0)
@@ -27,15 +30,31 @@ func TestStrippedObjectsProgramTheSameKernel(t *testing.T) {
 		objects = append(objects, svc)
 		for _, s := range size.EndpointSlices(i) {
 			for j := range s.Endpoints {
-				if *s.Endpoints[j].NodeName == local {
-					s.Endpoints[j].NodeName = ptrTo(thisNode)
+				ep := &s.Endpoints[j]
+				if *ep.NodeName == local {
+					ep.NodeName = ptrTo(thisNode)
 				}
-				if j%5 == 4 {
-					s.Endpoints[j].Conditions.Ready = ptrTo(false)
+				switch {
+				case j%5 == 4:
+					ep.Conditions.Ready = ptrTo(false)
+				case j%5 == 3 && i%2 == 0: // terminating, still serving
+					ep.Conditions = discoveryv1.EndpointConditions{Ready: ptrTo(false), Serving: ptrTo(true), Terminating: ptrTo(true)}
+				case j%5 == 2 && i%4 == 1: // terminating, conditions otherwise unset
+					ep.Conditions = discoveryv1.EndpointConditions{Terminating: ptrTo(true)}
+				case j%5 == 1:
+					ep.Conditions = discoveryv1.EndpointConditions{}
 				}
-				if i%7 == 3 {
-					s.Endpoints[j].Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: *s.Endpoints[j].Zone}}}
+				switch i % 7 {
+				case 3:
+					ep.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: *ep.Zone}}}
+				case 5:
+					ep.Hints = &discoveryv1.EndpointHints{ForZones: []discoveryv1.ForZone{{Name: *ep.Zone}},
+						ForNodes: []discoveryv1.ForNode{{Name: *ep.NodeName}}}
 				}
+			}
+			if i%6 == 1 { // weights by pod name and by address
+				svc.Annotations["kube-router.io/service.weights"] = s.Endpoints[0].TargetRef.Name + "=3," + s.Endpoints[1].Addresses[0] + "=2"
+				s.Endpoints[2].TargetRef = nil
 			}
 			objects = append(objects, s)
 		}

@@ -13,13 +13,14 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
-	discoverylisters "k8s.io/client-go/listers/discovery/v1"
+	"k8s.io/client-go/tools/cache"
 
 	api "github.com/osrg/gobgp/v3/api"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 	"github.com/kube-routerd/kube-routerd/internal/loop"
 )
 
@@ -34,9 +35,11 @@ type Controller struct {
 	metrics  *metrics
 	changes  *loop.Tracker[input]
 
-	nodes     corelisters.NodeLister
-	services  corelisters.ServiceLister
-	endpoints discoverylisters.EndpointSliceLister
+	nodes    corelisters.NodeLister
+	services corelisters.ServiceLister
+	// endpoints is the EndpointSlice informer's cache: compact slices
+	// (k8s.EndpointSlice) in the daemon, whole ones where a test feeds the informers.
+	endpoints cache.Store
 
 	// Owned by the sync loop.
 	speaker     speaker
@@ -151,7 +154,7 @@ func New(env daemon.Env, cfg config.Routing, dp Dataplane) (*Controller, error) 
 		advertiseRounds: &logRounds{},
 		nodes:           env.Informers.Core().V1().Nodes().Lister(),
 		services:        env.Informers.Core().V1().Services().Lister(),
-		endpoints:       env.Informers.Discovery().V1().EndpointSlices().Lister(),
+		endpoints:       env.Informers.Discovery().V1().EndpointSlices().Informer().GetStore(),
 	}
 	c.advertiseLog = slog.New(repeatFilter{next: c.log.Handler(), rounds: c.advertiseRounds})
 	c.runner = loop.NewRunner("routing", c.sync, cfg.MinSyncInterval.Duration, cfg.SyncPeriod.Duration)
@@ -165,7 +168,12 @@ func New(env daemon.Env, cfg config.Routing, dp Dataplane) (*Controller, error) 
 	if err := errors.Join(
 		c.changes.Watch(env.Informers.Core().V1().Nodes().Informer(), feeds(nodesInput)),
 		c.changes.Watch(env.Informers.Core().V1().Services().Informer(), feeds(servicesInput)),
-		c.changes.Watch(env.Informers.Discovery().V1().EndpointSlices().Informer(), feeds(servicesInput)),
+		c.changes.Watch(env.Informers.Discovery().V1().EndpointSlices().Informer(), func(ch loop.Change) []input {
+			if k8s.UnchangedEndpointSlice(ch.Old, ch.New) {
+				return nil
+			}
+			return []input{servicesInput}
+		}),
 	); err != nil {
 		return nil, fmt.Errorf("routing: registering informer handlers: %w", err)
 	}
@@ -312,9 +320,11 @@ func (c *Controller) advertise(ctx context.Context, peersChanged bool) (applyErr
 	if err != nil {
 		return nil, fmt.Errorf("listing services: %w", err)
 	}
-	endpointSlices, err := c.endpoints.List(labels.Everything())
-	if err != nil {
-		return nil, fmt.Errorf("listing endpoint slices: %w", err)
+	var endpointSlices []*k8s.EndpointSlice
+	for _, o := range c.endpoints.List() {
+		if s := k8s.CachedEndpointSlice(o); s != nil {
+			endpointSlices = append(endpointSlices, s)
+		}
 	}
 	l := &c.last
 	l.adv = desiredAdvertisements(c.cfg, l.self, l.nodes, services, localEndpoints(endpointSlices, c.nodeName), c.advertiseLog)

@@ -13,10 +13,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // Service annotations that override the advertise_* settings for one Service
@@ -200,16 +200,15 @@ type serviceEndpoints map[string]bool
 
 // localEndpoints indexes EndpointSlices by Service, recording which have a ready
 // endpoint on nodeName.
-func localEndpoints(slices []*discoveryv1.EndpointSlice, nodeName string) serviceEndpoints {
+func localEndpoints(slices []*k8s.EndpointSlice, nodeName string) serviceEndpoints {
 	out := serviceEndpoints{}
 	for _, s := range slices {
-		svc := s.Labels[discoveryv1.LabelServiceName]
-		if svc == "" {
+		if s.ServiceName == "" {
 			continue
 		}
-		key := s.Namespace + "/" + svc
+		key := s.Namespace + "/" + s.ServiceName
 		for _, ep := range s.Endpoints {
-			if ep.NodeName != nil && *ep.NodeName == nodeName && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+			if ep.NodeName != nil && *ep.NodeName == nodeName && ep.Ready {
 				out[key] = true
 			}
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 func node(name, ip string, podCIDRs []string, ann map[string]string) *corev1.Node {
@@ -318,7 +319,7 @@ func TestLocalEndpoints(t *testing.T) {
 		{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "db-1", Labels: map[string]string{discoveryv1.LabelServiceName: "db"}},
 			Endpoints: []discoveryv1.Endpoint{{NodeName: &a, Conditions: discoveryv1.EndpointConditions{Ready: &no}}}},
 	}
-	got := localEndpoints(slices, "a")
+	got := localEndpoints([]*k8s.EndpointSlice{k8s.CompactEndpointSlice(slices[0]), k8s.CompactEndpointSlice(slices[1])}, "a")
 	want := serviceEndpoints{"ns/web": true, "ns/db": false}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("got %v, want %v", got, want)

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
@@ -17,7 +19,8 @@ import (
 // EndpointSlices into one controller whole and into another as the daemon's
 // informers cache them (k8s.Strip): both must configure the same peers,
 // advertisements and kernel routes. Nodes and Services carry kube-router's
-// annotations.
+// annotations; endpoints are ready, not ready or unset. The controller reads
+// EndpointSlices only in their compact form, compacting whole ones itself.
 func TestStrippedObjectsGiveTheSamePeersAndRoutes(t *testing.T) {
 	size := workload.Size{Nodes: 12, Pods: 120, Namespaces: 3, Services: 20, EndpointsPerService: 4}
 	var objects []any
@@ -54,6 +57,14 @@ func TestStrippedObjectsGiveTheSamePeersAndRoutes(t *testing.T) {
 		}
 		objects = append(objects, svc)
 		for _, s := range size.EndpointSlices(i) {
+			for j := range s.Endpoints {
+				switch (i + j) % 3 {
+				case 1:
+					s.Endpoints[j].Conditions.Ready = ptr.To(false)
+				case 2:
+					s.Endpoints[j].Conditions = discoveryv1.EndpointConditions{} // unset: ready
+				}
+			}
 			objects = append(objects, s)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/kube-routerd/kube-routerd/internal/config"
 	"github.com/kube-routerd/kube-routerd/internal/daemon"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/route"
+	"github.com/kube-routerd/kube-routerd/internal/k8s"
 )
 
 // syncHarness drives the routing controller synchronously through the fake speaker
@@ -70,7 +71,7 @@ func (h *syncHarness) indexer(obj any) (cache.Indexer, changeSet) {
 		return h.factory.Core().V1().Nodes().Informer().GetIndexer(), changeSet{nodes: true}
 	case *corev1.Service:
 		return h.factory.Core().V1().Services().Informer().GetIndexer(), changeSet{services: true}
-	case *discoveryv1.EndpointSlice:
+	case *discoveryv1.EndpointSlice, *k8s.EndpointSlice:
 		return h.factory.Discovery().V1().EndpointSlices().Informer().GetIndexer(), changeSet{services: true}
 	}
 	h.t.Fatalf("unexpected object %T", obj)
