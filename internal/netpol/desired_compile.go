@@ -198,7 +198,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	if len(ports) == 0 {
 		portMatches = []string{""}
 	}
-	namedPortHolders := sync.OnceValues(func() ([]*Pod, string) { return b.namedPortHolders(dir, anyPeer, peerPods(), blocks) })
+	namedPortHolders := sync.OnceValues(func() ([]*Pod, string) { return b.namedPortHolders(dir, anyPeer, peerPods, blocks) })
 	for j, port := range ports {
 		proto := corev1.ProtocolTCP
 		if port.Protocol != nil {
@@ -249,7 +249,10 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 // peers, else the selected peer pods and the pods inside the rule's ipBlocks: a named
 // port is a port of a pod, so an address that is no pod has none. Each row of the
 // rule also matches its own peer, so one set serves all of the rule's peers.
-func (b *policyBuilder) namedPortHolders(dir string, anyPeer bool, peerPods []*Pod, blocks []ipBlockPeer) ([]*Pod, string) {
+// peerPods is called only for egress: listing the peers of every policy's ingress
+// rule, whose named ports resolve on its targets, walked the cluster's pods once
+// per policy.
+func (b *policyBuilder) namedPortHolders(dir string, anyPeer bool, peerPods func() []*Pod, blocks []ipBlockPeer) ([]*Pod, string) {
 	switch {
 	case dir == "ingress" && len(b.targets) == 0:
 		return nil, ""
@@ -258,9 +261,9 @@ func (b *policyBuilder) namedPortHolders(dir string, anyPeer bool, peerPods []*P
 	case anyPeer:
 		return b.allPods(), "pod"
 	case len(blocks) == 0:
-		return peerPods, "peer pod"
+		return peerPods(), "peer pod"
 	}
-	holders := slices.Clone(peerPods)
+	holders := slices.Clone(peerPods())
 	for _, p := range b.allPods() {
 		ip, _ := b.o.podIP(p)
 		if slices.ContainsFunc(blocks, func(blk ipBlockPeer) bool { return blk.contains(ip) }) {

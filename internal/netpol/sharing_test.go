@@ -3,9 +3,14 @@ package netpol
 import (
 	"context"
 	"log/slog"
+	"net/netip"
+	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/kube-routerd/kube-routerd/internal/config"
@@ -56,5 +61,39 @@ func TestPeersRecurringAcrossPoliciesShareOneSet(t *testing.T) {
 	// set and the data tier's set: at most three entries a pod.
 	if d.Entries > 3*size.Pods {
 		t.Errorf("%d set entries for %d pods: peers are repeated across policies", d.Entries, size.Pods)
+	}
+}
+
+// TestIngressNamedPortsDoNotListThePeers: an ingress rule's named ports resolve on
+// the policy's targets, so compiling it, once its peers' shared set is memoised,
+// allocates the same whatever the number of peer pods. It used to list them all
+// (and, at the envelope, walk the cluster's pods once per policy).
+func TestIngressNamedPortsDoNotListThePeers(t *testing.T) {
+	compileBytes := func(peerPods int) uint64 {
+		idx := newIndex(node)
+		idx.Namespaces["app"] = &Namespace{Name: "app", Labels: l("ns", "app")}
+		idx.Namespaces["team"] = &Namespace{Name: "team", Labels: l("team", "a")}
+		idx.SetPod(&Pod{Namespace: "app", Name: "web", NodeName: node, Labels: l("app", "web"),
+			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Ports: []k8s.NamedPort{{Name: "http", Port: 8080}}})
+		for i := range peerPods {
+			idx.SetPod(&Pod{Namespace: "team", Name: "p" + strconv.Itoa(i), NodeName: "elsewhere",
+				IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})}})
+		}
+		p := policy("app", "web", l("app", "web"), ingress(port(corev1.ProtocolTCP, intstr.FromString("http")), nss(l("team", "a"))))
+		o := opts()
+		compilePolicy(p, idx, o) // memoises the team's set
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		const runs = 20
+		for range runs {
+			compilePolicy(p, idx, o)
+		}
+		runtime.ReadMemStats(&after)
+		return (after.TotalAlloc - before.TotalAlloc) / runs
+	}
+	few, many := compileBytes(10), compileBytes(5000)
+	t.Logf("compiling with 10 peer pods: %d bytes; with 5,000: %d bytes", few, many)
+	if many > few+8<<10 {
+		t.Errorf("compiling allocates %d bytes with 5,000 peer pods against %d with 10: the peers are listed", many, few)
 	}
 }
