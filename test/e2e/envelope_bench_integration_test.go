@@ -97,11 +97,11 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	time.Sleep(idleWindow)
 	idle := procCPU(b, pid) - idleFrom
 
-	podLabel := medianLatency(b, node, 5, func(n int) string {
+	podLabel, podLabelSync := medianLatency(b, node, 5, func(n int) string {
 		relabelPeer(b, cs, size, n)
 		return "kube_routerd_netpol_ipset_entries"
 	})
-	policy := medianLatency(b, node, 5, func(n int) string {
+	policy, policySync := medianLatency(b, node, 5, func(n int) string {
 		addPolicyPort(b, cs, size, n)
 		return "kube_routerd_netpol_iptables_rules"
 	})
@@ -120,6 +120,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	profiled()
 	waitIdle(b, node, d.PID())
 	lost := lineDiff(before, ourFullState(b, node))
+	saveDaemonLog(b, d, size)
 	if lost != "" {
 		b.Logf("a restart after the burst found another kernel state: a change was lost\n%s", lost)
 	}
@@ -143,6 +144,9 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
 	b.ReportMetric(podLabel, "pod-label-ms")
 	b.ReportMetric(policy, "policy-ms")
+	// The daemon's own sync time within those (the rest is the API server's).
+	b.ReportMetric(podLabelSync, "pod-label-sync-ms")
+	b.ReportMetric(policySync, "policy-sync-ms")
 	b.ReportMetric(events, "churn-watch-events/min")
 	b.ReportMetric(requests, "churn-api-requests/min")
 	b.ReportMetric(syncs, "churn-syncs/min")
@@ -168,6 +172,20 @@ func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile of the daemon at READY: %s", path)
+}
+
+// saveDaemonLog copies the daemon's log (both starts, at debug level: every sync and
+// its duration) to $KUBEROUTERD_BENCH_OUT, if set, for reading a figure's causes.
+func saveDaemonLog(b *testing.B, d *daemon, size workload.Size) {
+	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
+	if dir == "" {
+		return
+	}
+	path := filepath.Join(dir, fmt.Sprintf("daemon-%dpods.log", size.Pods))
+	if err := os.WriteFile(path, []byte(d.LogText()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("log of the daemon: %s", path)
 }
 
 // loadCluster creates size's Namespaces, Nodes, Pods (with their status),
@@ -251,9 +269,12 @@ const netpolSynced = `kube_routerd_last_successful_sync_timestamp_seconds{contro
 
 // medianLatency makes n changes one at a time, each moving the returned gauge of
 // the daemon's metrics. A change's latency runs from its API write to the end of
-// the network policy sync that moved the gauge (that sync's timestamp).
-func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (gauge string)) float64 {
-	var ms []float64
+// the network policy sync that moved the gauge (that sync's timestamp). It also
+// returns the median time the daemon's syncs in each change's window took, which
+// tells the daemon's share from the API server's write and watch delivery.
+func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (gauge string)) (latencyMs, syncMs float64) {
+	const syncSum, syncCount = "kube_routerd_sync_duration_seconds_sum", "kube_routerd_sync_duration_seconds_count"
+	var ms, syncs []float64
 	for i := range n {
 		before := samples(b, node)
 		written := time.Now()
@@ -263,6 +284,9 @@ func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (ga
 			v := samples(b, node)
 			if sumOf(v, gauge, "") != sumOf(before, gauge, "") {
 				ms = append(ms, 1000*v[netpolSynced]-float64(written.UnixMicro())/1000)
+				if count := sumOf(v, syncCount, `controller="netpol"`) - sumOf(before, syncCount, `controller="netpol"`); count > 0 {
+					syncs = append(syncs, 1000*(sumOf(v, syncSum, `controller="netpol"`)-sumOf(before, syncSum, `controller="netpol"`))/count)
+				}
 				break
 			}
 			if time.Now().After(deadline) {
@@ -272,8 +296,14 @@ func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (ga
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	slices.Sort(ms)
-	return ms[len(ms)/2]
+	median := func(xs []float64) float64 {
+		if len(xs) == 0 {
+			return 0
+		}
+		slices.Sort(xs)
+		return xs[len(xs)/2]
+	}
+	return median(ms), median(syncs)
 }
 
 // peerToRelabel is a backend pod on another node in the namespace of policy 0,
