@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -230,35 +229,6 @@ func parseSelectors(nsSel, podSel *metav1.LabelSelector) (labels.Selector, label
 	return ns, pods, nil
 }
 
-// podsSelected returns the non-host-network pods, in any order, in the namespaces
-// nsSel selects that podSel (nil: every pod) selects.
-func podsSelected(idx *index, nsSel, podSel *metav1.LabelSelector) ([]*Pod, error) {
-	inNamespace, pods, err := selectors(idx, nsSel, podSel)
-	if err != nil {
-		return nil, err
-	}
-	var out []*Pod
-	for nsName := range inNamespace {
-		for _, p := range idx.Pods[nsName] {
-			if !p.HostNetwork && pods.Matches(labels.Set(p.Labels)) {
-				out = append(out, p)
-			}
-		}
-	}
-	return out, nil
-}
-
-// peerKey is the shared set key of a namespaces or pods peer: the one parsePeer
-// gives a NetworkPolicy peer that selects the same pods, so both share one set.
-func peerKey(nsSel, podSel *metav1.LabelSelector) string {
-	ns, _ := metav1.LabelSelectorAsSelector(nsSel)
-	pods := labels.Everything()
-	if podSel != nil {
-		pods, _ = metav1.LabelSelectorAsSelector(podSel)
-	}
-	return "namespaces " + ns.String() + " pods " + pods.String()
-}
-
 // clusterRule compiles rule i of direction dir into iptables rules that write its
 // decision, unless one is written already.
 func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
@@ -283,19 +253,17 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 		peerSide, addrFlag = "dst", "-d"
 	}
 	var peerMatches []string
-	type podPeer struct{ nsSel, podSel *metav1.LabelSelector }
-	var podPeers []podPeer
 	// One shared set per selector peer, as for NetworkPolicies: a peer recurring
 	// across rules with different companions is held once.
 	selectorPeers := map[string]parsedPeer{}
 	for j, peer := range r.peers {
 		switch {
 		case peer.namespaces != nil || peer.pods != nil:
-			pp := podPeer{nsSel: peer.namespaces}
+			nsSel, podSel := peer.namespaces, (*metav1.LabelSelector)(nil)
 			if peer.pods != nil {
-				pp = podPeer{&peer.pods.NamespaceSelector, &peer.pods.PodSelector}
+				nsSel, podSel = &peer.pods.NamespaceSelector, &peer.pods.PodSelector
 			}
-			nsS, podS, err := parseSelectors(pp.nsSel, pp.podSel)
+			nsS, podS, err := parseSelectors(nsSel, podSel)
 			if err != nil {
 				if action != policyv1beta1.ClusterNetworkPolicyRuleActionAccept {
 					b.problem("%s rule %d peer %d: %v (rule denies all traffic)", dir, i, j, err)
@@ -304,8 +272,7 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 				b.problem("%s rule %d peer %d: %v (matches nothing)", dir, i, j, err)
 				continue
 			}
-			podPeers = append(podPeers, pp)
-			selectorPeers[peerKey(pp.nsSel, pp.podSel)] = parsedPeer{namespaces: nsS, pods: podS}
+			selectorPeers[selectorKey(nsS, podS)] = parsedPeer{namespaces: nsS, pods: podS}
 		case peer.nodes != nil:
 			set, err := b.nodeSet(peer.nodes)
 			if err != nil {
@@ -334,17 +301,11 @@ func (b *policyBuilder) clusterRule(dir string, i int, r cnpRule) []string {
 			b.problem("%s rule %d peer %d: no peer field kube-routerd knows (matches nothing)", dir, i, j)
 		}
 	}
+	keys := slices.Sorted(maps.Keys(selectorPeers))
 	// The peer pods: named ports of egress rules resolve on them.
-	peerPods := sync.OnceValue(func() []*Pod {
-		var pods []*Pod
-		for _, pp := range podPeers {
-			selected, _ := podsSelected(b.idx, pp.nsSel, pp.podSel)
-			pods = append(pods, selected...)
-		}
-		return uniquePods(pods)
-	})
+	peerPods := b.peersPods(keys, selectorPeers)
 	var setMatches []string
-	for _, key := range slices.Sorted(maps.Keys(selectorPeers)) {
+	for _, key := range keys {
 		set := b.sharedPeerSet(key, selectorPeers[key])
 		b.out.SetMeaning[set] = peerWords(key)
 		setMatches = append(setMatches, "-m set --match-set "+set+" "+peerSide)

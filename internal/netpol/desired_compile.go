@@ -173,13 +173,7 @@ func (b *policyBuilder) rule(dir string, i int, peers []networkingv1.NetworkPoli
 	}
 	anyPeer := len(peers) == 0
 	keys := slices.Sorted(maps.Keys(selectorPeers))
-	peerPods := sync.OnceValue(func() []*Pod {
-		var pods []*Pod
-		for _, key := range keys {
-			pods = append(pods, b.selectedPods(selectorPeers[key])...)
-		}
-		return uniquePods(pods)
-	})
+	peerPods := b.peersPods(keys, selectorPeers)
 
 	var peerMatches []string
 	if anyPeer {
@@ -372,7 +366,26 @@ func parsePeer(peer networkingv1.NetworkPolicyPeer, namespace string) (string, p
 	if err != nil {
 		return "", parsedPeer{}, fmt.Errorf("namespaceSelector: %w", err)
 	}
-	return "namespaces " + nsSel.String() + " pods " + podSel.String(), parsedPeer{namespaces: nsSel, pods: podSel}, nil
+	return selectorKey(nsSel, podSel), parsedPeer{namespaces: nsSel, pods: podSel}, nil
+}
+
+// selectorKey is the shared set key of a peer selecting pods by namespace and pod
+// selectors, the same for a NetworkPolicy's and a ClusterNetworkPolicy's peer that
+// select the same pods, so both share one set.
+func selectorKey(namespaces, pods labels.Selector) string {
+	return "namespaces " + namespaces.String() + " pods " + pods.String()
+}
+
+// peersPods returns the union of the pods the peers (keys in order) select, made
+// on the first call: only named ports need it.
+func (b *policyBuilder) peersPods(keys []string, peers map[string]parsedPeer) func() []*Pod {
+	return sync.OnceValue(func() []*Pod {
+		var pods []*Pod
+		for _, key := range keys {
+			pods = append(pods, b.selectedPods(peers[key])...)
+		}
+		return uniquePods(pods)
+	})
 }
 
 // selectedPods returns the pods pp selects, in every node, that have an address of
