@@ -84,7 +84,7 @@ func (r *reconciler) full(d *desiredState) error {
 	for _, s := range list {
 		actual[s.Key] = s
 	}
-	dests, err := r.dp.IPVS.AllDestinations()
+	dests, err := r.dp.IPVS.AllDestinations(list)
 	if err != nil {
 		return err
 	}

@@ -186,7 +186,11 @@ func openIPVSView(b *testing.B, node *netns.Node, _ string) kernelView {
 // endpoints counts the destinations of TCP port 80 virtual services: the workload's
 // Services are the only ones with that port.
 func (v ipvsView) endpoints() (int, error) {
-	all, err := v.k.AllDestinations()
+	list, err := v.k.Services()
+	if err != nil {
+		return 0, err
+	}
+	all, err := v.k.AllDestinations(list)
 	n := 0
 	for key, ds := range all {
 		if key.Proto == ipvs.TCP && key.Port == 80 {

@@ -122,14 +122,18 @@ func (f *Fake) Destinations(k Key) ([]Destination, error) {
 }
 
 // AllDestinations implements Interface.
-func (f *Fake) AllDestinations() (map[Key][]Destination, error) {
+func (f *Fake) AllDestinations(listed []Service) (map[Key][]Destination, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	out := make(map[Key][]Destination, len(f.services))
-	for k, s := range f.services {
-		out[k] = make([]Destination, 0, len(s.dests))
+	out := make(map[Key][]Destination, len(listed))
+	for _, l := range listed {
+		s, ok := f.services[l.Key]
+		if !ok {
+			continue
+		}
+		out[l.Key] = make([]Destination, 0, len(s.dests))
 		for _, d := range s.dests {
-			out[k] = append(out[k], d)
+			out[l.Key] = append(out[l.Key], d)
 		}
 	}
 	return out, nil

@@ -153,9 +153,10 @@ type Interface interface {
 	Service(k Key) (s Service, ok bool, err error)
 	// Destinations lists the real servers of a virtual service.
 	Destinations(k Key) ([]Destination, error)
-	// AllDestinations lists the real servers of every virtual service in the kernel,
-	// ours or not, in one read (an empty list for a service without any).
-	AllDestinations() (map[Key][]Destination, error)
+	// AllDestinations lists the real servers of the listed virtual services (as
+	// Services returned them), in one read where the kernel allows: an empty list for
+	// a service without any, none for one deleted since.
+	AllDestinations(listed []Service) (map[Key][]Destination, error)
 	AddService(s Service) error
 	UpdateService(s Service) error
 	DeleteService(k Key) error

@@ -64,7 +64,11 @@ func TestKernelAppliesBatchesAndReadsTheTable(t *testing.T) {
 		}
 	}
 
-	table, err := k.AllDestinations()
+	list, err := k.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := k.AllDestinations(list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,10 +89,6 @@ func TestKernelAppliesBatchesAndReadsTheTable(t *testing.T) {
 		if !slices.Equal(viaNetlink, got) {
 			t.Errorf("%s: netlink has %v, /proc table %v", key, viaNetlink, got)
 		}
-	}
-	list, err := k.Services()
-	if err != nil {
-		t.Fatal(err)
 	}
 	for _, s := range list {
 		if i := slices.IndexFunc(changes, func(c Change) bool { return c.Op == OpAddService && c.Service.Key == s.Key }); i < 0 || changes[i].Service != s {
@@ -117,7 +117,10 @@ func TestKernelAppliesBatchesAndReadsTheTable(t *testing.T) {
 	if err != nil || !ok || got != updated {
 		t.Errorf("after the update the service is %v (%v, %v), want %v", got, ok, err, updated)
 	}
-	table, err = k.AllDestinations()
+	if list, err = k.Services(); err != nil {
+		t.Fatal(err)
+	}
+	table, err = k.AllDestinations(list)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +133,70 @@ func TestKernelAppliesBatchesAndReadsTheTable(t *testing.T) {
 	for _, d := range table[first.Key] {
 		if d.DestKey == firstDest.DestKey && d.Weight != 7 {
 			t.Errorf("destination %s has weight %d, want 7", d.DestKey, d.Weight)
+		}
+	}
+}
+
+// TestTableListsEveryServiceBesideOtherNamespaces reads a node's table while another
+// network namespace holds IPVS services too: the kernel keeps one service hash for all
+// namespaces, and its /proc table, read a page at a time, skips some of ours then (a
+// restart's full sync once re-added destinations that existed).
+func TestTableListsEveryServiceBesideOtherNamespaces(t *testing.T) {
+	testenv.RequireVM(t)
+	kernels := make([]*Kernel, 2)
+	for i := range kernels {
+		ns := netns.NewNS(t, "node", fmt.Sprintf("ipvs%d", i))
+		k, err := NewKernelAt(ns.Path())
+		if err != nil {
+			testenv.Unavailable(t, "IPVS: %v", err)
+		}
+		t.Cleanup(k.Close)
+		kernels[i] = k
+	}
+	const services = 300
+	want := map[Key][]Destination{}
+	for i := range services {
+		for n, k := range kernels {
+			svc := Service{Key: Key{Addr: netip.AddrFrom4([4]byte{10, 96, byte(n), byte(i)}), Proto: TCP, Port: uint16(80 + i)}, Scheduler: "rr"}
+			changes := []Change{{Op: OpAddService, Service: svc}}
+			var dests []Destination
+			for j := range 4 {
+				d := Destination{DestKey: DestKey{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i), byte(j + 1)}), Port: 8080}, Weight: 1}
+				changes = append(changes, Change{Op: OpAddDestination, Service: svc, Dest: d})
+				dests = append(dests, d)
+			}
+			if err := errors.Join(k.Apply(changes)...); err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				want[svc.Key] = dests
+			}
+		}
+	}
+	list, err := kernels[0].Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != services {
+		t.Fatalf("netlink lists %d services, want %d", len(list), services)
+	}
+	raw, err := kernels[0].readTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the /proc table alone lists %d of the %d services", len(raw), services)
+	table, err := kernels[0].AllDestinations(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(table) != services {
+		t.Errorf("the table lists %d services, want %d", len(table), services)
+	}
+	for key, dests := range want {
+		got := table[key]
+		slices.SortFunc(got, func(a, b Destination) int { return CompareDestKeys(a.DestKey, b.DestKey) })
+		if !slices.Equal(got, dests) {
+			t.Errorf("%s: the table has %v, want %v", key, got, dests)
 		}
 	}
 }

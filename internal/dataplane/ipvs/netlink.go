@@ -339,8 +339,34 @@ func (k *Kernel) Destinations(key Key) ([]Destination, error) {
 	return out, nil
 }
 
-// AllDestinations implements Interface.
-func (k *Kernel) AllDestinations() (map[Key][]Destination, error) {
+// AllDestinations implements Interface. The /proc table gives every destination in
+// one read, but the kernel keeps a single service hash for all network namespaces and
+// its /proc iterator goes wrong when another namespace has IPVS services: each
+// page-sized read resumes at a position counted over every namespace's services and
+// looked up among this one's alone, so services are skipped. Those the table missed
+// are asked for over netlink, one dump each.
+func (k *Kernel) AllDestinations(listed []Service) (map[Key][]Destination, error) {
+	table, err := k.readTable()
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range listed {
+		if _, ok := table[s.Key]; ok {
+			continue
+		}
+		dests, err := k.Destinations(s.Key)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			continue // deleted since it was listed
+		case err != nil:
+			return nil, err
+		}
+		table[s.Key] = dests
+	}
+	return table, nil
+}
+
+func (k *Kernel) readTable() (map[Key][]Destination, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if _, err := k.table.Seek(0, io.SeekStart); err != nil {
