@@ -46,6 +46,21 @@ func envelopeScale(b *testing.B) float64 {
 	return f
 }
 
+// envelopeSize is the envelope at envelopeScale, with KUBEROUTERD_ENVELOPE_SERVICES,
+// when set, as the number of Services at any scale: a restart at 10,000 pods and
+// 10,000 Services is one of the goals.
+func envelopeSize(b *testing.B) workload.Size {
+	size := workload.Envelope.Scale(envelopeScale(b))
+	if s := os.Getenv("KUBEROUTERD_ENVELOPE_SERVICES"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("KUBEROUTERD_ENVELOPE_SERVICES=%q: want a number of Services", s)
+		}
+		size.Services = n
+	}
+	return size
+}
+
 // gcHeadroomConfig sets memory.gc_headroom_mib from KUBEROUTERD_ENVELOPE_GC_HEADROOM_MIB,
 // to measure the cap's effect (0 is Go's default); unset, the daemon's default holds.
 func gcHeadroomConfig(b *testing.B) string {
@@ -69,7 +84,7 @@ func gcHeadroomConfig(b *testing.B) string {
 // coalesces into syncs. After the burst a restart must find the kernel exactly as
 // a fresh start computes it: no change was lost; its time to READY is reported.
 func BenchmarkNodeInTheEnvelope(b *testing.B) {
-	size := workload.Envelope.Scale(envelopeScale(b))
+	size := envelopeSize(b)
 	rc, cs := testenv.APIServer(b)
 	loadStart := time.Now()
 	loadCluster(b, rc, size)
