@@ -222,6 +222,11 @@ func startWatchdog(pids []int) (*exec.Cmd, *os.File) {
 	return cmd, w
 }
 
+// ControlPlanePIDs returns the process IDs of the test control plane's etcd and
+// kube-apiserver (none before APIServer started them): benchmarks read the CPU they
+// spend beside the daemon's.
+func ControlPlanePIDs() []int { return childPIDs("etcd", "kube-apiserver") }
+
 // childPIDs returns the PIDs of this process's children whose command name is one of names.
 func childPIDs(names ...string) []int {
 	entries, err := os.ReadDir("/proc")

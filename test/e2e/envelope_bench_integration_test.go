@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -93,9 +95,14 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	node := netns.NewNode(b, netns.NodeOptions{Name: workload.NodeName(0), PodCIDRv4: workload.PodCIDR(0)})
 	// pprof on the node's loopback, for the heap profile written after READY.
 	d := setupDaemon(b, node, rc, "node_mesh = false\n[debug]\npprof_listen = \"127.0.0.1:6060\"\n"+gcHeadroomConfig(b))
+	// The collector's settings an operator may give the unit (GOMEMLIMIT, GOGC).
+	d.Env = strings.Fields(os.Getenv("KUBEROUTERD_ENVELOPE_DAEMON_ENV"))
+	controlPlane := testenv.ControlPlanePIDs()
+	cpuBefore := procsCPU(b, controlPlane)
 	b.ResetTimer()
 	ready := d.StartReady(10 * time.Minute)
 	b.StopTimer()
+	startControlPlaneCPU := procsCPU(b, controlPlane) - cpuBefore
 	pid := d.PID()
 	startCPU := procCPU(b, pid)
 	atReady := samples(b, node)
@@ -128,10 +135,14 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	waitIdle(b, node, pid)
 	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
+	floor, floorCPU, floorControlPlaneCPU := bareInformersSync(b, rc, controlPlane)
 	// The profile's 4 s fit the node client's timeout.
 	profiled := benchfig.StartupCPUProfile(b, nodeClient(node), "http://127.0.0.1:6060/debug/pprof/profile", 4,
 		fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods))
+	cpuBefore = procsCPU(b, controlPlane)
 	restartReady := d.StartReady(10 * time.Minute)
+	restartControlPlaneCPU := procsCPU(b, controlPlane) - cpuBefore
+	restartCPU := procCPU(b, d.PID())
 	profiled()
 	waitIdle(b, node, d.PID())
 	lost := lineDiff(before, ourFullState(b, node))
@@ -148,6 +159,16 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	// back and finding it right.
 	b.ReportMetric(restartReady.Seconds(), "restart-ready-s")
 	b.ReportMetric(startCPU.Seconds(), "startup-cpu-s")
+	b.ReportMetric(restartCPU.Seconds(), "restart-cpu-s")
+	// The client library's floor under a restart, and the restart over it.
+	b.ReportMetric(floor.Seconds(), "bare-informers-sync-s")
+	b.ReportMetric(floorCPU.Seconds(), "bare-informers-cpu-s")
+	b.ReportMetric(floorControlPlaneCPU.Seconds(), "bare-informers-apiserver-cpu-s")
+	b.ReportMetric(restartReady.Seconds()/floor.Seconds(), "restart-x-floor")
+	// The API server (and etcd) share this machine's cores: the CPU they spent serving
+	// the daemon's lists until READY.
+	b.ReportMetric(startControlPlaneCPU.Seconds(), "startup-apiserver-cpu-s")
+	b.ReportMetric(restartControlPlaneCPU.Seconds(), "restart-apiserver-cpu-s")
 	b.ReportMetric(startRequests, "startup-api-requests")
 	b.ReportMetric(readyRSS, "ready-rss-MiB")
 	b.ReportMetric(atReady["go_memstats_heap_inuse_bytes"]/(1<<20), "ready-heap-inuse-MiB")
@@ -505,6 +526,60 @@ func procCPU(b testing.TB, pid int) time.Duration {
 	utime, _ := strconv.Atoi(f[11])
 	stime, _ := strconv.Atoi(f[12])
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// bareInformersSync is the client library's floor under a start: plain client-go
+// informers for the kinds the daemon watches (no transform, no handler), synced from
+// the same API server by this process while the daemon is stopped. It returns the
+// time to sync, this process's CPU and the control plane's (pids) meanwhile.
+func bareInformersSync(b *testing.B, rc *rest.Config, controlPlane []int) (took, cpu, controlPlaneCPU time.Duration) {
+	b.Helper()
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	f := informers.NewSharedInformerFactory(cs, 0)
+	// Asking for an informer registers it with the factory.
+	f.Core().V1().Pods().Informer()
+	f.Core().V1().Nodes().Informer()
+	f.Core().V1().Namespaces().Informer()
+	f.Core().V1().Services().Informer()
+	f.Discovery().V1().EndpointSlices().Informer()
+	f.Networking().V1().NetworkPolicies().Informer()
+	selfBefore, planeBefore := selfCPU(b), procsCPU(b, controlPlane)
+	start := time.Now()
+	f.Start(ctx.Done())
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			b.Fatalf("bare informer for %v did not sync", typ)
+		}
+	}
+	took = time.Since(start)
+	cpu, controlPlaneCPU = selfCPU(b)-selfBefore, procsCPU(b, controlPlane)-planeBefore
+	cancel()
+	f.Shutdown()
+	return took, cpu, controlPlaneCPU
+}
+
+// selfCPU is this process's CPU time so far.
+func selfCPU(b *testing.B) time.Duration {
+	b.Helper()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procsCPU sums procCPU over pids.
+func procsCPU(b testing.TB, pids []int) time.Duration {
+	var sum time.Duration
+	for _, pid := range pids {
+		sum += procCPU(b, pid)
+	}
+	return sum
 }
 
 // procMemMiB reads a memory field (VmRSS, VmHWM) of process pid.

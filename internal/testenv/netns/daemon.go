@@ -25,6 +25,9 @@ type Daemon struct {
 	Node   *Node
 	Bin    string
 	Config string
+	// Env is added to the test process's environment for the daemon (a systemd
+	// drop-in's Environment=, such as GOMEMLIMIT).
+	Env []string
 	// Notify carries the sd_notify messages of the current run; it is closed when
 	// the process exits.
 	Notify <-chan string
@@ -81,7 +84,7 @@ func (d *Daemon) Start() {
 	}()
 	fmt.Fprintf(d.log, "=== test: starting %s\n", d.Bin)
 	cmd := d.Node.Command(context.Background(), d.Bin, "run", "--config", d.Config)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, fmt.Sprintf("WATCHDOG_USEC=%d", d.watchdog.Microseconds()))
+	cmd.Env = append(append(os.Environ(), d.Env...), "NOTIFY_SOCKET="+sock, fmt.Sprintf("WATCHDOG_USEC=%d", d.watchdog.Microseconds()))
 	cmd.Stdout, cmd.Stderr = d.log, d.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
