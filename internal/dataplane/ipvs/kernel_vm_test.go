@@ -68,19 +68,9 @@ func TestKernelAppliesBatchesAndReadsTheTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	table, err := k.AllDestinations(list)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(table) != services {
-		t.Fatalf("the table has %d services, want %d", len(table), services)
-	}
-	for key, dests := range want {
+	table := checkTable(t, k, list, want)
+	for key := range want {
 		got := table[key]
-		slices.SortFunc(got, func(a, b Destination) int { return CompareDestKeys(a.DestKey, b.DestKey) })
-		if !slices.Equal(got, dests) {
-			t.Errorf("%s: /proc table has %v, want %v", key, got, dests)
-		}
 		viaNetlink, err := k.Destinations(key)
 		if err != nil {
 			t.Fatal(err)
@@ -185,12 +175,19 @@ func TestTableListsEveryServiceBesideOtherNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("the /proc table alone lists %d of the %d services", len(raw), services)
-	table, err := kernels[0].AllDestinations(list)
+	checkTable(t, kernels[0], list, want)
+}
+
+// checkTable reads the destinations of the listed services and checks that they are
+// want's (in the order of CompareDestKeys), service by service; it returns them sorted.
+func checkTable(t *testing.T, k *Kernel, list []Service, want map[Key][]Destination) map[Key][]Destination {
+	t.Helper()
+	table, err := k.AllDestinations(list)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(table) != services {
-		t.Errorf("the table lists %d services, want %d", len(table), services)
+	if len(table) != len(want) {
+		t.Fatalf("the table lists %d services, want %d", len(table), len(want))
 	}
 	for key, dests := range want {
 		got := table[key]
@@ -199,4 +196,5 @@ func TestTableListsEveryServiceBesideOtherNamespaces(t *testing.T) {
 			t.Errorf("%s: the table has %v, want %v", key, got, dests)
 		}
 	}
+	return table
 }
