@@ -126,6 +126,11 @@ awk '/^BenchmarkNodeInTheEnvelope/ {
        print "   (RSS and peak RSS move by 10% from run to run with when the GC runs; the live heap is the steady figure)"
      }' "$envelope_out"
 rm -f "$envelope_out"
+echo "   a restart at 10,000 pods and 10,000 Services (goal: READY within 2 s), beside the client library's floor:"
+echo "   bare client-go informers for the same kinds syncing from the same API server (bare-informers-sync-s)"
+echo "   go test -tags integration -run '^\$' -bench NodeInTheEnvelope -benchtime 1x ./test/e2e/ (KUBEROUTERD_ENVELOPE_SCALE=0.0667 KUBEROUTERD_ENVELOPE_SERVICES=10000)"
+KUBEROUTERD_ENVELOPE_SCALE=0.0667 KUBEROUTERD_ENVELOPE_SERVICES=10000 go test -tags integration -run '^$' -bench NodeInTheEnvelope -benchtime 1x -timeout 90m ./test/e2e/ 2>&1 |
+  grep -E '^(Benchmark|ok|FAIL|--- FAIL)' | tr '\t' '\n' | grep -E 'restart|bare|ready-s|^(ok|FAIL|--- FAIL)' | sed 's/^ */   /' || status=1
 bench "load-balancer allocator (real API server): Service created -> address in its status as a watching client sees it (50 one at a time: median, p90, max; then 200 at once), and failover to the first address the next leader gives" \
   -tags integration -run '^$' -bench 'AssignLatency|Failover' -benchtime 1x ./internal/lballoc/
 bench "routing: routes from 500 simulated BGP nodes installed in / withdrawn from the kernel (namespace)" \
