@@ -135,7 +135,12 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	waitIdle(b, node, pid)
 	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
-	floor, floorCPU, floorControlPlaneCPU := bareInformersSync(b, rc, controlPlane)
+	// The floor is measured up to the restart goal's size only: at the whole envelope
+	// the bare informers' 150,000 whole pods took the API server past 20 GiB of RSS.
+	var floor, floorCPU, floorControlPlaneCPU time.Duration
+	if size.Pods <= maxFloorPods {
+		floor, floorCPU, floorControlPlaneCPU = bareInformersSync(b, rc, controlPlane)
+	}
 	// The profile's 4 s fit the node client's timeout.
 	profiled := benchfig.StartupCPUProfile(b, nodeClient(node), "http://127.0.0.1:6060/debug/pprof/profile", 4,
 		fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods))
@@ -160,11 +165,13 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(restartReady.Seconds(), "restart-ready-s")
 	b.ReportMetric(startCPU.Seconds(), "startup-cpu-s")
 	b.ReportMetric(restartCPU.Seconds(), "restart-cpu-s")
-	// The client library's floor under a restart, and the restart over it.
-	b.ReportMetric(floor.Seconds(), "bare-informers-sync-s")
-	b.ReportMetric(floorCPU.Seconds(), "bare-informers-cpu-s")
-	b.ReportMetric(floorControlPlaneCPU.Seconds(), "bare-informers-apiserver-cpu-s")
-	b.ReportMetric(restartReady.Seconds()/floor.Seconds(), "restart-x-floor")
+	if floor > 0 {
+		// The client library's floor under a restart, and the restart over it.
+		b.ReportMetric(floor.Seconds(), "bare-informers-sync-s")
+		b.ReportMetric(floorCPU.Seconds(), "bare-informers-cpu-s")
+		b.ReportMetric(floorControlPlaneCPU.Seconds(), "bare-informers-apiserver-cpu-s")
+		b.ReportMetric(restartReady.Seconds()/floor.Seconds(), "restart-x-floor")
+	}
 	// The API server (and etcd) share this machine's cores: the CPU they spent serving
 	// the daemon's lists until READY.
 	b.ReportMetric(startControlPlaneCPU.Seconds(), "startup-apiserver-cpu-s")
@@ -527,6 +534,10 @@ func procCPU(b testing.TB, pid int) time.Duration {
 	stime, _ := strconv.Atoi(f[12])
 	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
+
+// maxFloorPods bounds the sizes at which bareInformersSync runs (the restart goal is at
+// 10,000 pods).
+const maxFloorPods = 20000
 
 // bareInformersSync is the client library's floor under a start: plain client-go
 // informers for the kinds the daemon watches (no transform, no handler), synced from
