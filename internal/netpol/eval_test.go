@@ -19,7 +19,7 @@ func readKernel(t *testing.T, ipt iptables.Interface, sets ipset.Interface) *ker
 	if err != nil {
 		t.Fatal(err)
 	}
-	all, err := sets.ListAll()
+	all, err := sets.ListAll(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

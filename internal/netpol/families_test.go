@@ -41,7 +41,7 @@ func TestFamiliesShareTheSetNamespace(t *testing.T) {
 			}
 		}
 	}
-	all, _ := sets.ListAll()
+	all, _ := sets.ListAll(nil)
 	if len(all) != 2 {
 		t.Fatalf("want one peer set per family:\n%s", sets.Dump())
 	}
@@ -57,7 +57,7 @@ func TestFamilyWithoutLocalPodsCompilesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	count := func(family ipfamily.Family) (n int) {
-		all, _ := sets.ListAll()
+		all, _ := sets.ListAll(nil)
 		for _, s := range all {
 			if s.Family == family {
 				n++

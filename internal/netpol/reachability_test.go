@@ -148,7 +148,7 @@ func startController(t *testing.T, env daemon.Env, node *tnetns.Node, tune func(
 					t.Errorf("chain %s left after Cleanup", name)
 				}
 			}
-			sets, _ := dp.IPSets.ListAll()
+			sets, _ := dp.IPSets.ListAll(nil)
 			for _, s := range sets {
 				if Owner.OwnsSet(s.Name) {
 					t.Errorf("set %s left after Cleanup", s.Name)

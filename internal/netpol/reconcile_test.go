@@ -98,7 +98,7 @@ func TestReconcileIncrementalAndDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ourSet string
-	all, _ := sets.ListAll()
+	all, _ := sets.ListAll(nil)
 	for _, s := range all {
 		if s.Type == ipset.HashIP && Owner.OwnsSet(s.Name) {
 			ourSet = s.Name

@@ -223,7 +223,7 @@ func TestPodNetworkOnANodeOfTheCluster(t *testing.T) {
 			t.Errorf("IPv%d: pod egress left after cleanup: %v", ipt.Family(), chains["POSTROUTING"])
 		}
 	}
-	if sets, _ := dp.IPSets.ListAll(); len(sets) != 0 {
+	if sets, _ := dp.IPSets.ListAll(nil); len(sets) != 0 {
 		t.Errorf("sets left after cleanup: %v", sets)
 	}
 	if _, err := os.Stat(cfg.CNIConfigFile); !os.IsNotExist(err) {

@@ -43,3 +43,58 @@ func BenchmarkKernelAddEntries(b *testing.B) {
 	}
 	b.ReportMetric(float64(len(entries)*b.N)/b.Elapsed().Seconds(), "entries/s")
 }
+
+// BenchmarkKernelListAll reads back 250,000 entries in 500 hash:ip sets, the network
+// policy sets of a node at Kubernetes' whole envelope (150,000 pods, 1,000 policies),
+// as every full resync does for each IP family. B/op is what one read allocates: its
+// garbage comes at once, on top of the live heap, and sets the daemon's peak RSS.
+func BenchmarkKernelListAll(b *testing.B) {
+	ns := tnetns.NewNS(b, "ipset", "bench").Handle
+	s, err := NewAt(ns)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(s.Close)
+	const sets, perSet = 500, 500
+	for i := range sets {
+		name := fmt.Sprintf("KUBE-ROUTER-BENCH-%d", i)
+		if err := s.Create(Set{Name: name, Type: HashIP, Family: ipfamily.IPv4}); err != nil {
+			b.Fatal(err)
+		}
+		entries := make([]string, perSet)
+		for j := range entries {
+			n := i*perSet + j
+			entries[j] = fmt.Sprintf("10.%d.%d.%d", n>>16, n>>8&0xff, n&0xff)
+		}
+		for _, err := range s.AddEntries(name, entries) {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for _, bc := range []struct {
+		name string
+		keep func(Set) bool
+		want int
+	}{
+		{"all", nil, sets * perSet},
+		{"other-family", func(s Set) bool { return s.Family == ipfamily.IPv6 }, 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				all, err := s.ListAll(bc.keep)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := 0
+				for _, set := range all {
+					n += len(set.Entries)
+				}
+				if n != bc.want {
+					b.Fatalf("listed %d entries, want %d", n, bc.want)
+				}
+			}
+		})
+	}
+}

@@ -148,13 +148,16 @@ func (f *Fake) List(name string) (SetEntries, error) {
 }
 
 // ListAll implements Interface.
-func (f *Fake) ListAll() ([]SetEntries, error) {
+func (f *Fake) ListAll(keep func(Set) bool) ([]SetEntries, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	names := f.names()
 	out := make([]SetEntries, 0, len(names))
 	for _, n := range names {
 		s := f.sets[n]
+		if keep != nil && !keep(s.Set) {
+			continue
+		}
 		out = append(out, SetEntries{Set: s.Set, Entries: sortedEntries(s.entries)})
 	}
 	return out, nil
@@ -182,7 +185,7 @@ func (f *Fake) names() []string {
 //	set NAME TYPE FAMILY
 //	  ENTRY
 func (f *Fake) Dump() string {
-	all, _ := f.ListAll()
+	all, _ := f.ListAll(nil)
 	var b strings.Builder
 	for _, s := range all {
 		fmt.Fprintf(&b, "set %s %s %s\n", s.Name, s.Type, kernelFamilyName(s.Family))

@@ -81,8 +81,9 @@ type Interface interface {
 	Swap(a, b string) error
 	// List returns a set with its entries.
 	List(name string) (SetEntries, error)
-	// ListAll returns every set in the namespace with its entries, sorted by name.
-	ListAll() ([]SetEntries, error)
+	// ListAll returns every set in the namespace that keep accepts (nil: every set)
+	// with its entries, sorted by name; the entries of sets keep rejects are not read.
+	ListAll(keep func(Set) bool) ([]SetEntries, error)
 	// Names returns the name of every set in the namespace, sorted, without reading
 	// any entries: the kernel sends only the names.
 	Names() ([]string, error)

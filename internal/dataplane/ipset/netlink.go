@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -238,41 +239,125 @@ func (n *Netlink) Swap(a, b string) error {
 
 // List implements Interface.
 func (n *Netlink) List(name string) (SetEntries, error) {
-	r, err := n.h.IpsetList(name)
+	sets, err := n.list(name, nil)
 	if isNoSuchSet(err) {
 		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, ErrNoSuchSet)
 	}
 	if err != nil {
 		return SetEntries{}, fmt.Errorf("listing ipset %s: %w", name, err)
 	}
-	return fromResult([]netlink.IPSetResult{*r})
+	if len(sets) != 1 {
+		return SetEntries{}, fmt.Errorf("listing ipset %s: the kernel answered with %d sets", name, len(sets))
+	}
+	return sets[0], nil
 }
 
 // ListAll implements Interface.
-func (n *Netlink) ListAll() ([]SetEntries, error) {
-	results, err := n.h.IpsetListAll()
+func (n *Netlink) ListAll(keep func(Set) bool) ([]SetEntries, error) {
+	sets, err := n.list("", keep)
 	if err != nil {
 		return nil, fmt.Errorf("listing ipsets: %w", err)
 	}
-	// A large set arrives in several messages; gather them by name.
-	byName := map[string][]netlink.IPSetResult{}
-	var names []string
-	for _, r := range results {
-		if _, seen := byName[r.SetName]; !seen {
-			names = append(names, r.SetName)
-		}
-		byName[r.SetName] = append(byName[r.SetName], r)
+	slices.SortFunc(sets, func(a, b SetEntries) int { return strings.Compare(a.Name, b.Name) })
+	return sets, nil
+}
+
+// list dumps one set (name) or every set, and turns each message's entries into text
+// as it arrives: a whole envelope's sets (250,000 entries) are read with little more
+// than the strings they return, where gathering the kernel's messages and decoding
+// them into netlink.IPSetEntry values first allocated over 200 MB. Sets keep rejects
+// are not decoded at all.
+func (n *Netlink) list(name string, keep func(Set) bool) ([]SetEntries, error) {
+	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
+	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
+	if name != "" {
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(name), 0))
 	}
-	sort.Strings(names)
-	out := make([]SetEntries, 0, len(names))
-	for _, name := range names {
-		s, err := fromResult(byName[name])
-		if err != nil {
-			return nil, err
+	var sets []SetEntries
+	// A large set arrives in several messages, one after another; only the first
+	// carries the set's type and family.
+	cur, skipped := -1, ""
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	err := n.batch.Dump(nlbatch.Request{Type: unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_LIST, Body: b}, func(body []byte) error {
+		if len(body) < 4 {
+			return fmt.Errorf("short ipset list message")
 		}
-		out = append(out, s)
+		var msg listMessage
+		msg.parse(body[4:])
+		switch {
+		case msg.name == "":
+			return fmt.Errorf("ipset list message without a set name")
+		case msg.typ != "":
+			set := Set{Name: msg.name, Type: Type(msg.typ), Family: ipfamily.IPv4}
+			if msg.family == unix.AF_INET6 {
+				set.Family = ipfamily.IPv6
+			}
+			if keep != nil && !keep(set) {
+				cur, skipped = -1, msg.name
+				return nil
+			}
+			sets = append(sets, SetEntries{Set: set, Entries: make([]string, 0, msg.elements)})
+			cur = len(sets) - 1
+		case msg.name == skipped:
+			return nil
+		case cur < 0 || sets[cur].Name != msg.name:
+			return fmt.Errorf("ipset %s: entries before the set's header", msg.name)
+		}
+		set := &sets[cur]
+		for typ, data := range nlbatch.Attrs(msg.entries) {
+			if typ != nl.IPSET_ATTR_DATA {
+				continue
+			}
+			text, err := entryText(set.Type, data)
+			if err != nil {
+				return fmt.Errorf("ipset %s: %w", set.Name, err)
+			}
+			set.Entries = append(set.Entries, text)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return out, nil
+	for i := range sets {
+		slices.Sort(sets[i].Entries)
+		sets[i].Entries = slices.Compact(sets[i].Entries)
+	}
+	return sets, nil
+}
+
+// listMessage is what one message of an ipset list dump says.
+type listMessage struct {
+	name, typ string
+	family    uint8
+	// elements is the set's size, from its header (first message only).
+	elements uint32
+	// entries holds the IPSET_ATTR_ADT nest: one IPSET_ATTR_DATA per entry.
+	entries []byte
+}
+
+func (m *listMessage) parse(attrs []byte) {
+	for typ, payload := range nlbatch.Attrs(attrs) {
+		switch typ {
+		case nl.IPSET_ATTR_SETNAME:
+			m.name = strings.TrimRight(string(payload), "\x00")
+		case nl.IPSET_ATTR_TYPENAME:
+			m.typ = strings.TrimRight(string(payload), "\x00")
+		case nl.IPSET_ATTR_FAMILY:
+			if len(payload) > 0 {
+				m.family = payload[0]
+			}
+		case nl.IPSET_ATTR_DATA:
+			for typ, payload := range nlbatch.Attrs(payload) {
+				if typ == nl.IPSET_ATTR_ELEMENTS && len(payload) == 4 {
+					m.elements = binary.BigEndian.Uint32(payload)
+				}
+			}
+		case nl.IPSET_ATTR_ADT:
+			m.entries = payload
+		}
+	}
 }
 
 // listSetNamesOnly is the kernel's IPSET_FLAG_LIST_SETNAME (`ipset list -n`): a list
@@ -328,51 +413,60 @@ func (n *Netlink) entry(name, entry string) (*netlink.IPSetEntry, error) {
 	return e, nil
 }
 
-func fromResult(parts []netlink.IPSetResult) (SetEntries, error) {
-	first := parts[0]
-	s := SetEntries{Set: Set{Name: first.SetName, Type: Type(first.TypeName), Family: ipfamily.IPv4}}
-	if first.Family == unix.AF_INET6 {
-		s.Family = ipfamily.IPv6
-	}
-	seen := map[string]struct{}{}
-	for _, p := range parts {
-		for _, e := range p.Entries {
-			text, err := entryText(s.Type, e)
-			if err != nil {
-				return SetEntries{}, fmt.Errorf("ipset %s: %w", s.Name, err)
+// entryText writes one entry of a list dump (an IPSET_ATTR_DATA nest's payload) in
+// the canonical form of its set's type.
+func entryText(t Type, data []byte) (string, error) {
+	var (
+		addr        netip.Addr
+		cidr, proto uint8
+		port        uint16
+		hasPort     bool
+	)
+	for typ, payload := range nlbatch.Attrs(data) {
+		switch typ {
+		case nl.IPSET_ATTR_IP:
+			for typ, ip := range nlbatch.Attrs(payload) {
+				if typ == nl.IPSET_ATTR_IPADDR_IPV4 || typ == nl.IPSET_ATTR_IPADDR_IPV6 {
+					addr, _ = netip.AddrFromSlice(ip)
+				}
 			}
-			seen[text] = struct{}{}
+		case nl.IPSET_ATTR_CIDR:
+			if len(payload) > 0 {
+				cidr = payload[0]
+			}
+		case nl.IPSET_ATTR_PROTO:
+			if len(payload) > 0 {
+				proto = payload[0]
+			}
+		case nl.IPSET_ATTR_PORT:
+			if len(payload) == 2 {
+				port, hasPort = binary.BigEndian.Uint16(payload), true
+			}
 		}
 	}
-	s.Entries = sortedEntries(seen)
-	return s, nil
-}
-
-func entryText(t Type, e netlink.IPSetEntry) (string, error) {
-	addr, ok := netip.AddrFromSlice(e.IP)
-	if !ok {
-		return "", fmt.Errorf("entry without a valid IP: %+v", e)
+	if !addr.IsValid() {
+		return "", fmt.Errorf("entry without a valid IP: % x", data)
 	}
 	addr = addr.Unmap()
 	switch t {
 	case HashNet:
-		bits := int(e.CIDR)
+		bits := int(cidr)
 		if bits == 0 {
 			bits = addr.BitLen()
 		}
 		return netip.PrefixFrom(addr, bits).String(), nil
 	case HashIPPort:
-		if e.Port == nil || e.Protocol == nil {
+		if !hasPort {
 			return "", fmt.Errorf("hash:ip,port entry without port: %s", addr)
 		}
-		return formatIPPort(addr, protocolName(*e.Protocol), *e.Port), nil
+		return formatIPPort(addr, protocolName(proto), port), nil
 	case HashIP:
 		return addr.String(), nil
 	}
 	// A set some other program made: report it faithfully enough to recognise it.
 	text := addr.String()
-	if e.CIDR != 0 {
-		text += "/" + strconv.Itoa(int(e.CIDR))
+	if cidr != 0 {
+		text += "/" + strconv.Itoa(int(cidr))
 	}
 	return text, nil
 }

@@ -3,8 +3,11 @@
 package ipset
 
 import (
+	"errors"
 	"fmt"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/kube-routerd/kube-routerd/internal/ipfamily"
@@ -54,7 +57,7 @@ func TestNetlinkInNetns(t *testing.T) {
 		must(err)
 	}
 	must(s.Swap("KUBE-ROUTER-IP", "KUBE-ROUTER-BIG"))
-	all, err := s.ListAll()
+	all, err := s.ListAll(nil)
 	must(err)
 	counts := map[string]int{}
 	for _, set := range all {
@@ -80,12 +83,55 @@ func TestNetlinkInNetns(t *testing.T) {
 	host, err := New()
 	must(err)
 	defer host.Close()
-	hostSets, err := host.ListAll()
+	hostSets, err := host.Names()
 	must(err)
 	for _, set := range hostSets {
-		if set.Name == "KUBE-ROUTER-BIG" {
+		if set == "KUBE-ROUTER-BIG" {
 			t.Fatal("set leaked into the host namespace")
 		}
+	}
+}
+
+// TestListAllReadsOnlyKeptSets lists a namespace that holds, beside our sets of both
+// families, a set of a type we never make (as firewalld or an operator may leave):
+// its entries are not decoded, so it cannot fail the read of ours.
+func TestListAllReadsOnlyKeptSets(t *testing.T) {
+	ns := tnetns.NewNS(t, "ipset", t.Name())
+	s, err := NewAt(ns.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	ns.Run(t, "ipset", "create", "OTHER-PORTS", "bitmap:port", "range", "1-1024")
+	ns.Run(t, "ipset", "add", "OTHER-PORTS", "22")
+	ours := []SetEntries{
+		{Set: Set{Name: "KUBE-ROUTER-A", Type: HashIP, Family: ipfamily.IPv4}, Entries: []string{"10.0.0.1", "10.0.0.2"}},
+		{Set: Set{Name: "KUBE-ROUTER-B", Type: HashNet, Family: ipfamily.IPv6}, Entries: []string{"fd00::/64"}},
+		{Set: Set{Name: "KUBE-ROUTER-C", Type: HashIPPort, Family: ipfamily.IPv4}, Entries: []string{"10.0.0.1,tcp:80"}},
+	}
+	for _, set := range ours {
+		if err := s.Create(set.Set); err != nil {
+			t.Fatal(err)
+		}
+		for _, err := range s.AddEntries(set.Name, set.Entries) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ipv4 := func(set Set) bool { return strings.HasPrefix(set.Name, "KUBE-ROUTER-") && set.Family == ipfamily.IPv4 }
+	got, err := s.ListAll(ipv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []SetEntries{ours[0], ours[2]}; !reflect.DeepEqual(got, want) {
+		t.Errorf("ListAll(our IPv4 sets) = %+v; want %+v", got, want)
+	}
+	if _, err := s.ListAll(nil); err == nil {
+		t.Error("ListAll(nil) decoded a bitmap:port set's entries as addresses")
+	}
+	if _, err := s.List("KUBE-ROUTER-MISSING"); !errors.Is(err, ErrNoSuchSet) {
+		t.Errorf("List of a missing set: %v; want ErrNoSuchSet", err)
 	}
 }
 

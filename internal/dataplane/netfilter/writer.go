@@ -192,18 +192,16 @@ func (w *Writer) read() error {
 
 func (w *Writer) readSets() (map[string]ipset.SetEntries, error) {
 	sets := map[string]ipset.SetEntries{}
-	keep := func(s ipset.SetEntries) {
-		if w.owner.OwnsSet(s.Name) && s.Family == w.family {
-			sets[s.Name] = s
-		}
-	}
+	ours := func(s ipset.Set) bool { return w.owner.OwnsSet(s.Name) && s.Family == w.family }
 	if len(w.owner.SetPrefixes) > 0 {
-		all, err := w.ipsets.ListAll()
+		// Only our sets of this family are decoded: the other family's writer reads
+		// the same kernel, and other programs' sets may be of types we do not parse.
+		all, err := w.ipsets.ListAll(ours)
 		if err != nil {
 			return nil, err
 		}
 		for _, s := range all {
-			keep(s)
+			sets[s.Name] = s
 		}
 		return sets, nil
 	}
@@ -216,7 +214,9 @@ func (w *Writer) readSets() (map[string]ipset.SetEntries, error) {
 			if err != nil {
 				return nil, err
 			}
-			keep(s)
+			if ours(s.Set) {
+				sets[s.Name] = s
+			}
 		}
 	}
 	return sets, nil

@@ -76,7 +76,7 @@ func TestWriterOnTheKernel(t *testing.T) {
 			}
 		}
 	}
-	if left, _ := sets.ListAll(); len(left) != 0 {
+	if left, _ := sets.ListAll(nil); len(left) != 0 {
 		t.Errorf("sets left after cleanup: %v", left)
 	}
 }
