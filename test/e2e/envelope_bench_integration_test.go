@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -113,10 +114,11 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	liveHeap := samples(b, node)["go_gc_heap_live_bytes"] / (1 << 20)
 	readyRSS := procMemMiB(b, pid, "VmRSS")
 	startupPeakRSS := procMemMiB(b, pid, "VmHWM")
-	idleFrom := procCPU(b, pid)
+	idleFrom, idleSyncsFrom := procCPU(b, pid), syncCount(samples(b, node))
 	const idleWindow = 20 * time.Second
-	time.Sleep(idleWindow)
+	idleProfile(b, node, idleWindow, size)
 	idle := procCPU(b, pid) - idleFrom
+	idleSyncs := syncCount(samples(b, node)) - idleSyncsFrom
 
 	podLabel, podLabelSync := medianLatency(b, node, 5, func(n int) string {
 		relabelPeer(b, cs, size, n)
@@ -184,6 +186,8 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(peakRSS, "peak-rss-MiB")
 	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")
 	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
+	// Syncs of any controller in that window: what the idle CPU went into.
+	b.ReportMetric(idleSyncs, "idle-syncs")
 	b.ReportMetric(podLabel, "pod-label-ms")
 	b.ReportMetric(policy, "policy-ms")
 	// The daemon's own sync time within those (the rest is the API server's).
@@ -214,6 +218,37 @@ func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
 		b.Fatal(err)
 	}
 	b.Logf("heap profile of the daemon at READY: %s", path)
+}
+
+// idleProfile waits for window, the idle phase after READY, and writes a CPU profile of
+// it to $KUBEROUTERD_BENCH_OUT, if set: what the idle CPU goes into.
+func idleProfile(b *testing.B, node *netns.Node, window time.Duration, size workload.Size) {
+	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
+	if dir == "" {
+		time.Sleep(window)
+		return
+	}
+	client := nodeClient(node)
+	client.Timeout = window + 10*time.Second
+	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:6060/debug/pprof/profile?seconds=%d", int(window.Seconds())))
+	if err != nil {
+		b.Fatalf("idle CPU profile: %v", err)
+	}
+	defer resp.Body.Close()
+	profile, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("idle CPU profile: %d %v", resp.StatusCode, err)
+	}
+	path := filepath.Join(dir, fmt.Sprintf("daemon-idle-cpu-%dpods.pprof", size.Pods))
+	if err := os.WriteFile(path, profile, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("CPU profile of the daemon idle after READY: %s", path)
+}
+
+// syncCount is the number of syncs every controller has run.
+func syncCount(m map[string]float64) float64 {
+	return sumOf(m, "kube_routerd_sync_duration_seconds_count", "")
 }
 
 // saveDaemonLog copies the daemon's log (both starts, at debug level: every sync and
