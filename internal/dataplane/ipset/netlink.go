@@ -268,23 +268,13 @@ func (n *Netlink) ListAll(keep func(Set) bool) ([]SetEntries, error) {
 // them into netlink.IPSetEntry values first allocated over 200 MB. Sets keep rejects
 // are not decoded at all.
 func (n *Netlink) list(name string, keep func(Set) bool) ([]SetEntries, error) {
-	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
-	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
-	if name != "" {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(name), 0))
-	}
 	var sets []SetEntries
 	// A large set arrives in several messages, one after another; only the first
 	// carries the set's type and family.
 	cur, skipped := -1, ""
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	err := n.batch.Dump(nlbatch.Request{Type: unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_LIST, Body: b}, func(body []byte) error {
-		if len(body) < 4 {
-			return fmt.Errorf("short ipset list message")
-		}
+	err := n.dumpList(name, 0, func(attrs []byte) error {
 		var msg listMessage
-		msg.parse(body[4:])
+		msg.parse(attrs)
 		switch {
 		case msg.name == "":
 			return fmt.Errorf("ipset list message without a set name")
@@ -367,17 +357,9 @@ const listSetNamesOnly = 1 << 1
 // Names implements Interface. Reading every set with its entries only to learn their
 // names held a copy of every member in memory: hundreds of MB at 1,000 policies.
 func (n *Netlink) Names() ([]string, error) {
-	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
-	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
-	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_FLAGS|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint32(nil, listSetNamesOnly))
 	var names []string
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	err := n.batch.Dump(nlbatch.Request{Type: unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_LIST, Body: b}, func(body []byte) error {
-		if len(body) < 4 {
-			return fmt.Errorf("short ipset list message")
-		}
-		for typ, payload := range nlbatch.Attrs(body[4:]) {
+	err := n.dumpList("", listSetNamesOnly, func(attrs []byte) error {
+		for typ, payload := range nlbatch.Attrs(attrs) {
 			if typ == nl.IPSET_ATTR_SETNAME {
 				names = append(names, strings.TrimRight(string(payload), "\x00"))
 			}
@@ -389,6 +371,27 @@ func (n *Netlink) Names() ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// dumpList asks the kernel for a list dump of one set (name) or of all (""), with the
+// IPSET_FLAG_* bits in flags, and calls each with every message's attributes.
+func (n *Netlink) dumpList(name string, flags uint32, each func(attrs []byte) error) error {
+	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
+	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
+	if name != "" {
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(name), 0))
+	}
+	if flags != 0 {
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_FLAGS|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint32(nil, flags))
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.batch.Dump(nlbatch.Request{Type: unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_LIST, Body: b}, func(body []byte) error {
+		if len(body) < 4 {
+			return fmt.Errorf("short ipset list message")
+		}
+		return each(body[4:])
+	})
 }
 
 // entry converts an entry string into netlink form; its shape ("ip,proto:port",
