@@ -23,6 +23,10 @@ const (
 	batchSize     = 256
 	batchBytes    = 128 << 10
 	receiveBuffer = 4 << 20
+	// datagramSize holds the largest datagram the kernel sends a socket of ours: a
+	// dump's messages come in datagrams of at most 32 KiB, a batch's acks in one
+	// datagram each.
+	datagramSize = 64 << 10
 	// replyTimeout bounds the wait for the kernel's answer to one batch or dump.
 	replyTimeout = 30 * time.Second
 )
@@ -40,14 +44,18 @@ type Sender struct {
 	sock *nl.NetlinkSocket
 	seq  uint32
 	buf  []byte
+	// received holds the last datagram from the kernel. It is reused: a netlink
+	// library's fresh 64 KiB buffer per receive came to tens of MB of garbage
+	// for the acks and dumps of one full sync at scale.
+	received []byte
 }
 
 // New prepares sock for batches: a receive buffer for a batch of acks, acks for
-// failed requests that carry only the request's header, and a bounded wait for them.
+// failed requests that carry only the request's header, and reads that never block
+// (receive bounds the wait for the kernel's answer).
 func New(sock *nl.NetlinkSocket) (*Sender, error) {
-	timeout := unix.NsecToTimeval(replyTimeout.Nanoseconds())
-	if err := sock.SetReceiveTimeout(&timeout); err != nil {
-		return nil, fmt.Errorf("setting the netlink receive timeout: %w", err)
+	if err := unix.SetNonblock(sock.GetFd(), true); err != nil {
+		return nil, fmt.Errorf("making the netlink socket non-blocking: %w", err)
 	}
 	if err := sock.SetReceiveBufferSize(receiveBuffer, true); err != nil {
 		return nil, fmt.Errorf("sizing the netlink receive buffer: %w", err)
@@ -55,7 +63,7 @@ func New(sock *nl.NetlinkSocket) (*Sender, error) {
 	if err := unix.SetsockoptInt(sock.GetFd(), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1); err != nil {
 		return nil, fmt.Errorf("setting NETLINK_CAP_ACK: %w", err)
 	}
-	return &Sender{sock: sock}, nil
+	return &Sender{sock: sock, received: make([]byte, datagramSize)}, nil
 }
 
 // Close closes the socket.
@@ -103,7 +111,7 @@ func (s *Sender) sendBatch(reqs []Request, errs []error) {
 		pending[i] = true
 	}
 	for left := len(reqs); left > 0; {
-		msgs, _, err := s.sock.Receive()
+		datagram, err := s.receive()
 		if err != nil {
 			// Without the acks the outcome is unknown; callers re-read the kernel
 			// before trusting it again.
@@ -114,14 +122,14 @@ func (s *Sender) sendBatch(reqs []Request, errs []error) {
 			}
 			return
 		}
-		for _, m := range msgs {
-			i := int(m.Header.Seq - firstSeq)
-			if m.Header.Type != unix.NLMSG_ERROR || i < 0 || i >= len(reqs) || !pending[i] || len(m.Data) < 4 {
+		for h, data := range messages(datagram) {
+			i := int(h.Seq - firstSeq)
+			if h.Type != unix.NLMSG_ERROR || i < 0 || i >= len(reqs) || !pending[i] || len(data) < 4 {
 				continue
 			}
 			pending[i] = false
 			left--
-			if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+			if code := int32(binary.NativeEndian.Uint32(data[:4])); code != 0 {
 				errs[i] = syscall.Errno(-code)
 			}
 		}
@@ -155,7 +163,7 @@ func EndNested(b []byte, start int) []byte {
 }
 
 // Dump sends a dump request (NLM_F_DUMP is added) and calls each with the body of
-// every message of the answer, up to NLMSG_DONE.
+// every message of the answer, up to NLMSG_DONE. A body is valid only during its call.
 func (s *Sender) Dump(req Request, each func(body []byte) error) error {
 	s.seq++
 	seq := s.seq
@@ -170,20 +178,20 @@ func (s *Sender) Dump(req Request, each func(body []byte) error) error {
 	}
 	var failed error
 	for {
-		msgs, _, err := s.sock.Receive()
+		datagram, err := s.receive()
 		if err != nil {
 			return fmt.Errorf("reading the kernel's answer: %w", err)
 		}
-		for _, m := range msgs {
-			if m.Header.Seq != seq {
+		for h, data := range messages(datagram) {
+			if h.Seq != seq {
 				continue // a late ack of an earlier batch that gave up waiting
 			}
-			switch m.Header.Type {
+			switch h.Type {
 			case unix.NLMSG_DONE:
 				return failed
 			case unix.NLMSG_ERROR:
-				if len(m.Data) >= 4 {
-					if code := int32(binary.NativeEndian.Uint32(m.Data[:4])); code != 0 {
+				if len(data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(data[:4])); code != 0 {
 						return syscall.Errno(-code)
 					}
 				}
@@ -192,8 +200,62 @@ func (s *Sender) Dump(req Request, each func(body []byte) error) error {
 			// Keep reading to the end even after a failure, so the socket is clean
 			// for the next request.
 			if failed == nil {
-				failed = each(m.Data)
+				failed = each(data)
 			}
+		}
+	}
+}
+
+// receive waits up to replyTimeout for the next datagram from the kernel and returns
+// it; it stays valid until the next receive. The socket does not block: the wait is
+// a poll.
+func (s *Sender) receive() ([]byte, error) {
+	fd := s.sock.GetFd()
+	for {
+		n, from, err := unix.Recvfrom(fd, s.received, 0)
+		switch {
+		case err == unix.EAGAIN:
+			ready, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(replyTimeout.Milliseconds()))
+			if err != nil && err != unix.EINTR {
+				return nil, err
+			}
+			if err == nil && ready == 0 {
+				return nil, fmt.Errorf("no answer within %s", replyTimeout)
+			}
+		case err == unix.EINTR:
+		case err != nil:
+			return nil, err
+		default:
+			// Only the kernel's datagrams count: another process may write to
+			// our port.
+			if sa, ok := from.(*unix.SockaddrNetlink); ok && sa.Pid == 0 {
+				return s.received[:n], nil
+			}
+		}
+	}
+}
+
+// messages iterates over the netlink messages of a datagram: each one's header and
+// the data after it.
+func messages(datagram []byte) iter.Seq2[unix.NlMsghdr, []byte] {
+	return func(yield func(unix.NlMsghdr, []byte) bool) {
+		b := datagram
+		for len(b) >= unix.SizeofNlMsghdr {
+			h := unix.NlMsghdr{
+				Len:   binary.NativeEndian.Uint32(b),
+				Type:  binary.NativeEndian.Uint16(b[4:]),
+				Flags: binary.NativeEndian.Uint16(b[6:]),
+				Seq:   binary.NativeEndian.Uint32(b[8:]),
+				Pid:   binary.NativeEndian.Uint32(b[12:]),
+			}
+			n := int(h.Len)
+			if n < unix.SizeofNlMsghdr || n > len(b) {
+				return
+			}
+			if !yield(h, b[unix.SizeofNlMsghdr:n]) {
+				return
+			}
+			b = b[min(len(b), (n+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
 		}
 	}
 }
