@@ -104,6 +104,15 @@ func (f *Fake) Del(name, entry string) error {
 	return nil
 }
 
+// DelEntries implements Interface.
+func (f *Fake) DelEntries(name string, entries []string) []error {
+	errs := make([]error, len(entries))
+	for i, e := range entries {
+		errs[i] = f.Del(name, e)
+	}
+	return errs
+}
+
 func (f *Fake) lookup(name, entry string) (*fakeSet, string, error) {
 	s, ok := f.sets[name]
 	if !ok {

@@ -77,6 +77,9 @@ type Interface interface {
 	AddEntries(name string, entries []string) []error
 	// Del removes an entry; removing an absent entry is not an error.
 	Del(name, entry string) error
+	// DelEntries removes entries as Del does, many per kernel round trip, and returns
+	// one error per entry.
+	DelEntries(name string, entries []string) []error
 	// Swap exchanges the contents (and types) of two existing sets atomically.
 	Swap(a, b string) error
 	// List returns a set with its entries.

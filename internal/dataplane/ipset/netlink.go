@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"sort"
@@ -33,6 +32,8 @@ type Netlink struct {
 	// batch sends AddEntries' requests; mu serializes its use.
 	mu    sync.Mutex
 	batch *nlbatch.Sender
+	// requests counts the add and delete requests sent, for tests of batching.
+	requests int
 }
 
 // New returns an Interface for the calling process's network namespace.
@@ -102,14 +103,7 @@ func (n *Netlink) Flush(name string) error {
 
 // Add implements Interface.
 func (n *Netlink) Add(name, entry string) error {
-	e, err := n.entry(name, entry)
-	if err != nil {
-		return err
-	}
-	if err := n.h.IpsetAdd(name, e); err != nil {
-		return fmt.Errorf("adding %s to ipset %s: %w", entry, name, err)
-	}
-	return nil
+	return n.AddEntries(name, []string{entry})[0]
 }
 
 // maxRequestBody bounds one request that adds many entries. The kernel looks the set
@@ -117,13 +111,30 @@ func (n *Netlink) Add(name, entry string) error {
 // request each spent most of its time there.
 const maxRequestBody = 16 << 10
 
-// AddEntries implements Interface: many entries per request, many requests per system
-// call. The kernel stops a request at its first bad entry, so the entries of a failed
-// request are sent again one per request, to give each its own error (re-adding an
-// entry that made it in is harmless).
+// The netlink message types of IPSET_CMD_ADD and IPSET_CMD_DEL. Without NLM_F_EXCL,
+// adding an entry that is present, or deleting one that is not, succeeds.
+const (
+	addType = unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_ADD
+	delType = unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_DEL
+)
+
+// AddEntries implements Interface.
 func (n *Netlink) AddEntries(name string, entries []string) []error {
+	return n.changeEntries(addType, name, entries)
+}
+
+// DelEntries implements Interface.
+func (n *Netlink) DelEntries(name string, entries []string) []error {
+	return n.changeEntries(delType, name, entries)
+}
+
+// changeEntries adds or deletes (typ) entries: many per request, many requests per
+// system call. The kernel stops a request at its first bad entry, so the entries of a
+// failed request are sent again one per request, to give each its own error (doing
+// an entry again that made it is harmless).
+func (n *Netlink) changeEntries(typ uint16, name string, entries []string) []error {
 	errs := make([]error, len(entries))
-	encoded := make([]*netlink.IPSetEntry, len(entries))
+	encoded := make([]wireEntry, len(entries))
 	var reqs []nlbatch.Request
 	var members [][]int // request -> entries
 	var body []byte
@@ -133,19 +144,26 @@ func (n *Netlink) AddEntries(name string, entries []string) []error {
 		if len(cur) == 0 {
 			return
 		}
-		reqs = append(reqs, nlbatch.Request{Type: addType, Body: nlbatch.EndNested(body, adt)})
+		reqs = append(reqs, nlbatch.Request{Type: typ, Body: nlbatch.EndNested(body, adt)})
 		members = append(members, cur)
 		body, cur = nil, nil
 	}
 	for i, text := range entries {
-		e, err := n.entry(name, text)
+		e, err := parseEntry(text)
 		if err != nil {
-			errs[i] = err
+			errs[i] = fmt.Errorf("ipset %s: %w", name, err)
 			continue
 		}
 		encoded[i] = e
 		if body == nil {
-			body, adt = nlbatch.BeginNested(requestHeader(name), nl.IPSET_ATTR_ADT|unix.NLA_F_NESTED)
+			// Sized for a whole request: growing it by appends made as much garbage
+			// again as the request. The kernel refuses entries in an IPSET_ATTR_ADT
+			// nest as a protocol error unless a line number (of an `ipset restore`
+			// input, for its error messages) comes with them: without one, every
+			// request failed and each entry went again in a request of its own.
+			body = appendRequestHeader(make([]byte, 0, maxRequestBody+entryRoom), name)
+			body = nlbatch.AppendAttr(body, nl.IPSET_ATTR_LINENO|unix.NLA_F_NET_BYTEORDER, []byte{0, 0, 0, 0})
+			body, adt = nlbatch.BeginNested(body, nl.IPSET_ATTR_ADT|unix.NLA_F_NESTED)
 		}
 		body = appendEntry(body, e)
 		cur = append(cur, i)
@@ -156,6 +174,7 @@ func (n *Netlink) AddEntries(name string, entries []string) []error {
 	flush()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	n.requests += len(reqs)
 	var retry []int
 	for j, err := range n.batch.Send(reqs) {
 		if err != nil {
@@ -167,8 +186,10 @@ func (n *Netlink) AddEntries(name string, entries []string) []error {
 	}
 	single := make([]nlbatch.Request, len(retry))
 	for j, i := range retry {
-		single[j] = nlbatch.Request{Type: addType, Body: appendEntry(requestHeader(name), encoded[i])}
+		single[j] = nlbatch.Request{Type: typ, Body: appendEntry(appendRequestHeader(nil, name), encoded[i])}
 	}
+	n.requests += len(single)
+	verb := map[uint16]string{addType: "adding %s to ipset %s: %w", delType: "deleting %s from ipset %s: %w"}[typ]
 	for j, err := range n.batch.Send(single) {
 		if err == nil {
 			continue
@@ -178,55 +199,77 @@ func (n *Netlink) AddEntries(name string, entries []string) []error {
 			err = nl.IPSetError(uintptr(errno))
 		}
 		i := retry[j]
-		errs[i] = fmt.Errorf("adding %s to ipset %s: %w", entries[i], name, err)
+		errs[i] = fmt.Errorf(verb, entries[i], name, err)
 	}
 	return errs
 }
 
-// addType is the netlink message type of IPSET_CMD_ADD. Without NLM_F_EXCL, adding an
-// entry that is present succeeds.
-const addType = unix.NFNL_SUBSYS_IPSET<<8 | nl.IPSET_CMD_ADD
-
-// requestHeader starts an ipset request: an nfgenmsg header, the protocol version and
-// the set name.
-func requestHeader(set string) []byte {
-	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
+// appendRequestHeader starts an ipset request: an nfgenmsg header, the protocol
+// version and the set name.
+func appendRequestHeader(b []byte, set string) []byte {
+	b = append(b, unix.AF_INET, nl.NFNETLINK_V0, 0, 0)
 	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
 	return nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(set), 0))
 }
 
+// entryRoom is the most one entry adds to a request: its data, IP, address, CIDR,
+// protocol and port attributes.
+const entryRoom = 4 + 4 + 4 + 16 + 8 + 8 + 8
+
+// wireEntry is an entry in the kernel's terms.
+type wireEntry struct {
+	addr    netip.Addr
+	cidr    uint8 // 0: none
+	proto   uint8
+	port    uint16
+	hasPort bool
+}
+
+// parseEntry reads an entry string; its shape ("ip,proto:port", "ip/len" or "ip")
+// says which set types it fits.
+func parseEntry(entry string) (wireEntry, error) {
+	if addr, proto, port, err := parseIPPort(entry); err == nil {
+		return wireEntry{addr: addr, proto: protocolNumbers[proto], port: port, hasPort: true}, nil
+	}
+	if pfx, err := netip.ParsePrefix(entry); err == nil {
+		return wireEntry{addr: pfx.Masked().Addr().Unmap(), cidr: uint8(pfx.Bits())}, nil
+	}
+	addr, err := netip.ParseAddr(entry)
+	if err != nil {
+		return wireEntry{}, fmt.Errorf("invalid entry %q", entry)
+	}
+	return wireEntry{addr: addr.Unmap()}, nil
+}
+
 // appendEntry appends one entry's data. Inside an IPSET_ATTR_ADT nest it is one of
 // many; directly after the header, the request's only entry.
-func appendEntry(b []byte, e *netlink.IPSetEntry) []byte {
+func appendEntry(b []byte, e wireEntry) []byte {
 	// ipset insists on the nested flag, and on network byte order flags for numbers.
 	b, data := nlbatch.BeginNested(b, nl.IPSET_ATTR_DATA|unix.NLA_F_NESTED)
 	b, ip := nlbatch.BeginNested(b, nl.IPSET_ATTR_IP|unix.NLA_F_NESTED)
-	if v4 := e.IP.To4(); v4 != nil {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_IPADDR_IPV4|unix.NLA_F_NET_BYTEORDER, v4)
+	if e.addr.Is4() {
+		v4 := e.addr.As4()
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_IPADDR_IPV4|unix.NLA_F_NET_BYTEORDER, v4[:])
 	} else {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_IPADDR_IPV6|unix.NLA_F_NET_BYTEORDER, e.IP.To16())
+		v6 := e.addr.As16()
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_IPADDR_IPV6|unix.NLA_F_NET_BYTEORDER, v6[:])
 	}
 	b = nlbatch.EndNested(b, ip)
-	if e.CIDR != 0 {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_CIDR, []byte{e.CIDR})
+	if e.cidr != 0 {
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_CIDR, []byte{e.cidr})
 	}
-	if e.Port != nil {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTO, []byte{*e.Protocol})
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PORT|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint16(nil, *e.Port))
+	if e.hasPort {
+		var port [2]byte
+		binary.BigEndian.PutUint16(port[:], e.port)
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTO, []byte{e.proto})
+		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PORT|unix.NLA_F_NET_BYTEORDER, port[:])
 	}
 	return nlbatch.EndNested(b, data)
 }
 
 // Del implements Interface.
 func (n *Netlink) Del(name, entry string) error {
-	e, err := n.entry(name, entry)
-	if err != nil {
-		return err
-	}
-	if err := n.h.IpsetDel(name, e); err != nil {
-		return fmt.Errorf("deleting %s from ipset %s: %w", entry, name, err)
-	}
-	return nil
+	return n.DelEntries(name, []string{entry})[0]
 }
 
 // Swap implements Interface.
@@ -392,28 +435,6 @@ func (n *Netlink) dumpList(name string, flags uint32, each func(attrs []byte) er
 		}
 		return each(body[4:])
 	})
-}
-
-// entry converts an entry string into netlink form; its shape ("ip,proto:port",
-// "ip/len" or "ip") says which set types it fits.
-func (n *Netlink) entry(name, entry string) (*netlink.IPSetEntry, error) {
-	// Replace leaves out NLM_F_EXCL: re-adding or deleting an absent entry succeeds.
-	e := &netlink.IPSetEntry{Replace: true}
-	if addr, proto, port, err := parseIPPort(entry); err == nil {
-		p := protocolNumbers[proto]
-		e.IP, e.Protocol, e.Port = net.IP(addr.AsSlice()), &p, &port
-		return e, nil
-	}
-	if pfx, err := netip.ParsePrefix(entry); err == nil {
-		e.IP, e.CIDR = net.IP(pfx.Masked().Addr().AsSlice()), uint8(pfx.Bits())
-		return e, nil
-	}
-	addr, err := netip.ParseAddr(entry)
-	if err != nil {
-		return nil, fmt.Errorf("ipset %s: invalid entry %q", name, entry)
-	}
-	e.IP = net.IP(addr.Unmap().AsSlice())
-	return e, nil
 }
 
 // entryText writes one entry of a list dump (an IPSET_ATTR_DATA nest's payload) in

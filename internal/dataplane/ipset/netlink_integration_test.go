@@ -203,3 +203,42 @@ func TestAddEntriesReportsEachEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestEntriesGoManyPerRequest adds and deletes 2,000 entries: a few requests carry
+// them all. The kernel refused multi-entry requests without a line number, and the
+// entries silently went one request each.
+func TestEntriesGoManyPerRequest(t *testing.T) {
+	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
+	s, err := NewAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	set := Set{Name: "KUBE-ROUTER-MANY", Type: HashIPPort, Family: ipfamily.IPv4}
+	if err := s.Create(set); err != nil {
+		t.Fatal(err)
+	}
+	entries := make([]string, 2000)
+	for i := range entries {
+		entries[i] = fmt.Sprintf("10.4.%d.%d,tcp:%d", i/250, i%250+1, 80+i%2)
+	}
+	for _, change := range []struct {
+		do   func(string, []string) []error
+		want int
+	}{{s.AddEntries, len(entries)}, {s.DelEntries, 0}} {
+		before := s.requests
+		if err := errors.Join(change.do(set.Name, entries)...); err != nil {
+			t.Fatal(err)
+		}
+		if sent := s.requests - before; sent > 10 {
+			t.Errorf("%d entries took %d requests", len(entries), sent)
+		}
+		got, err := s.List(set.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Entries) != change.want {
+			t.Errorf("the set holds %d entries, want %d", len(got.Entries), change.want)
+		}
+	}
+}

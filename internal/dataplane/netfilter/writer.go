@@ -383,10 +383,8 @@ func (w *Writer) shrinkLedger(l ipset.SetEntries, st *Stats) error {
 			kept = append(kept, e)
 		}
 	}
-	for _, e := range dels {
-		if err := w.ipsets.Del(l.Name, e); err != nil {
-			return err
-		}
+	if err := errors.Join(w.ipsets.DelEntries(l.Name, dels)...); err != nil {
+		return err
 	}
 	w.sets[l.Name] = ipset.SetEntries{Set: old.Set, Entries: kept}
 	st.SetsWritten++
@@ -452,10 +450,8 @@ func (w *Writer) applySet(s ipset.SetEntries) (int, error) {
 		if err := errors.Join(w.ipsets.AddEntries(s.Name, adds)...); err != nil {
 			return 0, err
 		}
-		for _, e := range dels {
-			if err := w.ipsets.Del(s.Name, e); err != nil {
-				return 0, err
-			}
+		if err := errors.Join(w.ipsets.DelEntries(s.Name, dels)...); err != nil {
+			return 0, err
 		}
 	}
 	w.sets[s.Name] = s
