@@ -8,7 +8,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // LabelServiceProxyName names the proxy that implements a Service; kube-proxy
@@ -22,7 +21,10 @@ const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 //
 // Cached objects are shared: never modify one.
 type EndpointSlice struct {
+	readOnlyMeta
 	Namespace, Name string
+	// ResourceVersion tells client-go an update from a resync of the same object.
+	ResourceVersion string
 	// ServiceName is the kubernetes.io/service-name label: the Service the slice
 	// belongs to.
 	ServiceName string
@@ -67,11 +69,6 @@ type Endpoint struct {
 	UnparsableAddr bool
 }
 
-// GetObjectMeta gives client-go's key functions (meta.Accessor) the slice's identity.
-func (s *EndpointSlice) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: s.Namespace, Name: s.Name}
-}
-
 // Equal reports whether two slices read the same to every controller. Node names
 // and hints are interned, so equal endpoints hold the same pointers.
 func (s *EndpointSlice) Equal(o *EndpointSlice) bool {
@@ -107,13 +104,14 @@ func CompactEndpointSlice(s *discoveryv1.EndpointSlice) *EndpointSlice {
 	_, otherProxy := s.Labels[LabelServiceProxyName]
 	_, headless := s.Labels[corev1.IsHeadlessService]
 	out := &EndpointSlice{
-		Namespace:   s.Namespace,
-		Name:        s.Name,
-		ServiceName: s.Labels[discoveryv1.LabelServiceName],
-		OtherProxy:  otherProxy,
-		Headless:    headless,
-		AddressType: knownAddressType(s.AddressType),
-		Endpoints:   make([]Endpoint, len(s.Endpoints)),
+		Namespace:       s.Namespace,
+		Name:            s.Name,
+		ResourceVersion: s.ResourceVersion,
+		ServiceName:     s.Labels[discoveryv1.LabelServiceName],
+		OtherProxy:      otherProxy,
+		Headless:        headless,
+		AddressType:     knownAddressType(s.AddressType),
+		Endpoints:       make([]Endpoint, len(s.Endpoints)),
 	}
 	out.ports = internPorts(s.Ports)
 	out.Ports = *out.ports

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Pod is how the informer cache holds a pod: the fields network policy reads, about
@@ -18,7 +17,10 @@ import (
 //
 // Cached objects are shared: never modify one.
 type Pod struct {
+	readOnlyMeta
 	Namespace, Name string
+	// ResourceVersion tells client-go an update from a resync of the same object.
+	ResourceVersion string
 	// Labels are shared by every pod with the same labels (the replicas of a
 	// workload): compare them, never write to them.
 	Labels      map[string]string
@@ -57,11 +59,6 @@ func (p *Pod) IPText(i int) string {
 	return p.IPs[i].String()
 }
 
-// GetObjectMeta gives client-go's key functions (meta.Accessor) the pod's identity.
-func (p *Pod) GetObjectMeta() metav1.Object {
-	return &metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Labels: p.Labels}
-}
-
 // Equal reports whether two pods read the same to every controller.
 func (p *Pod) Equal(o *Pod) bool {
 	return p.Namespace == o.Namespace && p.Name == o.Name && p.NodeName == o.NodeName &&
@@ -72,10 +69,11 @@ func (p *Pod) Equal(o *Pod) bool {
 // CompactPod returns the cache's form of p.
 func CompactPod(p *corev1.Pod) *Pod {
 	out := &Pod{
-		Name:        p.Name,
-		NodeName:    p.Spec.NodeName,
-		HostNetwork: p.Spec.HostNetwork,
-		Finished:    p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
+		Name:            p.Name,
+		ResourceVersion: p.ResourceVersion,
+		NodeName:        p.Spec.NodeName,
+		HostNetwork:     p.Spec.HostNetwork,
+		Finished:        p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed,
 	}
 	for _, ip := range p.Status.PodIPs {
 		if a, err := netip.ParseAddr(ip.IP); err == nil {
