@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
@@ -41,7 +43,7 @@ func TestAffects(t *testing.T) {
 			if p == nil {
 				p = tc.old
 			}
-			if got := affects(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
+			if got := affects(tc.policy, tc.old, tc.new, ns[p.Namespace], metav1.LabelSelectorAsSelector); got != tc.want {
 				t.Fatalf("Affects = %v, want %v", got, tc.want)
 			}
 		})
@@ -74,9 +76,37 @@ func TestAffectsCluster(t *testing.T) {
 			if p == nil {
 				p = tc.old
 			}
-			if got := affectsCluster(tc.policy, tc.old, tc.new, ns[p.Namespace]); got != tc.want {
+			if got := affectsCluster(tc.policy, tc.old, tc.new, ns[p.Namespace], metav1.LabelSelectorAsSelector); got != tc.want {
 				t.Fatalf("affectsCluster = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSelectorCacheParsesEachSelectorOnce: a selector is parsed on first use and its
+// parse (or its error) is returned for the same address until reset.
+func TestSelectorCacheParsesEachSelectorOnce(t *testing.T) {
+	var c selectorCache
+	good := &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "web"}}
+	bad := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "tier", Operator: "Near"}}}
+	first, err := c.parse(good)
+	if err != nil || !first.Matches(labels.Set{"tier": "web"}) || first.Matches(labels.Set{"tier": "db"}) {
+		t.Fatalf("parse(%v) = %v, %v", good, first, err)
+	}
+	if again, _ := c.parse(good); len(c.parsed) != 1 || !again.Matches(labels.Set{"tier": "web"}) {
+		t.Errorf("parsing the same selector again holds %d parses", len(c.parsed))
+	}
+	if _, err := c.parse(bad); err == nil {
+		t.Error("a malformed selector parsed")
+	}
+	if _, err := c.parse(bad); err == nil {
+		t.Error("a malformed selector's error was not remembered")
+	}
+	if len(c.parsed) != 2 {
+		t.Errorf("two selectors hold %d parses", len(c.parsed))
+	}
+	c.reset()
+	if len(c.parsed) != 0 {
+		t.Error("reset kept the parses")
 	}
 }

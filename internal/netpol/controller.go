@@ -69,6 +69,9 @@ type Controller struct {
 	// the assemblers, and by Explain while it reads them.
 	modelMu sync.Mutex
 	idx     *index
+	// selectors are the policies' parsed selectors, for telling which policies a
+	// pod's change touches; a full recompile starts them over.
+	selectors selectorCache
 	// lastCompile and lastApply split the last successful sync's time between
 	// compiling (index, policies, assembly) and writing the kernel.
 	lastCompile, lastApply time.Duration
@@ -266,6 +269,7 @@ func (c *Controller) sync(ctx context.Context, full bool) (string, error) {
 	recompileAll := full || all
 	var changedPods []podChange
 	if recompileAll {
+		c.selectors.reset()
 		if err := c.rebuildIndex(); err != nil {
 			return "", err
 		}
@@ -567,7 +571,7 @@ func (c *Controller) touchesCluster(p *policyv1beta1.ClusterNetworkPolicy, chang
 		if pod == nil {
 			pod = ch.old
 		}
-		if pod != nil && affectsCluster(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
+		if pod != nil && affectsCluster(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace], c.selectors.parse) {
 			return true
 		}
 	}
@@ -581,7 +585,7 @@ func (c *Controller) touches(p *networkingv1.NetworkPolicy, changed []podChange)
 		if pod == nil {
 			pod = ch.old
 		}
-		if pod != nil && affects(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace]) {
+		if pod != nil && affects(p, ch.old, ch.new, c.idx.Namespaces[pod.Namespace], c.selectors.parse) {
 			return true
 		}
 	}

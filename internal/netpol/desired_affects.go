@@ -11,11 +11,43 @@ import (
 	policyv1beta1 "sigs.k8s.io/network-policy-api/apis/v1beta1"
 )
 
+// selectorParser parses a label selector: metav1.LabelSelectorAsSelector, or a
+// selectorCache's parse.
+type selectorParser func(*metav1.LabelSelector) (labels.Selector, error)
+
+// selectorCache remembers the parsed selectors of cached policies by address. Deciding
+// which policies a pod's change touches parsed each policy's selectors again for
+// every changed pod: under a churn of 100 pod changes/s at 1,000 policies, over
+// 100 MB of garbage every 10 s. A cached policy never changes, so a selector's address
+// parses the same way while its policy lives; reset forgets policies replaced since.
+type selectorCache struct {
+	parsed map[*metav1.LabelSelector]parsedSelector
+}
+
+type parsedSelector struct {
+	sel labels.Selector
+	err error
+}
+
+func (c *selectorCache) parse(s *metav1.LabelSelector) (labels.Selector, error) {
+	if p, ok := c.parsed[s]; ok {
+		return p.sel, p.err
+	}
+	sel, err := metav1.LabelSelectorAsSelector(s)
+	if c.parsed == nil {
+		c.parsed = map[*metav1.LabelSelector]parsedSelector{}
+	}
+	c.parsed[s] = parsedSelector{sel: sel, err: err}
+	return sel, err
+}
+
+func (c *selectorCache) reset() { c.parsed = nil }
+
 // affects reports whether a pod's change from old to new (either may be nil for an
 // added or deleted pod) may change what policy p compiles to. ns is the pod's
 // namespace. When only the labels changed, a selector matters only if it matched
 // one version of the pod but not the other.
-func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
+func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace, parse selectorParser) bool {
 	pod := new
 	if pod == nil {
 		pod = old
@@ -43,7 +75,7 @@ func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 		return mOld || mNew
 	}
 	if pod.Namespace == p.Namespace && changed(func(x *Pod) (bool, error) {
-		sel, err := metav1.LabelSelectorAsSelector(&p.Spec.PodSelector)
+		sel, err := parse(&p.Spec.PodSelector)
 		return err == nil && sel.Matches(labels.Set(x.Labels)), err
 	}) {
 		return true
@@ -58,7 +90,7 @@ func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 					return false, nil
 				}
 			} else {
-				nsSel, err := metav1.LabelSelectorAsSelector(peer.NamespaceSelector)
+				nsSel, err := parse(peer.NamespaceSelector)
 				if err != nil || !nsSel.Matches(nsLabels) {
 					return false, err
 				}
@@ -66,7 +98,7 @@ func affects(p *networkingv1.NetworkPolicy, old, new *Pod, ns *Namespace) bool {
 			if peer.PodSelector == nil {
 				return true, nil
 			}
-			sel, err := metav1.LabelSelectorAsSelector(peer.PodSelector)
+			sel, err := parse(peer.PodSelector)
 			return err == nil && sel.Matches(labels.Set(x.Labels)), err
 		})
 	}
@@ -151,7 +183,7 @@ func sameExceptLabels(a, b *Pod) bool {
 // ClusterNetworkPolicy p compiles to: the pod is (or was) in its subject or one of
 // its namespaces or pods peers. ns is the pod's namespace. Named ports resolve on
 // subject pods (ingress) and peer pods (egress), so they are covered too.
-func affectsCluster(p *policyv1beta1.ClusterNetworkPolicy, old, new *Pod, ns *Namespace) bool {
+func affectsCluster(p *policyv1beta1.ClusterNetworkPolicy, old, new *Pod, ns *Namespace, parse selectorParser) bool {
 	labelsOnly := old != nil && new != nil && sameExceptLabels(old, new)
 	var nsLabels labels.Set
 	if ns != nil {
@@ -162,14 +194,14 @@ func affectsCluster(p *policyv1beta1.ClusterNetworkPolicy, old, new *Pod, ns *Na
 			return false // a namespace-wide selector does not care about pod labels
 		}
 		matches := func(x *Pod) (bool, error) {
-			nsS, err := metav1.LabelSelectorAsSelector(nsSel)
+			nsS, err := parse(nsSel)
 			if err != nil || !nsS.Matches(nsLabels) {
 				return false, err
 			}
 			if podSel == nil {
 				return true, nil
 			}
-			s, err := metav1.LabelSelectorAsSelector(podSel)
+			s, err := parse(podSel)
 			return err == nil && s.Matches(labels.Set(x.Labels)), err
 		}
 		mOld, errOld := matchesPod(matches, old)
