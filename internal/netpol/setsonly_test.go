@@ -1,6 +1,7 @@
 package netpol
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -86,6 +87,7 @@ func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
 		}
 		entries, entriesGauge := bc.c.Details().(Details).Entries, gauge.GetGauge().GetValue()
 		restores = len(ipt.Restores)
+		bc.c.changes.MarkAll() // recompile everything from the caches
 		if _, err := bc.c.sync(ctx, true); err != nil {
 			t.Fatal(err)
 		}
@@ -97,6 +99,64 @@ func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
 			t.Errorf("change %d (%s): set entries counted %d in status and %v in metrics, want %d", n, step.name, entries, entriesGauge, want)
 		}
 	}
+}
+
+// TestPeriodicSyncRepairsTheKernelWithoutRecompiling: the periodic full sync reads the
+// kernel back and repairs what someone else changed there, from the policies as last
+// compiled; only a failed sync makes the next one recompile from the caches.
+func TestPeriodicSyncRepairsTheKernelWithoutRecompiling(t *testing.T) {
+	ctx := t.Context()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), &failingSets{Fake: ipset.NewFake()}
+	bc := newBenchController(t, 3, Dataplane{IPTables: []iptables.Interface{ipt}, IPSets: sets})
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	want := sets.Dump()
+	all, err := sets.ListAll(nil)
+	must(t, err)
+	i := slices.IndexFunc(all, func(s ipset.SetEntries) bool { return len(s.Entries) > 0 })
+	if i < 0 {
+		t.Fatalf("no set with members:\n%s", want)
+	}
+	must(t, sets.Flush(all[i].Name))
+	idx := bc.c.idx
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]; st.Drifted == 0 {
+		t.Errorf("the periodic sync found no drift after %s was flushed: %+v", all[i].Name, st)
+	}
+	if got := sets.Dump(); got != want {
+		t.Errorf("the periodic sync did not repair %s:\n%s\nwant\n%s", all[i].Name, got, want)
+	}
+	if bc.c.idx != idx {
+		t.Error("the periodic sync rebuilt the index")
+	}
+	// A failed sync leaves the next one to recompile everything.
+	sets.fail = errors.New("injected")
+	if _, err := bc.c.sync(ctx, true); err == nil {
+		t.Fatal("the injected failure did not fail the sync")
+	}
+	sets.fail = nil
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if bc.c.idx == idx {
+		t.Error("the sync after a failure did not rebuild the index")
+	}
+}
+
+// failingSets fails every read of the kernel's sets while fail is set.
+type failingSets struct {
+	*ipset.Fake
+	fail error
+}
+
+func (f *failingSets) ListAll(keep func(ipset.Set) bool) ([]ipset.SetEntries, error) {
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	return f.Fake.ListAll(keep)
 }
 
 // TestStatusOnlyPodUpdatesNeedNoSync: kubelet's status writes (conditions, container
