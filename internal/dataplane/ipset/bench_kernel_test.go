@@ -15,12 +15,7 @@ import (
 // so the ratio of the two figures is what software emulation costs netlink-heavy
 // kernel work, which IPVS-heavy benchmarks can only be measured under.
 func BenchmarkKernelAddEntries(b *testing.B) {
-	ns := tnetns.NewNS(b, "ipset", "bench").Handle
-	s, err := NewAt(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(s.Close)
+	s := inNewNS(b, tnetns.NewNS(b, "ipset", "bench"))
 	set := Set{Name: "KUBE-ROUTER-BENCH", Type: HashIPPort, Family: ipfamily.IPv4}
 	entries := make([]string, 100_000)
 	for i := range entries {
@@ -49,12 +44,7 @@ func BenchmarkKernelAddEntries(b *testing.B) {
 // as every full resync does for each IP family. B/op is what one read allocates: its
 // garbage comes at once, on top of the live heap, and sets the daemon's peak RSS.
 func BenchmarkKernelListAll(b *testing.B) {
-	ns := tnetns.NewNS(b, "ipset", "bench").Handle
-	s, err := NewAt(ns)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(s.Close)
+	s := inNewNS(b, tnetns.NewNS(b, "ipset", "bench"))
 	const sets, perSet = 500, 500
 	for i := range sets {
 		name := fmt.Sprintf("KUBE-ROUTER-BENCH-%d", i)
@@ -97,4 +87,15 @@ func BenchmarkKernelListAll(b *testing.B) {
 			}
 		})
 	}
+}
+
+// inNewNS returns an Interface for ns, closed when tb ends.
+func inNewNS(tb testing.TB, ns *tnetns.NS) *Netlink {
+	tb.Helper()
+	s, err := NewAt(ns.Handle)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Close)
+	return s
 }

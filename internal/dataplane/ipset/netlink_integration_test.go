@@ -15,12 +15,7 @@ import (
 )
 
 func TestNetlinkInNetns(t *testing.T) {
-	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
-	s, err := NewAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := inNewNS(t, tnetns.NewNS(t, "ipset", t.Name()))
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -97,11 +92,7 @@ func TestNetlinkInNetns(t *testing.T) {
 // its entries are not decoded, so it cannot fail the read of ours.
 func TestListAllReadsOnlyKeptSets(t *testing.T) {
 	ns := tnetns.NewNS(t, "ipset", t.Name())
-	s, err := NewAt(ns.Handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := inNewNS(t, ns)
 	ns.Run(t, "ipset", "create", "OTHER-PORTS", "bitmap:port", "range", "1-1024")
 	ns.Run(t, "ipset", "add", "OTHER-PORTS", "22")
 	ours := []SetEntries{
@@ -139,12 +130,7 @@ func TestListAllReadsOnlyKeptSets(t *testing.T) {
 // with repeats, one entry that does not parse and one of the wrong family: only those
 // two fail, and the set holds all the others.
 func TestAddEntriesReportsEachEntry(t *testing.T) {
-	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
-	s, err := NewAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := inNewNS(t, tnetns.NewNS(t, "ipset", t.Name()))
 	cases := []struct {
 		set  Set
 		make func(i int) string
@@ -208,12 +194,7 @@ func TestAddEntriesReportsEachEntry(t *testing.T) {
 // them all. The kernel refused multi-entry requests without a line number, and the
 // entries silently went one request each.
 func TestEntriesGoManyPerRequest(t *testing.T) {
-	ns := tnetns.NewNS(t, "ipset", t.Name()).Handle
-	s, err := NewAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
+	s := inNewNS(t, tnetns.NewNS(t, "ipset", t.Name()))
 	set := Set{Name: "KUBE-ROUTER-MANY", Type: HashIPPort, Family: ipfamily.IPv4}
 	if err := s.Create(set); err != nil {
 		t.Fatal(err)
