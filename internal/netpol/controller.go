@@ -70,7 +70,7 @@ type Controller struct {
 	modelMu sync.Mutex
 	idx     *index
 	// selectors are the policies' parsed selectors, for telling which policies a
-	// pod's change touches; a full recompile starts them over.
+	// pod's change touches; a sync with a policy change starts them over.
 	selectors selectorCache
 	// compiled says the last sync succeeded: the index and the compiled policies
 	// are what the informer caches say.
@@ -276,9 +276,14 @@ func (c *Controller) sync(ctx context.Context, full bool) (_ string, err error) 
 	var applyTime time.Duration
 	recompileAll := all || !c.compiled
 	defer func() { c.compiled = err == nil }()
+	if recompileAll || !onlyPods(dirty) {
+		// A policy event may bring a new object (an update, or the same policy again
+		// after a relist): the parses of the old one go, or they would pile up
+		// until the next recompile, which now comes rarely.
+		c.selectors.reset()
+	}
 	var changedPods []podChange
 	if recompileAll {
-		c.selectors.reset()
 		if err := c.rebuildIndex(); err != nil {
 			return "", err
 		}

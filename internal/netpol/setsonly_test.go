@@ -146,6 +146,39 @@ func TestPeriodicSyncRepairsTheKernelWithoutRecompiling(t *testing.T) {
 	}
 }
 
+// TestParsedSelectorsLastUntilAPolicyChanges: the selectors parsed to tell which
+// policies a pod's change touches are kept across pod changes, and dropped by a sync
+// with a policy change, so that the parses of replaced policies do not pile up.
+func TestParsedSelectorsLastUntilAPolicyChanges(t *testing.T) {
+	ctx := t.Context()
+	bc := newBenchController(t, 3, Dataplane{IPTables: []iptables.Interface{iptables.NewFake(ipfamily.IPv4)}, IPSets: ipset.NewFake()})
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	bc.relabelRemotePod(t, 0)
+	if _, err := bc.c.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	parsed := len(bc.c.selectors.parsed)
+	if parsed == 0 {
+		t.Fatal("a remote pod's change parsed no selector")
+	}
+	bc.relabelRemotePod(t, bc.namespaces) // the same pod, back
+	if _, err := bc.c.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(bc.c.selectors.parsed); got != parsed {
+		t.Errorf("the same pod's second change holds %d parses, the first %d", got, parsed)
+	}
+	bc.changePolicy(t, 0)
+	if _, err := bc.c.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(bc.c.selectors.parsed); got != 0 {
+		t.Errorf("after a policy change %d parses are kept", got)
+	}
+}
+
 // failingSets fails every read of the kernel's sets while fail is set.
 type failingSets struct {
 	*ipset.Fake
