@@ -189,7 +189,10 @@ func (n *Netlink) changeEntries(typ uint16, name string, entries []string) []err
 		single[j] = nlbatch.Request{Type: typ, Body: appendEntry(appendRequestHeader(nil, name), encoded[i])}
 	}
 	n.requests += len(single)
-	verb := map[uint16]string{addType: "adding %s to ipset %s: %w", delType: "deleting %s from ipset %s: %w"}[typ]
+	failed := "adding %s to ipset %s: %w"
+	if typ == delType {
+		failed = "deleting %s from ipset %s: %w"
+	}
 	for j, err := range n.batch.Send(single) {
 		if err == nil {
 			continue
@@ -199,16 +202,19 @@ func (n *Netlink) changeEntries(typ uint16, name string, entries []string) []err
 			err = nl.IPSetError(uintptr(errno))
 		}
 		i := retry[j]
-		errs[i] = fmt.Errorf(verb, entries[i], name, err)
+		errs[i] = fmt.Errorf(failed, entries[i], name, err)
 	}
 	return errs
 }
 
 // appendRequestHeader starts an ipset request: an nfgenmsg header, the protocol
-// version and the set name.
+// version and the set name (none for a request about every set).
 func appendRequestHeader(b []byte, set string) []byte {
 	b = append(b, unix.AF_INET, nl.NFNETLINK_V0, 0, 0)
 	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
+	if set == "" {
+		return b
+	}
 	return nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(set), 0))
 }
 
@@ -419,11 +425,7 @@ func (n *Netlink) Names() ([]string, error) {
 // dumpList asks the kernel for a list dump of one set (name) or of all (""), with the
 // IPSET_FLAG_* bits in flags, and calls each with every message's attributes.
 func (n *Netlink) dumpList(name string, flags uint32, each func(attrs []byte) error) error {
-	b := []byte{unix.AF_INET, nl.NFNETLINK_V0, 0, 0}
-	b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_PROTOCOL, []byte{nl.IPSET_PROTOCOL})
-	if name != "" {
-		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_SETNAME, append([]byte(name), 0))
-	}
+	b := appendRequestHeader(nil, name)
 	if flags != 0 {
 		b = nlbatch.AppendAttr(b, nl.IPSET_ATTR_FLAGS|unix.NLA_F_NET_BYTEORDER, binary.BigEndian.AppendUint32(nil, flags))
 	}
