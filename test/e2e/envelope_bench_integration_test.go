@@ -205,45 +205,44 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 
 // heapProfile writes the daemon's heap profile to $KUBEROUTERD_BENCH_OUT, if set.
 func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
-	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
-	if dir == "" {
-		return
-	}
-	code, profile, err := nodeHTTP(node, "/debug/pprof/heap?gc=1", "127.0.0.1:6060")
-	if err != nil || code != http.StatusOK {
-		b.Fatalf("heap profile: %d %v", code, err)
-	}
-	path := filepath.Join(dir, fmt.Sprintf("daemon-heap-%dpods.pprof", size.Pods))
-	if err := os.WriteFile(path, []byte(profile), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	b.Logf("heap profile of the daemon at READY: %s", path)
+	saveProfile(b, nodeClient(node), "/debug/pprof/heap?gc=1", fmt.Sprintf("daemon-heap-%dpods.pprof", size.Pods),
+		"heap profile of the daemon at READY")
 }
 
 // idleProfile waits for window, the idle phase after READY, and writes a CPU profile of
 // it to $KUBEROUTERD_BENCH_OUT, if set: what the idle CPU goes into.
 func idleProfile(b *testing.B, node *netns.Node, window time.Duration, size workload.Size) {
-	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
-	if dir == "" {
+	if os.Getenv("KUBEROUTERD_BENCH_OUT") == "" {
 		time.Sleep(window)
 		return
 	}
 	client := nodeClient(node)
 	client.Timeout = window + 10*time.Second
-	resp, err := client.Get(fmt.Sprintf("http://127.0.0.1:6060/debug/pprof/profile?seconds=%d", int(window.Seconds())))
+	saveProfile(b, client, fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(window.Seconds())),
+		fmt.Sprintf("daemon-idle-cpu-%dpods.pprof", size.Pods), "CPU profile of the daemon idle after READY")
+}
+
+// saveProfile fetches path from the daemon's pprof endpoint through client and writes
+// it to $KUBEROUTERD_BENCH_OUT/name, if that is set.
+func saveProfile(b *testing.B, client *http.Client, path, name, what string) {
+	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
+	if dir == "" {
+		return
+	}
+	resp, err := client.Get("http://127.0.0.1:6060" + path)
 	if err != nil {
-		b.Fatalf("idle CPU profile: %v", err)
+		b.Fatalf("%s: %v", what, err)
 	}
 	defer resp.Body.Close()
 	profile, err := io.ReadAll(resp.Body)
 	if err != nil || resp.StatusCode != http.StatusOK {
-		b.Fatalf("idle CPU profile: %d %v", resp.StatusCode, err)
+		b.Fatalf("%s: %d %v", what, resp.StatusCode, err)
 	}
-	path := filepath.Join(dir, fmt.Sprintf("daemon-idle-cpu-%dpods.pprof", size.Pods))
-	if err := os.WriteFile(path, profile, 0o644); err != nil {
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, profile, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	b.Logf("CPU profile of the daemon idle after READY: %s", path)
+	b.Logf("%s: %s", what, file)
 }
 
 // syncCount is the number of syncs every controller has run.
