@@ -107,7 +107,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	startCPU := procCPU(b, pid)
 	atReady := samples(b, node)
 	startRequests := sumOf(atReady, "kube_routerd_api_requests_total", "")
-	heapProfile(b, node, size)
+	heapProfile(b, node, "ready", size)
 	// After the GC the heap profile asked for (with KUBEROUTERD_BENCH_OUT) or the one
 	// at READY: what the caches and the controllers' state hold, without the GC's
 	// headroom. It is the figure whose slope is steadiest from run to run.
@@ -134,6 +134,11 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 
 	peakRSS := procMemMiB(b, pid, "VmHWM")
 	waitIdle(b, node, pid)
+	// What churn and the burst left behind: the live heap after a collection, against
+	// the one at READY, and the RSS the runtime still holds.
+	heapProfile(b, node, "after-burst", size)
+	afterBurstLiveHeap := samples(b, node)["go_gc_heap_live_bytes"] / (1 << 20)
+	afterBurstRSS := procMemMiB(b, pid, "VmRSS")
 	before := settledState(b, node, time.Minute, ourFullState)
 	d.Stop()
 	// The floor is measured up to the restart goal's size only: at the whole envelope
@@ -185,6 +190,8 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(startupPeakRSS, "ready-peak-rss-MiB")
 	b.ReportMetric(peakRSS, "peak-rss-MiB")
 	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")
+	b.ReportMetric(afterBurstLiveHeap, "after-burst-live-heap-MiB")
+	b.ReportMetric(afterBurstRSS, "after-burst-rss-MiB")
 	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
 	// Syncs of any controller in that window: what the idle CPU went into.
 	b.ReportMetric(idleSyncs, "idle-syncs")
@@ -203,10 +210,11 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(float64(strings.Count(lost, "\n")), "restart-diff-lines")
 }
 
-// heapProfile writes the daemon's heap profile to $KUBEROUTERD_BENCH_OUT, if set.
-func heapProfile(b *testing.B, node *netns.Node, size workload.Size) {
-	saveProfile(b, nodeClient(node), "/debug/pprof/heap?gc=1", fmt.Sprintf("daemon-heap-%dpods.pprof", size.Pods),
-		"heap profile of the daemon at READY")
+// heapProfile writes the daemon's heap profile at phase (after a collection) to
+// $KUBEROUTERD_BENCH_OUT, if set.
+func heapProfile(b *testing.B, node *netns.Node, phase string, size workload.Size) {
+	saveProfile(b, nodeClient(node), "/debug/pprof/heap?gc=1", fmt.Sprintf("daemon-heap-%s-%dpods.pprof", phase, size.Pods),
+		"heap profile of the daemon, "+phase)
 }
 
 // idleProfile waits for window, the idle phase after READY, and writes a CPU profile of
