@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"time"
 
 	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
@@ -99,6 +100,11 @@ func startInformers(ctx context.Context, env daemon.Env) error {
 				}
 			}
 			slog.Info("informer caches synced", "took", time.Since(start).Round(time.Millisecond))
+			// The lists leave garbage the size of a cache (client-go's temporary
+			// stores, the decoded objects): collected now, before the first syncs
+			// build on the heap, the collector's goal follows what the caches hold,
+			// not what the lists held at their end.
+			runtime.GC()
 			return nil
 		case <-tick.C:
 			slog.Warn("still waiting for the API server to list objects", "waited", time.Since(start).Round(time.Second))

@@ -74,7 +74,7 @@ type Logging struct {
 // Memory tunes the Go runtime's use of memory.
 type Memory struct {
 	// GCHeadroomMiB caps how far the heap may grow beyond its live part before Go
-	// collects: GOGC is lowered as the live heap outgrows it (never below 25), so a
+	// collects: GOGC is lowered as the live heap outgrows it (never below 20), so a
 	// large cluster's caches are not doubled in RSS. 0 leaves Go's default; a GOGC in
 	// the environment wins.
 	GCHeadroomMiB int `toml:"gc_headroom_mib"`
@@ -104,7 +104,7 @@ func Default() Config {
 		Health:        Health{Listen: "127.0.0.1:20244", StallTimeout: Duration{2 * time.Minute}},
 		Metrics:       Metrics{Listen: "127.0.0.1:20245"},
 		Logging:       Logging{Level: "info", Format: "text"},
-		Memory:        Memory{GCHeadroomMiB: 64},
+		Memory:        Memory{GCHeadroomMiB: 40},
 	}
 }
 

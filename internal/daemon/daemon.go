@@ -97,13 +97,14 @@ func New(opts Options, controllers ...Controller) *Daemon {
 // NewRegistry returns a registry with the Go runtime and process collectors, the one
 // the daemon serves on /metrics. Beside the usual Go metrics it has the live heap at
 // the last GC (go_gc_heap_live_bytes): what the caches really hold, which RSS shows
-// only with the collector's headroom and the pages not yet returned; and the GOGC in
-// force (go_gc_gogc_percent), which CapGCHeadroom lowers on large clusters.
+// only with the collector's headroom and the pages not yet returned; the heap's goal
+// (go_gc_heap_goal_bytes); and the GOGC and soft memory limit in force
+// (go_gc_gogc_percent, go_gc_gomemlimit_bytes), which CapGCHeadroom sets.
 func NewRegistry() *prometheus.Registry {
 	r := prometheus.NewRegistry()
 	r.MustRegister(
 		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(
-			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/(heap/live:bytes|gogc:percent)$`)})),
+			collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/(heap/live:bytes|heap/goal:bytes|gogc:percent|gomemlimit:bytes)$`)})),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return r
 }

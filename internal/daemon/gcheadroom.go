@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -15,10 +16,15 @@ import (
 // the largest part of the daemon's RSS. Capping the headroom at a fixed size instead
 // costs more collections only where the heap is large, and leaves small nodes as Go
 // runs them.
+//
+// Between collections, Go also keeps freed pages mapped up to 10% beyond the heap's
+// goal, and returns the rest only at a background pace: under churn at the envelope
+// that was 20-30 MiB of RSS above what the goal needs. A soft memory limit just above
+// the goal and the runtime's own memory makes the scavenger return them at once.
 
 // minGCPercent bounds how often the collector runs however large the live heap
-// grows: below about 25% the collector would run nearly without pause.
-const minGCPercent = 25
+// grows: far below 20% the collector would run nearly without pause.
+const minGCPercent = 20
 
 // gcPercentFor returns the GOGC that lets a heap of live bytes grow by at most
 // headroom bytes before the next collection, between minGCPercent and Go's 100.
@@ -29,10 +35,30 @@ func gcPercentFor(live, headroom uint64) int {
 	return max(minGCPercent, int(headroom*100/live))
 }
 
+// memoryLimitFor returns the soft memory limit that lets the heap reach its goal,
+// with the 3% the runtime keeps below a limit and a little more, besides overhead,
+// the memory the runtime holds outside heap objects (stacks, metadata, unused parts
+// of spans): the limit does not bring collections before the goal does, it makes the
+// scavenger give back the free pages above the goal.
+func memoryLimitFor(goal, overhead uint64) uint64 {
+	return goal + goal/16 + overhead
+}
+
+// The runtime metrics the cap reads after every collection.
+const (
+	liveHeapMetric    = "/gc/heap/live:bytes"
+	heapGoalMetric    = "/gc/heap/goal:bytes"
+	mappedMetric      = "/memory/classes/total:bytes"
+	releasedMetric    = "/memory/classes/heap/released:bytes"
+	freeMetric        = "/memory/classes/heap/free:bytes"
+	heapObjectsMetric = "/memory/classes/heap/objects:bytes"
+)
+
 // CapGCHeadroom sets GOGC after every collection so that the heap grows at most
-// headroom bytes beyond what the last collection found live, until ctx ends, and
-// then puts Go's default back. It does nothing, and says false, when headroom is 0 or
-// the operator set GOGC in the environment.
+// headroom bytes beyond what the last collection found live, and a soft memory
+// limit just above that goal (memoryLimitFor), until ctx ends; then it puts Go's
+// defaults back. It does nothing, and says false, when headroom is 0 or the operator
+// set GOGC in the environment; a GOMEMLIMIT there leaves the limit to the operator.
 func CapGCHeadroom(ctx context.Context, headroom uint64, log *slog.Logger) bool {
 	if headroom == 0 {
 		return false
@@ -41,22 +67,48 @@ func CapGCHeadroom(ctx context.Context, headroom uint64, log *slog.Logger) bool 
 		log.Info("GOGC is set in the environment: the collector's headroom is not capped", "GOGC", v)
 		return false
 	}
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	current := 100
+	_, operatorLimit := os.LookupEnv("GOMEMLIMIT")
+	samples := []metrics.Sample{{Name: liveHeapMetric}, {Name: heapGoalMetric}, {Name: mappedMetric},
+		{Name: releasedMetric}, {Name: freeMetric}, {Name: heapObjectsMetric}}
+	read := func() map[string]uint64 {
+		metrics.Read(samples)
+		values := make(map[string]uint64, len(samples))
+		for _, s := range samples {
+			if s.Value.Kind() == metrics.KindUint64 {
+				values[s.Name] = s.Value.Uint64()
+			}
+		}
+		return values
+	}
+	current, limited := 100, false
 	afterEveryGC(ctx, func() {
-		metrics.Read(sample)
-		if sample[0].Value.Kind() != metrics.KindUint64 {
+		live, ok := read()[liveHeapMetric]
+		if !ok {
 			return
 		}
 		// SetGCPercent stops the world briefly: only a real change is worth it.
-		want := gcPercentFor(sample[0].Value.Uint64(), headroom)
+		want := gcPercentFor(live, headroom)
 		if want-current >= 5 || current-want >= 5 || want == 100 && current != 100 {
 			debug.SetGCPercent(want)
 			current = want
 		}
+		if operatorLimit {
+			return
+		}
+		// Read again: the goal is the one GOGC just set.
+		m := read()
+		heap := m[releasedMetric] + m[freeMetric] + m[heapObjectsMetric]
+		if m[heapGoalMetric] == 0 || heap > m[mappedMetric] {
+			return
+		}
+		debug.SetMemoryLimit(int64(memoryLimitFor(m[heapGoalMetric], m[mappedMetric]-heap)))
+		limited = true
 	}, func() {
 		if current != 100 {
 			debug.SetGCPercent(100)
+		}
+		if limited {
+			debug.SetMemoryLimit(math.MaxInt64)
 		}
 	})
 	return true

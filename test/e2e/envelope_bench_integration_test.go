@@ -129,7 +129,10 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 		return "kube_routerd_netpol_iptables_rules"
 	})
 
+	churnFrom, churnStart := procCPU(b, pid), time.Now()
 	events, requests, syncs := churn(b, cs, node, size)
+	// What the syncs and the collector cost under churn, as a share of one core.
+	churnCPU := 100 * (procCPU(b, pid) - churnFrom).Seconds() / time.Since(churnStart).Seconds()
 	burstSyncs, burstChanges, deleted, burstHWM := burst(b, cs, node, size, pid)
 
 	peakRSS := procMemMiB(b, pid, "VmHWM")
@@ -203,6 +206,7 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(events, "churn-watch-events/min")
 	b.ReportMetric(requests, "churn-api-requests/min")
 	b.ReportMetric(syncs, "churn-syncs/min")
+	b.ReportMetric(churnCPU, "churn-cpu-%")
 	b.ReportMetric(float64(burstChanges), "burst-changes")
 	b.ReportMetric(float64(deleted), "burst-deleted-pods")
 	b.ReportMetric(float64(burstSyncs), "burst-syncs")
