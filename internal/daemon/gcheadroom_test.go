@@ -32,14 +32,14 @@ func TestGCPercentCapsTheHeadroom(t *testing.T) {
 }
 
 // TestCapGCHeadroomFollowsTheLiveHeap runs the cap on this process's own collector: a
-// live heap four times the headroom brings GOGC down to the floor (within the 5
+// live heap eight times the headroom brings GOGC down to the floor (within the 5
 // points the cap ignores), freeing it brings Go's default back, and so does the end
 // of the context while the heap is still large.
 func TestCapGCHeadroomFollowsTheLiveHeap(t *testing.T) {
 	unsetGOGC(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 16<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	capped := func(p int) bool { return p < minGCPercent+5 }
@@ -79,7 +79,7 @@ func TestCapGCHeadroomSetsAMemoryLimitAboveTheGoal(t *testing.T) {
 	t.Cleanup(func() { debug.SetMemoryLimit(math.MaxInt64) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 16<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	held := hold(64)
@@ -99,7 +99,7 @@ func TestCapGCHeadroomLeavesTheOperatorsMemoryLimit(t *testing.T) {
 	t.Setenv("GOMEMLIMIT", "1GiB")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 16<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	held := hold(64)
