@@ -133,7 +133,7 @@ func TestInformersStreamTheirListAndCacheCompactPods(t *testing.T) {
 	whole := size.Pod(1)
 	whole.Namespace = ns
 	want := CompactPod(whole)
-	if len(want.IPs) != 1 || len(want.Ports) != 2 || want.Labels["app"] != size.App(1) {
+	if len(want.IPs) != 1 || len(want.Ports()) != 2 || want.Labels["app"] != size.App(1) {
 		t.Fatalf("the workload's pod compacts to %+v", want)
 	}
 	if !got.Equal(want) {

@@ -177,7 +177,7 @@ func hasNamedPort(ports []networkingv1.NetworkPolicyPort) bool {
 // sameExceptLabels reports whether two versions of a pod differ at most in labels.
 func sameExceptLabels(a, b *Pod) bool {
 	return a.NodeName == b.NodeName && a.HostNetwork == b.HostNetwork &&
-		slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Ports, b.Ports)
+		slices.Equal(a.IPs, b.IPs) && slices.Equal(a.Ports(), b.Ports())
 }
 
 // affectsCluster reports whether a pod's change from old to new may change what

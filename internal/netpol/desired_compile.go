@@ -278,7 +278,7 @@ func (b *policyBuilder) namedPortSet(dir string, i, j int, proto corev1.Protocol
 		if !ok {
 			continue
 		}
-		for _, np := range p.Ports {
+		for _, np := range p.Ports() {
 			if np.Name == name && (proto == "" || np.Protocol == proto) {
 				entries[fmt.Sprintf("%s,%s:%d", ip, strings.ToLower(string(np.Protocol)), np.Port)] = struct{}{}
 			}

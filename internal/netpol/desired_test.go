@@ -35,8 +35,8 @@ func fixture() *index {
 		idx.Namespaces[ns.Name] = ns
 	}
 	pod := func(ns, name, ip, nodeName string, labels map[string]string, ports ...NamedPort) {
-		idx.SetPod(&Pod{Namespace: ns, Name: name, Labels: labels, NodeName: nodeName,
-			IPs: []netip.Addr{netip.MustParseAddr(ip)}, Ports: ports})
+		idx.SetPod((&Pod{Namespace: ns, Name: name, Labels: labels, NodeName: nodeName,
+			IPs: []netip.Addr{netip.MustParseAddr(ip)}}).WithPorts(ports))
 	}
 	pod("x", "a", "10.0.1.1", node, map[string]string{"app": "a"},
 		NamedPort{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}, NamedPort{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53})

@@ -46,7 +46,7 @@ func FuzzCompilePolicy(f *testing.F) {
 				Spec:       corev1.PodSpec{NodeName: nodeName},
 				Status:     corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip},
 			}); p != nil {
-				p.Ports = ports
+				p.WithPorts(ports)
 				idx.SetPod(p)
 			}
 		}

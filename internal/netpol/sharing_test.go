@@ -73,8 +73,8 @@ func TestIngressNamedPortsDoNotListThePeers(t *testing.T) {
 		idx := newIndex(node)
 		idx.Namespaces["app"] = &Namespace{Name: "app", Labels: l("ns", "app")}
 		idx.Namespaces["team"] = &Namespace{Name: "team", Labels: l("team", "a")}
-		idx.SetPod(&Pod{Namespace: "app", Name: "web", NodeName: node, Labels: l("app", "web"),
-			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Ports: []k8s.NamedPort{{Name: "http", Port: 8080}}})
+		idx.SetPod((&Pod{Namespace: "app", Name: "web", NodeName: node, Labels: l("app", "web"),
+			IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}).WithPorts([]k8s.NamedPort{{Name: "http", Port: 8080}}))
 		for i := range peerPods {
 			idx.SetPod(&Pod{Namespace: "team", Name: "p" + strconv.Itoa(i), NodeName: "elsewhere",
 				IPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})}})
