@@ -124,10 +124,14 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 		relabelPeer(b, cs, size, n)
 		return "kube_routerd_netpol_ipset_entries"
 	})
+	// Where a policy change's sync goes: the five changes take about 2 s.
+	policyProfiled := benchfig.CPUProfile(b, nodeClient(node), cpuProfileURL, 3,
+		fmt.Sprintf("daemon-policy-cpu-%dpods.pprof", size.Pods), "the policy changes")
 	policy, policySync := medianLatency(b, node, 5, func(n int) string {
 		addPolicyPort(b, cs, size, n)
 		return "kube_routerd_netpol_iptables_rules"
 	})
+	policyProfiled()
 
 	churnFrom, churnStart := procCPU(b, pid), time.Now()
 	events, requests, syncs := churn(b, cs, node, size)
@@ -151,8 +155,8 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 		floor, floorCPU, floorControlPlaneCPU = bareInformersSync(b, rc, controlPlane)
 	}
 	// The profile's 4 s fit the node client's timeout.
-	profiled := benchfig.StartupCPUProfile(b, nodeClient(node), "http://127.0.0.1:6060/debug/pprof/profile", 4,
-		fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods))
+	profiled := benchfig.CPUProfile(b, nodeClient(node), cpuProfileURL, 4,
+		fmt.Sprintf("daemon-restart-cpu-%dpods.pprof", size.Pods), "the restart")
 	cpuBefore = procsCPU(b, controlPlane)
 	restartReady := d.StartReady(10 * time.Minute)
 	restartControlPlaneCPU := procsCPU(b, controlPlane) - cpuBefore
@@ -213,6 +217,9 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	// Lines our kernel state differs by after a restart (0: no change was lost).
 	b.ReportMetric(float64(strings.Count(lost, "\n")), "restart-diff-lines")
 }
+
+// cpuProfileURL is the daemon's CPU profile endpoint, on the node's loopback.
+const cpuProfileURL = "http://127.0.0.1:6060/debug/pprof/profile"
 
 // heapProfile writes the daemon's heap profile at phase (after a collection) to
 // $KUBEROUTERD_BENCH_OUT, if set.

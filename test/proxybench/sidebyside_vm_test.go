@@ -130,8 +130,8 @@ func (w *workload) run(b *testing.B, c contender, changes int) figures {
 	p := startProcess(b, node, c.name, filepath.Join(dir, c.name+".log"), argv)
 	profiled := func() {}
 	if c.profileURL != "" {
-		profiled = benchfig.StartupCPUProfile(b, metrics, c.profileURL, startupProfileSeconds,
-			fmt.Sprintf("%s-startup-cpu-%dservices.pprof", c.name, n))
+		profiled = benchfig.CPUProfile(b, metrics, c.profileURL, startupProfileSeconds,
+			fmt.Sprintf("%s-startup-cpu-%dservices.pprof", c.name, n), c.name+"'s start")
 	}
 
 	var f figures

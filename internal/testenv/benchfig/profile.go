@@ -10,12 +10,12 @@ import (
 	"time"
 )
 
-// StartupCPUProfile writes a CPU profile of a process's first seconds to
-// $KUBEROUTERD_BENCH_OUT/name, if that is set: call it as the process starts, and
-// what it returns once the measured start is over. It asks url (a net/http/pprof
-// profile endpoint, reached through client) every few milliseconds until the process
-// answers, for up to a minute.
-func StartupCPUProfile(b *testing.B, client *http.Client, url string, seconds int, name string) (wait func()) {
+// CPUProfile writes a CPU profile of the next seconds of a process, what they are
+// (for the log), to $KUBEROUTERD_BENCH_OUT/name, if that is set: call it as the
+// measured phase starts (a process's start too), and what it returns once the phase
+// is over. It asks url (a net/http/pprof profile endpoint, reached through client)
+// every few milliseconds until the process answers, for up to a minute.
+func CPUProfile(b *testing.B, client *http.Client, url string, seconds int, name, what string) (wait func()) {
 	dir := os.Getenv("KUBEROUTERD_BENCH_OUT")
 	if dir == "" {
 		return func() {}
@@ -37,13 +37,13 @@ func StartupCPUProfile(b *testing.B, client *http.Client, url string, seconds in
 				err = os.WriteFile(filepath.Join(dir, name), profile, 0o644)
 			}
 			if err != nil {
-				done <- fmt.Sprintf("start-up CPU profile %s: %v", name, err)
+				done <- fmt.Sprintf("CPU profile %s: %v", name, err)
 			} else {
-				done <- fmt.Sprintf("CPU profile of the first %d s: %s", seconds, filepath.Join(dir, name))
+				done <- fmt.Sprintf("CPU profile of %s (%d s): %s", what, seconds, filepath.Join(dir, name))
 			}
 			return
 		}
-		done <- fmt.Sprintf("start-up CPU profile %s: %s did not answer within a minute", name, url)
+		done <- fmt.Sprintf("CPU profile %s: %s did not answer within a minute", name, url)
 	}()
 	return func() {
 		b.Helper()
