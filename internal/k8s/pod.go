@@ -31,7 +31,8 @@ type Pod struct {
 	// IPs are status.podIPs (else status.podIP), unmapped; unparsable ones are left out.
 	IPs []netip.Addr
 	// ipText is IPs as text, joined by commas, made once: every set that lists the
-	// pod shares its bytes. One string, not a slice of them: 40 bytes less a pod.
+	// pod shares its bytes. One string, not a slice of them: no slice header and no
+	// array behind it in every cached pod.
 	ipText string
 
 	// shape holds the named ports, and keeps the interned Namespace and Labels alive
