@@ -125,3 +125,64 @@ func TestIndexKeepsItsNodesPodsSorted(t *testing.T) {
 		t.Errorf("the index holds %d positions, want only n1's one pod's", len(idx.local.pos))
 	}
 }
+
+// A policy that selects no pod of this node needs neither its chains nor its sets
+// here: nothing jumps to them. They come with its first local pod and go with its
+// last.
+func TestPolicySelectingNoLocalPodIsLeftOut(t *testing.T) {
+	idx, o := fixture(), opts()
+	// y/c is y's only app=c pod, and it runs on another node.
+	remote := policy("y", "remote", l("app", "c"), ingress(nil, pods(l("app", "b"))))
+	local := policy("x", "local", l("app", "a"), ingress(nil, pods(l("app", "b"))))
+	asm := newAssembler(o)
+	has := func(d *Desired, cp *compiledPolicy) (chains, sets int) {
+		for _, c := range d.Chains {
+			for _, own := range cp.Chains {
+				if c.Name == own.Name {
+					chains++
+				}
+			}
+		}
+		for _, s := range d.Sets {
+			for _, own := range cp.Sets {
+				if s.Name == own.Name {
+					sets++
+				}
+			}
+		}
+		return chains, sets
+	}
+
+	remoteCP, localCP := compilePolicy(remote, idx, o), compilePolicy(local, idx, o)
+	d := asm.Assemble([]*compiledPolicy{remoteCP, localCP}, idx)
+	if chains, _ := has(d, remoteCP); chains != 0 {
+		t.Errorf("a policy selecting only another node's pod has %d chains here", chains)
+	}
+	if chains, sets := has(d, localCP); chains != 1 || sets != 1 {
+		t.Errorf("the policy selecting local pods has %d chains and %d sets, want 1 and 1", chains, sets)
+	}
+	// Both admit app=b of their namespaces; y has none, so the remote policy's set
+	// is its own, and must not be written.
+	if _, sets := has(d, remoteCP); sets != 0 || asm.holds(remoteCP.Sets[0].Name) {
+		t.Errorf("the set of a policy selecting only another node's pod is written here")
+	}
+
+	arrived := *idx.Pod("y", "c")
+	arrived.Name, arrived.NodeName, arrived.IPs = "local-c", node, []netip.Addr{mustAddr("10.0.2.9")}
+	idx.SetPod(&arrived)
+	remoteCP = compilePolicy(remote, idx, o)
+	d = asm.Assemble([]*compiledPolicy{remoteCP, localCP}, idx)
+	if chains, sets := has(d, remoteCP); chains != 1 || sets != 1 {
+		t.Errorf("with a local pod selected the policy has %d chains and %d sets, want 1 and 1", chains, sets)
+	}
+
+	idx.DeletePod("y", "local-c")
+	remoteCP = compilePolicy(remote, idx, o)
+	d = asm.Assemble([]*compiledPolicy{remoteCP, localCP}, idx)
+	if chains, sets := has(d, remoteCP); chains != 0 || sets != 0 {
+		t.Errorf("after its last local pod left the policy has %d chains and %d sets here", chains, sets)
+	}
+	if !reflect.DeepEqual(d, assemble([]*compiledPolicy{remoteCP, localCP}, idx, o)) {
+		t.Error("the assembler and a fresh assemble disagree")
+	}
+}

@@ -507,12 +507,13 @@ func (c *Controller) syncSetsOnly(changedPods []podChange) (done bool, err error
 	details.LastApply = map[ipfamily.Family]netfilter.Stats{}
 	applyStart := time.Now()
 	for i, fs := range c.families {
-		// Policies with the same peers share a set: each once.
+		// Policies with the same peers share a set: each once. Sets of policies that
+		// select no local pod are not in the kernel (Assemble leaves them out).
 		var sets []ipset.SetEntries
 		seen := map[string]bool{}
 		for _, u := range updates[i] {
 			for _, s := range u.sets {
-				if !seen[s.Name] {
+				if !seen[s.Name] && fs.asm.holds(s.Name) {
 					seen[s.Name] = true
 					sets = append(sets, s)
 				}
