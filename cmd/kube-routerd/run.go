@@ -33,7 +33,8 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return fmt.Errorf("creating the policy.networking.k8s.io client: %w", err)
 	}
-	daemon.CapGCHeadroom(ctx, uint64(cfg.Memory.GCHeadroomMiB)<<20, slog.Default())
+	listed := make(chan struct{})
+	daemon.CapGCHeadroom(ctx, uint64(cfg.Memory.GCHeadroomMiB)<<20, listed, slog.Default())
 	registry := daemon.NewRegistry()
 	env := daemon.Env{
 		Client:       client,
@@ -69,6 +70,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 			if err := startInformers(ctx, env); err != nil {
 				return err
 			}
+			close(listed)
 			return tk.Adopt(ctx)
 		},
 	}, controllers...)

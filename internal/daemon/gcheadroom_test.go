@@ -39,7 +39,7 @@ func TestCapGCHeadroomFollowsTheLiveHeap(t *testing.T) {
 	unsetGOGC(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, listed(), slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	capped := func(p int) bool { return p < minGCPercent+5 }
@@ -79,7 +79,7 @@ func TestCapGCHeadroomSetsAMemoryLimitAboveTheGoal(t *testing.T) {
 	t.Cleanup(func() { debug.SetMemoryLimit(math.MaxInt64) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, listed(), slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	held := hold(64)
@@ -94,12 +94,33 @@ func TestCapGCHeadroomSetsAMemoryLimitAboveTheGoal(t *testing.T) {
 	waitFor(t, "no memory limit once the context ended", func() bool { return debug.SetMemoryLimit(-1) == math.MaxInt64 })
 }
 
+// TestCapGCHeadroomSetsNoMemoryLimitWhileListing: until the informers have listed,
+// GOGC is capped but no memory limit is set.
+func TestCapGCHeadroomSetsNoMemoryLimitWhileListing(t *testing.T) {
+	unsetGOGC(t)
+	t.Cleanup(func() { debug.SetMemoryLimit(math.MaxInt64) })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	listing := make(chan struct{})
+	if !CapGCHeadroom(ctx, 8<<20, listing, slog.New(slog.DiscardHandler)) {
+		t.Fatal("the cap did not start")
+	}
+	held := hold(64)
+	waitForGOGC(t, "capped", func(p int) bool { return p < minGCPercent+5 })
+	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
+		t.Errorf("memory limit %d MiB set while the informers list", limit>>20)
+	}
+	close(listing)
+	waitFor(t, "a memory limit once listed", func() bool { return debug.SetMemoryLimit(-1) != math.MaxInt64 })
+	runtime.KeepAlive(held)
+}
+
 func TestCapGCHeadroomLeavesTheOperatorsMemoryLimit(t *testing.T) {
 	unsetGOGC(t)
 	t.Setenv("GOMEMLIMIT", "1GiB")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if !CapGCHeadroom(ctx, 8<<20, slog.New(slog.DiscardHandler)) {
+	if !CapGCHeadroom(ctx, 8<<20, listed(), slog.New(slog.DiscardHandler)) {
 		t.Fatal("the cap did not start")
 	}
 	held := hold(64)
@@ -112,13 +133,20 @@ func TestCapGCHeadroomLeavesTheOperatorsMemoryLimit(t *testing.T) {
 
 func TestCapGCHeadroomLeavesTheOperatorsGOGC(t *testing.T) {
 	t.Setenv("GOGC", "100")
-	if CapGCHeadroom(context.Background(), 1, slog.New(slog.DiscardHandler)) {
+	if CapGCHeadroom(context.Background(), 1, listed(), slog.New(slog.DiscardHandler)) {
 		t.Error("the cap started with GOGC set in the environment")
 	}
 	unsetGOGC(t)
-	if CapGCHeadroom(context.Background(), 0, slog.New(slog.DiscardHandler)) {
+	if CapGCHeadroom(context.Background(), 0, listed(), slog.New(slog.DiscardHandler)) {
 		t.Error("the cap started with no headroom configured")
 	}
+}
+
+// listed returns a closed channel: the informers have listed.
+func listed() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }
 
 func unsetGOGC(t *testing.T) {
