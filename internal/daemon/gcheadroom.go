@@ -72,26 +72,18 @@ func CapGCHeadroom(ctx context.Context, headroom uint64, listed <-chan struct{},
 		return false
 	}
 	_, operatorLimit := os.LookupEnv("GOMEMLIMIT")
-	samples := []metrics.Sample{{Name: liveHeapMetric}, {Name: heapGoalMetric}, {Name: mappedMetric},
-		{Name: releasedMetric}, {Name: freeMetric}, {Name: heapObjectsMetric}}
-	read := func() map[string]uint64 {
-		metrics.Read(samples)
-		values := make(map[string]uint64, len(samples))
-		for _, s := range samples {
-			if s.Value.Kind() == metrics.KindUint64 {
-				values[s.Name] = s.Value.Uint64()
-			}
-		}
-		return values
-	}
+	live := []metrics.Sample{{Name: liveHeapMetric}}
+	// Read after GOGC is set: the goal is the one it gives.
+	memory := []metrics.Sample{{Name: heapGoalMetric}, {Name: mappedMetric}, {Name: releasedMetric},
+		{Name: freeMetric}, {Name: heapObjectsMetric}}
 	current, limited := 100, false
 	afterEveryGC(ctx, func() {
-		live, ok := read()[liveHeapMetric]
-		if !ok {
+		metrics.Read(live)
+		if live[0].Value.Kind() != metrics.KindUint64 {
 			return
 		}
 		// SetGCPercent stops the world briefly: only a real change is worth it.
-		want := gcPercentFor(live, headroom)
+		want := gcPercentFor(live[0].Value.Uint64(), headroom)
 		if want-current >= 5 || current-want >= 5 || want == 100 && current != 100 {
 			debug.SetGCPercent(want)
 			current = want
@@ -104,13 +96,19 @@ func CapGCHeadroom(ctx context.Context, headroom uint64, listed <-chan struct{},
 		default:
 			return
 		}
-		// Read again: the goal is the one GOGC just set.
-		m := read()
-		heap := m[releasedMetric] + m[freeMetric] + m[heapObjectsMetric]
-		if m[heapGoalMetric] == 0 || heap > m[mappedMetric] {
+		metrics.Read(memory)
+		var v [5]uint64
+		for i, s := range memory {
+			if s.Value.Kind() != metrics.KindUint64 {
+				return
+			}
+			v[i] = s.Value.Uint64()
+		}
+		goal, mapped, heap := v[0], v[1], v[2]+v[3]+v[4]
+		if goal == 0 || heap > mapped {
 			return
 		}
-		debug.SetMemoryLimit(int64(memoryLimitFor(m[heapGoalMetric], m[mappedMetric]-heap)))
+		debug.SetMemoryLimit(int64(memoryLimitFor(goal, mapped-heap)))
 		limited = true
 	}, func() {
 		if current != 100 {
