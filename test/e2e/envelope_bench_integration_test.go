@@ -120,14 +120,14 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	idle := procCPU(b, pid) - idleFrom
 	idleSyncs := syncCount(samples(b, node)) - idleSyncsFrom
 
-	podLabel, podLabelSync := medianLatency(b, node, 5, func(n int) string {
+	podLabel := medianLatency(b, node, 5, func(n int) string {
 		relabelPeer(b, cs, size, n)
 		return "kube_routerd_netpol_ipset_entries"
 	})
 	// Where a policy change's sync goes: the five changes take about 2 s.
 	policyProfiled := benchfig.CPUProfile(b, nodeClient(node), cpuProfileURL, 3,
 		fmt.Sprintf("daemon-policy-cpu-%dpods.pprof", size.Pods), "the policy changes")
-	policy, policySync := medianLatency(b, node, 5, func(n int) string {
+	policy := medianLatency(b, node, 5, func(n int) string {
 		addPolicyPort(b, cs, size, n)
 		return "kube_routerd_netpol_iptables_rules"
 	})
@@ -194,6 +194,9 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(atReady["go_memstats_heap_inuse_bytes"]/(1<<20), "ready-heap-inuse-MiB")
 	b.ReportMetric(liveHeap, "ready-live-heap-MiB")
 	b.ReportMetric(atReady["go_gc_gogc_percent"], "ready-gogc-%")
+	// What node 0's kernel holds for its own pods' policies.
+	b.ReportMetric(sumOf(atReady, "kube_routerd_netpol_iptables_rules", ""), "ready-netpol-rules")
+	b.ReportMetric(sumOf(atReady, "kube_routerd_netpol_ipsets", ""), "ready-netpol-sets")
 	b.ReportMetric(startupPeakRSS, "ready-peak-rss-MiB")
 	b.ReportMetric(peakRSS, "peak-rss-MiB")
 	b.ReportMetric(burstHWM, "burst-peak-rss-MiB")
@@ -202,11 +205,12 @@ func BenchmarkNodeInTheEnvelope(b *testing.B) {
 	b.ReportMetric(100*idle.Seconds()/idleWindow.Seconds(), "idle-cpu-%")
 	// Syncs of any controller in that window: what the idle CPU went into.
 	b.ReportMetric(idleSyncs, "idle-syncs")
-	b.ReportMetric(podLabel, "pod-label-ms")
-	b.ReportMetric(policy, "policy-ms")
+	b.ReportMetric(podLabel.total, "pod-label-ms")
+	b.ReportMetric(policy.total, "policy-ms")
 	// The daemon's own sync time within those (the rest is the API server's).
-	b.ReportMetric(podLabelSync, "pod-label-sync-ms")
-	b.ReportMetric(policySync, "policy-sync-ms")
+	b.ReportMetric(podLabel.sync, "pod-label-sync-ms")
+	b.ReportMetric(policy.sync, "policy-sync-ms")
+	b.ReportMetric(policy.apply, "policy-apply-ms")
 	b.ReportMetric(events, "churn-watch-events/min")
 	b.ReportMetric(requests, "churn-api-requests/min")
 	b.ReportMetric(syncs, "churn-syncs/min")
@@ -362,14 +366,25 @@ func parallel(b testing.TB, n int, fn func(i int) error) {
 
 const netpolSynced = `kube_routerd_last_successful_sync_timestamp_seconds{controller="netpol"}`
 
+// changeLatency is the median of a few changes made one at a time, in ms: from the
+// API write to the kernel, and the daemon's part of it (its network policy syncs,
+// and the kernel writes within them).
+type changeLatency struct{ total, sync, apply float64 }
+
 // medianLatency makes n changes one at a time, each moving the returned gauge of
 // the daemon's metrics. A change's latency runs from its API write to the end of
-// the network policy sync that moved the gauge (that sync's timestamp). It also
-// returns the median time the daemon's syncs in each change's window took, which
-// tells the daemon's share from the API server's write and watch delivery.
-func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (gauge string)) (latencyMs, syncMs float64) {
+// the network policy sync that moved the gauge (that sync's timestamp). The syncs'
+// and their apply phases' times in each change's window tell the daemon's share
+// from the API server's write and watch delivery.
+func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (gauge string)) changeLatency {
 	const syncSum, syncCount = "kube_routerd_sync_duration_seconds_sum", "kube_routerd_sync_duration_seconds_count"
-	var ms, syncs []float64
+	const phaseSum, phaseCount = "kube_routerd_netpol_sync_phase_duration_seconds_sum", "kube_routerd_netpol_sync_phase_duration_seconds_count"
+	// perSync is the mean of a duration histogram's observations between two scrapes, in ms.
+	perSync := func(before, after map[string]float64, sum, count, filter string) (float64, bool) {
+		c := sumOf(after, count, filter) - sumOf(before, count, filter)
+		return 1000 * (sumOf(after, sum, filter) - sumOf(before, sum, filter)) / c, c > 0
+	}
+	var ms, syncs, applies []float64
 	for i := range n {
 		before := samples(b, node)
 		written := time.Now()
@@ -379,8 +394,11 @@ func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (ga
 			v := samples(b, node)
 			if sumOf(v, gauge, "") != sumOf(before, gauge, "") {
 				ms = append(ms, 1000*v[netpolSynced]-float64(written.UnixMicro())/1000)
-				if count := sumOf(v, syncCount, `controller="netpol"`) - sumOf(before, syncCount, `controller="netpol"`); count > 0 {
-					syncs = append(syncs, 1000*(sumOf(v, syncSum, `controller="netpol"`)-sumOf(before, syncSum, `controller="netpol"`))/count)
+				if d, ok := perSync(before, v, syncSum, syncCount, `controller="netpol"`); ok {
+					syncs = append(syncs, d)
+				}
+				if d, ok := perSync(before, v, phaseSum, phaseCount, `phase="apply"`); ok {
+					applies = append(applies, d)
 				}
 				break
 			}
@@ -398,7 +416,7 @@ func medianLatency(b *testing.B, node *netns.Node, n int, change func(n int) (ga
 		slices.Sort(xs)
 		return xs[len(xs)/2]
 	}
-	return median(ms), median(syncs)
+	return changeLatency{total: median(ms), sync: median(syncs), apply: median(applies)}
 }
 
 // peerToRelabel is a backend pod on another node in the namespace of policy 0,
