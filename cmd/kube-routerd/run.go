@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"runtime"
+	"runtime/debug"
 	"time"
 
 	policyclient "sigs.k8s.io/network-policy-api/pkg/client/clientset/versioned"
@@ -70,7 +70,14 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 			if err := startInformers(ctx, env); err != nil {
 				return err
 			}
+			// The lists leave garbage the size of a cache (client-go's temporary
+			// stores, the decoded objects). Collected and handed back now, before the
+			// first syncs build on the heap, the collector's goal follows what the
+			// caches hold, not what the lists held at their end; and the collection
+			// comes after listed is closed, so the memory limit is set from it on
+			// (CapGCHeadroom), instead of from whenever the next one comes.
 			close(listed)
+			debug.FreeOSMemory()
 			return tk.Adopt(ctx)
 		},
 	}, controllers...)
@@ -102,11 +109,6 @@ func startInformers(ctx context.Context, env daemon.Env) error {
 				}
 			}
 			slog.Info("informer caches synced", "took", time.Since(start).Round(time.Millisecond))
-			// The lists leave garbage the size of a cache (client-go's temporary
-			// stores, the decoded objects): collected now, before the first syncs
-			// build on the heap, the collector's goal follows what the caches hold,
-			// not what the lists held at their end.
-			runtime.GC()
 			return nil
 		case <-tick.C:
 			slog.Warn("still waiting for the API server to list objects", "waited", time.Since(start).Round(time.Second))

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -179,6 +180,10 @@ func TestDaemonRoutesPoliciesRestartsAndCleansUp(t *testing.T) {
 	daemonB := setupDaemon(t, nodeB, rc, "")
 	daemonA.StartReady(readyTimeout)
 	daemonB.StartReady(readyTimeout)
+	// The soft memory limit follows the heap's goal once the informers have listed.
+	if limit := metric(t, nodeA, "go_gc_gomemlimit_bytes"); limit >= math.MaxInt64 {
+		t.Errorf("no memory limit at READY (go_gc_gomemlimit_bytes %v)", limit)
+	}
 
 	// BGP: each node learns the other's pod CIDR, and pods talk across nodes.
 	target := netip.AddrPortFrom(podA.IPv4, 8080)
