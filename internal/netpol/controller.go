@@ -477,8 +477,21 @@ func (c *Controller) syncSetsOnly(changedPods []podChange) (done bool, err error
 		if !fs.opts.hasLocalPods(c.idx) {
 			continue // nothing compiled, and no local pod changed
 		}
-		consider := func(key string, compile func() *compiledPolicy) bool {
+		// consider recompiles a policy the pods touch; false sends the sync to the
+		// full path.
+		consider := func(key string, touched func() bool, compile func() *compiledPolicy) bool {
 			old := fs.compiled[key]
+			if old != nil && len(old.Targets) == 0 {
+				// It selects no pod of this node, so it has nothing in this kernel
+				// (Assemble leaves it out), and another node's pod cannot give it a
+				// target here. It is compiled again by the full path, which a local pod
+				// it selects, a change of it or of a namespace takes. At the envelope a
+				// remote pod's change met about 50 policies, 2 of them with local targets.
+				return true
+			}
+			if !touched() {
+				return true
+			}
 			if old == nil {
 				return false
 			}
@@ -490,12 +503,14 @@ func (c *Controller) syncSetsOnly(changedPods []podChange) (done bool, err error
 			return ok
 		}
 		for _, p := range candidates {
-			if c.touches(p, changedPods) && !consider(p.Namespace+"/"+p.Name, func() *compiledPolicy { return compilePolicy(p, c.idx, fs.opts) }) {
+			if !consider(p.Namespace+"/"+p.Name, func() bool { return c.touches(p, changedPods) },
+				func() *compiledPolicy { return compilePolicy(p, c.idx, fs.opts) }) {
 				return false, nil
 			}
 		}
 		for _, p := range clusterPolicies {
-			if c.touchesCluster(p, changedPods) && !consider(clusterKey(p.Name), func() *compiledPolicy { return compileCluster(p, c.idx, fs.opts) }) {
+			if !consider(clusterKey(p.Name), func() bool { return c.touchesCluster(p, changedPods) },
+				func() *compiledPolicy { return compileCluster(p, c.idx, fs.opts) }) {
 				return false, nil
 			}
 		}

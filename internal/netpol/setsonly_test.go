@@ -8,6 +8,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/ipset"
 	"github.com/kube-routerd/kube-routerd/internal/dataplane/iptables"
@@ -98,6 +100,80 @@ func TestRemotePodChangesWriteSetMembersWithoutRestore(t *testing.T) {
 		if want := bc.c.Details().(Details).Entries; entries != want || entriesGauge != float64(want) {
 			t.Errorf("change %d (%s): set entries counted %d in status and %v in metrics, want %d", n, step.name, entries, entriesGauge, want)
 		}
+	}
+}
+
+// A policy that selects no pod of this node is not compiled again when another
+// node's pod changes its peers (it has nothing in this kernel), and once a local pod
+// it selects arrives, the full path compiles it from the pods as they are then.
+func TestRemotePodChangesLeavePoliciesWithoutLocalPodsAlone(t *testing.T) {
+	ctx := t.Context()
+	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
+	bc := newBenchController(t, 2, Dataplane{IPTables: []iptables.Interface{ipt}, IPSets: sets})
+	bc.addClusterPolicies(t, 0)
+	// Its peers are app-3's pods, by a selector of its own (a set no other policy shares).
+	app3 := networkingv1.NetworkPolicyPeer{PodSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+		{Key: "app", Operator: metav1.LabelSelectorOpIn, Values: []string{"app-3"}}}}}
+	elsewhere := policy("ns-0", "elsewhere", map[string]string{"app": "elsewhere"}, ingress(nil, app3))
+	must(t, bc.factory.Networking().V1().NetworkPolicies().Informer().GetIndexer().Add(elsewhere))
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	fs := bc.c.families[0]
+	compiled := fs.compiled["ns-0/elsewhere"]
+	if compiled == nil || len(compiled.Targets) != 0 {
+		t.Fatalf("the policy is compiled as %+v, want it compiled without local targets", compiled)
+	}
+
+	// A pod of another node leaves app-3: the local policies with app-3 peers get
+	// their set members written, this one is not compiled.
+	peer := benchPod(0, benchLocalPerNS+3)
+	peer.Labels["app"] = "app-7"
+	must(t, bc.factory.Core().V1().Pods().Informer().GetIndexer().Update(peer))
+	bc.c.changes.Mark(changed{key: "ns-0/" + peer.Name})
+	assembled := fs.asm.last
+	if _, err := bc.c.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if fs.asm.last != assembled {
+		t.Fatal("a remote pod's relabel took the full path")
+	}
+	if st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]; st.EntriesChanged == 0 {
+		t.Error("no set member moved: the local policies with app-3 peers should have lost the pod")
+	}
+	if fs.compiled["ns-0/elsewhere"] != compiled {
+		t.Error("the policy without local targets was compiled again for a remote pod")
+	}
+
+	// A local pod it selects arrives: it is compiled, without the pod that left app-3,
+	// and the kernel is what a full recompile makes of the caches.
+	local := benchPod(0, 0)
+	local.Name, local.Labels = "elsewhere-here", map[string]string{"app": "elsewhere"}
+	local.Status.PodIPs = []corev1.PodIP{{IP: "10.127.0.1"}}
+	must(t, bc.factory.Core().V1().Pods().Informer().GetIndexer().Add(local))
+	bc.c.changes.Mark(changed{key: "ns-0/" + local.Name})
+	if _, err := bc.c.sync(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	now := fs.compiled["ns-0/elsewhere"]
+	if len(now.Targets) != 1 || len(now.Sets) != 1 {
+		t.Fatalf("with its local pod the policy compiled to %d targets and %d sets, want 1 and 1", len(now.Targets), len(now.Sets))
+	}
+	peerIP := peer.Status.PodIPs[0].IP
+	held, err := sets.List(now.Sets[0].Name)
+	if err != nil {
+		t.Fatalf("its peer set is not in the kernel: %v", err)
+	}
+	if slices.Contains(held.Entries, peerIP) || len(held.Entries) == 0 {
+		t.Errorf("its peer set holds %v: want app-3's pods, without %s", held.Entries, peerIP)
+	}
+	restores := len(ipt.Restores)
+	bc.c.changes.MarkAll()
+	if _, err := bc.c.sync(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if st := bc.c.Details().(Details).LastApply[ipfamily.IPv4]; len(ipt.Restores) != restores || st.EntriesChanged != 0 || st.Drifted != 0 {
+		t.Errorf("a full recompile still wrote: %+v, %d restores", st, len(ipt.Restores)-restores)
 	}
 }
 
