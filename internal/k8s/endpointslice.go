@@ -156,7 +156,7 @@ func knownAddressType(t discoveryv1.AddressType) discoveryv1.AddressType {
 
 // endpointPorts holds the port lists of slices: most Services of a cluster expose
 // the same few.
-var endpointPorts internTable[[]EndpointPort]
+var endpointPorts internTable[string, []EndpointPort]
 
 // internPorts returns the shared list of ports.
 func internPorts(ports []discoveryv1.EndpointPort) *[]EndpointPort {
@@ -184,11 +184,11 @@ func internPorts(ports []discoveryv1.EndpointPort) *[]EndpointPort {
 		b.WriteString(strconv.Itoa(int(p.Port)))
 		b.WriteByte(0)
 	}
-	return endpointPorts.get(b.String(), func() *[]EndpointPort { return &list })
+	return endpointPorts.get(b.String(), nil, func() *[]EndpointPort { return &list })
 }
 
 // endpointHints holds the hints of endpoints: one per zone (or node) hinted.
-var endpointHints internTable[discoveryv1.EndpointHints]
+var endpointHints internTable[string, discoveryv1.EndpointHints]
 
 // internHints returns the shared copy of h; hints naming no zone and no node read
 // as none, so they are nil.
@@ -204,7 +204,7 @@ func internHints(h *discoveryv1.EndpointHints) *discoveryv1.EndpointHints {
 	for _, n := range h.ForNodes {
 		b.WriteString("n" + n.Name + "\x00")
 	}
-	return endpointHints.get(b.String(), func() *discoveryv1.EndpointHints {
+	return endpointHints.get(b.String(), nil, func() *discoveryv1.EndpointHints {
 		c := &discoveryv1.EndpointHints{}
 		for _, z := range h.ForZones {
 			c.ForZones = append(c.ForZones, discoveryv1.ForZone{Name: z.Name})

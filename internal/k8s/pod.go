@@ -1,10 +1,10 @@
 package k8s
 
 import (
+	"hash/maphash"
 	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -154,12 +154,21 @@ type podShape struct {
 	ports     []NamedPort
 }
 
-var podShapes internTable[podShape]
+// podShapes is keyed by a hash of the shape: the canonical text of labels and ports
+// as a key cost about 200 bytes a shape, more than the label map it stood for.
+var podShapes internTable[uint64, podShape]
+
+// shapeSeed keys the hashes of this process: whoever chooses labels cannot choose
+// collisions, and a collision would only leave a shape unshared.
+var shapeSeed = maphash.MakeSeed()
 
 // internShape returns the shared shape with these contents; the caller's values are
 // copied, as they are the caller's to change.
 func internShape(namespace string, labels map[string]string, ports []NamedPort) *podShape {
-	return podShapes.get(shapeKey(namespace, labels, ports), func() *podShape {
+	fits := func(s *podShape) bool {
+		return s.namespace == namespace && maps.Equal(s.labels, labels) && slices.Equal(s.ports, ports)
+	}
+	return podShapes.get(shapeHash(namespace, labels, ports), fits, func() *podShape {
 		s := &podShape{namespace: strings.Clone(namespace), ports: slices.Clip(ports)}
 		if len(labels) > 0 {
 			s.labels = maps.Clone(labels)
@@ -168,31 +177,27 @@ func internShape(namespace string, labels map[string]string, ports []NamedPort) 
 	})
 }
 
-// shapeKey is a canonical form of a shape. Names, label keys and values cannot hold
-// NUL, so NUL separates them.
-func shapeKey(namespace string, labels map[string]string, ports []NamedPort) string {
-	keys := make([]string, 0, len(labels))
-	for k := range labels {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	var b strings.Builder
-	b.WriteString(namespace)
-	b.WriteByte(0)
-	for _, k := range keys {
-		b.WriteString(k)
-		b.WriteByte(0)
-		b.WriteString(labels[k])
-		b.WriteByte(0)
+// shapeHash hashes a canonical form of a shape. Names, label keys and values cannot
+// hold NUL, so NUL separates them.
+func shapeHash(namespace string, labels map[string]string, ports []NamedPort) uint64 {
+	var h maphash.Hash
+	h.SetSeed(shapeSeed)
+	h.WriteString(namespace)
+	h.WriteByte(0)
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		h.WriteString(k)
+		h.WriteByte(0)
+		h.WriteString(labels[k])
+		h.WriteByte(0)
 	}
 	for _, p := range ports {
 		// A port's fields cannot be empty; the extra NUL ends the labels.
-		b.WriteByte(0)
-		b.WriteString(p.Name)
-		b.WriteByte(0)
-		b.WriteString(string(p.Protocol))
-		b.WriteByte(0)
-		b.WriteString(strconv.Itoa(int(p.Port)))
+		h.WriteByte(0)
+		h.WriteString(p.Name)
+		h.WriteByte(0)
+		h.WriteString(string(p.Protocol))
+		h.WriteByte(0)
+		maphash.WriteComparable(&h, p.Port)
 	}
-	return b.String()
+	return h.Sum64()
 }

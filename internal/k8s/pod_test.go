@@ -89,7 +89,7 @@ func TestPodsShareLabelsWhileHeld(t *testing.T) {
 	if labels(first) == labels(other) || other.Labels["tier"] == first.Labels["tier"] {
 		t.Fatal("pods with different labels share a map")
 	}
-	key := shapeKey(first.Namespace, first.Labels, first.Ports())
+	key := shapeHash(first.Namespace, first.Labels, first.Ports())
 	runtime.KeepAlive(second)
 	first, second = nil, nil
 	deadline := time.Now().Add(10 * time.Second)
@@ -106,8 +106,29 @@ func TestPodsShareLabelsWhileHeld(t *testing.T) {
 	runtime.KeepAlive(other)
 }
 
+// TestPodShapeCollisionStaysCorrect checks the table's answer to two shapes under one
+// hash: the second pod gets its own labels, unshared, and the first keeps the entry.
+func TestPodShapeCollisionStaysCorrect(t *testing.T) {
+	var table internTable[uint64, podShape]
+	web := &podShape{namespace: "a", labels: map[string]string{"app": "web"}}
+	db := &podShape{namespace: "a", labels: map[string]string{"app": "db"}}
+	fits := func(want *podShape) func(*podShape) bool {
+		return func(s *podShape) bool { return maps.Equal(s.labels, want.labels) }
+	}
+	if got := table.get(1, fits(web), func() *podShape { return web }); got != web {
+		t.Fatal("the first shape is not the one made")
+	}
+	if got := table.get(1, fits(db), func() *podShape { return db }); got != db {
+		t.Fatalf("a colliding shape got %v, want its own labels", got.labels)
+	}
+	if got := table.get(1, fits(web), func() *podShape { t.Fatal("the first shape was made again"); return nil }); got != web {
+		t.Fatal("the collision replaced the shared shape")
+	}
+	runtime.KeepAlive(web)
+}
+
 // holds reports whether key has an entry.
-func (t *internTable[T]) holds(key string) bool {
+func (t *internTable[K, T]) holds(key K) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	_, ok := t.entries[key]
