@@ -96,6 +96,8 @@ echo "   min_sync_interval 50ms), each probed from the moment it has its address
 echo "   go test -tags integration -run '^TestNewPodsPassNoDeniedPacket\$' -v ./internal/netpol/"
 go test -count=1 -tags integration -run '^TestNewPodsPassNoDeniedPacket$' -v ./internal/netpol/ 2>&1 |
   grep -E 'window_integration_test.go:|^(ok|FAIL|--- FAIL)' | sed -E 's/^ *window_integration_test.go:[0-9]+: /   /' || status=1
+bench "what the envelope's 150,000 realistic pods hold in the heap as the cache's compact pods, with their share of the interned label maps and port lists (B/pod-held; the informer's map and keys not included)" \
+  -tags bench -run '^$' -bench CompactPodsHeld -benchtime 1x ./internal/k8s/
 echo
 echo "== one node's daemon in a loaded cluster: fractions of Kubernetes' scalability envelope"
 echo "   (5,000 nodes, 150,000 pods, 10,000 Services x 10 endpoints, 1,000 policies; realistic objects),"
