@@ -2,9 +2,10 @@ package daemon
 
 import (
 	"os"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/kube-routerd/kube-routerd/internal/testenv/benchfig"
 )
 
 func TestReadOnlySegmentsAreTheExecutablesUnwritableOnes(t *testing.T) {
@@ -32,36 +33,26 @@ func TestReadOnlySegmentsAreTheExecutablesUnwritableOnes(t *testing.T) {
 // TestReleaseCodePagesShrinksRSS releases the test binary's own code pages, on the
 // real kernel: the process's file-backed RSS falls to what runs after it.
 func TestReleaseCodePagesShrinksRSS(t *testing.T) {
-	before := rssFileKiB(t)
+	before := rssFileMiB(t)
 	mapped, err := ReleaseCodePages()
 	if err != nil {
 		t.Fatal(err)
 	}
-	after := rssFileKiB(t)
-	t.Logf("RssFile %d KiB before, %d KiB after; %d MiB of mappings released", before, after, mapped>>20)
+	after := rssFileMiB(t)
+	t.Logf("RssFile %.1f MiB before, %.1f MiB after; %d MiB of mappings released", before, after, mapped>>20)
 	if mapped == 0 {
 		t.Fatal("no mapping of the executable was found")
 	}
 	if after >= before/2 {
-		t.Errorf("RssFile went from %d to %d KiB, want less than half", before, after)
+		t.Errorf("RssFile went from %.1f to %.1f MiB, want less than half", before, after)
 	}
 }
 
-func rssFileKiB(t *testing.T) int {
+func rssFileMiB(t *testing.T) float64 {
 	t.Helper()
-	status, err := os.ReadFile("/proc/self/status")
+	mib, err := benchfig.StatusMiB(os.Getpid(), "RssFile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for line := range strings.Lines(string(status)) {
-		if rest, ok := strings.CutPrefix(line, "RssFile:"); ok {
-			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			return n
-		}
-	}
-	t.Fatal("no RssFile in /proc/self/status")
-	return 0
+	return mib
 }

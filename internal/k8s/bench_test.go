@@ -25,11 +25,3 @@ func BenchmarkCompactPodsHeld(b *testing.B) {
 		runtime.KeepAlive(held)
 	}
 }
-
-// liveHeap is the heap's allocated bytes after a collection.
-func liveHeap() uint64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapAlloc
-}

@@ -173,10 +173,7 @@ func TestCompactEndpointsShareNodeNamesHintsAndPorts(t *testing.T) {
 func TestCompactEndpointSliceMemory(t *testing.T) {
 	const perSlice = 10
 	size := workload.Size{Nodes: 200, Pods: 20000, Namespaces: 20, Services: 20000 / perSlice, EndpointsPerService: perSlice}
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	before := ms.HeapAlloc
+	before := liveHeap()
 	var cached []*EndpointSlice
 	endpoints := 0
 	for i := range size.Services {
@@ -185,12 +182,18 @@ func TestCompactEndpointSliceMemory(t *testing.T) {
 			cached = append(cached, CompactEndpointSlice(s))
 		}
 	}
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	perEndpoint := (int64(ms.HeapAlloc) - int64(before)) / int64(endpoints)
+	perEndpoint := (int64(liveHeap()) - int64(before)) / int64(endpoints)
 	runtime.KeepAlive(cached)
 	t.Logf("%d endpoints in slices of %d: %d bytes an endpoint", endpoints, perSlice, perEndpoint)
 	if perEndpoint > 200 {
 		t.Errorf("the cache keeps %d bytes an endpoint, want at most 200", perEndpoint)
 	}
+}
+
+// liveHeap is the heap's allocated bytes after a collection.
+func liveHeap() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
 }
