@@ -35,7 +35,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	}
 	// The package inits have run: most of the executable is mapped, and little of
 	// it runs again.
-	releaseCodePages("package inits")
+	daemon.ReleaseCodePages("package inits")
 	listed := make(chan struct{})
 	daemon.CapGCHeadroom(ctx, uint64(cfg.Memory.GCHeadroomMiB)<<20, listed, slog.Default())
 	registry := daemon.NewRegistry()
@@ -85,26 +85,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 		},
 	}, controllers...)
 	tk.StartAfter(d.Ready())
-	go func() {
-		select {
-		case <-d.Ready():
-			// The first lists and syncs ran code the changes after them do not.
-			releaseCodePages("first sync")
-		case <-ctx.Done():
-		}
-	}()
 	return d.Run(ctx)
-}
-
-// releaseCodePages unmaps the executable's pages after a phase that ran code the
-// daemon does not need again (daemon.ReleaseCodePages); a failure costs only memory.
-func releaseCodePages(after string) {
-	n, err := daemon.ReleaseCodePages()
-	if err != nil {
-		slog.Warn("cannot release the executable's pages; they stay in RSS", "after", after, "err", err)
-		return
-	}
-	slog.Debug("released the executable's pages", "after", after, "mapped", n)
 }
 
 // startInformers starts every informer the controllers registered and waits until

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -19,12 +20,23 @@ import (
 // the process's life. What the daemon runs after its start, neighbours included,
 // maps back about 30 MiB.
 
-// ReleaseCodePages unmaps the pages of the executable's read-only segments (code,
+// ReleaseCodePages unmaps the executable's pages after a phase (after) that ran code
+// the daemon does not need again; a failure costs only memory, and is logged.
+func ReleaseCodePages(after string) {
+	n, err := unmapCodePages()
+	if err != nil {
+		slog.Warn("cannot release the executable's pages; they stay in RSS", "after", after, "err", err)
+		return
+	}
+	slog.Debug("released the executable's pages", "after", after, "mapped", n)
+}
+
+// unmapCodePages unmaps the pages of the executable's read-only segments (code,
 // read-only data, the function tables) from this process, so that RSS holds the
 // code that runs from now on: the kernel maps a page back, from the page cache,
 // the next time it runs. The page cache keeps them; only this process's mapping goes.
 // It returns the bytes the mappings covered.
-func ReleaseCodePages() (uint64, error) {
+func unmapCodePages() (uint64, error) {
 	exe, err := os.Stat("/proc/self/exe")
 	if err != nil {
 		return 0, err

@@ -34,7 +34,7 @@ func TestReadOnlySegmentsAreTheExecutablesUnwritableOnes(t *testing.T) {
 // real kernel: the process's file-backed RSS falls to what runs after it.
 func TestReleaseCodePagesShrinksRSS(t *testing.T) {
 	before := rssFileMiB(t)
-	mapped, err := ReleaseCodePages()
+	mapped, err := unmapCodePages()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -145,8 +145,12 @@ func (d *Daemon) checkReady() {
 		d.notify("STATUS=" + d.statusLine())
 		close(d.readyCh)
 		// The initial lists and first syncs leave garbage several times the live
-		// heap; hand those pages back now rather than keep them for minutes.
-		go debug.FreeOSMemory()
+		// heap, and ran code the changes after them do not: hand those pages back
+		// now rather than keep them for minutes.
+		go func() {
+			debug.FreeOSMemory()
+			ReleaseCodePages("first sync")
+		}()
 	})
 }
 
