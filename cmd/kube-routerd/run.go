@@ -29,6 +29,10 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	if err != nil {
 		return err
 	}
+	podClient, err := k8s.NewPodListClient(client, rc)
+	if err != nil {
+		return err
+	}
 	policyClient, err := policyclient.NewForConfig(rc)
 	if err != nil {
 		return fmt.Errorf("creating the policy.networking.k8s.io client: %w", err)
@@ -42,7 +46,7 @@ func run(ctx context.Context, cfg config.Config, version string) error {
 	env := daemon.Env{
 		Client:       client,
 		PolicyClient: policyClient,
-		Informers:    k8s.NewInformerFactory(client, cfg.Kubernetes.ResyncPeriod.Duration, k8s.NewAPIMetrics(registry)),
+		Informers:    k8s.NewInformerFactory(client, podClient, cfg.Kubernetes.ResyncPeriod.Duration, k8s.NewAPIMetrics(registry)),
 		NodeName:     nodeName,
 		Registry:     registry,
 		Log:          slog.Default(),

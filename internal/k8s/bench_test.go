@@ -4,6 +4,9 @@ package k8s
 
 import (
 	"runtime"
+
+	corev1 "k8s.io/api/core/v1"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"testing"
 
 	"github.com/kube-routerd/kube-routerd/internal/testenv/workload"
@@ -23,5 +26,28 @@ func BenchmarkCompactPodsHeld(b *testing.B) {
 		after := liveHeap()
 		b.ReportMetric(float64(after-before)/float64(size.Pods), "B/pod-held")
 		runtime.KeepAlive(held)
+	}
+}
+
+// BenchmarkDecodePod decodes one of the envelope's realistic pods from protobuf as
+// the API server sends it, whole (as client-go does) and trimmed (as the pod informer
+// does), and compacts it as the cache holds it: per pod of a start-up's list.
+func BenchmarkDecodePod(b *testing.B) {
+	data := encodeProtobuf(b, workload.Envelope.Pod(1))
+	for name, decoder := range map[string]k8sruntime.Decoder{
+		"whole":   protobufSerializer(b),
+		"trimmed": podTrimmingDecoder{protobufSerializer(b)},
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				obj, _, err := decoder.Decode(data, nil, &corev1.Pod{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				CompactPod(obj.(*corev1.Pod))
+			}
+		})
 	}
 }

@@ -56,8 +56,9 @@ func NewClient(rc *rest.Config) (kubernetes.Interface, error) {
 // objects stripped to the fields the controllers read (StripForCache). client-go
 // lists through a streaming watch (WatchListClient, on by default) where the API
 // server supports it, so start-up does not hold a whole page list in memory.
+// Pods are listed and watched with pods (NewPodListClient), or cs when it is nil.
 // Objects received are counted in m when it is not nil.
-func NewInformerFactory(cs kubernetes.Interface, resync time.Duration, m *APIMetrics) informers.SharedInformerFactory {
+func NewInformerFactory(cs, pods kubernetes.Interface, resync time.Duration, m *APIMetrics) informers.SharedInformerFactory {
 	transform := cache.TransformFunc(StripForCache)
 	if m != nil {
 		transform = m.CountingTransform(transform)
@@ -65,8 +66,11 @@ func NewInformerFactory(cs kubernetes.Interface, resync time.Duration, m *APIMet
 	f := informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(transform))
 	// Pods are looked up by key and listed whole, never by namespace: without the
 	// namespace index every pod costs about 70 bytes less.
-	f.InformerFor(&corev1.Pod{}, func(cs kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
-		return coreinformers.NewPodInformer(cs, metav1.NamespaceAll, resync, cache.Indexers{})
+	if pods == nil {
+		pods = cs
+	}
+	f.InformerFor(&corev1.Pod{}, func(_ kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		return coreinformers.NewPodInformer(pods, metav1.NamespaceAll, resync, cache.Indexers{})
 	})
 	return f
 }

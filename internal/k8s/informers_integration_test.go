@@ -85,7 +85,11 @@ func TestInformersStreamTheirListAndCacheCompactPods(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	metrics := NewAPIMetrics(reg)
-	factory := NewInformerFactory(client, 0, metrics)
+	podClient, err := NewPodListClient(client, logged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory := NewInformerFactory(client, podClient, 0, metrics)
 	pods := factory.Core().V1().Pods()
 	pods.Informer()
 	stop := make(chan struct{})

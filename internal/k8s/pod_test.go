@@ -138,7 +138,7 @@ func (t *internTable[K, T]) holds(key K) bool {
 // TestPodCacheHasNoNamespaceIndex checks that the factory's pod informer, the one
 // every controller gets, keeps no index: nothing asks for pods by namespace.
 func TestPodCacheHasNoNamespaceIndex(t *testing.T) {
-	factory := NewInformerFactory(fake.NewClientset(), 0, nil)
+	factory := NewInformerFactory(fake.NewClientset(), nil, 0, nil)
 	if idx := factory.Core().V1().Pods().Informer().GetIndexer().GetIndexers(); len(idx) != 0 {
 		t.Fatalf("the pod cache keeps indexes %v", slices.Collect(maps.Keys(idx)))
 	}

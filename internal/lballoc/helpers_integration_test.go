@@ -71,7 +71,7 @@ func startNode(t testing.TB, rc *rest.Config, name string, opts Options) *node {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &node{name: name, cancel: cancel, done: make(chan struct{}), logs: &lockedBuffer{}}
-	env := daemon.Env{Client: cs, Informers: k8s.NewInformerFactory(cs, 0, nil), NodeName: name,
+	env := daemon.Env{Client: cs, Informers: k8s.NewInformerFactory(cs, nil, 0, nil), NodeName: name,
 		Log: slog.New(slog.NewTextHandler(n.logs, nil)).With("node", name)}
 	if n.c, err = New(env, opts); err != nil {
 		t.Fatal(err)

@@ -33,7 +33,7 @@ func TestPeersRecurringAcrossPoliciesShareOneSet(t *testing.T) {
 	// 25 namespaces and 20 teams make 100 distinct pairs of a policy's namespace
 	// and the team it admits, as at the envelope's 500 namespaces.
 	size.Namespaces, size.Policies = 25, 400
-	factory := k8s.NewInformerFactory(fake.NewClientset(), 0, nil)
+	factory := k8s.NewInformerFactory(fake.NewClientset(), nil, 0, nil)
 	ipt, sets := iptables.NewFake(ipfamily.IPv4), ipset.NewFake()
 	c, err := New(daemon.Env{Informers: factory, NodeName: workload.NodeName(0), Registry: prometheus.NewRegistry(),
 		Log: slog.New(slog.DiscardHandler)}, config.Default().NetworkPolicy, Dataplane{IPTables: []iptables.Interface{ipt}, IPSets: sets})

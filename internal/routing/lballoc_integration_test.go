@@ -33,7 +33,7 @@ func TestAllocatedLoadBalancerIPIsAdvertised(t *testing.T) {
 	testenv.CreateNode(t, cs, testenv.NodeSpec{Name: nodeName, PodCIDRs: []string{"10.244.1.0/24"}, InternalIPs: []string{"10.0.0.1"}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	env := daemon.Env{Client: cs, Informers: k8s.NewInformerFactory(cs, 0, nil), NodeName: nodeName, Log: slog.New(slog.DiscardHandler)}
+	env := daemon.Env{Client: cs, Informers: k8s.NewInformerFactory(cs, nil, 0, nil), NodeName: nodeName, Log: slog.New(slog.DiscardHandler)}
 
 	rcfg := config.Default().Routing
 	rcfg.AdvertiseLoadBalancerIPs = true
