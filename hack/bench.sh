@@ -98,6 +98,8 @@ go test -count=1 -tags integration -run '^TestNewPodsPassNoDeniedPacket$' -v ./i
   grep -E 'window_integration_test.go:|^(ok|FAIL|--- FAIL)' | sed -E 's/^ *window_integration_test.go:[0-9]+: /   /' || status=1
 bench "what the envelope's 150,000 realistic pods hold in the heap as the cache's compact pods, with their share of the interned label maps and port lists (B/pod-held; the informer's map and keys not included)" \
   -tags bench -run '^$' -bench CompactPodsHeld -benchtime 1x ./internal/k8s/
+bench "one of the envelope's realistic pods decoded from the API server's protobuf and compacted: whole, as client-go decodes it, and trimmed on the wire to the fields the cache keeps, as the pod informer does (per pod of a start-up's list)" \
+  -tags bench -run '^$' -bench DecodePod -benchtime 2s ./internal/k8s/
 echo
 echo "== one node's daemon in a loaded cluster: fractions of Kubernetes' scalability envelope"
 echo "   (5,000 nodes, 150,000 pods, 10,000 Services x 10 endpoints, 1,000 policies; realistic objects),"

@@ -15,8 +15,9 @@ import (
 // keeps only the fields some controller reads, so the cache grows with the number of
 // objects, not with what users and kubelet write into them.
 //
-// A field a controller starts reading must be kept here too; the
-// stripped-versus-whole tests of each controller fail otherwise.
+// A field a controller starts reading must be kept here too, and for pods in
+// podWire, which trims them before they are decoded; the stripped-versus-whole tests
+// of each controller, and the random pods of the trimming test, fail otherwise.
 
 // Annotation keys kept on cached objects. Everything else (kubectl's
 // last-applied-configuration above all) is dropped.
